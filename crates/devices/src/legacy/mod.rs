@@ -1,0 +1,22 @@
+//! Legacy (non-virtio) devices of a microVM.
+
+mod boot_timer;
+mod debug_exit;
+mod i8042;
+mod serial;
+
+pub use boot_timer::{BootTimer, StartTime};
+pub use debug_exit::DebugExit;
+pub use i8042::{I8042Device, I8042State};
+pub use serial::{SerialDevice, SerialDeviceState};
+
+/// COM1's I/O port base.
+pub const COM1_PORT: u64 = 0x3f8;
+/// Number of ports a 16550 occupies.
+pub const SERIAL_PORT_LEN: u64 = 8;
+/// The i8042's first port (data); its command/status port is at +4.
+pub const I8042_PORT: u64 = 0x60;
+/// Number of ports the i8042 range covers (0x60..=0x64).
+pub const I8042_PORT_LEN: u64 = 5;
+/// The debug-exit port: a guest byte write ends the VM with that status.
+pub const DEBUG_EXIT_PORT: u64 = 0xf4;

@@ -1,0 +1,38 @@
+//! Guest memory for Kindling microVMs.
+//!
+//! This crate owns three things:
+//!
+//! - the architecture's guest-physical memory map ([`layout`]), kept in one
+//!   place so that the loader, the devices and the VMM agree on it;
+//! - the creation of guest RAM for a requested size on a chosen
+//!   [`Backing`] (private anonymous memory, a shareable memfd, or 2 MiB
+//!   hugetlbfs pages), returned as a [`vm_memory::GuestMemoryMmap`];
+//! - the allocation of MMIO windows and interrupt lines for devices
+//!   ([`ResourceAllocator`]).
+//!
+//! # Example
+//!
+//! ```
+//! use kindling_memory::{create_guest_memory, Backing, MemoryConfig};
+//! use vm_memory::GuestMemoryBackend;
+//!
+//! let config = MemoryConfig { size_mib: 128, backing: Backing::Anonymous };
+//! let memory = create_guest_memory(&config).unwrap();
+//! assert_eq!(memory.memory.last_addr().0, 128 * 1024 * 1024 - 1);
+//! ```
+
+mod allocator;
+mod backing;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
+
+#[cfg(target_arch = "x86_64")]
+pub use x86_64::layout;
+
+pub use allocator::{AllocatorError, MmioWindow, ResourceAllocator};
+pub use backing::{create_guest_memory, validate_size, Backing, GuestRam, MemoryConfig, MemoryError};
+
+/// The guest memory type used throughout Kindling.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+/// One guest memory region.
+pub type GuestRegionMmap = vm_memory::GuestRegionMmap<()>;

@@ -1,0 +1,3 @@
+//! x86_64 specifics of the guest memory map.
+
+pub mod layout;
