@@ -232,7 +232,10 @@ mod tests {
     #[test]
     fn hugetlb_needs_even_mib() {
         let err = create_guest_memory(&cfg(3, Backing::Hugetlbfs2M)).unwrap_err();
-        assert!(matches!(err, MemoryError::NotPageMultiple { page_mib: 2, .. }));
+        assert!(matches!(
+            err,
+            MemoryError::NotPageMultiple { page_mib: 2, .. }
+        ));
     }
 
     #[test]
@@ -241,7 +244,9 @@ mod tests {
         assert_eq!(ram.memory.num_regions(), 1);
         assert_eq!(ram.memory.last_addr().0, 128 * MIB - 1);
         assert!(ram.file.is_none());
-        ram.memory.write_obj(0xdead_beefu32, GuestAddress(0x1000)).unwrap();
+        ram.memory
+            .write_obj(0xdead_beefu32, GuestAddress(0x1000))
+            .unwrap();
         assert_eq!(
             ram.memory.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
             0xdead_beef
@@ -258,9 +263,14 @@ mod tests {
             .collect();
         assert_eq!(
             regions,
-            vec![(0, MMIO_GAP_START), (HIGH_RAM_START, 5 * GIB - MMIO_GAP_START)]
+            vec![
+                (0, MMIO_GAP_START),
+                (HIGH_RAM_START, 5 * GIB - MMIO_GAP_START)
+            ]
         );
-        assert!(ram.memory.address_in_range(GuestAddress(MMIO_GAP_START - 1)));
+        assert!(ram
+            .memory
+            .address_in_range(GuestAddress(MMIO_GAP_START - 1)));
         assert!(!ram.memory.address_in_range(GuestAddress(MMIO_GAP_START)));
     }
 
@@ -268,7 +278,9 @@ mod tests {
     fn memfd_backing_is_shared_with_the_file() {
         use std::os::unix::fs::FileExt;
         let ram = create_guest_memory(&cfg(4, Backing::Memfd)).unwrap();
-        ram.memory.write_obj(0x1234_5678u32, GuestAddress(0x2000)).unwrap();
+        ram.memory
+            .write_obj(0x1234_5678u32, GuestAddress(0x2000))
+            .unwrap();
         let file = ram.file.as_ref().unwrap();
         let mut buf = [0u8; 4];
         file.read_exact_at(&mut buf, 0x2000).unwrap();
@@ -285,7 +297,9 @@ mod tests {
             Err(e) => assert!(
                 matches!(
                     e,
-                    MemoryError::Memfd(_) | MemoryError::MemfdSize { .. } | MemoryError::Mmap { .. }
+                    MemoryError::Memfd(_)
+                        | MemoryError::MemfdSize { .. }
+                        | MemoryError::Mmap { .. }
                 ),
                 "{e}"
             ),

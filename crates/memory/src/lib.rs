@@ -30,7 +30,9 @@ pub mod x86_64;
 pub use x86_64::layout;
 
 pub use allocator::{AllocatorError, MmioWindow, ResourceAllocator};
-pub use backing::{create_guest_memory, validate_size, Backing, GuestRam, MemoryConfig, MemoryError};
+pub use backing::{
+    create_guest_memory, validate_size, Backing, GuestRam, MemoryConfig, MemoryError,
+};
 
 /// The guest memory type used throughout Kindling.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;

@@ -97,6 +97,16 @@ pub const DEVICE_IRQ_START: u32 = 5;
 /// Last IRQ handed out to devices.
 pub const DEVICE_IRQ_END: u32 = IOAPIC_PINS - 1;
 
+// The fixed regions must not overlap; checked at compile time.
+const _: () = {
+    assert!(ZERO_PAGE_START + PAGE_SIZE <= BOOT_STACK_POINTER);
+    assert!(PDE_START + PAGE_SIZE <= CMDLINE_START);
+    assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(EBDA_START < ACPI_START && ACPI_END <= HIMEM_START);
+    assert!(DEVICE_MMIO_END <= LAPIC_START);
+    assert!(KVM_TSS_START >= LAPIC_START);
+};
+
 /// Guest-physical RAM ranges `(start, length)` for `size` bytes of RAM:
 /// everything below the MMIO gap first, the rest from 4 GiB up.
 ///
@@ -128,15 +138,5 @@ mod tests {
             ram_ranges(5 * GIB),
             vec![(0, MMIO_GAP_START), (HIGH_RAM_START, 2 * GIB)]
         );
-    }
-
-    #[test]
-    fn fixed_regions_do_not_overlap() {
-        assert!(ZERO_PAGE_START + PAGE_SIZE <= BOOT_STACK_POINTER);
-        assert!(PDE_START + PAGE_SIZE <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
-        assert!(EBDA_START < ACPI_START && ACPI_END <= HIMEM_START);
-        assert!(DEVICE_MMIO_END <= LAPIC_START);
-        assert!(KVM_TSS_START >= LAPIC_START);
     }
 }

@@ -1,0 +1,37 @@
+//! The KVM VM and its vCPUs, for Kindling microVMs.
+//!
+//! - [`Kvm`] opens `/dev/kvm` and checks the API version and every
+//!   capability Kindling relies on, naming what is missing.
+//! - [`Vm`] owns the KVM VM: memory slots, the in-kernel irqchip and PIT,
+//!   irqfds and ioeventfds, and creates [`Vcpu`]s.
+//! - [`Vcpu`] sets a vCPU up (CPUID, MSRs, FPU, LAPIC, and for the boot
+//!   vCPU the 64-bit Linux boot-protocol entry state) and runs it, turning
+//!   port-I/O and MMIO exits into calls on a [`VcpuExitHandler`].
+//! - [`VcpuHandle`] runs a vCPU on its own thread and pauses, resumes or
+//!   stops it from another thread, kicking it out of `KVM_RUN` with a
+//!   signal and `immediate_exit`, so that stopping never waits on a guest.
+//! - [`VcpuState`] is everything KVM holds for a vCPU, as a plain
+//!   serialisable struct, for snapshots.
+//!
+//! This crate knows nothing about devices: the VMM connects its buses to
+//! the exit handler trait.
+
+mod error;
+mod exit;
+mod handle;
+mod kick;
+mod kvm;
+mod vcpu;
+mod vm;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
+
+pub use error::{KvmError, VcpuError, VmError};
+pub use exit::{VcpuExitHandler, VcpuStopReason};
+pub use handle::{VcpuHandle, VcpuRunState};
+pub use kick::{install_kick_handler, kick_signal};
+pub use kvm::{Kvm, REQUIRED_CAPABILITIES};
+pub use vcpu::{BootEntry, Vcpu};
+pub use vm::{Vm, VmState};
+#[cfg(target_arch = "x86_64")]
+pub use x86_64::state::VcpuState;

@@ -1,0 +1,200 @@
+//! One vCPU: set-up, one step of the run loop, state save and restore.
+
+use kvm_bindings::{KVM_EXIT_IO_OUT, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::{Kvm, VcpuError, VcpuExitHandler, VcpuStopReason};
+
+/// Where and how the boot vCPU enters the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootEntry {
+    /// The 64-bit entry of the Linux boot protocol: long mode with the
+    /// boot identity map, `rip` at `entry`, `rsi` at `zero_page`.
+    Linux64 {
+        /// Guest-physical entry point.
+        entry: u64,
+        /// Guest-physical address of the zero page (`boot_params`).
+        zero_page: u64,
+    },
+}
+
+/// A KVM vCPU.
+#[derive(Debug)]
+pub struct Vcpu {
+    id: u8,
+    fd: VcpuFd,
+}
+
+fn ioctl_err(id: u8, step: &'static str) -> impl FnOnce(vmm_sys_util::errno::Error) -> VcpuError {
+    move |source| VcpuError::Ioctl { id, step, source }
+}
+
+impl Vcpu {
+    pub(crate) fn new(id: u8, fd: VcpuFd) -> Self {
+        Self { id, fd }
+    }
+
+    /// The vCPU index, which is also its APIC id.
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    /// The underlying kvm-ioctls vCPU handle.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    pub(crate) fn fd_mut(&mut self) -> &mut VcpuFd {
+        &mut self.fd
+    }
+
+    /// Sets the vCPU up as number `self.id()` of `count`: CPUID, MSRs, FPU
+    /// and LAPIC; with `boot`, also the registers of that entry (only the
+    /// boot vCPU gets one: the others wait for INIT/SIPI). The boot GDT and
+    /// page tables must already be in guest memory (see
+    /// [`x86_64::gdt`](crate::x86_64::gdt)).
+    #[cfg(target_arch = "x86_64")]
+    pub fn configure(
+        &self,
+        kvm: &Kvm,
+        count: u8,
+        boot: Option<BootEntry>,
+    ) -> Result<(), VcpuError> {
+        use crate::x86_64::{cpuid, lapic, msrs, regs};
+        let id = self.id;
+        let cpuid = cpuid::normalize(kvm.supported_cpuid(), id, count);
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(ioctl_err(id, "set CPUID"))?;
+        let entries = msrs::boot_msr_entries();
+        let written = self
+            .fd
+            .set_msrs(&msrs::to_msrs(&entries))
+            .map_err(ioctl_err(id, "set boot MSRs"))?;
+        if written < entries.len() {
+            return Err(VcpuError::Msr {
+                id,
+                index: entries[written].index,
+                step: "setting boot MSRs",
+            });
+        }
+        self.fd
+            .set_fpu(&regs::boot_fpu())
+            .map_err(ioctl_err(id, "set the FPU"))?;
+        let mut lapic_state = self
+            .fd
+            .get_lapic()
+            .map_err(ioctl_err(id, "read the LAPIC"))?;
+        lapic::configure_lint(&mut lapic_state);
+        self.fd
+            .set_lapic(&lapic_state)
+            .map_err(ioctl_err(id, "set the LAPIC"))?;
+        if let Some(BootEntry::Linux64 { entry, zero_page }) = boot {
+            let mut sregs = self.fd.get_sregs().map_err(ioctl_err(id, "read sregs"))?;
+            regs::configure_long_mode_sregs(&mut sregs);
+            self.fd
+                .set_sregs(&sregs)
+                .map_err(ioctl_err(id, "set sregs"))?;
+            self.fd
+                .set_regs(&regs::boot_regs(entry, zero_page))
+                .map_err(ioctl_err(id, "set registers"))?;
+        }
+        Ok(())
+    }
+
+    /// Runs the vCPU until its next exit to user space and handles that
+    /// exit. Returns `Some` when the vCPU should stop, `None` to go on
+    /// (including after a kick, so the caller can look at its requests).
+    pub fn run_once(
+        &mut self,
+        handler: &dyn VcpuExitHandler,
+    ) -> Result<Option<VcpuStopReason>, VcpuError> {
+        let id = self.id;
+        match self.fd.run() {
+            Ok(VcpuExit::IoIn(..)) | Ok(VcpuExit::IoOut(..)) => {
+                self.handle_pio(handler);
+                Ok(None)
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                data.fill(0);
+                handler.mmio_read(addr, data);
+                Ok(None)
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                handler.mmio_write(addr, data);
+                Ok(None)
+            }
+            Ok(VcpuExit::Hlt) => Ok(Some(VcpuStopReason::Halted)),
+            Ok(VcpuExit::Shutdown) => Ok(Some(VcpuStopReason::TripleFault)),
+            Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                KVM_SYSTEM_EVENT_RESET => Ok(Some(VcpuStopReason::Reset)),
+                KVM_SYSTEM_EVENT_SHUTDOWN => Ok(Some(VcpuStopReason::PowerOff)),
+                other => Err(VcpuError::UnexpectedExit {
+                    id,
+                    exit: format!("system event {other}"),
+                }),
+            },
+            Ok(VcpuExit::InternalError) => {
+                let run = self.fd.get_kvm_run();
+                // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so the
+                // kernel filled the `internal` member of the union.
+                let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+                Err(VcpuError::InternalError { id, suberror })
+            }
+            Ok(VcpuExit::FailEntry(reason, _)) => Err(VcpuError::FailEntry { id, reason }),
+            Ok(VcpuExit::Intr) => Ok(None),
+            Ok(other) => Err(VcpuError::UnexpectedExit {
+                id,
+                exit: format!("{other:?}"),
+            }),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.fd.set_kvm_immediate_exit(0);
+                Ok(None)
+            }
+            Err(source) => Err(VcpuError::Run { id, source }),
+        }
+    }
+
+    /// Dispatches a port-I/O exit, one access per element of a string
+    /// (`rep ins`/`rep outs`) operation.
+    fn handle_pio(&mut self, handler: &dyn VcpuExitHandler) {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: only called after KVM_RUN returned KVM_EXIT_IO, so the
+        // kernel filled the `io` member of the union.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        let size = usize::from(io.size);
+        let len = size * io.count as usize;
+        if size == 0 {
+            return;
+        }
+        let base = run as *mut kvm_bindings::kvm_run as *mut u8;
+        // SAFETY: the kernel places `count` elements of `size` bytes at
+        // `data_offset` inside the kvm_run mapping, which stays mapped while
+        // `self.fd` lives; nothing else references that area during this call.
+        let data =
+            unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
+        if u32::from(io.direction) == KVM_EXIT_IO_OUT {
+            for element in data.chunks_exact(size) {
+                handler.pio_write(io.port, element);
+            }
+        } else {
+            for element in data.chunks_exact_mut(size) {
+                element.fill(0);
+                handler.pio_read(io.port, element);
+            }
+        }
+    }
+
+    /// Saves the vCPU's KVM state; the vCPU must not be running.
+    #[cfg(target_arch = "x86_64")]
+    pub fn save_state(&self, kvm: &Kvm) -> Result<crate::VcpuState, VcpuError> {
+        crate::x86_64::state::save(&self.fd, self.id, kvm.msrs_to_save())
+    }
+
+    /// Restores a state saved by [`Vcpu::save_state`] onto this (fresh)
+    /// vCPU.
+    #[cfg(target_arch = "x86_64")]
+    pub fn restore_state(&self, kvm: &Kvm, state: &crate::VcpuState) -> Result<(), VcpuError> {
+        crate::x86_64::state::restore(&self.fd, self.id, state, kvm.xsave2_size())
+    }
+}

@@ -1,0 +1,215 @@
+//! The KVM VM: memory slots, irqchip, PIT, irqfds and ioeventfds.
+
+use kvm_bindings::{
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use serde::{Deserialize, Serialize};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use kindling_memory::GuestMemoryMmap;
+
+use crate::{Kvm, Vcpu, VmError};
+
+/// The VM-wide state KVM holds: the in-kernel interrupt controllers, the
+/// PIT and the guest clock. Read with [`Vm::save_state`] while no vCPU
+/// runs; put back with [`Vm::restore_state`] on a fresh VM.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VmState {
+    /// The master 8259 PIC.
+    pub pic_master: kvm_irqchip,
+    /// The slave 8259 PIC.
+    pub pic_slave: kvm_irqchip,
+    /// The IOAPIC.
+    pub ioapic: kvm_irqchip,
+    /// The 8254 PIT.
+    pub pit: kvm_pit_state2,
+    /// The kvmclock reference.
+    pub clock: kvm_clock_data,
+}
+
+/// A KVM VM with its in-kernel interrupt controllers.
+#[derive(Debug)]
+pub struct Vm {
+    fd: VmFd,
+    max_vcpus: usize,
+    next_slot: u32,
+}
+
+fn setup(step: &'static str) -> impl FnOnce(vmm_sys_util::errno::Error) -> VmError {
+    move |source| VmError::Setup { step, source }
+}
+
+impl Vm {
+    /// Creates a VM with the in-kernel IOAPIC/PIC/LAPICs and PIT.
+    #[cfg(target_arch = "x86_64")]
+    pub fn new(kvm: &Kvm) -> Result<Self, VmError> {
+        use kindling_memory::layout::{KVM_IDENTITY_MAP_START, KVM_TSS_START};
+        let fd = kvm.fd().create_vm().map_err(setup("create the VM"))?;
+        fd.set_tss_address(KVM_TSS_START as usize)
+            .map_err(setup("set the TSS address"))?;
+        fd.set_identity_map_address(KVM_IDENTITY_MAP_START)
+            .map_err(setup("set the identity map address"))?;
+        fd.create_irq_chip()
+            .map_err(setup("create the in-kernel irqchip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit)
+            .map_err(setup("create the in-kernel PIT"))?;
+        Ok(Self {
+            fd,
+            max_vcpus: kvm.max_vcpus(),
+            next_slot: 0,
+        })
+    }
+
+    /// Registers every region of `memory` as a KVM memory slot.
+    pub fn register_memory(&mut self, memory: &GuestMemoryMmap) -> Result<(), VmError> {
+        for region in memory.iter() {
+            let slot = self.next_slot;
+            let guest_addr = region.start_addr().0;
+            let size = region.len();
+            let host_addr =
+                memory
+                    .get_host_address(region.start_addr())
+                    .map_err(|_| VmError::MemorySlot {
+                        slot,
+                        guest_addr,
+                        size,
+                        source: vmm_sys_util::errno::Error::new(libc::EFAULT),
+                    })? as u64;
+            let mem_region = kvm_userspace_memory_region {
+                slot,
+                guest_phys_addr: guest_addr,
+                memory_size: size,
+                userspace_addr: host_addr,
+                flags: 0,
+            };
+            // SAFETY: the host range belongs to `memory`'s mapping, which
+            // the caller keeps alive as long as the VM (the VMM holds both),
+            // and slots never overlap because `memory`'s regions do not.
+            unsafe { self.fd.set_user_memory_region(mem_region) }.map_err(|source| {
+                VmError::MemorySlot {
+                    slot,
+                    guest_addr,
+                    size,
+                    source,
+                }
+            })?;
+            self.next_slot += 1;
+        }
+        Ok(())
+    }
+
+    /// Creates vCPU `id`.
+    pub fn create_vcpu(&self, id: u8) -> Result<Vcpu, VmError> {
+        if usize::from(id) >= self.max_vcpus {
+            return Err(VmError::TooManyVcpus {
+                requested: usize::from(id) + 1,
+                max: self.max_vcpus,
+            });
+        }
+        let fd = self
+            .fd
+            .create_vcpu(u64::from(id))
+            .map_err(|source| VmError::CreateVcpu { id, source })?;
+        Ok(Vcpu::new(id, fd))
+    }
+
+    /// The largest vCPU count this VM accepts.
+    pub fn max_vcpus(&self) -> usize {
+        self.max_vcpus
+    }
+
+    /// Makes writes to `event` raise interrupt `gsi` inside the kernel.
+    pub fn register_irqfd(&self, event: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.fd
+            .register_irqfd(event, gsi)
+            .map_err(|source| VmError::Irqfd { gsi, source })
+    }
+
+    /// Makes guest writes to MMIO address `addr` (any value) signal `event`
+    /// inside the kernel instead of exiting to user space.
+    pub fn register_mmio_ioevent(&self, event: &EventFd, addr: u64) -> Result<(), VmError> {
+        self.fd
+            .register_ioevent(event, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(|source| VmError::Ioeventfd { addr, source })
+    }
+
+    /// Makes guest writes of `value` (4 bytes) to MMIO address `addr` signal
+    /// `event` inside the kernel.
+    pub fn register_mmio_ioevent_value(
+        &self,
+        event: &EventFd,
+        addr: u64,
+        value: u32,
+    ) -> Result<(), VmError> {
+        self.fd
+            .register_ioevent(event, &IoEventAddress::Mmio(addr), value)
+            .map_err(|source| VmError::Ioeventfd { addr, source })
+    }
+
+    /// Saves the interrupt controllers, PIT and clock.
+    pub fn save_state(&self) -> Result<VmState, VmError> {
+        let state_err = |step| move |source| VmError::State { step, source };
+        let chip = |id| -> Result<kvm_irqchip, VmError> {
+            let mut chip = kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut chip)
+                .map_err(state_err("read the irqchip of"))?;
+            Ok(chip)
+        };
+        let mut clock = self
+            .fd
+            .get_clock()
+            .map_err(state_err("read the clock of"))?;
+        // Only the clock value is meaningful to restore.
+        clock.flags = 0;
+        Ok(VmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: self.fd.get_pit2().map_err(state_err("read the PIT of"))?,
+            clock,
+        })
+    }
+
+    /// Restores a state saved by [`Vm::save_state`].
+    pub fn restore_state(&self, state: &VmState) -> Result<(), VmError> {
+        let state_err = |step| move |source| VmError::State { step, source };
+        for (chip, id) in [
+            (&state.pic_master, KVM_IRQCHIP_PIC_MASTER),
+            (&state.pic_slave, KVM_IRQCHIP_PIC_SLAVE),
+            (&state.ioapic, KVM_IRQCHIP_IOAPIC),
+        ] {
+            if chip.chip_id != id {
+                return Err(VmError::State {
+                    step: "restore (chip ids do not match)",
+                    source: vmm_sys_util::errno::Error::new(libc::EINVAL),
+                });
+            }
+            self.fd
+                .set_irqchip(chip)
+                .map_err(state_err("restore the irqchip of"))?;
+        }
+        self.fd
+            .set_pit2(&state.pit)
+            .map_err(state_err("restore the PIT of"))?;
+        self.fd
+            .set_clock(&state.clock)
+            .map_err(state_err("restore the clock of"))?;
+        Ok(())
+    }
+
+    /// The underlying kvm-ioctls VM handle.
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+}

@@ -1,0 +1,8 @@
+//! x86_64 vCPU set-up: CPUID, MSRs, boot registers, LAPIC, and state.
+
+pub mod cpuid;
+pub mod gdt;
+pub mod lapic;
+pub mod msrs;
+pub mod regs;
+pub mod state;

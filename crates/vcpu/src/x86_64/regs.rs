@@ -1,0 +1,86 @@
+//! Register state for the 64-bit Linux boot protocol entry.
+
+use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
+
+use kindling_memory::layout::{BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PML4_START};
+
+use super::gdt::{segment_from_gdt, BOOT_GDT};
+
+/// CR0: protected mode.
+pub const X86_CR0_PE: u64 = 1 << 0;
+/// CR0: extension type (x87 present).
+pub const X86_CR0_ET: u64 = 1 << 4;
+/// CR0: paging.
+pub const X86_CR0_PG: u64 = 1 << 31;
+/// CR4: physical address extension.
+pub const X86_CR4_PAE: u64 = 1 << 5;
+/// EFER: long mode enable.
+pub const EFER_LME: u64 = 1 << 8;
+/// EFER: long mode active.
+pub const EFER_LMA: u64 = 1 << 10;
+
+/// General registers for the 64-bit entry: `rip` at the kernel entry,
+/// `rsi` at the zero page, the boot stack, interrupts off.
+pub fn boot_regs(entry: u64, zero_page: u64) -> kvm_regs {
+    kvm_regs {
+        rflags: 0x2,
+        rip: entry,
+        rsp: BOOT_STACK_POINTER,
+        rbp: BOOT_STACK_POINTER,
+        rsi: zero_page,
+        ..Default::default()
+    }
+}
+
+/// Sets `sregs` up for long mode with the boot GDT, an empty IDT and the
+/// boot identity page tables.
+pub fn configure_long_mode_sregs(sregs: &mut kvm_sregs) {
+    let code = segment_from_gdt(BOOT_GDT[1], 1);
+    let data = segment_from_gdt(BOOT_GDT[2], 2);
+    let tss = segment_from_gdt(BOOT_GDT[3], 3);
+    sregs.gdt.base = BOOT_GDT_START;
+    sregs.gdt.limit = (std::mem::size_of_val(&BOOT_GDT) - 1) as u16;
+    sregs.idt.base = BOOT_IDT_START;
+    sregs.idt.limit = 7;
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = tss;
+    sregs.cr3 = PML4_START;
+    sregs.cr4 |= X86_CR4_PAE;
+    sregs.cr0 |= X86_CR0_PE | X86_CR0_ET | X86_CR0_PG;
+    sregs.efer |= EFER_LME | EFER_LMA;
+}
+
+/// The FPU state at boot: default control word and MXCSR.
+pub fn boot_fpu() -> kvm_fpu {
+    kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_mode_state() {
+        let mut sregs = kvm_sregs::default();
+        configure_long_mode_sregs(&mut sregs);
+        assert_eq!(sregs.cs.selector, 0x08);
+        assert_eq!(sregs.ss.selector, 0x10);
+        assert_eq!(sregs.tr.selector, 0x18);
+        assert_eq!(sregs.cr3, PML4_START);
+        assert_ne!(sregs.cr0 & X86_CR0_PG, 0);
+        assert_ne!(sregs.efer & EFER_LMA, 0);
+        assert_eq!(sregs.gdt.limit, 31);
+        let regs = boot_regs(0x100_0000, 0x7000);
+        assert_eq!((regs.rip, regs.rsi, regs.rflags), (0x100_0000, 0x7000, 2));
+        assert_eq!(boot_fpu().fcw, 0x37f);
+    }
+}

@@ -1,0 +1,95 @@
+//! What a microVM is made of.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use kindling_devices::legacy::StartTime;
+use kindling_memory::Backing;
+
+/// The command line given to a Linux kernel when the user gives none.
+pub const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+
+/// Where the kernel image comes from.
+#[derive(Debug, Clone)]
+pub enum KernelSource {
+    /// A file: ELF `vmlinux` or bzImage.
+    Path(PathBuf),
+    /// An image already in memory (for example one embedded in the binary).
+    Bytes(&'static [u8]),
+}
+
+/// Where the serial console's output goes.
+pub enum SerialConfig {
+    /// The VMM's standard output (input comes from standard input).
+    Stdout,
+    /// Nowhere.
+    Off,
+    /// A file, created or truncated.
+    File(PathBuf),
+    /// Any writer, for embedding and tests.
+    Writer(Box<dyn Write + Send>),
+}
+
+impl std::fmt::Debug for SerialConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SerialConfig::Stdout => write!(f, "Stdout"),
+            SerialConfig::Off => write!(f, "Off"),
+            SerialConfig::File(p) => write!(f, "File({})", p.display()),
+            SerialConfig::Writer(_) => write!(f, "Writer(..)"),
+        }
+    }
+}
+
+/// The description of a microVM.
+pub struct VmConfig {
+    /// The kernel image.
+    pub kernel: KernelSource,
+    /// An optional initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// Number of vCPUs (1 to 254).
+    pub vcpus: u8,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// What backs guest RAM.
+    pub memory_backing: Backing,
+    /// The serial console.
+    pub serial: SerialConfig,
+    /// When the VMM process started, for the boot timer.
+    pub start_time: StartTime,
+    /// Where the boot timer logs (standard error by default).
+    pub boot_timer_log: Arc<Mutex<dyn Write + Send>>,
+}
+
+impl std::fmt::Debug for VmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmConfig")
+            .field("kernel", &self.kernel)
+            .field("initrd", &self.initrd)
+            .field("cmdline", &self.cmdline)
+            .field("vcpus", &self.vcpus)
+            .field("memory_mib", &self.memory_mib)
+            .field("memory_backing", &self.memory_backing)
+            .field("serial", &self.serial)
+            .finish()
+    }
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            kernel: KernelSource::Path(PathBuf::new()),
+            initrd: None,
+            cmdline: DEFAULT_LINUX_CMDLINE.to_string(),
+            vcpus: 1,
+            memory_mib: 128,
+            memory_backing: Backing::Anonymous,
+            serial: SerialConfig::Stdout,
+            start_time: StartTime::now(),
+            boot_timer_log: Arc::new(Mutex::new(std::io::stderr())),
+        }
+    }
+}

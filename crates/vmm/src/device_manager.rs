@@ -1,0 +1,90 @@
+//! Creates the legacy devices and puts them on the buses.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use kindling_devices::legacy::{
+    BootTimer, DebugExit, I8042Device, SerialDevice, StartTime, COM1_PORT, DEBUG_EXIT_PORT,
+    I8042_PORT, I8042_PORT_LEN, SERIAL_PORT_LEN,
+};
+use kindling_devices::{Bus, EventFdLine, SharedDevice, VmExitHandle};
+use kindling_memory::layout::{BOOT_TIMER_SIZE, BOOT_TIMER_START, I8042_IRQ, SERIAL_IRQ};
+use kindling_vcpu::Vm;
+
+use crate::VmmError;
+
+/// The legacy devices of a microVM, shared with the buses.
+#[derive(Debug)]
+pub struct LegacyDevices {
+    /// COM1.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// The i8042 controller.
+    pub i8042: Arc<Mutex<I8042Device>>,
+    /// The boot timer.
+    pub boot_timer: Arc<Mutex<BootTimer>>,
+}
+
+fn device_err(device: &'static str) -> impl FnOnce(String) -> VmmError {
+    move |reason| VmmError::Device { device, reason }
+}
+
+fn irq_line(vm: &Vm, gsi: u32, device: &'static str) -> Result<EventFdLine, VmmError> {
+    let line = EventFdLine::new(gsi).map_err(|e| device_err(device)(e.to_string()))?;
+    vm.register_irqfd(line.event(), gsi)?;
+    Ok(line)
+}
+
+fn insert(
+    bus: &mut Bus,
+    base: u64,
+    len: u64,
+    device: SharedDevice,
+    name: &'static str,
+) -> Result<(), VmmError> {
+    bus.insert(base, len, device)
+        .map_err(|e| device_err(name)(e.to_string()))
+}
+
+impl LegacyDevices {
+    /// Creates COM1 (IRQ 4) writing to `serial_out`, the i8042 (IRQ 1), the
+    /// debug-exit port and the boot timer; wires their interrupts to the
+    /// VM and puts them on `pio` and `mmio`.
+    pub fn create(
+        vm: &Vm,
+        pio: &mut Bus,
+        mmio: &mut Bus,
+        exit: &VmExitHandle,
+        serial_out: Box<dyn Write + Send>,
+        start_time: StartTime,
+        boot_timer_log: Arc<Mutex<dyn Write + Send>>,
+    ) -> Result<Self, VmmError> {
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            irq_line(vm, SERIAL_IRQ, "serial port")?,
+            serial_out,
+        )));
+        insert(pio, COM1_PORT, SERIAL_PORT_LEN, serial.clone(), "serial port")?;
+
+        let i8042 = Arc::new(Mutex::new(I8042Device::new(
+            Box::new(irq_line(vm, I8042_IRQ, "i8042")?),
+            exit.clone(),
+        )));
+        insert(pio, I8042_PORT, I8042_PORT_LEN, i8042.clone(), "i8042")?;
+
+        let debug_exit = Arc::new(Mutex::new(DebugExit::new(exit.clone())));
+        insert(pio, DEBUG_EXIT_PORT, 1, debug_exit, "debug-exit port")?;
+
+        let boot_timer = Arc::new(Mutex::new(BootTimer::new(start_time, boot_timer_log)));
+        insert(
+            mmio,
+            BOOT_TIMER_START,
+            BOOT_TIMER_SIZE,
+            boot_timer.clone(),
+            "boot timer",
+        )?;
+        Ok(Self {
+            serial,
+            i8042,
+            boot_timer,
+        })
+    }
+}

@@ -1,0 +1,78 @@
+//! The device event loop's subscribers.
+
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use kindling_devices::legacy::SerialDevice;
+use kindling_devices::VmExitHandle;
+
+/// Wakes the event loop when a device asks to end the VM.
+#[derive(Debug)]
+pub(crate) struct ExitSubscriber {
+    pub(crate) exit: VmExitHandle,
+}
+
+impl MutEventSubscriber for ExitSubscriber {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        // Drain the counter; the loop checks `exit.reason()`.
+        let _ = self.exit.event().read();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        // Registration can only fail for an invalid fd, which an EventFd
+        // never is; the loop also polls the exit reason after every wake-up.
+        let _ = ops.add(Events::new(self.exit.event(), EventSet::IN));
+    }
+}
+
+/// Feeds the VMM's standard input to the serial port.
+#[derive(Debug)]
+pub(crate) struct StdinSubscriber {
+    pub(crate) serial: Arc<Mutex<SerialDevice>>,
+    pub(crate) fd: RawFd,
+    /// Whether stdin is registered (it is removed at EOF or on error).
+    pub(crate) active: bool,
+}
+
+/// Reads from `fd` without the buffering of `std::io::Stdin`, which would
+/// hide pending bytes from epoll.
+fn read_fd(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the kernel
+    // checks the fd.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+impl MutEventSubscriber for StdinSubscriber {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let room = serial.input_room().min(64);
+        if room == 0 {
+            // The guest is not reading; drop this burst rather than spin.
+            let mut sink = [0u8; 64];
+            let _ = read_fd(self.fd, &mut sink);
+            return;
+        }
+        let mut buf = [0u8; 64];
+        match read_fd(self.fd, &mut buf[..room]) {
+            Ok(0) | Err(_) => {
+                let _ = ops.remove(events);
+                self.active = false;
+            }
+            Ok(n) => {
+                let _ = serial.enqueue_input(&buf[..n]);
+            }
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        self.active = ops
+            .add(Events::new_raw(self.fd, EventSet::IN))
+            .is_ok();
+    }
+}

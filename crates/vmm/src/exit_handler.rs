@@ -1,0 +1,84 @@
+//! Connects vCPU exits to the PIO and MMIO buses.
+
+use kindling_devices::Bus;
+use kindling_vcpu::VcpuExitHandler;
+
+/// Dispatches port-I/O and MMIO exits to the devices on two buses.
+///
+/// Accesses that hit no device are ignored; reads of them return all ones,
+/// as on real hardware with nothing decoding the address.
+#[derive(Debug, Default)]
+pub struct BusExitHandler {
+    /// The port-I/O bus.
+    pub pio: Bus,
+    /// The MMIO bus.
+    pub mmio: Bus,
+}
+
+impl VcpuExitHandler for BusExitHandler {
+    fn pio_read(&self, port: u16, data: &mut [u8]) {
+        if self.pio.read(u64::from(port), data).is_err() {
+            data.fill(0xff);
+        }
+    }
+
+    fn pio_write(&self, port: u16, data: &[u8]) {
+        let _ = self.pio.write(u64::from(port), data);
+    }
+
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        if self.mmio.read(addr, data).is_err() {
+            data.fill(0xff);
+        }
+    }
+
+    fn mmio_write(&self, addr: u64, data: &[u8]) {
+        let _ = self.mmio.write(addr, data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kindling_devices::BusDevice;
+    use std::sync::{Arc, Mutex};
+
+    struct Latch(u8);
+    impl BusDevice for Latch {
+        fn read(&mut self, _: u64, data: &mut [u8]) {
+            data[0] = self.0;
+        }
+        fn write(&mut self, _: u64, data: &[u8]) {
+            self.0 = data[0];
+        }
+    }
+
+    #[test]
+    fn unmapped_reads_are_all_ones() {
+        let h = BusExitHandler::default();
+        let mut b = [0u8; 2];
+        h.pio_read(0x80, &mut b);
+        assert_eq!(b, [0xff, 0xff]);
+        h.pio_write(0x80, &[1]);
+        let mut m = [0u8; 4];
+        h.mmio_read(0xd000_0000, &mut m);
+        assert_eq!(m, [0xff; 4]);
+        h.mmio_write(0xd000_0000, &[1; 4]);
+    }
+
+    #[test]
+    fn mapped_accesses_reach_devices() {
+        let mut h = BusExitHandler::default();
+        h.pio.insert(0x80, 1, Arc::new(Mutex::new(Latch(0)))).unwrap();
+        h.mmio
+            .insert(0x1000, 1, Arc::new(Mutex::new(Latch(0))))
+            .unwrap();
+        h.pio_write(0x80, &[9]);
+        h.mmio_write(0x1000, &[7]);
+        let mut b = [0u8];
+        h.pio_read(0x80, &mut b);
+        assert_eq!(b, [9]);
+        h.mmio_read(0x1000, &mut b);
+        assert_eq!(b, [7]);
+    }
+}

@@ -1,0 +1,273 @@
+//! Building and running a microVM.
+
+use std::fs::File;
+use std::io::{Cursor, LineWriter, Write};
+use std::sync::Arc;
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kindling_devices::{Bus, ExitReason, VmExitHandle};
+use kindling_memory::{create_guest_memory, GuestMemoryMmap, GuestRam, MemoryConfig};
+use kindling_vcpu::{BootEntry, Kvm, Vcpu, VcpuHandle, VcpuStopReason, Vm};
+
+use crate::config::{KernelSource, SerialConfig, VmConfig};
+use crate::device_manager::LegacyDevices;
+use crate::event_loop::{ExitSubscriber, StdinSubscriber};
+use crate::{BusExitHandler, VmmError};
+
+/// The largest vCPU count a Kindling VM supports (the MP table's APIC ids
+/// stop at 254, with the IOAPIC taking the next id).
+pub const MAX_VCPUS: u8 = 254;
+
+/// A built microVM, ready to run.
+#[derive(Debug)]
+pub struct Vmm {
+    // Field order is drop order: vCPUs before the VM before memory.
+    vcpus: Vec<Vcpu>,
+    devices: LegacyDevices,
+    handler: Arc<BusExitHandler>,
+    exit: VmExitHandle,
+    stdin_input: bool,
+    vm: Vm,
+    kvm: Kvm,
+    memory: GuestRam,
+}
+
+/// Stops a running [`Vmm`] from another thread.
+#[derive(Debug, Clone)]
+pub struct VmmHandle {
+    exit: VmExitHandle,
+}
+
+impl VmmHandle {
+    /// Asks the VM to stop; [`Vmm::run`] then returns
+    /// [`ExitReason::Stopped`].
+    pub fn stop(&self) {
+        self.exit.request(ExitReason::Stopped);
+    }
+}
+
+type SubscriberBox = Box<dyn MutEventSubscriber + Send>;
+
+fn open(what: &'static str, path: &std::path::Path) -> Result<File, VmmError> {
+    File::open(path).map_err(|source| VmmError::OpenFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn serial_output(config: SerialConfig) -> Result<(Box<dyn Write + Send>, bool), VmmError> {
+    Ok(match config {
+        SerialConfig::Stdout => (Box::new(std::io::stdout()), true),
+        SerialConfig::Off => (Box::new(std::io::sink()), false),
+        SerialConfig::File(path) => {
+            let file = File::create(&path).map_err(|source| VmmError::OpenFile {
+                what: "serial output file",
+                path,
+                source,
+            })?;
+            (Box::new(LineWriter::new(file)), false)
+        }
+        SerialConfig::Writer(w) => (w, false),
+    })
+}
+
+impl Vmm {
+    /// Builds the microVM described by `config`: memory, VM, kernel,
+    /// devices and vCPUs. Nothing runs until [`Vmm::run`].
+    #[cfg(target_arch = "x86_64")]
+    pub fn build(config: VmConfig) -> Result<Self, VmmError> {
+        if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+            return Err(VmmError::VcpuCount(config.vcpus));
+        }
+        // Check everything the user gave before touching KVM.
+        let memory = create_guest_memory(&MemoryConfig {
+            size_mib: config.memory_mib,
+            backing: config.memory_backing,
+        })?;
+        let mut kernel_file;
+        let mut kernel_bytes;
+        let kernel: &mut dyn kindling_boot::ReadSeek = match &config.kernel {
+            KernelSource::Path(path) => {
+                kernel_file = open("kernel image", path)?;
+                &mut kernel_file
+            }
+            KernelSource::Bytes(bytes) => {
+                kernel_bytes = Cursor::new(*bytes);
+                &mut kernel_bytes
+            }
+        };
+        let mut initrd = match &config.initrd {
+            Some(path) => Some(open("initrd", path)?),
+            None => None,
+        };
+        let boot = kindling_boot::load_linux(
+            &memory.memory,
+            kernel,
+            initrd
+                .as_mut()
+                .map(|f| f as &mut dyn kindling_boot::ReadSeek),
+            &config.cmdline,
+            config.vcpus,
+        )?;
+
+        let kvm = Kvm::new()?;
+        if usize::from(config.vcpus) > kvm.max_vcpus() {
+            return Err(kindling_vcpu::VmError::TooManyVcpus {
+                requested: usize::from(config.vcpus),
+                max: kvm.max_vcpus(),
+            }
+            .into());
+        }
+        let mut vm = Vm::new(&kvm)?;
+        vm.register_memory(&memory.memory)?;
+
+        let exit = VmExitHandle::new().map_err(|e| VmmError::Device {
+            device: "exit event",
+            reason: e.to_string(),
+        })?;
+        let (serial_out, stdin_input) = serial_output(config.serial)?;
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
+        let devices = LegacyDevices::create(
+            &vm,
+            &mut pio,
+            &mut mmio,
+            &exit,
+            serial_out,
+            config.start_time,
+            config.boot_timer_log,
+        )?;
+
+        kindling_vcpu::x86_64::gdt::write_gdt_and_idt(&memory.memory)?;
+        kindling_vcpu::x86_64::gdt::write_identity_page_tables(&memory.memory)?;
+        let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+        for id in 0..config.vcpus {
+            let vcpu = vm.create_vcpu(id)?;
+            let entry = (id == 0).then_some(BootEntry::Linux64 {
+                entry: boot.entry,
+                zero_page: boot.zero_page,
+            });
+            vcpu.configure(&kvm, config.vcpus, entry)?;
+            vcpus.push(vcpu);
+        }
+        Ok(Self {
+            vcpus,
+            devices,
+            handler: Arc::new(BusExitHandler { pio, mmio }),
+            exit,
+            stdin_input,
+            vm,
+            kvm,
+            memory,
+        })
+    }
+
+    /// A handle to stop the VM from another thread.
+    pub fn handle(&self) -> VmmHandle {
+        VmmHandle {
+            exit: self.exit.clone(),
+        }
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory.memory
+    }
+
+    /// The legacy devices.
+    pub fn devices(&self) -> &LegacyDevices {
+        &self.devices
+    }
+
+    /// The KVM VM.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// The checked KVM handle.
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// Runs the VM until the guest or a [`VmmHandle`] ends it: vCPUs on
+    /// their own threads, the device event loop on this one. Returns why
+    /// the VM ended, or the first vCPU error.
+    pub fn run(mut self) -> Result<ExitReason, VmmError> {
+        let mut manager: EventManager<SubscriberBox> =
+            EventManager::new().map_err(|e| VmmError::EventLoop(format!("{e:?}")))?;
+        manager.add_subscriber(Box::new(ExitSubscriber {
+            exit: self.exit.clone(),
+        }));
+        if self.stdin_input {
+            manager.add_subscriber(Box::new(StdinSubscriber {
+                serial: self.devices.serial.clone(),
+                fd: libc::STDIN_FILENO,
+                active: false,
+            }));
+        }
+
+        let mut handles = Vec::with_capacity(self.vcpus.len());
+        for vcpu in self.vcpus.drain(..) {
+            let exit = self.exit.clone();
+            let on_stop = Box::new(move |_id: u8, result: &Result<VcpuStopReason, _>| {
+                let reason = match result {
+                    Ok(VcpuStopReason::Stopped) => return,
+                    Ok(VcpuStopReason::Reset) | Ok(VcpuStopReason::TripleFault) => {
+                        ExitReason::Reset
+                    }
+                    Ok(VcpuStopReason::PowerOff) | Ok(VcpuStopReason::Halted) => {
+                        ExitReason::PowerOff
+                    }
+                    Err(_) => ExitReason::Stopped,
+                };
+                exit.request(reason);
+            });
+            match VcpuHandle::spawn(vcpu, self.handler.clone(), on_stop) {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    self.exit.request(ExitReason::Stopped);
+                    stop_all(handles);
+                    return Err(e.into());
+                }
+            }
+        }
+
+        let mut loop_error = None;
+        while self.exit.reason().is_none() {
+            if let Err(e) = manager.run() {
+                loop_error = Some(VmmError::EventLoop(format!("{e:?}")));
+                break;
+            }
+        }
+        let vcpu_error = stop_all(handles);
+        let _ = self
+            .devices
+            .serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush();
+        if let Some(e) = vcpu_error {
+            return Err(e.into());
+        }
+        if let Some(e) = loop_error {
+            return Err(e);
+        }
+        Ok(self.exit.reason().unwrap_or(ExitReason::Stopped))
+    }
+}
+
+/// Stops and joins every vCPU; returns the first vCPU error.
+fn stop_all(handles: Vec<VcpuHandle>) -> Option<kindling_vcpu::VcpuError> {
+    for handle in &handles {
+        handle.stop();
+    }
+    let mut first_error = None;
+    for handle in handles {
+        let (_vcpu, result) = handle.join();
+        if let (Err(e), None) = (result, &first_error) {
+            first_error = Some(e);
+        }
+    }
+    first_error
+}

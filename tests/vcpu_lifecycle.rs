@@ -1,0 +1,144 @@
+//! vCPU threads on /dev/kvm: pause, resume and stop never wait on the
+//! guest, and vCPU/VM state survives a save and restore.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::kvm_available;
+use kindling::memory::{create_guest_memory, Backing, GuestRam, MemoryConfig};
+use kindling::vcpu::{Kvm, Vcpu, VcpuExitHandler, VcpuHandle, VcpuRunState, VcpuStopReason, Vm};
+use vm_memory::{Bytes, GuestAddress};
+
+/// Counts port writes.
+#[derive(Default)]
+struct Counter(AtomicU64);
+
+impl VcpuExitHandler for Counter {
+    fn pio_read(&self, _: u16, _: &mut [u8]) {}
+    fn pio_write(&self, _: u16, _: &[u8]) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+    fn mmio_read(&self, _: u64, _: &mut [u8]) {}
+    fn mmio_write(&self, _: u64, _: &[u8]) {}
+}
+
+/// A VM whose only vCPU runs 16-bit `code` at 0x1000 in real mode.
+fn real_mode_vm(code: &[u8]) -> (Kvm, Vm, Vcpu, GuestRam) {
+    let kvm = Kvm::new().unwrap();
+    let ram = create_guest_memory(&MemoryConfig {
+        size_mib: 2,
+        backing: Backing::Anonymous,
+    })
+    .unwrap();
+    ram.memory.write_slice(code, GuestAddress(0x1000)).unwrap();
+    let mut vm = Vm::new(&kvm).unwrap();
+    vm.register_memory(&ram.memory).unwrap();
+    let vcpu = vm.create_vcpu(0).unwrap();
+    vcpu.configure(&kvm, 1, None).unwrap();
+    let mut sregs = vcpu.fd().get_sregs().unwrap();
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    vcpu.fd().set_sregs(&sregs).unwrap();
+    let mut regs = vcpu.fd().get_regs().unwrap();
+    regs.rip = 0x1000;
+    regs.rflags = 2;
+    vcpu.fd().set_regs(&regs).unwrap();
+    (kvm, vm, vcpu, ram)
+}
+
+/// `out 0xf5, al; cli; hlt; jmp $-2`: one exit, then halted for good.
+const OUT_THEN_HLT: &[u8] = &[0xe6, 0xf5, 0xfa, 0xf4, 0xeb, 0xfd];
+/// `out 0xf5, al; jmp $-4`: exits forever.
+const OUT_LOOP: &[u8] = &[0xe6, 0xf5, 0xeb, 0xfc];
+
+fn wait_for(mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn stopping_a_halted_vcpu_does_not_wait_for_the_guest() {
+    if !kvm_available("stopping_a_halted_vcpu_does_not_wait_for_the_guest") {
+        return;
+    }
+    let (_kvm, _vm, vcpu, _ram) = real_mode_vm(OUT_THEN_HLT);
+    let counter = Arc::new(Counter::default());
+    let handle = VcpuHandle::spawn(vcpu, counter.clone(), Box::new(|_, _| {})).unwrap();
+    wait_for(|| counter.0.load(Ordering::SeqCst) == 1);
+    // The guest now sits in HLT with interrupts off, forever.
+    std::thread::sleep(Duration::from_millis(20));
+    let started = Instant::now();
+    let (vcpu, result) = handle.join();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(result.unwrap(), VcpuStopReason::Stopped);
+    assert!(vcpu.is_some());
+}
+
+#[test]
+fn pause_and_resume_a_busy_vcpu() {
+    if !kvm_available("pause_and_resume_a_busy_vcpu") {
+        return;
+    }
+    let (_kvm, _vm, vcpu, _ram) = real_mode_vm(OUT_LOOP);
+    let counter = Arc::new(Counter::default());
+    let stopped = Arc::new(AtomicU64::new(0));
+    let stopped_in_cb = stopped.clone();
+    let handle = VcpuHandle::spawn(
+        vcpu,
+        counter.clone(),
+        Box::new(move |_, _| {
+            stopped_in_cb.fetch_add(1, Ordering::SeqCst);
+        }),
+    )
+    .unwrap();
+    wait_for(|| counter.0.load(Ordering::SeqCst) > 10);
+    handle.pause();
+    assert_eq!(handle.state(), VcpuRunState::Paused);
+    let frozen = counter.0.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(counter.0.load(Ordering::SeqCst), frozen, "paused vCPU ran");
+    handle.resume();
+    wait_for(|| counter.0.load(Ordering::SeqCst) > frozen + 10);
+    let (_vcpu, result) = handle.join();
+    assert_eq!(result.unwrap(), VcpuStopReason::Stopped);
+    assert_eq!(stopped.load(Ordering::SeqCst), 1, "on_stop runs once");
+}
+
+#[test]
+fn vcpu_and_vm_state_round_trip() {
+    if !kvm_available("vcpu_and_vm_state_round_trip") {
+        return;
+    }
+    let (kvm, vm, mut vcpu, _ram) = real_mode_vm(OUT_THEN_HLT);
+    // Run to the port write so the state is not just the reset state.
+    let counter = Counter::default();
+    while counter.0.load(Ordering::SeqCst) == 0 {
+        vcpu.run_once(&counter).unwrap();
+    }
+    let state = vcpu.save_state(&kvm).unwrap();
+    let vm_state = vm.save_state().unwrap();
+    assert_eq!(state.regs.rip, 0x1002);
+    let json = serde_json::to_string(&state).unwrap();
+    let state: kindling::vcpu::VcpuState = serde_json::from_str(&json).unwrap();
+
+    let (_kvm2, vm2, vcpu2, _ram2) = real_mode_vm(OUT_LOOP);
+    vm2.restore_state(&vm_state).unwrap();
+    vcpu2.restore_state(&kvm, &state).unwrap();
+    let again = vcpu2.save_state(&kvm).unwrap();
+    assert_eq!(again.regs.rip, state.regs.rip);
+    assert_eq!(again.sregs.cs.base, state.sregs.cs.base);
+    assert_eq!(again.lapic.regs[..], state.lapic.regs[..]);
+    assert_eq!(again.cpuid.len(), state.cpuid.len());
+
+    // A state for another vCPU id is refused with a clear error.
+    let mut wrong = state;
+    wrong.id = 3;
+    let err = vcpu2.restore_state(&kvm, &wrong).unwrap_err();
+    assert!(err.to_string().contains("belongs to vCPU 3"), "{err}");
+}
