@@ -29,10 +29,20 @@ struct Args {
     #[arg(long, value_name = "STR")]
     cmdline: Option<String>,
     /// Number of vCPUs (1-254).
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_name = "N",
+        allow_hyphen_values = true
+    )]
     cpus: u8,
     /// Guest memory in MiB.
-    #[arg(long, default_value_t = 128, value_name = "MIB")]
+    #[arg(
+        long,
+        default_value_t = 128,
+        value_name = "MIB",
+        allow_hyphen_values = true
+    )]
     memory: u64,
     /// Serial console output: stdout, off, or file=PATH.
     #[arg(long, default_value = "stdout", value_parser = parse_serial, value_name = "WHERE")]

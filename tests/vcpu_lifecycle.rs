@@ -34,8 +34,7 @@ fn real_mode_vm(code: &[u8]) -> (Kvm, Vm, Vcpu, GuestRam) {
     })
     .unwrap();
     ram.memory.write_slice(code, GuestAddress(0x1000)).unwrap();
-    let mut vm = Vm::new(&kvm).unwrap();
-    vm.register_memory(&ram.memory).unwrap();
+    let vm = Vm::new(&kvm, &ram.memory).unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
     vcpu.configure(&kvm, 1, None).unwrap();
     let mut sregs = vcpu.fd().get_sregs().unwrap();

@@ -160,7 +160,9 @@ impl Bus {
 /// the lock: device state stays usable, and a panic elsewhere is reported
 /// by that thread.
 pub(crate) fn lock(device: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    device
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -202,7 +204,13 @@ mod tests {
     fn overlaps_are_refused() {
         let mut bus = Bus::new();
         bus.insert(0x1000, 0x100, dev()).unwrap();
-        for (base, len) in [(0x1000, 1), (0xfff, 2), (0x10ff, 1), (0x800, 0x1000), (0x1050, 1)] {
+        for (base, len) in [
+            (0x1000, 1),
+            (0xfff, 2),
+            (0x10ff, 1),
+            (0x800, 0x1000),
+            (0x1050, 1),
+        ] {
             assert!(
                 matches!(bus.insert(base, len, dev()), Err(BusError::Overlap { .. })),
                 "{base:#x}+{len:#x}"
@@ -230,7 +238,10 @@ mod tests {
         let mut buf = [0u8; 4];
         assert_eq!(
             bus.read(0xfff, &mut buf[..1]),
-            Err(BusError::NoDevice { addr: 0xfff, len: 1 })
+            Err(BusError::NoDevice {
+                addr: 0xfff,
+                len: 1
+            })
         );
         // Straddles the end of the device.
         assert!(bus.read(0x100e, &mut buf).is_err());

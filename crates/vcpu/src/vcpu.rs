@@ -44,7 +44,9 @@ impl Vcpu {
         &self.fd
     }
 
-    pub(crate) fn fd_mut(&mut self) -> &mut VcpuFd {
+    /// The underlying kvm-ioctls vCPU handle, mutably (to call `run`
+    /// directly, bypassing [`Vcpu::run_once`]).
+    pub fn fd_mut(&mut self) -> &mut VcpuFd {
         &mut self.fd
     }
 

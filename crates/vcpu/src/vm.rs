@@ -43,31 +43,44 @@ fn setup(step: &'static str) -> impl FnOnce(vmm_sys_util::errno::Error) -> VmErr
 }
 
 impl Vm {
-    /// Creates a VM with the in-kernel IOAPIC/PIC/LAPICs and PIT.
+    /// Creates a VM over `memory` with the in-kernel IOAPIC/PIC/LAPICs and
+    /// PIT.
+    ///
+    /// The memory slots are registered before the irqchip exists: on the
+    /// nested KVM hosts Kindling is tested on, registering a slot after
+    /// `KVM_CREATE_IRQCHIP` waits for an expedited SRCU grace period and
+    /// costs about 6 ms, against 0.06 ms before it.
     #[cfg(target_arch = "x86_64")]
-    pub fn new(kvm: &Kvm) -> Result<Self, VmError> {
+    pub fn new(kvm: &Kvm, memory: &GuestMemoryMmap) -> Result<Self, VmError> {
         use kindling_memory::layout::{KVM_IDENTITY_MAP_START, KVM_TSS_START};
         let fd = kvm.fd().create_vm().map_err(setup("create the VM"))?;
-        fd.set_tss_address(KVM_TSS_START as usize)
+        let mut vm = Self {
+            fd,
+            max_vcpus: kvm.max_vcpus(),
+            next_slot: 0,
+        };
+        vm.register_memory(memory)?;
+        vm.fd
+            .set_tss_address(KVM_TSS_START as usize)
             .map_err(setup("set the TSS address"))?;
-        fd.set_identity_map_address(KVM_IDENTITY_MAP_START)
+        vm.fd
+            .set_identity_map_address(KVM_IDENTITY_MAP_START)
             .map_err(setup("set the identity map address"))?;
-        fd.create_irq_chip()
+        vm.fd
+            .create_irq_chip()
             .map_err(setup("create the in-kernel irqchip"))?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        fd.create_pit2(pit)
+        vm.fd
+            .create_pit2(pit)
             .map_err(setup("create the in-kernel PIT"))?;
-        Ok(Self {
-            fd,
-            max_vcpus: kvm.max_vcpus(),
-            next_slot: 0,
-        })
+        Ok(vm)
     }
 
-    /// Registers every region of `memory` as a KVM memory slot.
+    /// Registers every region of `memory` as a KVM memory slot (guest RAM
+    /// given to [`Vm::new`] is already registered; this is for more).
     pub fn register_memory(&mut self, memory: &GuestMemoryMmap) -> Result<(), VmError> {
         for region in memory.iter() {
             let slot = self.next_slot;

@@ -62,7 +62,13 @@ impl LegacyDevices {
             irq_line(vm, SERIAL_IRQ, "serial port")?,
             serial_out,
         )));
-        insert(pio, COM1_PORT, SERIAL_PORT_LEN, serial.clone(), "serial port")?;
+        insert(
+            pio,
+            COM1_PORT,
+            SERIAL_PORT_LEN,
+            serial.clone(),
+            "serial port",
+        )?;
 
         let i8042 = Arc::new(Mutex::new(I8042Device::new(
             Box::new(irq_line(vm, I8042_IRQ, "i8042")?),

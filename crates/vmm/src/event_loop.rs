@@ -4,7 +4,7 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use kindling_devices::legacy::SerialDevice;
+use kindling_devices::legacy::{OutputFlusher, SerialDevice};
 use kindling_devices::VmExitHandle;
 
 /// Wakes the event loop when a device asks to end the VM.
@@ -71,8 +71,25 @@ impl MutEventSubscriber for StdinSubscriber {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        self.active = ops
-            .add(Events::new_raw(self.fd, EventSet::IN))
-            .is_ok();
+        self.active = ops.add(Events::new_raw(self.fd, EventSet::IN)).is_ok();
+    }
+}
+
+/// Writes out a partial serial line once the guest has been quiet.
+#[derive(Debug)]
+pub(crate) struct SerialFlushSubscriber {
+    pub(crate) flusher: OutputFlusher,
+}
+
+impl MutEventSubscriber for SerialFlushSubscriber {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        // A failed write drops console output; the guest keeps running.
+        let _ = self.flusher.flush_pending();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        // Without the timer, partial lines still go out with the next
+        // newline and at the end of the VM.
+        let _ = ops.add(Events::new_raw(self.flusher.timer_fd(), EventSet::IN));
     }
 }

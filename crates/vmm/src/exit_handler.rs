@@ -69,7 +69,9 @@ mod tests {
     #[test]
     fn mapped_accesses_reach_devices() {
         let mut h = BusExitHandler::default();
-        h.pio.insert(0x80, 1, Arc::new(Mutex::new(Latch(0)))).unwrap();
+        h.pio
+            .insert(0x80, 1, Arc::new(Mutex::new(Latch(0))))
+            .unwrap();
         h.mmio
             .insert(0x1000, 1, Arc::new(Mutex::new(Latch(0))))
             .unwrap();

@@ -1,17 +1,18 @@
 //! Building and running a microVM.
 
 use std::fs::File;
-use std::io::{Cursor, LineWriter, Write};
+use std::io::{Cursor, Write};
 use std::sync::Arc;
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kindling_devices::legacy::{BufferedOutput, OutputFlusher};
 use kindling_devices::{Bus, ExitReason, VmExitHandle};
 use kindling_memory::{create_guest_memory, GuestMemoryMmap, GuestRam, MemoryConfig};
 use kindling_vcpu::{BootEntry, Kvm, Vcpu, VcpuHandle, VcpuStopReason, Vm};
 
 use crate::config::{KernelSource, SerialConfig, VmConfig};
 use crate::device_manager::LegacyDevices;
-use crate::event_loop::{ExitSubscriber, StdinSubscriber};
+use crate::event_loop::{ExitSubscriber, SerialFlushSubscriber, StdinSubscriber};
 use crate::{BusExitHandler, VmmError};
 
 /// The largest vCPU count a Kindling VM supports (the MP table's APIC ids
@@ -25,6 +26,7 @@ pub struct Vmm {
     vcpus: Vec<Vcpu>,
     devices: LegacyDevices,
     handler: Arc<BusExitHandler>,
+    serial_flusher: OutputFlusher,
     exit: VmExitHandle,
     stdin_input: bool,
     vm: Vm,
@@ -66,7 +68,7 @@ fn serial_output(config: SerialConfig) -> Result<(Box<dyn Write + Send>, bool), 
                 path,
                 source,
             })?;
-            (Box::new(LineWriter::new(file)), false)
+            (Box::new(file), false)
         }
         SerialConfig::Writer(w) => (w, false),
     })
@@ -119,14 +121,18 @@ impl Vmm {
             }
             .into());
         }
-        let mut vm = Vm::new(&kvm)?;
-        vm.register_memory(&memory.memory)?;
+        let vm = Vm::new(&kvm, &memory.memory)?;
 
         let exit = VmExitHandle::new().map_err(|e| VmmError::Device {
             device: "exit event",
             reason: e.to_string(),
         })?;
         let (serial_out, stdin_input) = serial_output(config.serial)?;
+        let (serial_out, serial_flusher) =
+            BufferedOutput::new(serial_out).map_err(|e| VmmError::Device {
+                device: "serial port",
+                reason: format!("cannot create its output timer: {e}"),
+            })?;
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
         let devices = LegacyDevices::create(
@@ -134,7 +140,7 @@ impl Vmm {
             &mut pio,
             &mut mmio,
             &exit,
-            serial_out,
+            Box::new(serial_out),
             config.start_time,
             config.boot_timer_log,
         )?;
@@ -155,6 +161,7 @@ impl Vmm {
             vcpus,
             devices,
             handler: Arc::new(BusExitHandler { pio, mmio }),
+            serial_flusher,
             exit,
             stdin_input,
             vm,
@@ -199,6 +206,9 @@ impl Vmm {
         manager.add_subscriber(Box::new(ExitSubscriber {
             exit: self.exit.clone(),
         }));
+        manager.add_subscriber(Box::new(SerialFlushSubscriber {
+            flusher: self.serial_flusher.clone(),
+        }));
         if self.stdin_input {
             manager.add_subscriber(Box::new(StdinSubscriber {
                 serial: self.devices.serial.clone(),
@@ -241,12 +251,7 @@ impl Vmm {
             }
         }
         let vcpu_error = stop_all(handles);
-        let _ = self
-            .devices
-            .serial
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .flush();
+        let _ = self.serial_flusher.flush_pending();
         if let Some(e) = vcpu_error {
             return Err(e.into());
         }

@@ -4,11 +4,13 @@ mod boot_timer;
 mod debug_exit;
 mod i8042;
 mod serial;
+mod serial_output;
 
 pub use boot_timer::{BootTimer, StartTime};
 pub use debug_exit::DebugExit;
 pub use i8042::{I8042Device, I8042State};
 pub use serial::{SerialDevice, SerialDeviceState};
+pub use serial_output::{BufferedOutput, OutputFlusher, PARTIAL_LINE_DELAY};
 
 /// COM1's I/O port base.
 pub const COM1_PORT: u64 = 0x3f8;

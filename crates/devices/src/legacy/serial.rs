@@ -103,8 +103,8 @@ impl SerialDevice {
         irq: EventFdLine,
         out: SerialOutput,
     ) -> io::Result<Self> {
-        let uart = Serial::from_state(&SerialState::from(state), irq, NoEvents, out).map_err(
-            |e| {
+        let uart =
+            Serial::from_state(&SerialState::from(state), irq, NoEvents, out).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
@@ -112,8 +112,7 @@ impl SerialDevice {
                         state.in_buffer.len()
                     ),
                 )
-            },
-        )?;
+            })?;
         Ok(Self {
             uart,
             lost_output_bytes: 0,

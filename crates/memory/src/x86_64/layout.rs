@@ -67,7 +67,7 @@ pub const ACPI_END: u64 = 0x100000;
 pub const HIMEM_START: u64 = 0x100000;
 
 /// Firecracker-compatible boot timer: a guest byte write of
-/// [`BOOT_TIMER_MAGIC`](crate::layout::BOOT_TIMER_MAGIC) here logs the boot time.
+/// [`BOOT_TIMER_MAGIC`] here logs the boot time.
 pub const BOOT_TIMER_START: u64 = MMIO_GAP_START;
 /// Size of the boot timer's MMIO window.
 pub const BOOT_TIMER_SIZE: u64 = PAGE_SIZE;

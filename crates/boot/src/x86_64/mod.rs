@@ -1,0 +1,28 @@
+//! x86_64 boot: kernel loading, boot parameters, E820 and the MP table.
+
+mod bzimage;
+mod cmdline;
+mod e820;
+mod elf;
+mod error;
+mod image;
+mod initrd;
+mod kernel;
+mod linux;
+mod mptable;
+mod pvh;
+#[cfg(test)]
+mod test_images;
+mod zero_page;
+
+pub use bzimage::{MIN_BOOT_PROTOCOL, STARTUP_64_OFFSET};
+pub use cmdline::{load_cmdline, CmdlinePlacement};
+pub use e820::{e820_from_ranges, e820_map, E820Entry, E820Type};
+pub use error::BootError;
+pub use image::ReadSeek;
+pub use initrd::{load_initrd, place_initrd, InitrdPlacement};
+pub use kernel::{load_kernel, KernelFormat, LoadedKernel, DEFAULT_INITRD_ADDR_MAX};
+pub use linux::{load_linux, load_linux_pvh, BootInfo, PvhBootInfo};
+pub use mptable::{mptable_bytes, mptable_size, setup_mptable, MAX_CPUS};
+pub use pvh::{configure_pvh, XEN_HVM_START_MAGIC};
+pub use zero_page::{configure_zero_page, zero_page, LOADER_TYPE_UNDEFINED};

@@ -1,0 +1,221 @@
+/*
+ * main.c: the ring-3 main program of the Kindling test guest.
+ *
+ * Reads the command line from the zero page, runs the actions listed in
+ * `kindling.test=` in order, then exits through the debug-exit port (or the
+ * i8042 reset) as `kindling.exit=` says. The modes and their output lines
+ * are documented in src/lib.rs, which the VMM's tests rely on.
+ */
+#include "guest.h"
+
+#define CMDLINE_CAP	4096
+#define EXIT_UNKNOWN_ACTION	2
+
+extern char __bss_start[], __bss_end[];
+
+/* A piece of the command line (not NUL-terminated). */
+struct span {
+	const char *p;
+	size_t n;
+};
+
+struct exit_request {
+	bool reset;		/* kindling.exit=reset */
+	uint8_t status;		/* kindling.exit=N */
+};
+
+static char cmdline[CMDLINE_CAP];
+
+static bool is_space(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static bool span_eq(struct span s, const char *lit)
+{
+	return s.n == strlen(lit) && memcmp(s.p, lit, s.n) == 0;
+}
+
+/* If s starts with prefix, drops the prefix and returns true. */
+static bool take_prefix(struct span *s, const char *prefix)
+{
+	size_t n = strlen(prefix);
+
+	if (s->n < n || memcmp(s->p, prefix, n) != 0)
+		return false;
+	s->p += n;
+	s->n -= n;
+	return true;
+}
+
+/*
+ * Splits off the next piece of *rest ending at a separator (is_sep) and
+ * returns it; pieces may be empty. *rest becomes what follows the separator.
+ */
+static struct span next_piece(struct span *rest, bool (*is_sep)(char))
+{
+	struct span piece = { rest->p, 0 };
+
+	while (piece.n < rest->n && !is_sep(rest->p[piece.n]))
+		piece.n++;
+	rest->p += piece.n;
+	rest->n -= piece.n;
+	if (rest->n) {		/* skip the separator */
+		rest->p++;
+		rest->n--;
+	}
+	return piece;
+}
+
+static bool is_comma(char c)
+{
+	return c == ',';
+}
+
+/* Parses "0".."255"; false for anything else. */
+static bool parse_u8(struct span s, uint8_t *out)
+{
+	unsigned v = 0;
+
+	if (s.n == 0 || s.n > 3)
+		return false;
+	for (size_t i = 0; i < s.n; i++) {
+		if (s.p[i] < '0' || s.p[i] > '9')
+			return false;
+		v = v * 10 + (unsigned)(s.p[i] - '0');
+	}
+	if (v > 255)
+		return false;
+	*out = (uint8_t)v;
+	return true;
+}
+
+static __attribute__((noreturn)) void halt_forever(void)
+{
+	for (;;)
+		cpu_relax();
+}
+
+static __attribute__((noreturn)) void exit_vm(struct exit_request req)
+{
+	if (req.reset)
+		outb(I8042_COMMAND_PORT, I8042_RESET);
+	else
+		outb(DEBUG_EXIT_PORT, req.status);
+	halt_forever();		/* the VMM should not have let us run on */
+}
+
+/* ---- actions ---------------------------------------------------------- */
+
+static void action_hello(void)
+{
+	out_str("Hello from the Kindling test guest!");
+	out_line();
+}
+
+static void action_cmdline(size_t len)
+{
+	out_str("cmdline: ");
+	out_mem(cmdline, len);
+	out_line();
+}
+
+static void action_e820(uint64_t zero_page)
+{
+	unsigned count = bootparams_e820_count(zero_page);
+
+	out_str("e820: ");
+	out_dec(count);
+	out_str(" entries");
+	out_line();
+	for (unsigned i = 0; i < count; i++) {
+		struct e820_entry e = bootparams_e820_entry(zero_page, i);
+
+		out_str("e820: addr=");
+		out_hex(e.addr, 16);
+		out_str(" size=");
+		out_hex(e.size, 16);
+		out_str(" type=");
+		out_dec(e.type);
+		out_line();
+	}
+}
+
+static void action_timer(void)
+{
+	*(volatile uint8_t *)BOOT_TIMER_ADDR = BOOT_TIMER_MAGIC;
+	out_str("boot-timer: signalled");
+	out_line();
+}
+
+static __attribute__((noreturn)) void action_pio_loop(void)
+{
+	for (;;)
+		outb(BENCH_PORT, 0);
+}
+
+/* Runs one action; returns false if it is unknown. */
+static bool run_action(struct span action, uint64_t zero_page, size_t cmdline_len)
+{
+	if (span_eq(action, "hello"))
+		action_hello();
+	else if (span_eq(action, "cmdline"))
+		action_cmdline(cmdline_len);
+	else if (span_eq(action, "e820"))
+		action_e820(zero_page);
+	else if (span_eq(action, "smp"))
+		smp_report();
+	else if (span_eq(action, "timer"))
+		action_timer();
+	else if (span_eq(action, "pio-loop"))
+		action_pio_loop();
+	else
+		return false;
+	return true;
+}
+
+/* Entered from start.S in ring 3 with the zero page address from RSI. */
+__attribute__((noreturn)) void guest_main(uint64_t zero_page)
+{
+	struct span actions = { "hello", 5 };
+	struct exit_request exit_req = { false, 0 };
+	struct span rest, action;
+	size_t len;
+
+	/* The ELF loader need not clear the bss: do it before anything else. */
+	memset(__bss_start, 0, (size_t)(__bss_end - __bss_start));
+
+	len = bootparams_cmdline(zero_page, cmdline, sizeof(cmdline));
+
+	/* Tokens are whitespace-separated; unknown ones are ignored. */
+	rest = (struct span){ cmdline, len };
+	while (rest.n) {
+		struct span token = next_piece(&rest, is_space);
+		uint8_t status;
+
+		if (take_prefix(&token, "kindling.test=")) {
+			actions = token;
+		} else if (take_prefix(&token, "kindling.exit=")) {
+			if (span_eq(token, "reset")) {
+				exit_req.reset = true;
+			} else if (parse_u8(token, &status)) {
+				exit_req.reset = false;
+				exit_req.status = status;
+			}
+		}
+	}
+
+	rest = actions;
+	while (rest.n) {
+		action = next_piece(&rest, is_comma);
+		if (action.n == 0)
+			continue;
+		if (!run_action(action, zero_page, len)) {
+			out_str("unknown action: ");
+			out_mem(action.p, action.n);
+			out_line();
+			exit_vm((struct exit_request){ false, EXIT_UNKNOWN_ACTION });
+		}
+	}
+	exit_vm(exit_req);
+}

@@ -1,0 +1,194 @@
+//! Bad input through the example binary: every error is one clear line on
+//! stderr and exit status 1, never a panic or a backtrace.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{kvm_available, microvm_binary, TempDir};
+
+/// Runs `microvm` with `args`; returns (status, stdout, stderr).
+fn microvm(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(microvm_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running microvm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Asserts a failed run: status 1, one stderr line containing `needle`.
+fn assert_error(args: &[&str], needle: &str) {
+    let (status, _stdout, stderr) = microvm(args);
+    assert_eq!(status, 1, "{args:?}: stderr {stderr:?}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?}: expected one line, got {stderr:?}"
+    );
+    assert!(lines[0].starts_with("microvm: "), "{args:?}: {stderr:?}");
+    assert!(
+        lines[0].contains(needle),
+        "{args:?}: {stderr:?} lacks {needle:?}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("RUST_BACKTRACE"), "{stderr}");
+}
+
+/// A minimal ELF64 header with the given class, data and machine fields.
+fn elf_header(class: u8, data: u8, machine: u16) -> Vec<u8> {
+    let mut h = vec![0u8; 64];
+    h[..4].copy_from_slice(b"\x7fELF");
+    h[4] = class;
+    h[5] = data;
+    h[6] = 1;
+    h[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    h[18..20].copy_from_slice(&machine.to_le_bytes());
+    h[20..24].copy_from_slice(&1u32.to_le_bytes());
+    h
+}
+
+#[test]
+fn missing_kernel_file() {
+    assert_error(
+        &["--kernel", "/nonexistent/vmlinux"],
+        "cannot open kernel image /nonexistent/vmlinux",
+    );
+}
+
+#[test]
+fn kernel_with_bad_magic() {
+    let dir = TempDir::new("cli");
+    let kernel = dir.file("kernel", &[0x42; 4096]);
+    assert_error(&["--kernel", kernel.to_str().unwrap()], "magic");
+}
+
+#[test]
+fn truncated_kernel() {
+    let dir = TempDir::new("cli");
+    let kernel = dir.file("kernel", &kindling_test_guest::TEST_GUEST_ELF[..200]);
+    assert_error(&["--kernel", kernel.to_str().unwrap()], "truncated");
+}
+
+#[test]
+fn kernel_for_another_architecture() {
+    let dir = TempDir::new("cli");
+    // EM_AARCH64 = 183.
+    let kernel = dir.file("kernel", &elf_header(2, 1, 183));
+    assert_error(
+        &["--kernel", kernel.to_str().unwrap()],
+        "not an x86_64 image",
+    );
+    let kernel32 = dir.file("kernel32", &elf_header(1, 1, 62));
+    assert_error(&["--kernel", kernel32.to_str().unwrap()], "not 64-bit");
+}
+
+#[test]
+fn kernel_that_does_not_fit_in_memory() {
+    // The test guest loads at 1 MiB; 1 MiB of RAM cannot hold it.
+    assert_error(&["--memory", "1"], "does not fit in guest memory");
+}
+
+#[test]
+fn initrd_too_large_for_memory() {
+    let dir = TempDir::new("cli");
+    let initrd = dir.file("initrd", &vec![0u8; 24 << 20]);
+    assert_error(
+        &["--memory", "16", "--initrd", initrd.to_str().unwrap()],
+        "initrd of 25165824 bytes",
+    );
+}
+
+#[test]
+fn missing_initrd_file() {
+    assert_error(&["--initrd", "/nonexistent/initrd"], "cannot open initrd");
+}
+
+#[test]
+fn command_line_too_long() {
+    let long = "x".repeat(5000);
+    assert_error(&["--cmdline", &long], "command line is too long");
+}
+
+#[test]
+fn bad_memory_sizes() {
+    assert_error(&["--memory", "0"], "must not be zero");
+    assert_error(&["--memory", "99999999999"], "does not fit");
+    assert_error(&["--memory", "-5"], "--memory");
+    assert_error(&["--memory", "lots"], "--memory");
+}
+
+#[test]
+fn bad_vcpu_counts() {
+    assert_error(&["--cpus", "0"], "invalid vCPU count 0");
+    assert_error(&["--cpus", "255"], "invalid vCPU count 255");
+    assert_error(&["--cpus", "300"], "--cpus");
+}
+
+#[test]
+fn bad_serial_option() {
+    assert_error(&["--serial", "tty"], "is not stdout, off or file=PATH");
+    assert_error(&["--serial", "file="], "is not stdout, off or file=PATH");
+    assert_error(
+        &["--serial", "file=/nonexistent/dir/out"],
+        "cannot open serial output file",
+    );
+}
+
+#[test]
+fn unknown_flag() {
+    assert_error(&["--frobnicate"], "--frobnicate");
+}
+
+#[test]
+fn help_goes_to_stdout() {
+    let (status, stdout, stderr) = microvm(&["--help"]);
+    assert_eq!(status, 0, "{stderr}");
+    assert!(stdout.contains("--kernel"));
+    assert!(stderr.is_empty());
+}
+
+#[test]
+fn default_run_prints_hello_and_exits_zero() {
+    if !kvm_available("default_run_prints_hello_and_exits_zero") {
+        return;
+    }
+    let (status, stdout, stderr) = microvm(&[]);
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(stdout, "Hello from the Kindling test guest!\n");
+}
+
+#[test]
+fn guest_exit_status_becomes_the_process_status() {
+    if !kvm_available("guest_exit_status_becomes_the_process_status") {
+        return;
+    }
+    let (status, stdout, _) = microvm(&["--cmdline", "kindling.test=hello kindling.exit=9"]);
+    assert_eq!(status, 9);
+    assert_eq!(stdout.lines().count(), 1);
+}
+
+#[test]
+fn serial_to_file_and_off() {
+    if !kvm_available("serial_to_file_and_off") {
+        return;
+    }
+    let dir = TempDir::new("cli");
+    let out = dir.0.join("console.log");
+    let arg = format!("file={}", out.display());
+    let (status, stdout, _) = microvm(&["--serial", &arg, "--cpus", "2"]);
+    assert_eq!(status, 0);
+    assert!(stdout.is_empty());
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "Hello from the Kindling test guest!\n"
+    );
+    let (status, stdout, _) = microvm(&["--serial", "off"]);
+    assert_eq!(status, 0);
+    assert!(stdout.is_empty());
+}
