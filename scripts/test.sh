@@ -32,5 +32,12 @@ step "build the example VMM (release)"
 cargo build --release --example microvm --locked
 
 step "cargo test"
-cargo test --workspace --all-targets --locked
-cargo test --workspace --doc --locked
+# Plain `cargo test` builds the examples as binaries, which the CLI tests
+# run (with --all-targets they would be built as test harnesses instead).
+cargo test --workspace --locked
+
+step "benchmarks in test mode (one quick iteration each)"
+cargo test --workspace --benches --locked
+
+step "end-to-end tier: real Linux in a nested, emulated machine (tests/e2e)"
+KINDLING_E2E_MICROVM=target/release/examples/microvm bash tests/e2e/run.sh
