@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use kindling::vmm::{KernelSource, SerialConfig, StartTime, VmConfig, Vmm, DEFAULT_LINUX_CMDLINE};
+use kindling::vmm::{
+    BootProtocol, KernelSource, SerialConfig, StartTime, VmConfig, Vmm, DEFAULT_LINUX_CMDLINE,
+};
 
 /// Boot a KVM microVM.
 #[derive(Debug, Parser)]
@@ -28,6 +30,10 @@ struct Args {
     /// Kernel command line.
     #[arg(long, value_name = "STR")]
     cmdline: Option<String>,
+    /// Boot an ELF vmlinux through its PVH entry note instead of the 64-bit
+    /// Linux entry.
+    #[arg(long)]
+    pvh: bool,
     /// Number of vCPUs (1-254).
     #[arg(
         long,
@@ -95,6 +101,11 @@ fn main() -> ExitCode {
         kernel,
         initrd: args.initrd,
         cmdline: args.cmdline.unwrap_or_else(|| default_cmdline.to_string()),
+        boot_protocol: if args.pvh {
+            BootProtocol::Pvh
+        } else {
+            BootProtocol::Linux64
+        },
         vcpus: args.cpus,
         memory_mib: args.memory,
         serial: match args.serial {

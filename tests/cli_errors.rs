@@ -192,3 +192,9 @@ fn serial_to_file_and_off() {
     assert_eq!(status, 0);
     assert!(stdout.is_empty());
 }
+
+#[test]
+fn pvh_needs_the_pvh_note() {
+    // The test guest is an ELF without a PVH note.
+    assert_error(&["--pvh"], "has no PVH entry note");
+}

@@ -16,6 +16,17 @@ pub enum BootEntry {
         /// Guest-physical address of the zero page (`boot_params`).
         zero_page: u64,
     },
+    /// The PVH entry (Xen's direct boot ABI, which Linux supports with
+    /// `CONFIG_PVH`): 32-bit protected mode, paging off, `rip` at the
+    /// entry from the ELF note, `rbx` at the `hvm_start_info`. The PVH GDT
+    /// must be in guest memory
+    /// ([`write_pvh_gdt_and_idt`](crate::x86_64::gdt::write_pvh_gdt_and_idt)).
+    Pvh {
+        /// Guest-physical PVH entry point.
+        entry: u64,
+        /// Guest-physical address of the `hvm_start_info` structure.
+        start_info: u64,
+    },
 }
 
 /// A KVM vCPU.
@@ -91,14 +102,23 @@ impl Vcpu {
         self.fd
             .set_lapic(&lapic_state)
             .map_err(ioctl_err(id, "set the LAPIC"))?;
-        if let Some(BootEntry::Linux64 { entry, zero_page }) = boot {
+        if let Some(boot) = boot {
             let mut sregs = self.fd.get_sregs().map_err(ioctl_err(id, "read sregs"))?;
-            regs::configure_long_mode_sregs(&mut sregs);
+            let boot_regs = match boot {
+                BootEntry::Linux64 { entry, zero_page } => {
+                    regs::configure_long_mode_sregs(&mut sregs);
+                    regs::boot_regs(entry, zero_page)
+                }
+                BootEntry::Pvh { entry, start_info } => {
+                    regs::configure_pvh_sregs(&mut sregs);
+                    regs::pvh_regs(entry, start_info)
+                }
+            };
             self.fd
                 .set_sregs(&sregs)
                 .map_err(ioctl_err(id, "set sregs"))?;
             self.fd
-                .set_regs(&regs::boot_regs(entry, zero_page))
+                .set_regs(&boot_regs)
                 .map_err(ioctl_err(id, "set registers"))?;
         }
         Ok(())

@@ -19,6 +19,16 @@ pub enum KernelSource {
     Bytes(&'static [u8]),
 }
 
+/// Which entry point of the kernel the boot vCPU starts at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BootProtocol {
+    /// The 64-bit entry of the Linux boot protocol (ELF or bzImage).
+    #[default]
+    Linux64,
+    /// The PVH entry of an ELF `vmlinux` that carries the PVH note.
+    Pvh,
+}
+
 /// Where the serial console's output goes.
 pub enum SerialConfig {
     /// The VMM's standard output (input comes from standard input).
@@ -50,6 +60,8 @@ pub struct VmConfig {
     pub initrd: Option<PathBuf>,
     /// The kernel command line.
     pub cmdline: String,
+    /// The kernel entry point to use.
+    pub boot_protocol: BootProtocol,
     /// Number of vCPUs (1 to 254).
     pub vcpus: u8,
     /// Guest RAM in MiB.
@@ -70,6 +82,7 @@ impl std::fmt::Debug for VmConfig {
             .field("kernel", &self.kernel)
             .field("initrd", &self.initrd)
             .field("cmdline", &self.cmdline)
+            .field("boot_protocol", &self.boot_protocol)
             .field("vcpus", &self.vcpus)
             .field("memory_mib", &self.memory_mib)
             .field("memory_backing", &self.memory_backing)
@@ -84,6 +97,7 @@ impl Default for VmConfig {
             kernel: KernelSource::Path(PathBuf::new()),
             initrd: None,
             cmdline: DEFAULT_LINUX_CMDLINE.to_string(),
+            boot_protocol: BootProtocol::Linux64,
             vcpus: 1,
             memory_mib: 128,
             memory_backing: Backing::Anonymous,

@@ -4,7 +4,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use kindling_devices::legacy::{
-    BootTimer, DebugExit, I8042Device, SerialDevice, StartTime, COM1_PORT, DEBUG_EXIT_PORT,
+    AcpiPmDevice, BootTimer, CmosRtc, DebugExit, I8042Device, SerialDevice, StartTime,
+    ACPI_PM_PORT, ACPI_PM_PORT_LEN, CMOS_RTC_PORT, CMOS_RTC_PORT_LEN, COM1_PORT, DEBUG_EXIT_PORT,
     I8042_PORT, I8042_PORT_LEN, SERIAL_PORT_LEN,
 };
 use kindling_devices::{Bus, EventFdLine, SharedDevice, VmExitHandle};
@@ -22,6 +23,10 @@ pub struct LegacyDevices {
     pub i8042: Arc<Mutex<I8042Device>>,
     /// The boot timer.
     pub boot_timer: Arc<Mutex<BootTimer>>,
+    /// The CMOS real-time clock.
+    pub rtc: Arc<Mutex<CmosRtc>>,
+    /// The ACPI sleep and reset registers.
+    pub acpi_pm: Arc<Mutex<AcpiPmDevice>>,
 }
 
 fn device_err(device: &'static str) -> impl FnOnce(String) -> VmmError {
@@ -47,7 +52,8 @@ fn insert(
 
 impl LegacyDevices {
     /// Creates COM1 (IRQ 4) writing to `serial_out`, the i8042 (IRQ 1), the
-    /// debug-exit port and the boot timer; wires their interrupts to the
+    /// CMOS RTC, the ACPI PM registers, the debug-exit port and the boot
+    /// timer; wires their interrupts to the
     /// VM and puts them on `pio` and `mmio`.
     pub fn create(
         vm: &Vm,
@@ -79,6 +85,24 @@ impl LegacyDevices {
         let debug_exit = Arc::new(Mutex::new(DebugExit::new(exit.clone())));
         insert(pio, DEBUG_EXIT_PORT, 1, debug_exit, "debug-exit port")?;
 
+        let acpi_pm = Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone())));
+        insert(
+            pio,
+            u64::from(ACPI_PM_PORT),
+            u64::from(ACPI_PM_PORT_LEN),
+            acpi_pm.clone(),
+            "ACPI PM registers",
+        )?;
+
+        let rtc = Arc::new(Mutex::new(CmosRtc::new()));
+        insert(
+            pio,
+            CMOS_RTC_PORT,
+            CMOS_RTC_PORT_LEN,
+            rtc.clone(),
+            "CMOS RTC",
+        )?;
+
         let boot_timer = Arc::new(Mutex::new(BootTimer::new(start_time, boot_timer_log)));
         insert(
             mmio,
@@ -91,6 +115,8 @@ impl LegacyDevices {
             serial,
             i8042,
             boot_timer,
+            rtc,
+            acpi_pm,
         })
     }
 }

@@ -31,7 +31,7 @@ mod event_loop;
 mod exit_handler;
 mod vmm;
 
-pub use config::{KernelSource, SerialConfig, VmConfig, DEFAULT_LINUX_CMDLINE};
+pub use config::{BootProtocol, KernelSource, SerialConfig, VmConfig, DEFAULT_LINUX_CMDLINE};
 pub use device_manager::LegacyDevices;
 pub use error::VmmError;
 pub use exit_handler::BusExitHandler;

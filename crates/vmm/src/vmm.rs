@@ -8,9 +8,10 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kindling_devices::legacy::{BufferedOutput, OutputFlusher};
 use kindling_devices::{Bus, ExitReason, VmExitHandle};
 use kindling_memory::{create_guest_memory, GuestMemoryMmap, GuestRam, MemoryConfig};
+use kindling_vcpu::x86_64::gdt;
 use kindling_vcpu::{BootEntry, Kvm, Vcpu, VcpuHandle, VcpuStopReason, Vm};
 
-use crate::config::{KernelSource, SerialConfig, VmConfig};
+use crate::config::{BootProtocol, KernelSource, SerialConfig, VmConfig};
 use crate::device_manager::LegacyDevices;
 use crate::event_loop::{ExitSubscriber, SerialFlushSubscriber, StdinSubscriber};
 use crate::{BusExitHandler, VmmError};
@@ -103,15 +104,44 @@ impl Vmm {
             Some(path) => Some(open("initrd", path)?),
             None => None,
         };
-        let boot = kindling_boot::load_linux(
-            &memory.memory,
-            kernel,
-            initrd
-                .as_mut()
-                .map(|f| f as &mut dyn kindling_boot::ReadSeek),
-            &config.cmdline,
-            config.vcpus,
-        )?;
+        let initrd = initrd
+            .as_mut()
+            .map(|f| f as &mut dyn kindling_boot::ReadSeek);
+        let boot_entry = match config.boot_protocol {
+            BootProtocol::Linux64 => {
+                let boot = kindling_boot::load_linux(
+                    &memory.memory,
+                    kernel,
+                    initrd,
+                    &config.cmdline,
+                    config.vcpus,
+                )?;
+                gdt::write_gdt_and_idt(&memory.memory)?;
+                gdt::write_identity_page_tables(&memory.memory)?;
+                let rsdp = setup_acpi(&memory.memory, config.vcpus)?;
+                kindling_boot::set_acpi_rsdp(&memory.memory, boot.zero_page, rsdp)?;
+                BootEntry::Linux64 {
+                    entry: boot.entry,
+                    zero_page: boot.zero_page,
+                }
+            }
+            BootProtocol::Pvh => {
+                let boot = kindling_boot::load_linux_pvh(
+                    &memory.memory,
+                    kernel,
+                    initrd,
+                    &config.cmdline,
+                    config.vcpus,
+                )?;
+                gdt::write_pvh_gdt_and_idt(&memory.memory)?;
+                let rsdp = setup_acpi(&memory.memory, config.vcpus)?;
+                kindling_boot::set_pvh_rsdp(&memory.memory, boot.start_info, rsdp)?;
+                BootEntry::Pvh {
+                    entry: boot.entry,
+                    start_info: boot.start_info,
+                }
+            }
+        };
 
         let kvm = Kvm::new()?;
         if usize::from(config.vcpus) > kvm.max_vcpus() {
@@ -145,16 +175,10 @@ impl Vmm {
             config.boot_timer_log,
         )?;
 
-        kindling_vcpu::x86_64::gdt::write_gdt_and_idt(&memory.memory)?;
-        kindling_vcpu::x86_64::gdt::write_identity_page_tables(&memory.memory)?;
         let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
         for id in 0..config.vcpus {
             let vcpu = vm.create_vcpu(id)?;
-            let entry = (id == 0).then_some(BootEntry::Linux64 {
-                entry: boot.entry,
-                zero_page: boot.zero_page,
-            });
-            vcpu.configure(&kvm, config.vcpus, entry)?;
+            vcpu.configure(&kvm, config.vcpus, (id == 0).then_some(boot_entry))?;
             vcpus.push(vcpu);
         }
         Ok(Self {
@@ -260,6 +284,24 @@ impl Vmm {
         }
         Ok(self.exit.reason().unwrap_or(ExitReason::Stopped))
     }
+}
+
+/// Writes the ACPI tables describing the vCPUs and the legacy devices;
+/// returns the RSDP address.
+fn setup_acpi(memory: &GuestMemoryMmap, vcpus: u8) -> Result<u64, VmmError> {
+    use kindling_devices::legacy::{
+        ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT,
+        ACPI_SLEEP_STATUS_PORT,
+    };
+    let mut acpi = kindling_boot::AcpiConfig::new(vcpus);
+    acpi.pm = kindling_boot::AcpiPmDescription {
+        sleep_control_port: ACPI_SLEEP_CONTROL_PORT,
+        sleep_status_port: ACPI_SLEEP_STATUS_PORT,
+        reset_port: ACPI_RESET_PORT,
+        reset_value: ACPI_RESET_VALUE,
+        s5_sleep_type: ACPI_S5_SLEEP_TYPE,
+    };
+    Ok(kindling_boot::setup_acpi(memory, &acpi)?)
 }
 
 /// Stops and joins every vCPU; returns the first vCPU error.

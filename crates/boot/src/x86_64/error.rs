@@ -179,6 +179,68 @@ pub enum BootError {
         /// The address it must stay below.
         limit: u64,
     },
+    /// The vCPU count cannot be described in the ACPI MADT.
+    #[error("cannot describe {num_cpus} vCPUs in the ACPI MADT: 1 to {max} are supported")]
+    AcpiInvalidCpuCount {
+        /// The requested count.
+        num_cpus: u8,
+        /// The largest count supported.
+        max: u8,
+    },
+    /// There are more virtio-mmio devices than the DSDT can name.
+    #[error(
+        "cannot describe {count} virtio-mmio devices in the ACPI DSDT: at most {max} are supported"
+    )]
+    AcpiTooManyDevices {
+        /// Devices asked for.
+        count: usize,
+        /// Devices that can be named.
+        max: usize,
+    },
+    /// A virtio-mmio device's MMIO window is empty or runs past the end of
+    /// the address space.
+    #[error("virtio-mmio device {index} has an invalid MMIO window of {size:#x} bytes at {base:#x}: it must be non-empty and end at or below 2^64")]
+    AcpiInvalidMmioWindow {
+        /// Position of the device in the list.
+        index: usize,
+        /// Base of the window.
+        base: u64,
+        /// Size of the window.
+        size: u64,
+    },
+    /// A device's interrupt is not a pin of the IOAPIC the MADT describes.
+    #[error("the {device} uses IRQ {irq}, but the IOAPIC only has pins 0 to {max}")]
+    AcpiInvalidIrq {
+        /// The device ("serial port", "virtio-mmio device 3", ...).
+        device: String,
+        /// The IRQ asked for.
+        irq: u32,
+        /// The highest IOAPIC pin.
+        max: u32,
+    },
+    /// A power-management register is at I/O port 0, which ACPI takes to
+    /// mean that the register does not exist.
+    #[error("the ACPI {register} register cannot be at I/O port 0: ACPI reads address 0 as \"not present\"")]
+    AcpiInvalidPmPort {
+        /// The register ("sleep control", "sleep status" or "reset").
+        register: &'static str,
+    },
+    /// The `_S5` sleep type does not fit in the 3-bit `SLP_TYP` field.
+    #[error("ACPI S5 sleep type {value} does not fit in the 3-bit SLP_TYP field (0 to 7)")]
+    AcpiInvalidSleepType {
+        /// The sleep type asked for.
+        value: u8,
+    },
+    /// The ACPI tables do not fit in the area reserved for them.
+    #[error("ACPI tables of {size} bytes at {addr:#x} do not fit below {limit:#x}")]
+    AcpiTablesTooLarge {
+        /// Size of all the tables, alignment included.
+        size: usize,
+        /// Where they start.
+        addr: u64,
+        /// The address they must stay below.
+        limit: u64,
+    },
     /// Writing boot data to guest memory failed (the target is not RAM).
     #[error("cannot write the {what} ({len} bytes) to guest memory at {addr:#x}: {source}")]
     GuestMemory {

@@ -1,5 +1,7 @@
-//! x86_64 boot: kernel loading, boot parameters, E820 and the MP table.
+//! x86_64 boot: kernel loading, boot parameters, E820, the MP table and
+//! the ACPI tables.
 
+mod acpi;
 mod bzimage;
 mod cmdline;
 mod e820;
@@ -15,6 +17,12 @@ mod pvh;
 mod test_images;
 mod zero_page;
 
+pub use acpi::{
+    build_acpi_tables, set_acpi_rsdp, set_pvh_rsdp, setup_acpi, AcpiConfig, AcpiPmDescription,
+    AcpiTables, CmosRtcDescription, I8042Description, SerialDescription, VirtioMmioDescription,
+    DEFAULT_ACPI_RESET_PORT, DEFAULT_ACPI_RESET_VALUE, DEFAULT_ACPI_S5_SLEEP_TYPE,
+    DEFAULT_ACPI_SLEEP_CONTROL_PORT, DEFAULT_ACPI_SLEEP_STATUS_PORT, MAX_VIRTIO_MMIO_DEVICES,
+};
 pub use bzimage::{MIN_BOOT_PROTOCOL, STARTUP_64_OFFSET};
 pub use cmdline::{load_cmdline, CmdlinePlacement};
 pub use e820::{e820_from_ranges, e820_map, E820Entry, E820Type};

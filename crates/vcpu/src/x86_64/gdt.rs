@@ -25,6 +25,15 @@ pub const BOOT_GDT: [u64; 4] = [
     gdt_entry(0x808b, 0, 0xfffff),
 ];
 
+/// The GDT for the PVH entry: null, 32-bit flat code (0x08), 32-bit flat
+/// data (0x10), TSS (0x18).
+pub const PVH_GDT: [u64; 4] = [
+    gdt_entry(0, 0, 0),
+    gdt_entry(0xc09b, 0, 0xfffff),
+    gdt_entry(0xc093, 0, 0xfffff),
+    gdt_entry(0x008b, 0, 0x67),
+];
+
 /// Decodes GDT entry number `index` into the segment register KVM expects.
 pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     let base = ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000);
@@ -60,7 +69,16 @@ fn write<T: vm_memory::ByteValued>(
 
 /// Writes the boot GDT and an empty IDT into guest memory.
 pub fn write_gdt_and_idt(mem: &GuestMemoryMmap) -> Result<(), VcpuError> {
-    for (i, entry) in BOOT_GDT.iter().enumerate() {
+    write_gdt(mem, &BOOT_GDT)
+}
+
+/// Writes the PVH GDT and an empty IDT into guest memory.
+pub fn write_pvh_gdt_and_idt(mem: &GuestMemoryMmap) -> Result<(), VcpuError> {
+    write_gdt(mem, &PVH_GDT)
+}
+
+fn write_gdt(mem: &GuestMemoryMmap, gdt: &[u64; 4]) -> Result<(), VcpuError> {
+    for (i, entry) in gdt.iter().enumerate() {
         write(mem, *entry, BOOT_GDT_START + i as u64 * 8, "GDT")?;
     }
     write(mem, 0u64, BOOT_IDT_START, "IDT")
@@ -103,6 +121,10 @@ mod tests {
         assert_eq!(ds.type_, 0x3);
         let null = segment_from_gdt(BOOT_GDT[0], 0);
         assert_eq!(null.unusable, 1);
+        let pvh_cs = segment_from_gdt(PVH_GDT[1], 1);
+        assert_eq!((pvh_cs.l, pvh_cs.db, pvh_cs.g), (0, 1, 1));
+        let pvh_tr = segment_from_gdt(PVH_GDT[3], 3);
+        assert_eq!((pvh_tr.type_, pvh_tr.limit), (0xb, 0x67));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 
 use kindling_memory::layout::{BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PML4_START};
 
-use super::gdt::{segment_from_gdt, BOOT_GDT};
+use super::gdt::{segment_from_gdt, BOOT_GDT, PVH_GDT};
 
 /// CR0: protected mode.
 pub const X86_CR0_PE: u64 = 1 << 0;
@@ -55,6 +55,40 @@ pub fn configure_long_mode_sregs(sregs: &mut kvm_sregs) {
     sregs.efer |= EFER_LME | EFER_LMA;
 }
 
+/// General registers for the PVH entry: `rip` at the PVH entry point,
+/// `rbx` at the `hvm_start_info` structure, interrupts off.
+pub fn pvh_regs(entry: u64, start_info: u64) -> kvm_regs {
+    kvm_regs {
+        rflags: 0x2,
+        rip: entry,
+        rbx: start_info,
+        ..Default::default()
+    }
+}
+
+/// Sets `sregs` up for the PVH entry: 32-bit protected mode with flat
+/// segments from the PVH GDT, paging off.
+pub fn configure_pvh_sregs(sregs: &mut kvm_sregs) {
+    let code = segment_from_gdt(PVH_GDT[1], 1);
+    let data = segment_from_gdt(PVH_GDT[2], 2);
+    let tss = segment_from_gdt(PVH_GDT[3], 3);
+    sregs.gdt.base = BOOT_GDT_START;
+    sregs.gdt.limit = (std::mem::size_of_val(&PVH_GDT) - 1) as u16;
+    sregs.idt.base = BOOT_IDT_START;
+    sregs.idt.limit = 7;
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = tss;
+    sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
+    sregs.cr3 = 0;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+}
+
 /// The FPU state at boot: default control word and MXCSR.
 pub fn boot_fpu() -> kvm_fpu {
     kvm_fpu {
@@ -82,5 +116,21 @@ mod tests {
         let regs = boot_regs(0x100_0000, 0x7000);
         assert_eq!((regs.rip, regs.rsi, regs.rflags), (0x100_0000, 0x7000, 2));
         assert_eq!(boot_fpu().fcw, 0x37f);
+    }
+
+    #[test]
+    fn pvh_state() {
+        let mut sregs = kvm_sregs {
+            cr0: X86_CR0_PG,
+            efer: EFER_LME,
+            ..Default::default()
+        };
+        configure_pvh_sregs(&mut sregs);
+        assert_eq!(sregs.cr0, X86_CR0_PE | X86_CR0_ET);
+        assert_eq!(sregs.efer, 0);
+        assert_eq!(sregs.cs.db, 1);
+        assert_eq!(sregs.cs.l, 0);
+        let regs = pvh_regs(0x100_0000, 0x7000);
+        assert_eq!((regs.rip, regs.rbx), (0x100_0000, 0x7000));
     }
 }
