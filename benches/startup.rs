@@ -34,7 +34,7 @@ fn release_example() -> PathBuf {
         .status()
         .expect("running cargo build");
     assert!(status.success(), "building the release example failed");
-    target_dir().join("release/examples/microvm")
+    target_dir().join("x86_64-unknown-linux-gnu/release/examples/microvm")
 }
 
 struct Sample {
@@ -101,7 +101,7 @@ fn main() {
         Ok(path) => PathBuf::from(path),
         // Under `cargo test` cargo holds the build lock: use what is built.
         Err(_) if smoke => {
-            let built = target_dir().join("release/examples/microvm");
+            let built = target_dir().join("x86_64-unknown-linux-gnu/release/examples/microvm");
             if !built.exists() {
                 println!("startup: skipped, {} is not built", built.display());
                 return;

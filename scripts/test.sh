@@ -40,4 +40,4 @@ step "benchmarks in test mode (one quick iteration each)"
 cargo test --workspace --benches --locked
 
 step "end-to-end tier: real Linux in a nested, emulated machine (tests/e2e)"
-KINDLING_E2E_MICROVM=target/release/examples/microvm bash tests/e2e/run.sh
+KINDLING_E2E_MICROVM=target/x86_64-unknown-linux-gnu/release/examples/microvm bash tests/e2e/run.sh

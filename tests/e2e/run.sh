@@ -315,7 +315,8 @@ build_level1() {
     install -m 755 "$E2E_SRC/level2-run.sh" "$root/e2e/level2-run.sh"
     # microvm and the shared libraries it needs, at the same paths.
     install -m 755 "$MICROVM" "$root/microvm/microvm"
-    for lib in $(ldd "$MICROVM" | grep -o -E '/[^ ]+'); do
+    # A statically linked microvm (the default build) needs no libraries.
+    for lib in $(ldd "$MICROVM" 2>/dev/null | grep -o -E '/[^ ]+' || true); do
         mkdir -p "$root$(dirname "$lib")"
         cp -L "$lib" "$root$lib"
     done
@@ -556,7 +557,7 @@ else
     cargo build --release --example microvm --locked > "$WORK/cargo.log" 2>&1 \
         || fatal "cargo build --release --example microvm failed" "$WORK/cargo.log"
     target_dir=${CARGO_TARGET_DIR:-$REPO/target}
-    MICROVM=$(realpath "$target_dir/release/examples/microvm")
+    MICROVM=$(realpath "$target_dir/x86_64-unknown-linux-gnu/release/examples/microvm")
 fi
 [ -x "$MICROVM" ] || fatal "no microvm binary at $MICROVM"
 help=$("$MICROVM" --help 2>&1) || fatal "$MICROVM --help failed: $help"
