@@ -16,6 +16,7 @@
 //! This crate knows nothing about devices: the VMM connects its buses to
 //! the exit handler trait.
 
+mod coalesced;
 mod error;
 mod exit;
 mod handle;
@@ -26,6 +27,7 @@ mod vm;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
+pub use coalesced::CoalescedRing;
 pub use error::{KvmError, VcpuError, VmError};
 pub use exit::{VcpuExitHandler, VcpuStopReason};
 pub use handle::{VcpuHandle, VcpuRunState};

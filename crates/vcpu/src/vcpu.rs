@@ -1,9 +1,11 @@
 //! One vCPU: set-up, one step of the run loop, state save and restore.
 
 use kvm_bindings::{KVM_EXIT_IO_OUT, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use std::sync::Arc;
+
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use crate::{Kvm, VcpuError, VcpuExitHandler, VcpuStopReason};
+use crate::{CoalescedRing, Kvm, VcpuError, VcpuExitHandler, VcpuStopReason};
 
 /// Where and how the boot vCPU enters the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +36,7 @@ pub enum BootEntry {
 pub struct Vcpu {
     id: u8,
     fd: VcpuFd,
+    coalesced: Option<Arc<CoalescedRing>>,
 }
 
 fn ioctl_err(id: u8, step: &'static str) -> impl FnOnce(vmm_sys_util::errno::Error) -> VcpuError {
@@ -42,7 +45,17 @@ fn ioctl_err(id: u8, step: &'static str) -> impl FnOnce(vmm_sys_util::errno::Err
 
 impl Vcpu {
     pub(crate) fn new(id: u8, fd: VcpuFd) -> Self {
-        Self { id, fd }
+        Self {
+            id,
+            fd,
+            coalesced: None,
+        }
+    }
+
+    /// Makes [`Vcpu::run_once`] replay the VM's coalesced writes before
+    /// handling each exit, so that they stay in order with the exit.
+    pub fn attach_coalesced_ring(&mut self, ring: Arc<CoalescedRing>) {
+        self.coalesced = Some(ring);
     }
 
     /// The vCPU index, which is also its APIC id.
@@ -132,7 +145,11 @@ impl Vcpu {
         handler: &dyn VcpuExitHandler,
     ) -> Result<Option<VcpuStopReason>, VcpuError> {
         let id = self.id;
-        match self.fd.run() {
+        let result = self.fd.run();
+        if let Some(ring) = &self.coalesced {
+            ring.drain(handler);
+        }
+        match result {
             Ok(VcpuExit::IoIn(..)) | Ok(VcpuExit::IoOut(..)) => {
                 self.handle_pio(handler);
                 Ok(None)

@@ -166,6 +166,20 @@ impl Vm {
             .map_err(|source| VmError::Ioeventfd { addr, source })
     }
 
+    /// Makes guest port writes to `[port, port + len)` coalesced: KVM
+    /// buffers them in the [`CoalescedRing`](crate::CoalescedRing) instead
+    /// of exiting. Returns `Ok(false)` when the host KVM cannot coalesce
+    /// port I/O (the writes then simply exit as usual).
+    pub fn register_coalesced_pio(&self, port: u16, len: u32) -> Result<bool, VmError> {
+        if !self.fd.check_extension(kvm_ioctls::Cap::CoalescedPio) {
+            return Ok(false);
+        }
+        self.fd
+            .register_coalesced_mmio(IoEventAddress::Pio(u64::from(port)), len)
+            .map_err(setup("register a coalesced port-I/O zone"))?;
+        Ok(true)
+    }
+
     /// Saves the interrupt controllers, PIT and clock.
     pub fn save_state(&self) -> Result<VmState, VmError> {
         let state_err = |step| move |source| VmError::State { step, source };

@@ -5,6 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kindling_devices::legacy::{OutputFlusher, SerialDevice};
+use kindling_vcpu::CoalescedRing;
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::BusExitHandler;
 use kindling_devices::VmExitHandle;
 
 /// Wakes the event loop when a device asks to end the VM.
@@ -91,5 +95,38 @@ impl MutEventSubscriber for SerialFlushSubscriber {
         // Without the timer, partial lines still go out with the next
         // newline and at the end of the VM.
         let _ = ops.add(Events::new_raw(self.flusher.timer_fd(), EventSet::IN));
+    }
+}
+
+/// Replays coalesced guest writes every millisecond while the guest waits
+/// for the serial port's transmitter-empty interrupt (which only comes when
+/// its buffered writes are replayed).
+#[derive(Debug)]
+pub(crate) struct CoalescedDrainSubscriber {
+    pub(crate) ring: Arc<CoalescedRing>,
+    pub(crate) handler: Arc<BusExitHandler>,
+    pub(crate) timer: Arc<Mutex<TimerFd>>,
+}
+
+impl MutEventSubscriber for CoalescedDrainSubscriber {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        {
+            let mut timer = self.timer.lock().unwrap_or_else(|p| p.into_inner());
+            // Consume the expirations so the fd stops being readable.
+            let _ = timer.wait();
+        }
+        self.ring.drain(&*self.handler);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        use std::os::fd::AsRawFd;
+        let fd = self
+            .timer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_raw_fd();
+        // Without the timer, coalesced writes are still replayed at every
+        // vCPU exit; only interrupt-driven serial output would be slower.
+        let _ = ops.add(Events::new_raw(fd, EventSet::IN));
     }
 }

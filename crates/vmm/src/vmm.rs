@@ -2,18 +2,21 @@
 
 use std::fs::File;
 use std::io::{Cursor, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kindling_devices::legacy::{BufferedOutput, OutputFlusher};
 use kindling_devices::{Bus, ExitReason, VmExitHandle};
 use kindling_memory::{create_guest_memory, GuestMemoryMmap, GuestRam, MemoryConfig};
 use kindling_vcpu::x86_64::gdt;
-use kindling_vcpu::{BootEntry, Kvm, Vcpu, VcpuHandle, VcpuStopReason, Vm};
+use kindling_vcpu::{BootEntry, CoalescedRing, Kvm, Vcpu, VcpuHandle, VcpuStopReason, Vm};
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::config::{BootProtocol, KernelSource, SerialConfig, VmConfig};
 use crate::device_manager::LegacyDevices;
-use crate::event_loop::{ExitSubscriber, SerialFlushSubscriber, StdinSubscriber};
+use crate::event_loop::{
+    CoalescedDrainSubscriber, ExitSubscriber, SerialFlushSubscriber, StdinSubscriber,
+};
 use crate::{BusExitHandler, VmmError};
 
 /// The largest vCPU count a Kindling VM supports (the MP table's APIC ids
@@ -28,12 +31,26 @@ pub struct Vmm {
     devices: LegacyDevices,
     handler: Arc<BusExitHandler>,
     serial_flusher: OutputFlusher,
+    coalesced: Option<CoalescedSerial>,
     exit: VmExitHandle,
     stdin_input: bool,
     vm: Vm,
     kvm: Kvm,
     memory: GuestRam,
 }
+
+/// The coalesced serial data port: its ring and the timer that replays it
+/// while the guest waits for transmit interrupts.
+#[derive(Debug)]
+struct CoalescedSerial {
+    ring: Arc<CoalescedRing>,
+    timer: Arc<Mutex<TimerFd>>,
+}
+
+/// How often coalesced serial writes are replayed while the guest drives
+/// the UART by interrupts: 16 bytes (one FIFO) per period, faster than a
+/// real 115200-baud line.
+const SERIAL_DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Stops a running [`Vmm`] from another thread.
 #[derive(Debug, Clone)]
@@ -181,11 +198,13 @@ impl Vmm {
             vcpu.configure(&kvm, config.vcpus, (id == 0).then_some(boot_entry))?;
             vcpus.push(vcpu);
         }
+        let coalesced = coalesce_serial_output(&vm, &mut vcpus, &devices)?;
         Ok(Self {
             vcpus,
             devices,
             handler: Arc::new(BusExitHandler { pio, mmio }),
             serial_flusher,
+            coalesced,
             exit,
             stdin_input,
             vm,
@@ -233,6 +252,13 @@ impl Vmm {
         manager.add_subscriber(Box::new(SerialFlushSubscriber {
             flusher: self.serial_flusher.clone(),
         }));
+        if let Some(coalesced) = &self.coalesced {
+            manager.add_subscriber(Box::new(CoalescedDrainSubscriber {
+                ring: coalesced.ring.clone(),
+                handler: self.handler.clone(),
+                timer: coalesced.timer.clone(),
+            }));
+        }
         if self.stdin_input {
             manager.add_subscriber(Box::new(StdinSubscriber {
                 serial: self.devices.serial.clone(),
@@ -275,6 +301,9 @@ impl Vmm {
             }
         }
         let vcpu_error = stop_all(handles);
+        if let Some(coalesced) = &self.coalesced {
+            coalesced.ring.drain(&*self.handler);
+        }
         let _ = self.serial_flusher.flush_pending();
         if let Some(e) = vcpu_error {
             return Err(e.into());
@@ -284,6 +313,53 @@ impl Vmm {
         }
         Ok(self.exit.reason().unwrap_or(ExitReason::Stopped))
     }
+}
+
+/// Makes the guest's writes to the serial data port coalesced: a line of
+/// output then costs one VM exit instead of one per byte. Every vCPU
+/// replays the ring before handling its next exit (so a polling driver
+/// sees its bytes in order), and while the guest enables the
+/// transmitter-empty interrupt a timer replays it from the event loop.
+/// Returns `None` where the host cannot coalesce port I/O.
+fn coalesce_serial_output(
+    vm: &Vm,
+    vcpus: &mut [Vcpu],
+    devices: &LegacyDevices,
+) -> Result<Option<CoalescedSerial>, VmmError> {
+    use kindling_devices::legacy::COM1_PORT;
+    let device_err = |reason: String| VmmError::Device {
+        device: "serial port",
+        reason,
+    };
+    let Some(first) = vcpus.first() else {
+        return Ok(None);
+    };
+    if !vm.register_coalesced_pio(COM1_PORT as u16, 1)? {
+        return Ok(None);
+    }
+    let ring = Arc::new(CoalescedRing::map(first)?);
+    for vcpu in vcpus.iter_mut() {
+        vcpu.attach_coalesced_ring(ring.clone());
+    }
+    let timer =
+        Arc::new(Mutex::new(TimerFd::new().map_err(|e| {
+            device_err(format!("cannot create its drain timer: {e}"))
+        })?));
+    let watch_timer = timer.clone();
+    devices
+        .serial
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .set_tx_interrupt_watch(Box::new(move |enabled| {
+            let mut timer = watch_timer.lock().unwrap_or_else(|p| p.into_inner());
+            // A timer that cannot be armed leaves replay to vCPU exits.
+            let _ = if enabled {
+                timer.reset(SERIAL_DRAIN_PERIOD, Some(SERIAL_DRAIN_PERIOD))
+            } else {
+                timer.clear()
+            };
+        }));
+    Ok(Some(CoalescedSerial { ring, timer }))
 }
 
 /// Writes the ACPI tables describing the vCPUs and the legacy devices;

@@ -16,7 +16,7 @@ pub use boot_timer::{BootTimer, StartTime};
 pub use cmos_rtc::{CmosRtc, CmosRtcState};
 pub use debug_exit::DebugExit;
 pub use i8042::{I8042Device, I8042State};
-pub use serial::{SerialDevice, SerialDeviceState};
+pub use serial::{SerialDevice, SerialDeviceState, TxInterruptWatch};
 pub use serial_output::{BufferedOutput, OutputFlusher, PARTIAL_LINE_DELAY};
 
 /// COM1's I/O port base.

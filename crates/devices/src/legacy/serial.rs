@@ -74,7 +74,23 @@ pub type SerialOutput = Box<dyn Write + Send>;
 pub struct SerialDevice {
     uart: Serial<EventFdLine, NoEvents, SerialOutput>,
     lost_output_bytes: u64,
+    /// Shadow of the line control register (for the DLAB bit).
+    line_control: u8,
+    /// Whether the guest has the transmitter-empty interrupt enabled.
+    tx_interrupt: bool,
+    tx_interrupt_watch: Option<TxInterruptWatch>,
 }
+
+/// Called with the new value whenever the guest enables or disables the
+/// transmitter-holding-register-empty interrupt (IER bit 1).
+pub type TxInterruptWatch = Box<dyn FnMut(bool) + Send>;
+
+/// Line control register offset, and its divisor-latch access bit.
+const LCR_OFFSET: u64 = 3;
+const LCR_DLAB: u8 = 0x80;
+/// Interrupt enable register offset, and its THR-empty bit.
+const IER_OFFSET: u64 = 1;
+const IER_THRI: u8 = 0x02;
 
 impl std::fmt::Debug for SerialDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -91,6 +107,9 @@ impl SerialDevice {
         Self {
             uart: Serial::new(irq, out),
             lost_output_bytes: 0,
+            line_control: 0,
+            tx_interrupt: false,
+            tx_interrupt_watch: None,
         }
     }
 
@@ -116,7 +135,19 @@ impl SerialDevice {
         Ok(Self {
             uart,
             lost_output_bytes: 0,
+            line_control: state.line_control,
+            tx_interrupt: state.interrupt_enable & IER_THRI != 0,
+            tx_interrupt_watch: None,
         })
+    }
+
+    /// Calls `watch` whenever the guest turns the transmitter-empty
+    /// interrupt on or off. A VMM that coalesces writes to the data port
+    /// uses it to replay them periodically while the guest waits for that
+    /// interrupt instead of polling the line status.
+    pub fn set_tx_interrupt_watch(&mut self, mut watch: TxInterruptWatch) {
+        watch(self.tx_interrupt);
+        self.tx_interrupt_watch = Some(watch);
     }
 
     /// The guest-visible state.
@@ -157,10 +188,25 @@ impl BusDevice for SerialDevice {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Ok(offset), [value]) = (u8::try_from(offset), data) {
-            if offset < 8 && self.uart.write(offset, *value).is_err() {
-                self.lost_output_bytes += 1;
+        let [value] = data else { return };
+        if offset >= 8 {
+            return;
+        }
+        if self.uart.write(offset as u8, *value).is_err() {
+            self.lost_output_bytes += 1;
+        }
+        match offset {
+            LCR_OFFSET => self.line_control = *value,
+            IER_OFFSET if self.line_control & LCR_DLAB == 0 => {
+                let enabled = *value & IER_THRI != 0;
+                if enabled != self.tx_interrupt {
+                    self.tx_interrupt = enabled;
+                    if let Some(watch) = self.tx_interrupt_watch.as_mut() {
+                        watch(enabled);
+                    }
+                }
             }
+            _ => {}
         }
     }
 }
@@ -216,6 +262,21 @@ mod tests {
         s.write(0, &[1, 2]);
         s.write(9, &[1]);
         s.write(u64::MAX, &[1]);
+    }
+
+    #[test]
+    fn tx_interrupt_changes_are_reported() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut s = SerialDevice::new(EventFdLine::new(4).unwrap(), Box::new(io::sink()));
+        let record = seen.clone();
+        s.set_tx_interrupt_watch(Box::new(move |on| record.lock().unwrap().push(on)));
+        s.write(1, &[0x02]); // THRI on
+        s.write(1, &[0x03]); // still on: no report
+        s.write(3, &[0x80]); // DLAB: offset 1 is the divisor latch now
+        s.write(1, &[0x00]);
+        s.write(3, &[0x03]);
+        s.write(1, &[0x01]); // THRI off
+        assert_eq!(*seen.lock().unwrap(), vec![false, true, false]);
     }
 
     #[test]
