@@ -1,7 +1,8 @@
 #!/bin/sh
-# Runs the second level: microvm boots the Debian kernel twice, as the bzImage
-# (vmlinuz as Debian ships it) and as the extracted ELF vmlinux, each under a
-# timeout, and prints the transcript for the harness to assert:
+# Runs the second level: microvm boots the Debian kernel three times, as the
+# bzImage (vmlinuz as Debian ships it), as the extracted ELF vmlinux through
+# the 64-bit Linux entry, and as that vmlinux through its PVH entry, each
+# under a timeout, and prints the transcript for the harness to assert:
 #
 #   E2E-L2-BEGIN <variant>
 #   E2E-L2[<variant>] serial| <guest console line>
@@ -25,10 +26,12 @@ uptime_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
 prefix() { awk -v p="$1" '{ sub(/\r$/, ""); print p $0; fflush() }'; }
 
 mkdir -p "$OUT_DIR"
-for variant in bzimage vmlinux; do
+for variant in bzimage vmlinux pvh; do
+    entry=""
     case $variant in
         bzimage) kernel=$L2_DIR/vmlinuz ;;
         vmlinux) kernel=$L2_DIR/vmlinux ;;
+        pvh) kernel=$L2_DIR/vmlinux; entry=--pvh ;;
     esac
     stderr=$OUT_DIR/$variant.stderr
     status_file=$OUT_DIR/$variant.status
@@ -38,6 +41,7 @@ for variant in bzimage vmlinux; do
     cmdline="$cmdline e2e.disk=$L2_DISK e2e.rng=$L2_RNG e2e.token=$L2_TOKEN"
     set -- --kernel "$kernel" --initrd "$L2_DIR/initramfs.cpio" --cmdline "$cmdline" \
         --cpus "$L2_CPUS" --memory "$L2_MEM_MIB" --serial stdout
+    [ -n "$entry" ] && set -- "$@" "$entry"
     [ "$L2_DISK" = 1 ] && set -- "$@" --disk "$L2_DIR/disk.img"
     [ "$L2_RNG" = 1 ] && set -- "$@" --entropy
     echo "E2E-L2-BEGIN $variant"

@@ -41,7 +41,7 @@ L2_MEM_MIB=256
 L2_CMDLINE_EXTRA="quiet"
 [ "${KINDLING_E2E_VERBOSE:-0}" = 1 ] && L2_CMDLINE_EXTRA=""
 L2_CMDLINE_EXTRA="$L2_CMDLINE_EXTRA ${KINDLING_E2E_L2_APPEND:-}"
-VARIANTS="bzimage vmlinux"
+VARIANTS="bzimage vmlinux pvh"
 
 # ---------------------------------------------------------------- reporting
 

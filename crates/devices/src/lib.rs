@@ -18,7 +18,9 @@ mod bus;
 mod exit;
 mod interrupt;
 pub mod legacy;
+mod timer;
 
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};
 pub use exit::{ExitReason, VmExitHandle};
 pub use interrupt::{EventFdLine, InterruptLine};
+pub use timer::nonblocking_timer;

@@ -341,10 +341,10 @@ fn coalesce_serial_output(
     for vcpu in vcpus.iter_mut() {
         vcpu.attach_coalesced_ring(ring.clone());
     }
-    let timer =
-        Arc::new(Mutex::new(TimerFd::new().map_err(|e| {
-            device_err(format!("cannot create its drain timer: {e}"))
-        })?));
+    let timer = Arc::new(Mutex::new(
+        kindling_devices::nonblocking_timer()
+            .map_err(|e| device_err(format!("cannot create its drain timer: {e}")))?,
+    ));
     let watch_timer = timer.clone();
     devices
         .serial

@@ -84,7 +84,7 @@ impl BufferedOutput {
     /// Wraps `out`; returns the writer and its flusher.
     pub fn new(out: Box<dyn Write + Send>) -> io::Result<(Self, OutputFlusher)> {
         use std::os::fd::AsRawFd;
-        let timer = TimerFd::new()?;
+        let timer = crate::nonblocking_timer()?;
         let timer_fd = timer.as_raw_fd();
         let inner = Arc::new(Mutex::new(Inner {
             out,
