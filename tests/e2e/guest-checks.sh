@@ -145,9 +145,13 @@ else
     report hwrng "SKIP not yet supported by microvm: no --entropy option"
 fi
 
-# End the VM: ACPI power-off when the VMM provides ACPI, otherwise a reset
-# through the i8042 (reboot=k on the command line).
-if [ "$ACPI" = 1 ]; then
+# End the VM: ACPI power-off when the VMM provides ACPI (or, with
+# e2e.end=reboot, a reboot through the FADT reset register, the command line
+# having no reboot=k), otherwise a reset through the i8042 (reboot=k).
+if [ "$ACPI" = 1 ] && [ "$(param end)" = reboot ]; then
+    echo "E2E-END $VARIANT: reboot"
+    reboot -f
+elif [ "$ACPI" = 1 ]; then
     echo "E2E-END $VARIANT: poweroff"
     poweroff -f
 else

@@ -28,15 +28,20 @@ prefix() { awk -v p="$1" '{ sub(/\r$/, ""); print p $0; fflush() }'; }
 mkdir -p "$OUT_DIR"
 for variant in bzimage vmlinux pvh; do
     entry=""
+    # The pvh run ends with `reboot -f` and no reboot=k, so Linux resets
+    # through the ACPI reset register; the others power off.
+    reboot="reboot=k"
+    end=poweroff
     case $variant in
         bzimage) kernel=$L2_DIR/vmlinuz ;;
-        vmlinux) kernel=$L2_DIR/vmlinux ;;
+        vmlinux) kernel=$L2_DIR/vmlinux; reboot=""; end=reboot ;;
         pvh) kernel=$L2_DIR/vmlinux; entry=--pvh ;;
     esac
     stderr=$OUT_DIR/$variant.stderr
     status_file=$OUT_DIR/$variant.status
     rm -f "$stderr" "$status_file"
-    cmdline="console=ttyS0 reboot=k panic=-1 pci=off rdinit=/init ${L2_CMDLINE_EXTRA:-}"
+    cmdline="console=ttyS0 $reboot panic=-1 pci=off rdinit=/init ${L2_CMDLINE_EXTRA:-}"
+    cmdline="$cmdline e2e.end=$end"
     cmdline="$cmdline e2e.variant=$variant e2e.cpus=$L2_CPUS e2e.mem=$L2_MEM_MIB"
     cmdline="$cmdline e2e.disk=$L2_DISK e2e.rng=$L2_RNG e2e.token=$L2_TOKEN"
     set -- --kernel "$kernel" --initrd "$L2_DIR/initramfs.cpio" --cmdline "$cmdline" \

@@ -362,9 +362,11 @@ fn coalesce_serial_output(
     Ok(Some(CoalescedSerial { ring, timer }))
 }
 
-/// Writes the ACPI tables describing the vCPUs and the legacy devices;
-/// returns the RSDP address.
+/// Writes the ACPI tables describing the vCPUs and the legacy devices, and
+/// the reset-vector stub that Linux's BIOS-reboot fallback jumps to on a
+/// hardware-reduced ACPI platform; returns the RSDP address.
 fn setup_acpi(memory: &GuestMemoryMmap, vcpus: u8) -> Result<u64, VmmError> {
+    kindling_boot::write_reset_vector(memory)?;
     use kindling_devices::legacy::{
         ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT,
         ACPI_SLEEP_STATUS_PORT,

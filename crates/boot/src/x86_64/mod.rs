@@ -13,6 +13,7 @@ mod kernel;
 mod linux;
 mod mptable;
 mod pvh;
+mod reset_vector;
 #[cfg(test)]
 mod test_images;
 mod zero_page;
@@ -33,4 +34,5 @@ pub use kernel::{load_kernel, KernelFormat, LoadedKernel, DEFAULT_INITRD_ADDR_MA
 pub use linux::{load_linux, load_linux_pvh, BootInfo, PvhBootInfo};
 pub use mptable::{mptable_bytes, mptable_size, setup_mptable, MAX_CPUS};
 pub use pvh::{configure_pvh, XEN_HVM_START_MAGIC};
+pub use reset_vector::{write_reset_vector, RESET_VECTOR, RESET_VECTOR_STUB};
 pub use zero_page::{configure_zero_page, zero_page, LOADER_TYPE_UNDEFINED};
