@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release --example microvm -- [--kernel PATH] [--initrd PATH]
-//!     [--cmdline STR] [--cpus N] [--memory MIB] [--serial stdout|off|file=PATH]
+//!     [--cmdline STR] [--cpus N] [--memory MIB] [--pvh] [--disk PATH[,readonly]]...
+//!     [--entropy] [--serial stdout|off|file=PATH]
 //! ```
 //!
 //! With no `--kernel` it boots the embedded test guest. It exits with the
@@ -14,7 +15,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kindling::vmm::{
-    BootProtocol, KernelSource, SerialConfig, StartTime, VmConfig, Vmm, DEFAULT_LINUX_CMDLINE,
+    BootProtocol, DiskConfig, KernelSource, SerialConfig, StartTime, VmConfig, Vmm,
+    DEFAULT_LINUX_CMDLINE,
 };
 
 /// Boot a KVM microVM.
@@ -50,6 +52,12 @@ struct Args {
         allow_hyphen_values = true
     )]
     memory: u64,
+    /// A virtio-block disk backed by a raw image (repeatable).
+    #[arg(long, value_name = "PATH[,readonly]")]
+    disk: Vec<DiskConfig>,
+    /// Add a virtio-rng entropy device.
+    #[arg(long)]
+    entropy: bool,
     /// Serial console output: stdout, off, or file=PATH.
     #[arg(long, default_value = "stdout", value_parser = parse_serial, value_name = "WHERE")]
     serial: SerialArg,
@@ -108,6 +116,8 @@ fn main() -> ExitCode {
         },
         vcpus: args.cpus,
         memory_mib: args.memory,
+        disks: args.disk,
+        entropy: args.entropy,
         serial: match args.serial {
             SerialArg::Stdout => SerialConfig::Stdout,
             SerialArg::Off => SerialConfig::Off,

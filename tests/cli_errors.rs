@@ -198,3 +198,12 @@ fn pvh_needs_the_pvh_note() {
     // The test guest is an ELF without a PVH note.
     assert_error(&["--pvh"], "has no PVH entry note");
 }
+
+#[test]
+fn bad_disk_options() {
+    assert_error(
+        &["--disk", "/nonexistent/disk.img"],
+        "/nonexistent/disk.img",
+    );
+    assert_error(&["--disk", "a.img,rw"], "unknown disk option 'rw'");
+}

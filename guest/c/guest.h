@@ -85,6 +85,32 @@ void *memset(void *dst, int c, size_t n);
 int memcmp(const void *a, const void *b, size_t n);
 size_t strlen(const char *s);
 
+/* ---- parse.c: pieces of the command line ------------------------------ */
+
+/* A piece of the command line (not NUL-terminated). */
+struct span {
+	const char *p;
+	size_t n;
+};
+
+bool is_space(char c);
+bool is_comma(char c);
+bool is_colon(char c);
+bool span_eq(struct span s, const char *lit);
+/* If s starts with prefix, drops the prefix and returns true. */
+bool take_prefix(struct span *s, const char *prefix);
+/*
+ * Splits off the next piece of *rest ending at a separator (is_sep) and
+ * returns it; pieces may be empty. *rest becomes what follows the separator.
+ */
+struct span next_piece(struct span *rest, bool (*is_sep)(char));
+/* Decimal "0".."255"; false for anything else. */
+bool parse_u8(struct span s, uint8_t *out);
+/* Decimal digits only, no sign, no overflow past 2^64 - 1. */
+bool parse_dec(struct span s, uint64_t *out);
+/* "0x" + hex digits, or decimal digits; no overflow. */
+bool parse_num(struct span s, uint64_t *out);
+
 /* ---- serial.c: whole lines on COM1, one `rep outsb` each -------------- */
 
 void out_str(const char *s);
@@ -92,6 +118,19 @@ void out_mem(const char *s, size_t n);
 void out_dec(uint64_t v);
 void out_hex(uint64_t v, unsigned digits);	/* "0x" + zero-padded hex */
 void out_line(void);				/* appends '\n' and sends */
+static inline void out_span(struct span s)
+{
+	out_mem(s.p, s.n);
+}
+
+/* ---- main.c ----------------------------------------------------------- */
+
+/* Exit statuses the guest chooses itself (see src/lib.rs). */
+#define EXIT_BAD_ARGUMENTS	2	/* unknown action or bad arguments */
+#define EXIT_DEVICE_ERROR	3	/* a device timed out or misbehaved */
+
+/* Ends the VM at once through the debug-exit port with `status`. */
+__attribute__((noreturn)) void guest_exit(uint8_t status);
 
 /* ---- bootparams.c: the zero page (struct boot_params) ----------------- */
 
@@ -127,5 +166,17 @@ bool mptable_find_cpus(struct mp_cpus *cpus);
 
 /* Starts every AP in the MP table and prints the "smp: ..." line. */
 void smp_report(void);
+
+/* ---- crc32.c: CRC-32/IEEE (the one zlib.crc32 computes) --------------- */
+
+/* Continues a CRC: start with crc = 0, feed the result back in. */
+uint32_t crc32_update(uint32_t crc, const void *buf, size_t n);
+
+/* ---- virtio_cmd.c: the virtio actions --------------------------------- */
+
+/* Notes a `virtio_mmio.device=` token; malformed ones are ignored. */
+void virtio_mmio_cmdline_device(struct span value);
+/* Runs `action` if it is a virtio action; false if it is not one. */
+bool virtio_action(struct span action, uint64_t zero_page);
 
 #endif /* KINDLING_GUEST_H */

@@ -7,17 +7,11 @@
  * are documented in src/lib.rs, which the VMM's tests rely on.
  */
 #include "guest.h"
+#include "virtio.h"
 
 #define CMDLINE_CAP	4096
-#define EXIT_UNKNOWN_ACTION	2
 
 extern char __bss_start[], __bss_end[];
-
-/* A piece of the command line (not NUL-terminated). */
-struct span {
-	const char *p;
-	size_t n;
-};
 
 struct exit_request {
 	bool reset;		/* kindling.exit=reset */
@@ -25,70 +19,6 @@ struct exit_request {
 };
 
 static char cmdline[CMDLINE_CAP];
-
-static bool is_space(char c)
-{
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
-
-static bool span_eq(struct span s, const char *lit)
-{
-	return s.n == strlen(lit) && memcmp(s.p, lit, s.n) == 0;
-}
-
-/* If s starts with prefix, drops the prefix and returns true. */
-static bool take_prefix(struct span *s, const char *prefix)
-{
-	size_t n = strlen(prefix);
-
-	if (s->n < n || memcmp(s->p, prefix, n) != 0)
-		return false;
-	s->p += n;
-	s->n -= n;
-	return true;
-}
-
-/*
- * Splits off the next piece of *rest ending at a separator (is_sep) and
- * returns it; pieces may be empty. *rest becomes what follows the separator.
- */
-static struct span next_piece(struct span *rest, bool (*is_sep)(char))
-{
-	struct span piece = { rest->p, 0 };
-
-	while (piece.n < rest->n && !is_sep(rest->p[piece.n]))
-		piece.n++;
-	rest->p += piece.n;
-	rest->n -= piece.n;
-	if (rest->n) {		/* skip the separator */
-		rest->p++;
-		rest->n--;
-	}
-	return piece;
-}
-
-static bool is_comma(char c)
-{
-	return c == ',';
-}
-
-/* Parses "0".."255"; false for anything else. */
-static bool parse_u8(struct span s, uint8_t *out)
-{
-	unsigned v = 0;
-
-	if (s.n == 0 || s.n > 3)
-		return false;
-	for (size_t i = 0; i < s.n; i++) {
-		if (s.p[i] < '0' || s.p[i] > '9')
-			return false;
-		v = v * 10 + (unsigned)(s.p[i] - '0');
-	}
-	if (v > 255)
-		return false;
-	*out = (uint8_t)v;
-	return true;
-}
 
 static __attribute__((noreturn)) void halt_forever(void)
 {
@@ -103,6 +33,11 @@ static __attribute__((noreturn)) void exit_vm(struct exit_request req)
 	else
 		outb(DEBUG_EXIT_PORT, req.status);
 	halt_forever();		/* the VMM should not have let us run on */
+}
+
+void guest_exit(uint8_t status)
+{
+	exit_vm((struct exit_request){ false, status });
 }
 
 /* ---- actions ---------------------------------------------------------- */
@@ -170,7 +105,7 @@ static bool run_action(struct span action, uint64_t zero_page, size_t cmdline_le
 	else if (span_eq(action, "pio-loop"))
 		action_pio_loop();
 	else
-		return false;
+		return virtio_action(action, zero_page);
 	return true;
 }
 
@@ -202,6 +137,13 @@ __attribute__((noreturn)) void guest_main(uint64_t zero_page)
 				exit_req.reset = false;
 				exit_req.status = status;
 			}
+		} else if (take_prefix(&token, "virtio_mmio.device=")) {
+			virtio_mmio_cmdline_device(token);
+		} else if (take_prefix(&token, "kindling.event_idx=")) {
+			if (span_eq(token, "0"))
+				virtio_set_event_idx(false);
+			else if (span_eq(token, "1"))
+				virtio_set_event_idx(true);
 		}
 	}
 
@@ -214,7 +156,7 @@ __attribute__((noreturn)) void guest_main(uint64_t zero_page)
 			out_str("unknown action: ");
 			out_mem(action.p, action.n);
 			out_line();
-			exit_vm((struct exit_request){ false, EXIT_UNKNOWN_ACTION });
+			guest_exit(EXIT_BAD_ARGUMENTS);
 		}
 	}
 	exit_vm(exit_req);

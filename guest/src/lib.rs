@@ -25,6 +25,11 @@
 //! - Devices: COM1 at port 0x3f8 (output only), the i8042 command port 0x64,
 //!   the debug-exit port [`DEBUG_EXIT_PORT`], the boot timer at MMIO
 //!   0xc000_0000, and [`BENCH_PORT`] for the `pio-loop` benchmark.
+//! - For the virtio actions: virtio-mmio devices (version 2, virtio 1.x)
+//!   named on the command line, and usable RAM (E820 type 1) over
+//!   [`VIRTIO_DRIVER_RAM`], 4..9 MiB, which the driver uses for its rings and
+//!   buffers (any guest of 16 MiB or more has it). The image itself ends
+//!   below 4 MiB.
 //!
 //! The guest runs almost entirely in ring 3: its ring-0 prologue only loads
 //! its own GDT and its own page tables (an identity map of 0..4 GiB with
@@ -46,6 +51,16 @@
 //!   `kindling.exit=reset`: write 0xfe to the i8042 command port (0x64)
 //!   instead, a reset. Default, and for an invalid value: status 0 through
 //!   [`DEBUG_EXIT_PORT`].
+//! - `virtio_mmio.device=<size>@<base>:<irq>[:<id>]`, Linux's syntax: a
+//!   virtio-mmio device. Unlike the others, each such token adds a device;
+//!   device `virtio<i>` is the `i`-th (from 0) in command-line order. `size`
+//!   is decimal or `0x` hex with an optional `K`, `M` or `G` suffix, `base`
+//!   `0x` hex (or decimal), `irq` and the ignored platform id decimal, e.g.
+//!   `virtio_mmio.device=4K@0xc0001000:5`. Tokens that do not parse, whose
+//!   window is smaller than 0x100 bytes, not 4-byte aligned or not below
+//!   4 GiB, and any after the eighth, are ignored.
+//! - `kindling.event_idx=0`: do not accept `VIRTIO_RING_F_EVENT_IDX` even
+//!   when a device offers it (`1`, the default: accept it).
 //!
 //! # Actions and their output
 //!
@@ -63,7 +78,17 @@
 //! | `smp` | `smp: <A> of <M> cpus online` or `smp: no MP table` | see below |
 //! | `timer` | `boot-timer: signalled` | first writes the byte 123 to MMIO 0xc000_0000, which makes the VMM log the boot time |
 //! | `pio-loop` | none | writes the byte 0 to [`BENCH_PORT`] in an endless loop (a VM-exit benchmark); never returns |
-//! | anything else | `unknown action: <name>` | then exits at once with status 2 through [`DEBUG_EXIT_PORT`] |
+//! | `virtio` | `virtio: <N> devices`, then N × `virtio<i>: base=0x<hex> irq=<decimal> type=<blk\|rng\|other(<id>)> status=<state>` | see [Virtio](#virtio) |
+//! | `blk-info:D` | `blk<D>: capacity=<sectors> ro=<0\|1> flush=<0\|1> discard=<0\|1> write-zeroes=<0\|1> event-idx=<0\|1> queue=<size>` | the negotiated features; capacity in 512-byte sectors; the queue size in use |
+//! | `blk-id:D` | `blk<D>: get-id status=<S>` + ` id=<id>` when `S` is `OK` | a `GET_ID` request; `<id>` is the 20-byte id up to its first NUL, bytes outside 0x20..0x7e printed as `.` |
+//! | `blk-read:D:SECTOR:COUNT` | `blk<D>: read sector=<SECTOR> count=<COUNT> status=<S>` + ` crc32=0x<8 hex>` when `S` is `OK` | CRC-32/IEEE (Python's `zlib.crc32`) of the `COUNT * 512` bytes read |
+//! | `blk-write:D:SECTOR:COUNT:BYTE` | `blk<D>: write sector=<SECTOR> count=<COUNT> status=<S>` | writes `COUNT` sectors, every byte `BYTE` (0..=255) |
+//! | `blk-flush:D` | `blk<D>: flush status=<S>` | |
+//! | `blk-discard:D:SECTOR:COUNT` | `blk<D>: discard sector=<SECTOR> count=<COUNT> status=<S>` | one segment, flags 0 |
+//! | `blk-zeroes:D:SECTOR:COUNT` | `blk<D>: write-zeroes sector=<SECTOR> count=<COUNT> status=<S>` | one segment, flags 0 (no unmap) |
+//! | `rng:N` | `rng: bytes=<n> crc32=0x<8 hex> nonzero=<count>` | reads `N` (1..=4096) bytes from the first entropy device; `n` bytes came back, `count` of them non-zero |
+//! | `blk-bench:D:MODE:BS:QD:OPS` | `blk-bench: start`, then `blk-bench: done ops=<OPS> errors=<E>` | see [Block benchmark](#block-benchmark) |
+//! | anything else | `unknown action: <name>` | then exits at once with status 2 ([`EXIT_BAD_ARGUMENTS`]) through [`DEBUG_EXIT_PORT`] |
 //!
 //! `smp`: `M` is the number of enabled processor entries in the MP table;
 //! `A` counts the boot CPU plus the application processors that answered.
@@ -87,6 +112,93 @@
 //! ```
 //!
 //! and the VMM exits with status 7.
+//!
+//! # Virtio
+//!
+//! The virtio actions take arguments after their name, separated by `:`,
+//! all decimal: `D` is a block device's index among the block devices
+//! (device id 2 with a good magic and version) in command-line order,
+//! counted from 0, whether or not it initialised; `SECTOR` and `COUNT` are
+//! in 512-byte sectors. `<S>`, a request's status, is `OK`, `IOERR`,
+//! `UNSUPP` or `?<n>` for any other status byte `n` (`?255` means the
+//! device did not write it). Requests are sent whatever the negotiated
+//! features say (a flush without `VIRTIO_BLK_F_FLUSH`, a write to a
+//! read-only device), so tests can check the device's answer. Example:
+//! `kindling.test=virtio,blk-read:0:0:8,rng:32`.
+//!
+//! The first virtio action probes every device of the command line and
+//! initialises each one the guest has a driver for (block and entropy),
+//! once, as virtio 1.1 §3.1.1 says: reset (waiting for Status to read 0),
+//! ACKNOWLEDGE, DRIVER, features (it requires `VIRTIO_F_VERSION_1`; it also
+//! accepts `VIRTIO_RING_F_EVENT_IDX`, and for block `VIRTIO_BLK_F_RO`,
+//! `_FLUSH`, `_DISCARD` and `_WRITE_ZEROES`, when offered), FEATURES_OK
+//! (read back), queue 0 (size `min(QueueNumMax, 256)` rounded down to a
+//! power of two; descriptor table, driver and device areas as 64-bit
+//! addresses; QueueReady), DRIVER_OK. Each device that fails prints
+//! `virtio<i>: init failed: <reason>` right then (before the action's own
+//! lines) and gets FAILED; the VM goes on. The reasons: `reset not
+//! acknowledged`, `no VIRTIO_F_VERSION_1`, `features not accepted`, `queue
+//! 0 already live`, `queue 0 unavailable`, `queue 0 too small` (a block
+//! device needs 4 entries), `device needs reset` (DEVICE_NEEDS_RESET or
+//! FAILED set after DRIVER_OK) and `no usable RAM at 0x400000..0x900000`.
+//!
+//! In the `virtio` lines, `type` comes from the DeviceID register (read
+//! even when the magic is wrong) and `status` is one of `ok`, `bad magic`,
+//! `bad version` (not 2), `no driver` (a device type other than block and
+//! entropy; nothing is written to it) and `init failed`.
+//!
+//! The driver runs in ring 3 with interrupts off. It notifies a queue with
+//! one 32-bit write of the queue index (0) to QueueNotify, only when the
+//! device asks for it (`avail_event` with `VIRTIO_RING_F_EVENT_IDX`,
+//! otherwise `VIRTQ_USED_F_NO_NOTIFY`), and polls the used ring. It asks
+//! for no interrupts (`VIRTQ_AVAIL_F_NO_INTERRUPT`, or a `used_event` kept
+//! far ahead), though a device may raise its line anyway. A block request
+//! is three descriptors, header (device-readable), data, status byte
+//! (device-writable); a flush has no data descriptor. `blk-read` and
+//! `blk-write` send one request of at most 64 KiB at a time, one after the
+//! other, and stop at the first status other than `OK`. `rng` asks again
+//! until it has `N` bytes or the device returns none.
+//!
+//! Errors end the VM at once through [`DEBUG_EXIT_PORT`]:
+//!
+//! | line | exit status | when |
+//! | --- | --- | --- |
+//! | `<name>: bad arguments` (e.g. `blk-read: bad arguments`) | [`EXIT_BAD_ARGUMENTS`] | a missing, extra or malformed argument, a number out of range (`COUNT` 0, `SECTOR + COUNT` past 2^64, a discard of 2^32 sectors or more), no block device `D`, or for `blk-bench` a `QD` above a third of the queue size or a disk smaller than `BS` |
+//! | `blk<D>: not ready` / `rng: not ready` | [`EXIT_DEVICE_ERROR`] | the device did not initialise |
+//! | `rng: no device` | [`EXIT_DEVICE_ERROR`] | `rng` without an entropy device |
+//! | `blk<D>: timeout` / `rng: timeout` | [`EXIT_DEVICE_ERROR`] | no completion within about 10^8 `pause` loops (about 3 s on the development hosts) |
+//! | `blk<D>: bad used element` / `rng: bad used element` | [`EXIT_DEVICE_ERROR`] | the device completed a descriptor chain that was not in flight |
+//!
+//! # Block benchmark
+//!
+//! `blk-bench:D:MODE:BS:QD:OPS` runs `OPS` (at least 1) requests of `BS`
+//! bytes (a multiple of 512, 512..=65536) on block device `D`, keeping up
+//! to `QD` in flight (1..=64, and at most a third of the queue size).
+//! `MODE` is `randread`, `seqread`, `randwrite` or `seqwrite`: sequential
+//! modes start at sector 0 and wrap around at the end of the disk; random
+//! ones pick `BS`-aligned offsets with a fixed-seed xorshift64, so every run
+//! makes the same requests. Writes write the byte 0x5a. The disk must hold
+//! at least one block. Each round fills every free slot, publishes them with
+//! a single kick (one QueueNotify exit at most), waits for a completion, and
+//! takes all completions there are; each slot has its own 64 KiB buffer in
+//! [`VIRTIO_DRIVER_RAM`]. `errors` counts requests whose status was not
+//! `OK`. The loop runs natively in ring 3; the host times the two lines
+//! (`blk-bench: start` is printed once everything is set up). A device that
+//! stalls ends it with `blk<D>: timeout`.
+//!
+//! For example, with one 4 MiB disk and an entropy device,
+//! `kindling.test=virtio,blk-info:0,blk-read:0:0:8,blk-flush:0,rng:64`
+//! prints lines such as
+//!
+//! ```text
+//! virtio: 2 devices
+//! virtio0: base=0xc0001000 irq=5 type=blk status=ok
+//! virtio1: base=0xc0002000 irq=6 type=rng status=ok
+//! blk0: capacity=8192 ro=0 flush=1 discard=1 write-zeroes=1 event-idx=1 queue=256
+//! blk0: read sector=0 count=8 status=OK crc32=0xabdf3e81
+//! blk0: flush status=OK
+//! rng: bytes=64 crc32=0x1c2d3e4f nonzero=63
+//! ```
 //!
 //! # Example
 //!
@@ -113,6 +225,19 @@ pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// The port the `pio-loop` action writes to, forever: one VM exit per
 /// write, for exit-path benchmarks.
 pub const BENCH_PORT: u16 = 0xf5;
+
+/// The exit status after an unknown action or bad action arguments.
+pub const EXIT_BAD_ARGUMENTS: u8 = 2;
+
+/// The exit status after a device error: a virtio device that is missing,
+/// did not initialise, timed out or completed a request it was not given.
+pub const EXIT_DEVICE_ERROR: u8 = 3;
+
+/// Guest-physical RAM the virtio driver uses (rings, request headers, the
+/// I/O buffer and the benchmark buffers), once a virtio action runs: it
+/// must be usable RAM in the E820 map, and nothing else (an initrd) should
+/// be loaded there. The image ends below it.
+pub const VIRTIO_DRIVER_RAM: std::ops::Range<u64> = 0x40_0000..0x90_0000;
 
 #[cfg(test)]
 mod tests {
@@ -182,6 +307,18 @@ mod tests {
             "{} bytes",
             TEST_GUEST_ELF.len()
         );
+    }
+
+    #[test]
+    fn image_ends_below_the_virtio_driver_ram() {
+        for (p_type, _, paddr, _, memsz) in program_headers() {
+            if p_type == 1 {
+                assert!(
+                    paddr + memsz <= VIRTIO_DRIVER_RAM.start,
+                    "segment at {paddr:#x} of {memsz:#x} bytes"
+                );
+            }
+        }
     }
 
     #[test]

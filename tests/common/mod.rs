@@ -60,9 +60,20 @@ impl GuestRun {
 
 /// Boots the embedded test guest in-process with `cmdline`.
 pub fn run_test_guest(cmdline: &str, vcpus: u8, memory_mib: u64) -> GuestRun {
+    run_test_guest_with(cmdline, vcpus, memory_mib, |_| {})
+}
+
+/// Like [`run_test_guest`], letting `adjust` change the configuration
+/// (disks, entropy, ...) first.
+pub fn run_test_guest_with(
+    cmdline: &str,
+    vcpus: u8,
+    memory_mib: u64,
+    adjust: impl FnOnce(&mut VmConfig),
+) -> GuestRun {
     let serial = Capture::default();
     let log = Capture::default();
-    let config = VmConfig {
+    let mut config = VmConfig {
         kernel: KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF),
         cmdline: cmdline.to_string(),
         vcpus,
@@ -71,6 +82,7 @@ pub fn run_test_guest(cmdline: &str, vcpus: u8, memory_mib: u64) -> GuestRun {
         boot_timer_log: Arc::new(Mutex::new(log.clone())),
         ..VmConfig::default()
     };
+    adjust(&mut config);
     let vmm = Vmm::build(config).expect("building the VM");
     let reason = vmm.run().expect("running the VM");
     GuestRun {
@@ -120,4 +132,20 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// CRC-32/IEEE, as the test guest prints it (Python's `zlib.crc32`).
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
 }

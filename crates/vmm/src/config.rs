@@ -29,6 +29,41 @@ pub enum BootProtocol {
     Pvh,
 }
 
+/// A virtio-block disk backed by a raw image file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The image file.
+    pub path: PathBuf,
+    /// Refuse guest writes (the device offers VIRTIO_BLK_F_RO).
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = String;
+
+    /// Parses `PATH[,readonly]` (also `ro`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (path, options) = match s.rsplit_once(',') {
+            Some((path, opt)) if matches!(opt, "readonly" | "ro") => (path, Some(opt)),
+            Some((_, opt)) if !opt.contains('/') => {
+                return Err(format!(
+                    "unknown disk option '{opt}' in '{s}' (expected PATH[,readonly])"
+                ))
+            }
+            _ => (s, None),
+        };
+        if path.is_empty() {
+            return Err(format!(
+                "'{s}' names no disk image (expected PATH[,readonly])"
+            ));
+        }
+        Ok(Self {
+            path: path.into(),
+            read_only: options.is_some(),
+        })
+    }
+}
+
 /// Where the serial console's output goes.
 pub enum SerialConfig {
     /// The VMM's standard output (input comes from standard input).
@@ -66,6 +101,10 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// Guest RAM in MiB.
     pub memory_mib: u64,
+    /// virtio-block disks, in the order the guest sees them.
+    pub disks: Vec<DiskConfig>,
+    /// Whether to add a virtio-rng (entropy) device.
+    pub entropy: bool,
     /// What backs guest RAM.
     pub memory_backing: Backing,
     /// The serial console.
@@ -85,6 +124,8 @@ impl std::fmt::Debug for VmConfig {
             .field("boot_protocol", &self.boot_protocol)
             .field("vcpus", &self.vcpus)
             .field("memory_mib", &self.memory_mib)
+            .field("disks", &self.disks)
+            .field("entropy", &self.entropy)
             .field("memory_backing", &self.memory_backing)
             .field("serial", &self.serial)
             .finish()
@@ -100,10 +141,38 @@ impl Default for VmConfig {
             boot_protocol: BootProtocol::Linux64,
             vcpus: 1,
             memory_mib: 128,
+            disks: Vec::new(),
+            entropy: false,
             memory_backing: Backing::Anonymous,
             serial: SerialConfig::Stdout,
             start_time: StartTime::now(),
             boot_timer_log: Arc::new(Mutex::new(std::io::stderr())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_options_parse() {
+        let d: DiskConfig = "/img/root.ext4".parse().unwrap();
+        assert_eq!(d.path, PathBuf::from("/img/root.ext4"));
+        assert!(!d.read_only);
+        let d: DiskConfig = "a.img,readonly".parse().unwrap();
+        assert!(d.read_only);
+        assert_eq!(d.path, PathBuf::from("a.img"));
+        let d: DiskConfig = "a.img,ro".parse().unwrap();
+        assert!(d.read_only);
+        // A comma inside a path is kept.
+        let d: DiskConfig = "dir,x/a.img".parse().unwrap();
+        assert_eq!(d.path, PathBuf::from("dir,x/a.img"));
+        assert!("a.img,rw"
+            .parse::<DiskConfig>()
+            .unwrap_err()
+            .contains("unknown disk option"));
+        assert!("".parse::<DiskConfig>().is_err());
+        assert!(",readonly".parse::<DiskConfig>().is_err());
     }
 }

@@ -42,6 +42,14 @@ pub enum VmmError {
         /// What went wrong.
         reason: String,
     },
+    /// A virtio device could not be created or wired.
+    #[error("cannot set up the virtio {device}: {reason}")]
+    Virtio {
+        /// Which device.
+        device: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The device event loop failed.
     #[error("device event loop: {0}")]
     EventLoop(String),

@@ -29,9 +29,12 @@ mod device_manager;
 mod error;
 mod event_loop;
 mod exit_handler;
+mod virtio_devices;
 mod vmm;
 
-pub use config::{BootProtocol, KernelSource, SerialConfig, VmConfig, DEFAULT_LINUX_CMDLINE};
+pub use config::{
+    BootProtocol, DiskConfig, KernelSource, SerialConfig, VmConfig, DEFAULT_LINUX_CMDLINE,
+};
 pub use device_manager::LegacyDevices;
 pub use error::VmmError;
 pub use exit_handler::BusExitHandler;

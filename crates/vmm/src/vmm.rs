@@ -7,9 +7,12 @@ use std::sync::{Arc, Mutex};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kindling_devices::legacy::{BufferedOutput, OutputFlusher};
 use kindling_devices::{Bus, ExitReason, VmExitHandle};
-use kindling_memory::{create_guest_memory, GuestMemoryMmap, GuestRam, MemoryConfig};
+use kindling_memory::{
+    create_guest_memory, GuestMemoryMmap, GuestRam, MemoryConfig, ResourceAllocator,
+};
 use kindling_vcpu::x86_64::gdt;
 use kindling_vcpu::{BootEntry, CoalescedRing, Kvm, Vcpu, VcpuHandle, VcpuStopReason, Vm};
+use kindling_virtio::VirtioSubscriber;
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::config::{BootProtocol, KernelSource, SerialConfig, VmConfig};
@@ -17,7 +20,7 @@ use crate::device_manager::LegacyDevices;
 use crate::event_loop::{
     CoalescedDrainSubscriber, ExitSubscriber, SerialFlushSubscriber, StdinSubscriber,
 };
-use crate::{BusExitHandler, VmmError};
+use crate::{virtio_devices, BusExitHandler, VmmError};
 
 /// The largest vCPU count a Kindling VM supports (the MP table's APIC ids
 /// stop at 254, with the IOAPIC taking the next id).
@@ -32,6 +35,7 @@ pub struct Vmm {
     handler: Arc<BusExitHandler>,
     serial_flusher: OutputFlusher,
     coalesced: Option<CoalescedSerial>,
+    virtio_subscribers: Vec<VirtioSubscriber>,
     exit: VmExitHandle,
     stdin_input: bool,
     vm: Vm,
@@ -121,6 +125,27 @@ impl Vmm {
             Some(path) => Some(open("initrd", path)?),
             None => None,
         };
+        let mut allocator = ResourceAllocator::new().map_err(|e| VmmError::Device {
+            device: "resource allocator",
+            reason: e.to_string(),
+        })?;
+        let planned = virtio_devices::plan(&config.disks, config.entropy, &mut allocator)?;
+        let mut cmdline = config.cmdline.clone();
+        let virtio_cmdline = virtio_devices::cmdline_entries(&planned);
+        if !virtio_cmdline.is_empty() {
+            if !cmdline.is_empty() {
+                cmdline.push(' ');
+            }
+            cmdline.push_str(&virtio_cmdline);
+        }
+        let virtio_acpi: Vec<kindling_boot::VirtioMmioDescription> = planned
+            .iter()
+            .map(|d| kindling_boot::VirtioMmioDescription {
+                base: d.base,
+                size: kindling_virtio::MMIO_WINDOW_SIZE,
+                irq: d.irq,
+            })
+            .collect();
         let initrd = initrd
             .as_mut()
             .map(|f| f as &mut dyn kindling_boot::ReadSeek);
@@ -130,12 +155,12 @@ impl Vmm {
                     &memory.memory,
                     kernel,
                     initrd,
-                    &config.cmdline,
+                    &cmdline,
                     config.vcpus,
                 )?;
                 gdt::write_gdt_and_idt(&memory.memory)?;
                 gdt::write_identity_page_tables(&memory.memory)?;
-                let rsdp = setup_acpi(&memory.memory, config.vcpus)?;
+                let rsdp = setup_acpi(&memory.memory, config.vcpus, &virtio_acpi)?;
                 kindling_boot::set_acpi_rsdp(&memory.memory, boot.zero_page, rsdp)?;
                 BootEntry::Linux64 {
                     entry: boot.entry,
@@ -147,11 +172,11 @@ impl Vmm {
                     &memory.memory,
                     kernel,
                     initrd,
-                    &config.cmdline,
+                    &cmdline,
                     config.vcpus,
                 )?;
                 gdt::write_pvh_gdt_and_idt(&memory.memory)?;
-                let rsdp = setup_acpi(&memory.memory, config.vcpus)?;
+                let rsdp = setup_acpi(&memory.memory, config.vcpus, &virtio_acpi)?;
                 kindling_boot::set_pvh_rsdp(&memory.memory, boot.start_info, rsdp)?;
                 BootEntry::Pvh {
                     entry: boot.entry,
@@ -192,6 +217,7 @@ impl Vmm {
             config.boot_timer_log,
         )?;
 
+        let virtio_subscribers = virtio_devices::attach(planned, &vm, &memory.memory, &mut mmio)?;
         let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
         for id in 0..config.vcpus {
             let vcpu = vm.create_vcpu(id)?;
@@ -205,6 +231,7 @@ impl Vmm {
             handler: Arc::new(BusExitHandler { pio, mmio }),
             serial_flusher,
             coalesced,
+            virtio_subscribers,
             exit,
             stdin_input,
             vm,
@@ -252,6 +279,9 @@ impl Vmm {
         manager.add_subscriber(Box::new(SerialFlushSubscriber {
             flusher: self.serial_flusher.clone(),
         }));
+        for subscriber in self.virtio_subscribers.drain(..) {
+            manager.add_subscriber(Box::new(subscriber));
+        }
         if let Some(coalesced) = &self.coalesced {
             manager.add_subscriber(Box::new(CoalescedDrainSubscriber {
                 ring: coalesced.ring.clone(),
@@ -365,13 +395,18 @@ fn coalesce_serial_output(
 /// Writes the ACPI tables describing the vCPUs and the legacy devices, and
 /// the reset-vector stub that Linux's BIOS-reboot fallback jumps to on a
 /// hardware-reduced ACPI platform; returns the RSDP address.
-fn setup_acpi(memory: &GuestMemoryMmap, vcpus: u8) -> Result<u64, VmmError> {
+fn setup_acpi(
+    memory: &GuestMemoryMmap,
+    vcpus: u8,
+    virtio: &[kindling_boot::VirtioMmioDescription],
+) -> Result<u64, VmmError> {
     kindling_boot::write_reset_vector(memory)?;
     use kindling_devices::legacy::{
         ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT,
         ACPI_SLEEP_STATUS_PORT,
     };
     let mut acpi = kindling_boot::AcpiConfig::new(vcpus);
+    acpi.virtio_mmio = virtio.to_vec();
     acpi.pm = kindling_boot::AcpiPmDescription {
         sleep_control_port: ACPI_SLEEP_CONTROL_PORT,
         sleep_status_port: ACPI_SLEEP_STATUS_PORT,

@@ -1,0 +1,161 @@
+//! Block request benchmarks: one 4 KiB read and one 4 KiB write through
+//! the request parser and the synchronous engine on a temporary image
+//! file, and the same read through the whole device (available ring,
+//! parser, engine, used ring).
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use kindling_virtio::block::{
+    parse, request_type, Block, BlockBackend, BlockConfig, BlockOp, Limits, RequestKind,
+    SyncFileBackend,
+};
+use kindling_virtio::{Activation, GuestMemoryMmap, VirtioDevice, VirtioInterrupt};
+use std::hint::black_box;
+use std::sync::Arc;
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::tempfile::TempFile;
+
+const HDR: u64 = 0x10_0000;
+const DATA: u64 = 0x20_0000;
+const STATUS: u64 = 0x30_0000;
+const IMAGE: usize = 16 << 20;
+
+struct NoIrq;
+impl kindling_devices::InterruptLine for NoIrq {
+    fn trigger(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn header(mem: &GuestMemoryMmap, request_type: u32, sector: u64) {
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&request_type.to_le_bytes());
+    h[8..16].copy_from_slice(&sector.to_le_bytes());
+    mem.write_slice(&h, GuestAddress(HDR)).unwrap();
+}
+
+fn chain(data_flags: u16) -> [Descriptor; 3] {
+    let n = VRING_DESC_F_NEXT as u16;
+    let w = VRING_DESC_F_WRITE as u16;
+    [
+        Descriptor::new(HDR, 16, n, 1),
+        Descriptor::new(DATA, 4096, n | data_flags, 2),
+        Descriptor::new(STATUS, 1, w, 0),
+    ]
+}
+
+/// Parses one request and runs it on the engine, as the device does.
+fn one_request(
+    mem: &GuestMemoryMmap,
+    backend: &mut SyncFileBackend,
+    limits: &Limits,
+    scratch: &mut Vec<Descriptor>,
+    descs: [Descriptor; 3],
+) {
+    let req = parse(mem, descs, limits, scratch).unwrap();
+    let op = match &req.kind {
+        RequestKind::Read {
+            sector, buffers, ..
+        } => BlockOp::Read {
+            offset: sector * 512,
+            buffers,
+        },
+        RequestKind::Write {
+            sector, buffers, ..
+        } => BlockOp::Write {
+            offset: sector * 512,
+            buffers,
+        },
+        _ => unreachable!(),
+    };
+    backend.submit(mem, 0, &op).unwrap();
+    backend.next_completion().unwrap().result.unwrap();
+    mem.write_obj(0u8, req.status).unwrap();
+}
+
+fn parser_and_engine(c: &mut Criterion) {
+    let image = TempFile::new().unwrap();
+    std::fs::write(image.as_path(), vec![0x5a; IMAGE]).unwrap();
+    let mut backend = SyncFileBackend::open(image.as_path(), false).unwrap();
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+    let limits = Limits::new(backend.size() / 512);
+    let mut scratch = Vec::new();
+
+    c.bench_function("block_read_4k_parse_and_sync_engine", |b| {
+        header(&mem, request_type::IN, 8);
+        b.iter(|| {
+            one_request(
+                &mem,
+                &mut backend,
+                &limits,
+                &mut scratch,
+                black_box(chain(VRING_DESC_F_WRITE as u16)),
+            )
+        })
+    });
+    c.bench_function("block_write_4k_parse_and_sync_engine", |b| {
+        header(&mem, request_type::OUT, 16);
+        b.iter(|| {
+            one_request(
+                &mem,
+                &mut backend,
+                &limits,
+                &mut scratch,
+                black_box(chain(0)),
+            )
+        })
+    });
+}
+
+fn whole_device(c: &mut Criterion) {
+    let image = TempFile::new().unwrap();
+    std::fs::write(image.as_path(), vec![0x5a; IMAGE]).unwrap();
+    let mut block = Block::new(&BlockConfig::new(image.as_path())).unwrap();
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+    let vq = MockSplitQueue::create(&mem, GuestAddress(0x1000), 256);
+    let mut queue: Queue = vq.create_queue().unwrap();
+    queue.set_event_idx(false);
+    block
+        .activate(Activation {
+            memory: mem.clone(),
+            interrupt: VirtioInterrupt::new(Arc::new(NoIrq)),
+            queues: vec![queue],
+            acked_features: block.device_features(),
+        })
+        .unwrap();
+    header(&mem, request_type::IN, 8);
+    let descs: Vec<RawDescriptor> = chain(VRING_DESC_F_WRITE as u16)
+        .into_iter()
+        .map(RawDescriptor::from)
+        .collect();
+    for (i, d) in descs.iter().enumerate() {
+        vq.desc_table().store(i as u16, *d).unwrap();
+    }
+    let avail_idx = vq.avail().idx();
+    let mut idx: u16 = 0;
+    c.bench_function("block_read_4k_through_the_device", |b| {
+        b.iter(|| {
+            vq.avail()
+                .ring()
+                .ref_at(usize::from(idx % 256))
+                .unwrap()
+                .store(0);
+            idx = idx.wrapping_add(1);
+            avail_idx.store(idx);
+            block.process_queue(0).unwrap();
+        })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(50)
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3));
+    targets = parser_and_engine, whole_device
+}
+criterion_main!(benches);

@@ -1,0 +1,128 @@
+//! The block device's configuration space (`struct virtio_blk_config`,
+//! virtio 1.2 §5.2.4), little-endian, up to `write_zeroes_may_unmap`.
+
+/// Bytes of configuration space the device exposes.
+pub const CONFIG_SIZE: usize = 60;
+
+/// The most sectors one DISCARD segment may cover (128 MiB): bounds the
+/// time one request can hold the event loop.
+pub const MAX_DISCARD_SECTORS: u32 = 0x4_0000;
+/// The most segments in one DISCARD request.
+pub const MAX_DISCARD_SEG: u32 = 32;
+/// The most sectors one WRITE_ZEROES segment may cover (128 MiB).
+pub const MAX_WRITE_ZEROES_SECTORS: u32 = 0x4_0000;
+/// The most segments in one WRITE_ZEROES request.
+pub const MAX_WRITE_ZEROES_SEG: u32 = 32;
+/// The discard granularity the guest should use, in sectors (4 KiB).
+pub const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
+
+/// Field offsets.
+mod offset {
+    pub const CAPACITY: usize = 0;
+    pub const SEG_MAX: usize = 12;
+    pub const BLK_SIZE: usize = 20;
+    pub const NUM_QUEUES: usize = 34;
+    pub const MAX_DISCARD_SECTORS: usize = 36;
+    pub const MAX_DISCARD_SEG: usize = 40;
+    pub const DISCARD_SECTOR_ALIGNMENT: usize = 44;
+    pub const MAX_WRITE_ZEROES_SECTORS: usize = 48;
+    pub const MAX_WRITE_ZEROES_SEG: usize = 52;
+    pub const WRITE_ZEROES_MAY_UNMAP: usize = 56;
+}
+
+fn put32(space: &mut [u8; CONFIG_SIZE], at: usize, value: u32) {
+    space[at..at + 4].copy_from_slice(&value.to_le_bytes());
+}
+
+/// The configuration space of a device with `capacity` sectors and
+/// `seg_max` data segments per request.
+pub fn config_space(capacity: u64, seg_max: u32) -> [u8; CONFIG_SIZE] {
+    let mut s = [0u8; CONFIG_SIZE];
+    s[offset::CAPACITY..offset::CAPACITY + 8].copy_from_slice(&capacity.to_le_bytes());
+    put32(&mut s, offset::SEG_MAX, seg_max);
+    put32(&mut s, offset::BLK_SIZE, super::SECTOR_SIZE as u32);
+    s[offset::NUM_QUEUES..offset::NUM_QUEUES + 2].copy_from_slice(&1u16.to_le_bytes());
+    put32(&mut s, offset::MAX_DISCARD_SECTORS, MAX_DISCARD_SECTORS);
+    put32(&mut s, offset::MAX_DISCARD_SEG, MAX_DISCARD_SEG);
+    put32(
+        &mut s,
+        offset::DISCARD_SECTOR_ALIGNMENT,
+        DISCARD_SECTOR_ALIGNMENT,
+    );
+    put32(
+        &mut s,
+        offset::MAX_WRITE_ZEROES_SECTORS,
+        MAX_WRITE_ZEROES_SECTORS,
+    );
+    put32(&mut s, offset::MAX_WRITE_ZEROES_SEG, MAX_WRITE_ZEROES_SEG);
+    // Write zeroes with the unmap flag punches holes.
+    s[offset::WRITE_ZEROES_MAY_UNMAP] = 1;
+    s
+}
+
+/// Reads `data.len()` bytes at `offset` of `space`; bytes past its end
+/// read as zero.
+pub fn read(space: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = offset
+            .checked_add(i as u64)
+            .and_then(|at| usize::try_from(at).ok())
+            .and_then(|at| space.get(at))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::offset_of;
+    use virtio_bindings::virtio_blk::virtio_blk_config as C;
+
+    #[test]
+    fn offsets_match_the_linux_layout() {
+        assert_eq!(offset_of!(C, capacity), offset::CAPACITY);
+        assert_eq!(offset_of!(C, seg_max), offset::SEG_MAX);
+        assert_eq!(offset_of!(C, blk_size), offset::BLK_SIZE);
+        assert_eq!(offset_of!(C, num_queues), offset::NUM_QUEUES);
+        assert_eq!(
+            offset_of!(C, max_discard_sectors),
+            offset::MAX_DISCARD_SECTORS
+        );
+        assert_eq!(offset_of!(C, max_discard_seg), offset::MAX_DISCARD_SEG);
+        assert_eq!(
+            offset_of!(C, discard_sector_alignment),
+            offset::DISCARD_SECTOR_ALIGNMENT
+        );
+        assert_eq!(
+            offset_of!(C, max_write_zeroes_sectors),
+            offset::MAX_WRITE_ZEROES_SECTORS
+        );
+        assert_eq!(
+            offset_of!(C, max_write_zeroes_seg),
+            offset::MAX_WRITE_ZEROES_SEG
+        );
+        assert_eq!(
+            offset_of!(C, write_zeroes_may_unmap),
+            offset::WRITE_ZEROES_MAY_UNMAP
+        );
+        assert_eq!(offset_of!(C, unused1) + 3, CONFIG_SIZE);
+    }
+
+    #[test]
+    fn fields_and_reads() {
+        let s = config_space(0x1_0000_0002, 254);
+        let mut cap = [0u8; 8];
+        read(&s, 0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 0x1_0000_0002);
+        let mut seg = [0u8; 4];
+        read(&s, 12, &mut seg);
+        assert_eq!(u32::from_le_bytes(seg), 254);
+        let mut tail = [0xffu8; 4];
+        read(&s, 58, &mut tail);
+        assert_eq!(tail, [0; 4]);
+        read(&s, u64::MAX, &mut tail);
+        assert_eq!(tail, [0; 4]);
+        assert_eq!(s[56], 1);
+    }
+}

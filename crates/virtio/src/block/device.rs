@@ -1,0 +1,477 @@
+//! The block device: parses requests from its queue, checks them against
+//! the negotiated features and the read-only setting, and hands them to
+//! its [`BlockBackend`].
+
+use std::path::PathBuf;
+
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+
+use super::backend::{BlockBackend, BlockOp, SyncFileBackend};
+use super::config::{self, CONFIG_SIZE};
+use super::request::{parse, GuestBuffer, Limits, ParseError, Request, RequestKind};
+use super::{features as blk, status, BlockError, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
+use crate::device::{ActivateError, Activation, Active, DeviceType, VirtioDevice};
+use crate::queue::{needs_interrupt, pop_chain, QueueError, MAX_QUEUE_SIZE};
+use crate::{features, GuestMemoryMmap};
+
+/// How to create a block device.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockConfig {
+    /// The raw disk image.
+    pub path: PathBuf,
+    /// Open the image read-only and offer VIRTIO_BLK_F_RO.
+    pub read_only: bool,
+    /// The id GET_ID returns (at most 20 bytes); by default one derived
+    /// from the image file's device and inode numbers.
+    pub serial: Option<String>,
+    /// The queue's maximum size (a power of two, at least 2).
+    pub queue_size: u16,
+}
+
+impl BlockConfig {
+    /// A read-write device on `path` with the default serial and queue
+    /// size.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            read_only: false,
+            serial: None,
+            queue_size: QUEUE_SIZE,
+        }
+    }
+}
+
+/// The block device's guest-visible state, for snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockState {
+    /// The disk size in sectors the guest saw.
+    pub capacity: u64,
+    /// Whether the device is read-only.
+    pub read_only: bool,
+    /// The GET_ID answer.
+    pub serial: [u8; ID_BYTES],
+    /// The queue's maximum size.
+    pub queue_size: u16,
+}
+
+/// A request handed to the backend, waiting for its completion.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    status: GuestAddress,
+    used_len: u32,
+}
+
+/// A virtio block device.
+///
+/// # Example
+///
+/// ```
+/// use kindling_virtio::block::{Block, BlockConfig};
+/// use kindling_virtio::VirtioDevice;
+///
+/// let dir = std::env::temp_dir().join(format!("kindling-doc-{}.img", std::process::id()));
+/// std::fs::write(&dir, vec![0u8; 4096]).unwrap();
+/// let mut config = BlockConfig::new(&dir);
+/// config.serial = Some("disk0".into());
+/// let block = Block::new(&config).unwrap();
+/// assert_eq!(block.capacity(), 8);
+/// let mut capacity = [0u8; 8];
+/// block.read_config(0, &mut capacity);
+/// assert_eq!(u64::from_le_bytes(capacity), 8);
+/// std::fs::remove_file(&dir).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct Block {
+    backend: Box<dyn BlockBackend>,
+    read_only: bool,
+    serial: [u8; ID_BYTES],
+    capacity: u64,
+    queue_sizes: [u16; 1],
+    features: u64,
+    config: [u8; CONFIG_SIZE],
+    active: Option<Active>,
+    scratch: Vec<Descriptor>,
+    pending: Vec<Option<Pending>>,
+}
+
+impl Block {
+    /// Opens `config.path` with the synchronous engine.
+    pub fn new(config: &BlockConfig) -> Result<Self, BlockError> {
+        let backend = SyncFileBackend::open(&config.path, config.read_only)?;
+        Self::with_backend(Box::new(backend), config)
+    }
+
+    /// Uses `backend` as the I/O engine; `config.path` is not opened.
+    pub fn with_backend(
+        backend: Box<dyn BlockBackend>,
+        config: &BlockConfig,
+    ) -> Result<Self, BlockError> {
+        let q = config.queue_size;
+        if !(2..=MAX_QUEUE_SIZE).contains(&q) || !q.is_power_of_two() {
+            return Err(BlockError::InvalidQueueSize(q));
+        }
+        let serial = match &config.serial {
+            Some(s) if s.len() > ID_BYTES => {
+                return Err(BlockError::SerialTooLong {
+                    serial: s.clone(),
+                    len: s.len(),
+                })
+            }
+            Some(s) => {
+                let mut id = [0u8; ID_BYTES];
+                id[..s.len()].copy_from_slice(s.as_bytes());
+                id
+            }
+            None => backend.default_serial(),
+        };
+        let capacity = backend.size() / SECTOR_SIZE;
+        let mut features = features::COMMON | blk::FLUSH | blk::SEG_MAX | blk::BLK_SIZE;
+        features |= if config.read_only {
+            blk::RO
+        } else {
+            blk::DISCARD | blk::WRITE_ZEROES
+        };
+        // Room for the header and the status descriptors.
+        let seg_max = u32::from(q) - 2;
+        Ok(Self {
+            backend,
+            read_only: config.read_only,
+            serial,
+            capacity,
+            queue_sizes: [q],
+            features,
+            config: config::config_space(capacity, seg_max.max(1)),
+            active: None,
+            scratch: Vec::new(),
+            pending: Vec::new(),
+        })
+    }
+
+    /// The device's state.
+    pub fn state(&self) -> BlockState {
+        BlockState {
+            capacity: self.capacity,
+            read_only: self.read_only,
+            serial: self.serial,
+            queue_size: self.queue_sizes[0],
+        }
+    }
+
+    /// Recreates an (inactive) device from its state on the image at
+    /// `path`, which must still have the size the guest saw. The
+    /// transport's `from_state` reactivates it.
+    pub fn from_state(state: &BlockState, path: impl Into<PathBuf>) -> Result<Self, BlockError> {
+        let path = path.into();
+        let config = BlockConfig {
+            path: path.clone(),
+            read_only: state.read_only,
+            serial: None,
+            queue_size: state.queue_size,
+        };
+        let mut block = Self::new(&config)?;
+        if block.capacity != state.capacity {
+            return Err(BlockError::CapacityChanged {
+                path,
+                expected: state.capacity,
+                actual: block.capacity,
+            });
+        }
+        block.serial = state.serial;
+        Ok(block)
+    }
+
+    /// The disk size in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Whether the device is read-only.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The GET_ID answer.
+    pub fn serial(&self) -> &[u8; ID_BYTES] {
+        &self.serial
+    }
+}
+
+/// The request loop, borrowing what it needs from the device.
+struct Worker<'a> {
+    backend: &'a mut dyn BlockBackend,
+    scratch: &'a mut Vec<Descriptor>,
+    pending: &'a mut [Option<Pending>],
+    serial: &'a [u8; ID_BYTES],
+    read_only: bool,
+    acked: u64,
+    limits: Limits,
+}
+
+/// Writes the status byte and returns the chain to the driver.
+fn finish(
+    queue: &mut Queue,
+    memory: &GuestMemoryMmap,
+    head: u16,
+    status_addr: GuestAddress,
+    code: u8,
+    used_len: u32,
+) -> Result<(), virtio_queue::Error> {
+    if let Err(e) = memory.write_obj(code, status_addr) {
+        // The parser checked the address; only a memory change gets here.
+        log::warn!(
+            "virtio-blk: cannot write the status byte at {:#x}: {e}",
+            status_addr.0
+        );
+    }
+    queue.add_used(memory, head, used_len)
+}
+
+fn write_id(
+    memory: &GuestMemoryMmap,
+    buffers: &[GuestBuffer],
+    serial: &[u8; ID_BYTES],
+) -> Result<(), vm_memory::GuestMemoryError> {
+    let mut at = 0;
+    for b in buffers {
+        let len = (b.len as usize).min(ID_BYTES - at);
+        memory.write_slice(&serial[at..at + len], b.addr)?;
+        at += len;
+    }
+    Ok(())
+}
+
+impl Worker<'_> {
+    /// Drains the queue; returns whether the driver should be interrupted.
+    fn drain(
+        &mut self,
+        queue: &mut Queue,
+        memory: &GuestMemoryMmap,
+    ) -> Result<bool, virtio_queue::Error> {
+        let mut used = false;
+        loop {
+            queue.disable_notification(memory)?;
+            while let Some(chain) = pop_chain(queue, memory)? {
+                let head = chain.head_index();
+                if head >= queue.size() {
+                    log::warn!("virtio-blk: dropping a chain with head {head}, outside the queue");
+                    continue;
+                }
+                used |= self.handle(queue, memory, head, chain)?;
+                used |= self.reap(queue, memory)?;
+            }
+            if !queue.enable_notification(memory)? {
+                break;
+            }
+        }
+        if used {
+            needs_interrupt(queue, memory)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Parses and starts one request; returns whether it was already
+    /// returned to the driver.
+    fn handle(
+        &mut self,
+        queue: &mut Queue,
+        memory: &GuestMemoryMmap,
+        head: u16,
+        chain: impl IntoIterator<Item = Descriptor>,
+    ) -> Result<bool, virtio_queue::Error> {
+        let request = match parse(memory, chain, &self.limits, self.scratch) {
+            Ok(r) => r,
+            Err(ParseError {
+                error,
+                status: Some(addr),
+            }) => {
+                log::debug!("virtio-blk: request {head} refused: {error}");
+                finish(queue, memory, head, addr, error.status(), 1)?;
+                return Ok(true);
+            }
+            Err(ParseError {
+                error,
+                status: None,
+            }) => {
+                log::warn!("virtio-blk: request {head} dropped: {error}");
+                queue.add_used(memory, head, 0)?;
+                return Ok(true);
+            }
+        };
+        if let Some(code) = self.refusal(&request) {
+            log::debug!("virtio-blk: request {head} refused with status {code}");
+            finish(queue, memory, head, request.status, code, 1)?;
+            return Ok(true);
+        }
+        let op = match &request.kind {
+            RequestKind::Read {
+                sector, buffers, ..
+            } => BlockOp::Read {
+                offset: sector * SECTOR_SIZE,
+                buffers,
+            },
+            RequestKind::Write {
+                sector, buffers, ..
+            } => BlockOp::Write {
+                offset: sector * SECTOR_SIZE,
+                buffers,
+            },
+            RequestKind::Flush => BlockOp::Flush,
+            RequestKind::Discard { ranges } => BlockOp::Discard { ranges },
+            RequestKind::WriteZeroes { ranges } => BlockOp::WriteZeroes { ranges },
+            RequestKind::GetId { buffers, .. } => {
+                let code = match write_id(memory, buffers, self.serial) {
+                    Ok(()) => status::OK,
+                    Err(_) => status::IOERR,
+                };
+                finish(
+                    queue,
+                    memory,
+                    head,
+                    request.status,
+                    code,
+                    request.used_len(),
+                )?;
+                return Ok(true);
+            }
+        };
+        let Some(slot) = self.pending.get_mut(usize::from(head)) else {
+            return Ok(false);
+        };
+        if slot.is_some() {
+            log::warn!("virtio-blk: request {head} submitted again while in flight; dropped");
+            return Ok(false);
+        }
+        *slot = Some(Pending {
+            status: request.status,
+            used_len: request.used_len(),
+        });
+        if let Err(e) = self.backend.submit(memory, head, &op) {
+            log::warn!("virtio-blk: request {head}: {e}");
+            *slot = None;
+            finish(queue, memory, head, request.status, status::IOERR, 1)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The status a valid request is refused with, if it is.
+    fn refusal(&self, request: &Request) -> Option<u8> {
+        if request.is_write() && self.read_only {
+            return Some(status::IOERR);
+        }
+        let needs = match request.kind {
+            RequestKind::Discard { .. } => blk::DISCARD,
+            RequestKind::WriteZeroes { .. } => blk::WRITE_ZEROES,
+            _ => 0,
+        };
+        (self.acked & needs != needs).then_some(status::UNSUPP)
+    }
+
+    /// Returns finished requests to the driver; returns whether there were
+    /// any.
+    fn reap(
+        &mut self,
+        queue: &mut Queue,
+        memory: &GuestMemoryMmap,
+    ) -> Result<bool, virtio_queue::Error> {
+        let mut any = false;
+        while let Some(done) = self.backend.next_completion() {
+            let Some(p) = self
+                .pending
+                .get_mut(usize::from(done.token))
+                .and_then(Option::take)
+            else {
+                log::error!(
+                    "virtio-blk: completion for request {} that is not in flight",
+                    done.token
+                );
+                continue;
+            };
+            let (code, len) = match done.result {
+                Ok(()) => (status::OK, p.used_len),
+                Err(e) => {
+                    log::warn!("virtio-blk: request {}: {e}", done.token);
+                    (status::IOERR, 1)
+                }
+            };
+            finish(queue, memory, done.token, p.status, code, len)?;
+            any = true;
+        }
+        Ok(any)
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> DeviceType {
+        DeviceType::Block
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn device_features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        config::read(&self.config, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // No writable field is offered (VIRTIO_BLK_F_CONFIG_WCE is not).
+        log::debug!(
+            "virtio-blk: {}-byte configuration write at {offset:#x} ignored",
+            data.len()
+        );
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        if self.active.is_some() {
+            return Err(ActivateError::AlreadyActive(DeviceType::Block));
+        }
+        let active = Active::new(DeviceType::Block, activation, 1, &[0])?;
+        self.pending = vec![None; usize::from(active.queues[0].size())];
+        self.active = Some(active);
+        Ok(())
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn reset(&mut self) {
+        // The synchronous engine has nothing in flight; an asynchronous
+        // one must finish or cancel its requests before guest memory is
+        // released.
+        while self.backend.next_completion().is_some() {}
+        self.active = None;
+        self.pending.clear();
+    }
+
+    fn process_queue(&mut self, index: usize) -> Result<(), QueueError> {
+        let Some(active) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let mut worker = Worker {
+            backend: &mut *self.backend,
+            scratch: &mut self.scratch,
+            pending: &mut self.pending,
+            serial: &self.serial,
+            read_only: self.read_only,
+            acked: active.acked_features,
+            limits: Limits::new(self.capacity),
+        };
+        active.run_queue(index, |queue, memory| worker.drain(queue, memory))
+    }
+
+    fn queues(&self) -> &[Queue] {
+        self.active.as_ref().map_or(&[], |a| a.queues.as_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,507 @@
+//! Block device tests: requests through a mock driver queue against a
+//! temporary image file.
+
+use std::sync::Arc;
+
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::RawDescriptor;
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::Address;
+use vmm_sys_util::tempfile::TempFile;
+
+use super::*;
+use crate::block::request_type as t;
+use crate::interrupt::tests::CountingLine;
+use crate::queue::tests::memory;
+use crate::VirtioInterrupt;
+
+const R: u16 = 0;
+const W: u16 = VRING_DESC_F_WRITE as u16;
+const HDR: u64 = 0x8000;
+const DATA: u64 = 0x10000;
+const STATUS: u64 = 0x9000;
+const IMAGE_SECTORS: u64 = 128;
+
+fn pattern(i: usize) -> u8 {
+    (i % 251) as u8 + 1
+}
+
+struct Fixture {
+    image: TempFile,
+    block: Block,
+    mem: GuestMemoryMmap,
+    line: Arc<CountingLine>,
+    next_desc: u16,
+    requests: u16,
+    avail: GuestAddress,
+    used: GuestAddress,
+}
+
+fn fixture_with(config: impl FnOnce(&mut BlockConfig), acked_mask: u64) -> Fixture {
+    let image = TempFile::new().unwrap();
+    let bytes: Vec<u8> = (0..(IMAGE_SECTORS * 512) as usize).map(pattern).collect();
+    std::fs::write(image.as_path(), bytes).unwrap();
+    let mut cfg = BlockConfig::new(image.as_path());
+    config(&mut cfg);
+    let block = Block::new(&cfg).unwrap();
+    let mem = memory(0x10_0000);
+    let line = Arc::new(CountingLine::default());
+    let mut f = Fixture {
+        image,
+        block,
+        mem,
+        line,
+        next_desc: 0,
+        requests: 0,
+        avail: GuestAddress(0),
+        used: GuestAddress(0),
+    };
+    f.activate(acked_mask);
+    f
+}
+
+fn fixture() -> Fixture {
+    fixture_with(|_| {}, u64::MAX)
+}
+
+impl Fixture {
+    fn vq(&self) -> MockSplitQueue<'_, GuestMemoryMmap> {
+        // Rebuilding the mock over the same memory rewrites nothing but
+        // the ring headers, which the tests set up once in `activate`.
+        MockSplitQueue::create(&self.mem, GuestAddress(0x1000), 64)
+    }
+
+    fn activate(&mut self, acked_mask: u64) {
+        let vq = self.vq();
+        let mut queue: Queue = vq.create_queue().unwrap();
+        let (avail, used) = (vq.avail_addr(), vq.used_addr());
+        drop(vq);
+        self.avail = avail;
+        self.used = used;
+        let acked = self.block.device_features() & acked_mask;
+        queue.set_event_idx(acked & features::RING_EVENT_IDX != 0);
+        self.block
+            .activate(Activation {
+                memory: self.mem.clone(),
+                interrupt: VirtioInterrupt::new(self.line.clone()),
+                queues: vec![queue],
+                acked_features: acked,
+            })
+            .unwrap();
+    }
+
+    fn header(&self, request_type: u32, sector: u64) {
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&request_type.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        self.mem.write_slice(&h, GuestAddress(HDR)).unwrap();
+    }
+
+    /// Makes the chain available (without processing it).
+    fn push(&mut self, descs: &[(u64, u32, u16)]) {
+        let base = self.next_desc;
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, flags))| {
+                let last = i + 1 == descs.len();
+                let flags = if last {
+                    flags
+                } else {
+                    flags | VRING_DESC_F_NEXT as u16
+                };
+                RawDescriptor::from(Descriptor::new(addr, len, flags, base + i as u16 + 1))
+            })
+            .collect();
+        // Write the descriptors and the avail entry ourselves (the mock
+        // resets the rings when it is created).
+        let desc_table = GuestAddress(0x1000);
+        for (i, d) in raw.iter().enumerate() {
+            self.mem
+                .write_obj(
+                    *d,
+                    desc_table.unchecked_add(16 * u64::from(base + i as u16)),
+                )
+                .unwrap();
+        }
+        let avail = self.avail;
+        let idx: u16 = self.mem.read_obj(avail.unchecked_add(2)).unwrap();
+        self.mem
+            .write_obj(base, avail.unchecked_add(4 + 2 * u64::from(idx % 64)))
+            .unwrap();
+        self.mem
+            .write_obj(idx.wrapping_add(1), avail.unchecked_add(2))
+            .unwrap();
+        self.next_desc = (base + descs.len() as u16) % 60;
+        self.requests += 1;
+    }
+
+    /// Submits one request and processes the queue; returns the status
+    /// byte and the used length.
+    fn run(&mut self, descs: &[(u64, u32, u16)]) -> (u8, u32) {
+        self.mem.write_obj(0xeeu8, GuestAddress(STATUS)).unwrap();
+        self.push(descs);
+        self.block.process_queue(0).unwrap();
+        let status: u8 = self.mem.read_obj(GuestAddress(STATUS)).unwrap();
+        (status, self.last_used().1)
+    }
+
+    fn last_used(&self) -> (u32, u32) {
+        let used = self.used;
+        let idx: u16 = self.mem.read_obj(used.unchecked_add(2)).unwrap();
+        assert_eq!(idx, self.requests, "every request is returned");
+        let slot = u64::from(idx.wrapping_sub(1) % 64);
+        let id: u32 = self.mem.read_obj(used.unchecked_add(4 + 8 * slot)).unwrap();
+        let len: u32 = self.mem.read_obj(used.unchecked_add(8 + 8 * slot)).unwrap();
+        (id, len)
+    }
+
+    fn file(&self) -> Vec<u8> {
+        std::fs::read(self.image.as_path()).unwrap()
+    }
+
+    fn read(&mut self, sector: u64, len: u32) -> (u8, u32) {
+        self.header(t::IN, sector);
+        self.run(&[(HDR, 16, R), (DATA, len, W), (STATUS, 1, W)])
+    }
+
+    fn write(&mut self, sector: u64, data: &[u8]) -> (u8, u32) {
+        self.mem.write_slice(data, GuestAddress(DATA)).unwrap();
+        self.header(t::OUT, sector);
+        self.run(&[(HDR, 16, R), (DATA, data.len() as u32, R), (STATUS, 1, W)])
+    }
+
+    fn ranges(&mut self, request_type: u32, ranges: &[(u64, u32, u32)]) -> (u8, u32) {
+        let mut bytes = Vec::new();
+        for &(sector, n, flags) in ranges {
+            bytes.extend_from_slice(&sector.to_le_bytes());
+            bytes.extend_from_slice(&n.to_le_bytes());
+            bytes.extend_from_slice(&flags.to_le_bytes());
+        }
+        self.mem.write_slice(&bytes, GuestAddress(DATA)).unwrap();
+        self.header(request_type, 0);
+        self.run(&[(HDR, 16, R), (DATA, bytes.len() as u32, R), (STATUS, 1, W)])
+    }
+}
+
+#[test]
+fn read_returns_the_file_contents() {
+    let mut f = fixture();
+    assert_eq!(f.read(1, 1024), (status::OK, 1025));
+    let mut got = vec![0u8; 1024];
+    f.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert_eq!(got, f.file()[512..1536]);
+    assert_eq!(f.line.count(), 1, "one interrupt");
+    assert_eq!(f.last_used().0, 0);
+}
+
+#[test]
+fn write_and_flush_reach_the_file() {
+    let mut f = fixture();
+    assert_eq!(f.write(2, &[0xab; 1024]), (status::OK, 1));
+    let file = f.file();
+    assert!(file[1024..2048].iter().all(|&b| b == 0xab));
+    assert_eq!(file[1023], pattern(1023));
+    assert_eq!(file[2048], pattern(2048));
+    f.header(t::FLUSH, 0);
+    assert_eq!(f.run(&[(HDR, 16, R), (STATUS, 1, W)]), (status::OK, 1));
+}
+
+#[test]
+fn discard_and_write_zeroes_leave_zeroes() {
+    let mut f = fixture();
+    assert_eq!(
+        f.ranges(t::DISCARD, &[(8, 8, 0), (64, 16, 0)]),
+        (status::OK, 1)
+    );
+    assert_eq!(
+        f.ranges(t::WRITE_ZEROES, &[(20, 1, 0), (30, 2, 1)]),
+        (status::OK, 1)
+    );
+    let file = f.file();
+    assert_eq!(file.len() as u64, IMAGE_SECTORS * 512);
+    let zero = |a: usize, b: usize| file[a * 512..b * 512].iter().all(|&x| x == 0);
+    assert!(zero(8, 16) && zero(64, 80) && zero(20, 21) && zero(30, 32));
+    assert!(file[7 * 512..8 * 512].iter().all(|&x| x != 0));
+    assert!(file[16 * 512..17 * 512].iter().all(|&x| x != 0));
+    // Reads of discarded sectors return zeroes.
+    assert_eq!(f.read(8, 512), (status::OK, 513));
+    let mut got = [0xffu8; 512];
+    f.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert_eq!(got, [0; 512]);
+}
+
+#[test]
+fn read_only_devices_refuse_writes_and_leave_the_file_unchanged() {
+    let mut f = fixture_with(|c| c.read_only = true, u64::MAX);
+    assert!(f.block.read_only());
+    let features = f.block.device_features();
+    assert_ne!(features & blk::RO, 0);
+    assert_eq!(features & (blk::DISCARD | blk::WRITE_ZEROES), 0);
+    let before = f.file();
+    assert_eq!(f.write(0, &[0; 512]), (status::IOERR, 1));
+    assert_eq!(f.ranges(t::DISCARD, &[(0, 8, 0)]), (status::IOERR, 1));
+    assert_eq!(f.ranges(t::WRITE_ZEROES, &[(0, 8, 0)]), (status::IOERR, 1));
+    assert_eq!(f.file(), before);
+    // Reads still work.
+    assert_eq!(f.read(0, 512), (status::OK, 513));
+}
+
+#[test]
+fn out_of_range_requests_get_ioerr() {
+    let mut f = fixture();
+    assert_eq!(f.read(IMAGE_SECTORS - 1, 512), (status::OK, 513));
+    assert_eq!(f.read(IMAGE_SECTORS - 1, 1024), (status::IOERR, 1));
+    assert_eq!(f.read(IMAGE_SECTORS, 512), (status::IOERR, 1));
+    assert_eq!(f.read(u64::MAX, 512), (status::IOERR, 1));
+    let before = f.file();
+    assert_eq!(f.write(IMAGE_SECTORS, &[1; 512]), (status::IOERR, 1));
+    assert_eq!(
+        f.ranges(t::DISCARD, &[(IMAGE_SECTORS, 1, 0)]),
+        (status::IOERR, 1)
+    );
+    assert_eq!(f.file(), before);
+}
+
+#[test]
+fn unsupported_types_get_unsupp() {
+    let mut f = fixture();
+    for request_type in [2, 3, 10, 14, 99] {
+        f.header(request_type, 0);
+        assert_eq!(
+            f.run(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]),
+            (status::UNSUPP, 1),
+            "type {request_type}"
+        );
+    }
+}
+
+#[test]
+fn discard_and_write_zeroes_need_their_features() {
+    let mut f = fixture_with(|_| {}, !(blk::DISCARD | blk::WRITE_ZEROES));
+    let before = f.file();
+    assert_eq!(f.ranges(t::DISCARD, &[(0, 8, 0)]), (status::UNSUPP, 1));
+    assert_eq!(f.ranges(t::WRITE_ZEROES, &[(0, 8, 0)]), (status::UNSUPP, 1));
+    assert_eq!(f.file(), before);
+}
+
+#[test]
+fn get_id_returns_the_serial() {
+    let mut f = fixture_with(|c| c.serial = Some("kindling-disk-0".into()), u64::MAX);
+    f.header(t::GET_ID, 0);
+    f.mem.write_slice(&[0xff; 32], GuestAddress(DATA)).unwrap();
+    assert_eq!(
+        f.run(&[(HDR, 16, R), (DATA, 32, W), (STATUS, 1, W)]),
+        (status::OK, 21)
+    );
+    let mut id = [0u8; 32];
+    f.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+    assert_eq!(&id[..15], b"kindling-disk-0");
+    assert_eq!(id[15..20], [0; 5]);
+    assert_eq!(id[20], 0xff, "nothing past 20 bytes");
+    // A smaller buffer, split in two, gets what fits.
+    assert_eq!(
+        f.run(&[
+            (HDR, 16, R),
+            (DATA, 4, W),
+            (DATA + 0x100, 4, W),
+            (STATUS, 1, W)
+        ]),
+        (status::OK, 9)
+    );
+    let mut part = [0u8; 4];
+    f.mem
+        .read_slice(&mut part, GuestAddress(DATA + 0x100))
+        .unwrap();
+    assert_eq!(&part, b"ling");
+
+    // The default serial comes from the image file.
+    let mut f = fixture();
+    f.header(t::GET_ID, 0);
+    assert_eq!(
+        f.run(&[(HDR, 16, R), (DATA, 20, W), (STATUS, 1, W)]),
+        (status::OK, 21)
+    );
+    let mut id = [0u8; 20];
+    f.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+    assert_eq!(&id, f.block.serial());
+    assert_ne!(id, [0; 20]);
+}
+
+#[test]
+fn malformed_requests_do_not_stop_the_device() {
+    let mut f = fixture();
+    // No status byte: returned unused.
+    f.header(t::IN, 0);
+    f.push(&[(HDR, 16, R), (DATA, 512, R)]);
+    // Wrong direction: IOERR.
+    f.header(t::IN, 0);
+    f.push(&[(HDR, 16, R), (DATA, 512, R), (STATUS, 1, W)]);
+    f.block.process_queue(0).unwrap();
+    assert_eq!(f.last_used().1, 1);
+    assert_eq!(
+        f.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(),
+        status::IOERR
+    );
+    // Data outside guest memory: IOERR, nothing written.
+    f.header(t::IN, 0);
+    assert_eq!(
+        f.run(&[(HDR, 16, R), (0x20_0000, 512, W), (STATUS, 1, W)]),
+        (status::IOERR, 1)
+    );
+    // And a good request still works.
+    assert_eq!(f.read(0, 512), (status::OK, 513));
+}
+
+#[test]
+fn the_first_of_two_dropped_requests_is_returned_empty() {
+    let mut f = fixture();
+    f.header(t::IN, 0);
+    f.push(&[(HDR, 16, R), (DATA, 512, R)]);
+    f.block.process_queue(0).unwrap();
+    assert_eq!(f.last_used(), (0, 0));
+}
+
+#[test]
+fn event_idx_suppresses_interrupts() {
+    let mut f = fixture();
+    // used_event (after the 64-entry avail ring) = 1: interrupt when the
+    // used index passes 1, that is after the second request.
+    let used_event = f.avail.unchecked_add(4 + 2 * 64);
+    f.mem.write_obj(1u16, used_event).unwrap();
+    f.read(0, 512);
+    assert_eq!(f.line.count(), 0);
+    f.read(0, 512);
+    assert_eq!(f.line.count(), 1);
+    f.read(0, 512);
+    assert_eq!(f.line.count(), 1);
+}
+
+#[test]
+fn configuration_space_and_features() {
+    let f = fixture();
+    let mut buf = [0u8; 8];
+    f.block.read_config(0, &mut buf);
+    assert_eq!(u64::from_le_bytes(buf), IMAGE_SECTORS);
+    let mut seg_max = [0u8; 4];
+    f.block.read_config(12, &mut seg_max);
+    assert_eq!(u32::from_le_bytes(seg_max), u32::from(QUEUE_SIZE) - 2);
+    let mut b = [0u8; 1];
+    f.block.read_config(56, &mut b);
+    assert_eq!(b, [1]);
+    let feats = f.block.device_features();
+    for bit in [
+        features::VERSION_1,
+        features::RING_EVENT_IDX,
+        blk::FLUSH,
+        blk::DISCARD,
+        blk::WRITE_ZEROES,
+        blk::SEG_MAX,
+    ] {
+        assert_ne!(feats & bit, 0, "{bit:#x}");
+    }
+    assert_eq!(feats & blk::RO, 0);
+    assert_eq!(f.block.device_type(), DeviceType::Block);
+    assert_eq!(f.block.queue_max_sizes(), &[QUEUE_SIZE]);
+}
+
+#[test]
+fn config_writes_are_ignored() {
+    let mut f = fixture();
+    f.block.write_config(0, &[0xff; 4]);
+    let mut buf = [0u8; 8];
+    f.block.read_config(0, &mut buf);
+    assert_eq!(u64::from_le_bytes(buf), IMAGE_SECTORS);
+}
+
+#[test]
+fn reset_deactivates_and_state_round_trips() {
+    let mut f = fixture_with(|c| c.serial = Some("abc".into()), u64::MAX);
+    assert!(f.block.is_activated());
+    assert_eq!(f.block.queues().len(), 1);
+    assert!(matches!(
+        f.block.activate(Activation {
+            memory: f.mem.clone(),
+            interrupt: VirtioInterrupt::new(f.line.clone()),
+            queues: vec![],
+            acked_features: 0,
+        }),
+        Err(ActivateError::AlreadyActive(DeviceType::Block))
+    ));
+    f.block.reset();
+    assert!(!f.block.is_activated());
+    assert!(f.block.queues().is_empty());
+    f.block.process_queue(0).unwrap();
+
+    let state = f.block.state();
+    let json = serde_json::to_string(&state).unwrap();
+    let state: BlockState = serde_json::from_str(&json).unwrap();
+    let restored = Block::from_state(&state, f.image.as_path()).unwrap();
+    assert_eq!(restored.state(), state);
+    assert_eq!(&restored.serial()[..3], b"abc");
+    assert_eq!(restored.device_features(), f.block.device_features());
+
+    // The image changed size: refused.
+    std::fs::write(f.image.as_path(), [0u8; 512]).unwrap();
+    let err = Block::from_state(&state, f.image.as_path()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BlockError::CapacityChanged {
+                expected: 128,
+                actual: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn activation_needs_queue_zero() {
+    let image = TempFile::new().unwrap();
+    std::fs::write(image.as_path(), [0u8; 4096]).unwrap();
+    let mut block = Block::new(&BlockConfig::new(image.as_path())).unwrap();
+    let line = Arc::new(CountingLine::default());
+    let err = block
+        .activate(Activation {
+            memory: memory(0x10000),
+            interrupt: VirtioInterrupt::new(line),
+            queues: vec![Queue::new(16).unwrap()],
+            acked_features: 0,
+        })
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ActivateError::QueueNotReady {
+            device: DeviceType::Block,
+            index: 0
+        }
+    );
+}
+
+#[test]
+fn invalid_configurations_are_refused() {
+    let image = TempFile::new().unwrap();
+    std::fs::write(image.as_path(), [0u8; 4096]).unwrap();
+    let mut c = BlockConfig::new(image.as_path());
+    c.queue_size = 100;
+    assert!(matches!(
+        Block::new(&c),
+        Err(BlockError::InvalidQueueSize(100))
+    ));
+    c.queue_size = 1;
+    assert!(matches!(
+        Block::new(&c),
+        Err(BlockError::InvalidQueueSize(1))
+    ));
+    c.queue_size = 16;
+    c.serial = Some("x".repeat(21));
+    let err = Block::new(&c).unwrap_err();
+    assert!(err.to_string().contains("longer than the 20"), "{err}");
+    std::fs::write(image.as_path(), [0u8; 4097]).unwrap();
+    assert!(matches!(
+        Block::new(&BlockConfig::new(image.as_path())),
+        Err(BlockError::UnalignedSize { size: 4097, .. })
+    ));
+}

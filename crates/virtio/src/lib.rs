@@ -1,0 +1,78 @@
+//! Virtio devices for Kindling microVMs: the device trait, the virtio-mmio
+//! transport and the devices themselves.
+//!
+//! - [`VirtioDevice`]: what a device implements (its type, features,
+//!   configuration space, activation with its queues, reset and queue
+//!   processing). It knows nothing of the transport, so a PCI transport can
+//!   be added later without touching the devices.
+//! - [`MmioTransport`]: the virtio-mmio transport, version 2 (virtio 1.x,
+//!   modern only). It implements [`kindling_devices::BusDevice`] and
+//!   negotiates features, runs the device-status state machine, validates
+//!   the queues and activates the device.
+//! - [`VirtioInterrupt`]: how a device signals the driver (used buffers,
+//!   configuration changes, "needs reset") through an
+//!   [`kindling_devices::InterruptLine`].
+//! - [`VirtioSubscriber`]: the event-loop side. Queue notifications arrive
+//!   on one eventfd per queue (registered by the VMM as ioeventfds on
+//!   QueueNotify); the subscriber drains the eventfd and processes the queue
+//!   on the event-loop thread, never on a vCPU thread.
+//! - Devices, each behind a cargo feature: [`block`] (feature `block`) and
+//!   [`rng`] (feature `rng`).
+//!
+//! Guest-visible state lives in plain serde-serialisable structs
+//! ([`MmioTransportState`], [`QueueSnapshot`], [`InterruptState`] and each
+//! device's own `*State`), apart from host resources (files, eventfds), so
+//! that a snapshot can capture a device mid-run and `from_state`
+//! constructors can rebuild it.
+//!
+//! # Wiring a device into a VMM
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use kindling_devices::{BusDevice, EventFdLine};
+//! use kindling_virtio::{rng::Entropy, MmioTransport, VirtioDevice};
+//! use vm_memory::GuestAddress;
+//!
+//! let memory = kindling_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+//! let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(Entropy::new()));
+//! // The VMM registers `line.event()` as the irqfd of GSI 5.
+//! let line = EventFdLine::new(5).unwrap();
+//! let mut transport = MmioTransport::new(memory, device, Arc::new(line)).unwrap();
+//! // The VMM registers `transport.queue_events()[i]` as an ioeventfd at
+//! // `window + QUEUE_NOTIFY_OFFSET` with datamatch `i`, and adds
+//! // `transport.subscriber()` to its event loop.
+//! let _subscriber = transport.subscriber().unwrap();
+//! let mut magic = [0u8; 4];
+//! transport.read(0, &mut magic);
+//! assert_eq!(&magic, b"virt");
+//! assert_eq!(
+//!     kindling_virtio::mmio_cmdline_device(0xd000_0000, 5),
+//!     "virtio_mmio.device=4K@0xd0000000:5"
+//! );
+//! ```
+
+#[cfg(feature = "block")]
+pub mod block;
+pub mod chain;
+mod device;
+pub mod features;
+mod interrupt;
+mod queue;
+#[cfg(feature = "rng")]
+pub mod rng;
+mod subscriber;
+pub mod transport;
+
+pub use device::{ActivateError, Activation, DeviceType, VirtioDevice};
+pub use interrupt::{InterruptState, VirtioInterrupt, INT_CONFIG, INT_VRING};
+pub use queue::{QueueConfig, QueueError, QueueSnapshot, QueueValidationError};
+pub use subscriber::VirtioSubscriber;
+pub use transport::mmio::{
+    mmio_cmdline_device, MmioTransport, MmioTransportState, TransportError, MMIO_WINDOW_SIZE,
+    QUEUE_NOTIFY_OFFSET,
+};
+
+/// The guest memory type the devices work on.
+pub use kindling_memory::GuestMemoryMmap;
+/// A virtio split queue, as handed to a device at activation.
+pub use virtio_queue::Queue;

@@ -1,0 +1,448 @@
+/*
+ * virtio_cmd.c: the virtio actions of `kindling.test=`: `virtio`, the
+ * `blk-*` family, `rng` and `blk-bench`. An action's arguments follow its
+ * name, separated by ':' (decimal numbers). This file parses them, calls
+ * the drivers and prints the lines documented in src/lib.rs.
+ */
+#include "virtio.h"
+
+#define MAX_ARGS		5
+#define CHUNK_SECTORS		(VIRTIO_IO_BUF_SIZE / 512)	/* per request */
+#define RNG_MAX_BYTES		4096
+
+struct args {
+	struct span name;	/* the action's name, for error lines */
+	struct span v[MAX_ARGS];
+	unsigned n;
+	uint64_t zero_page;
+};
+
+/* ---- errors ----------------------------------------------------------- */
+
+static __attribute__((noreturn)) void bad_arguments(const struct args *a)
+{
+	out_span(a->name);
+	out_str(": bad arguments");
+	out_line();
+	guest_exit(EXIT_BAD_ARGUMENTS);
+}
+
+static void device_error_line(const char *prefix, int result)
+{
+	out_str(prefix);
+	out_str(result == BLK_TIMEOUT ? ": timeout" : ": bad used element");
+	out_line();
+}
+
+void blk_device_failed(unsigned index, int result)
+{
+	out_str("blk");
+	out_dec(index);
+	device_error_line("", result);
+	guest_exit(EXIT_DEVICE_ERROR);
+}
+
+/* ---- arguments -------------------------------------------------------- */
+
+/* Argument i as a decimal number in [min, max], or bad arguments. */
+static uint64_t arg_num(const struct args *a, unsigned i, uint64_t min, uint64_t max)
+{
+	uint64_t v;
+
+	if (i >= a->n || !parse_dec(a->v[i], &v) || v < min || v > max)
+		bad_arguments(a);
+	return v;
+}
+
+/* Probes the devices, then returns block device `index`: bad arguments if
+ * there is none, "blk<D>: not ready" (status 3) if it did not initialise. */
+static struct blk_dev *blk_arg(const struct args *a, uint64_t index)
+{
+	struct blk_dev *b;
+
+	virtio_probe_all(a->zero_page);
+	b = blk_get((unsigned)index);
+	if (!b)
+		bad_arguments(a);
+	if (!blk_ready(b)) {
+		out_str("blk");
+		out_dec(index);
+		out_str(": not ready");
+		out_line();
+		guest_exit(EXIT_DEVICE_ERROR);
+	}
+	return b;
+}
+
+/* ---- output ----------------------------------------------------------- */
+
+static void out_blk(unsigned index, const char *what)
+{
+	out_str("blk");
+	out_dec(index);
+	out_str(": ");
+	out_str(what);
+}
+
+static void out_range(uint64_t sector, uint64_t count)
+{
+	out_str(" sector=");
+	out_dec(sector);
+	out_str(" count=");
+	out_dec(count);
+}
+
+static void out_status(unsigned status)
+{
+	out_str(" status=");
+	if (status == VIRTIO_BLK_S_OK) {
+		out_str("OK");
+	} else if (status == VIRTIO_BLK_S_IOERR) {
+		out_str("IOERR");
+	} else if (status == VIRTIO_BLK_S_UNSUPP) {
+		out_str("UNSUPP");
+	} else {
+		out_str("?");
+		out_dec(status);
+	}
+}
+
+static void out_flag(const char *name, uint64_t features, unsigned bit)
+{
+	out_str(name);
+	out_str((features & FEATURE(bit)) ? "1" : "0");
+}
+
+/* A request's result: its status byte, or the end of the VM. */
+static unsigned checked(unsigned index, int result)
+{
+	if (result < 0)
+		blk_device_failed(index, result);
+	return (unsigned)result;
+}
+
+/* ---- the actions ------------------------------------------------------ */
+
+static const char *type_name(const struct virtio_dev *d)
+{
+	if (d->device_id == VIRTIO_ID_BLOCK)
+		return "blk";
+	if (d->device_id == VIRTIO_ID_RNG)
+		return "rng";
+	return NULL;
+}
+
+static const char *const state_names[] = {
+	[VIRTIO_OK] = "ok",
+	[VIRTIO_BAD_MAGIC] = "bad magic",
+	[VIRTIO_BAD_VERSION] = "bad version",
+	[VIRTIO_NO_DRIVER] = "no driver",
+	[VIRTIO_INIT_FAILED] = "init failed",
+};
+
+static void act_virtio(const struct args *a)
+{
+	unsigned n;
+
+	if (a->n)
+		bad_arguments(a);
+	virtio_probe_all(a->zero_page);
+	n = virtio_count();
+	out_str("virtio: ");
+	out_dec(n);
+	out_str(" devices");
+	out_line();
+	for (unsigned i = 0; i < n; i++) {
+		struct virtio_dev *d = virtio_get(i);
+		const char *type = type_name(d);
+
+		out_str("virtio");
+		out_dec(i);
+		out_str(": base=");
+		out_hex(d->base, 1);
+		out_str(" irq=");
+		out_dec(d->irq);
+		out_str(" type=");
+		if (type) {
+			out_str(type);
+		} else {
+			out_str("other(");
+			out_dec(d->device_id);
+			out_str(")");
+		}
+		out_str(" status=");
+		out_str(state_names[d->state]);
+		out_line();
+	}
+}
+
+static void act_blk_info(const struct args *a)
+{
+	uint64_t d = arg_num(a, 0, 0, UINT32_MAX);
+	struct blk_dev *b;
+	uint64_t f;
+
+	if (a->n != 1)
+		bad_arguments(a);
+	b = blk_arg(a, d);
+	f = b->dev->features;
+	out_blk((unsigned)d, "capacity=");
+	out_dec(b->capacity);
+	out_flag(" ro=", f, VIRTIO_BLK_F_RO);
+	out_flag(" flush=", f, VIRTIO_BLK_F_FLUSH);
+	out_flag(" discard=", f, VIRTIO_BLK_F_DISCARD);
+	out_flag(" write-zeroes=", f, VIRTIO_BLK_F_WRITE_ZEROES);
+	out_flag(" event-idx=", f, VIRTIO_RING_F_EVENT_IDX);
+	out_str(" queue=");
+	out_dec(b->dev->vq.size);
+	out_line();
+}
+
+static void act_blk_id(const struct args *a)
+{
+	uint64_t d = arg_num(a, 0, 0, UINT32_MAX);
+	char *id = (char *)VIRTIO_IO_BUF;
+	struct blk_dev *b;
+	unsigned status;
+
+	if (a->n != 1)
+		bad_arguments(a);
+	b = blk_arg(a, d);
+	memset(id, 0, VIRTIO_BLK_ID_BYTES);
+	status = checked((unsigned)d, blk_do(b, VIRTIO_BLK_T_GET_ID, 0, VIRTIO_IO_BUF,
+					     VIRTIO_BLK_ID_BYTES, true));
+	out_blk((unsigned)d, "get-id");
+	out_status(status);
+	if (status == VIRTIO_BLK_S_OK) {
+		out_str(" id=");
+		for (unsigned i = 0; i < VIRTIO_BLK_ID_BYTES && id[i]; i++) {
+			char c = id[i];
+
+			out_mem(c >= 0x20 && c < 0x7f ? &c : ".", 1);
+		}
+	}
+	out_line();
+}
+
+/* blk-read and blk-write: COUNT sectors in requests of at most 64 KiB. */
+static void act_blk_rw(const struct args *a, bool write)
+{
+	uint64_t d = arg_num(a, 0, 0, UINT32_MAX);
+	uint64_t sector = arg_num(a, 1, 0, UINT64_MAX);
+	uint64_t count = arg_num(a, 2, 1, UINT64_MAX - sector);
+	uint8_t fill = write ? (uint8_t)arg_num(a, 3, 0, 255) : 0;
+	unsigned status = VIRTIO_BLK_S_OK;
+	struct blk_dev *b;
+	uint32_t crc = 0;
+
+	if (a->n != (write ? 4u : 3u))
+		bad_arguments(a);
+	b = blk_arg(a, d);
+	if (write)
+		memset((void *)VIRTIO_IO_BUF, fill, VIRTIO_IO_BUF_SIZE);
+	for (uint64_t done = 0; done < count && status == VIRTIO_BLK_S_OK;) {
+		uint64_t n = count - done < CHUNK_SECTORS ? count - done : CHUNK_SECTORS;
+
+		status = checked((unsigned)d,
+				 blk_do(b, write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN,
+					sector + done, VIRTIO_IO_BUF, (uint32_t)(n * 512),
+					!write));
+		if (status == VIRTIO_BLK_S_OK && !write)
+			crc = crc32_update(crc, (const void *)VIRTIO_IO_BUF, n * 512);
+		done += n;
+	}
+	out_blk((unsigned)d, write ? "write" : "read");
+	out_range(sector, count);
+	out_status(status);
+	if (status == VIRTIO_BLK_S_OK && !write) {
+		out_str(" crc32=");
+		out_hex(crc, 8);
+	}
+	out_line();
+}
+
+static void act_blk_flush(const struct args *a)
+{
+	uint64_t d = arg_num(a, 0, 0, UINT32_MAX);
+	struct blk_dev *b;
+	unsigned status;
+
+	if (a->n != 1)
+		bad_arguments(a);
+	b = blk_arg(a, d);
+	status = checked((unsigned)d, blk_do(b, VIRTIO_BLK_T_FLUSH, 0, 0, 0, false));
+	out_blk((unsigned)d, "flush");
+	out_status(status);
+	out_line();
+}
+
+/* blk-discard and blk-zeroes: one request with one segment. */
+static void act_blk_segment(const struct args *a, uint32_t type)
+{
+	uint64_t d = arg_num(a, 0, 0, UINT32_MAX);
+	uint64_t sector = arg_num(a, 1, 0, UINT64_MAX);
+	uint64_t count = arg_num(a, 2, 1, UINT32_MAX);
+	struct blk_dev *b;
+	unsigned status;
+	struct {
+		uint64_t sector;
+		uint32_t num_sectors;
+		uint32_t flags;
+	} seg = { sector, (uint32_t)count, 0 };
+
+	if (a->n != 3)
+		bad_arguments(a);
+	b = blk_arg(a, d);
+	memcpy(b->misc, &seg, sizeof(seg));
+	status = checked((unsigned)d, blk_do(b, type, 0, (uint64_t)(uintptr_t)b->misc,
+					     sizeof(seg), false));
+	out_blk((unsigned)d, type == VIRTIO_BLK_T_DISCARD ? "discard" : "write-zeroes");
+	out_range(sector, count);
+	out_status(status);
+	out_line();
+}
+
+static void act_rng(const struct args *a)
+{
+	uint64_t want = arg_num(a, 0, 1, RNG_MAX_BYTES);
+	const uint8_t *buf = (const uint8_t *)VIRTIO_IO_BUF;
+	struct virtio_dev *d;
+	uint64_t got = 0, nonzero = 0;
+
+	if (a->n != 1)
+		bad_arguments(a);
+	virtio_probe_all(a->zero_page);
+	d = rng_first();
+	if (!d || d->state != VIRTIO_OK) {
+		out_str(d ? "rng: not ready" : "rng: no device");
+		out_line();
+		guest_exit(EXIT_DEVICE_ERROR);
+	}
+	/* The device may return fewer bytes than asked: ask again until it
+	 * has given them all or returns nothing (at most `want` requests). */
+	while (got < want) {
+		int64_t r = rng_read(d, VIRTIO_IO_BUF + got, (uint32_t)(want - got));
+
+		if (r < 0) {
+			device_error_line("rng", (int)r);
+			guest_exit(EXIT_DEVICE_ERROR);
+		}
+		if (r == 0)
+			break;
+		got += (uint64_t)r;
+	}
+	for (uint64_t i = 0; i < got; i++)
+		nonzero += buf[i] != 0;
+	out_str("rng: bytes=");
+	out_dec(got);
+	out_str(" crc32=");
+	out_hex(crc32_update(0, buf, got), 8);
+	out_str(" nonzero=");
+	out_dec(nonzero);
+	out_line();
+}
+
+static void act_blk_bench(const struct args *a)
+{
+	static const char *const modes[] = {
+		[BENCH_RANDREAD] = "randread",
+		[BENCH_SEQREAD] = "seqread",
+		[BENCH_RANDWRITE] = "randwrite",
+		[BENCH_SEQWRITE] = "seqwrite",
+	};
+	uint64_t d = arg_num(a, 0, 0, UINT32_MAX);
+	uint64_t bs = arg_num(a, 2, 512, BENCH_BUF_SIZE);
+	uint64_t qd = arg_num(a, 3, 1, BENCH_MAX_QD);
+	uint64_t ops = arg_num(a, 4, 1, UINT64_MAX);
+	struct bench_params p;
+	struct blk_dev *b;
+	unsigned m;
+
+	for (m = 0; m < 4; m++) {
+		if (span_eq(a->v[1], modes[m]))
+			break;
+	}
+	if (m == 4 || a->n != 5 || bs % 512)
+		bad_arguments(a);
+	b = blk_arg(a, d);
+	if (qd > b->slots || b->capacity < bs / 512)
+		bad_arguments(a);
+	p = (struct bench_params){
+		.mode = (enum bench_mode)m,
+		.block_size = (uint32_t)bs,
+		.queue_depth = (uint16_t)qd,
+		.ops = ops,
+	};
+	blk_bench(b, (unsigned)d, &p);
+}
+
+/* ---- dispatch --------------------------------------------------------- */
+
+static void act_blk_read(const struct args *a)
+{
+	act_blk_rw(a, false);
+}
+
+static void act_blk_write(const struct args *a)
+{
+	act_blk_rw(a, true);
+}
+
+static void act_blk_discard(const struct args *a)
+{
+	act_blk_segment(a, VIRTIO_BLK_T_DISCARD);
+}
+
+static void act_blk_zeroes(const struct args *a)
+{
+	act_blk_segment(a, VIRTIO_BLK_T_WRITE_ZEROES);
+}
+
+static const struct {
+	const char *name;
+	void (*run)(const struct args *a);
+} actions[] = {
+	{ "virtio", act_virtio },
+	{ "blk-info", act_blk_info },
+	{ "blk-id", act_blk_id },
+	{ "blk-read", act_blk_read },
+	{ "blk-write", act_blk_write },
+	{ "blk-flush", act_blk_flush },
+	{ "blk-discard", act_blk_discard },
+	{ "blk-zeroes", act_blk_zeroes },
+	{ "rng", act_rng },
+	{ "blk-bench", act_blk_bench },
+};
+
+bool virtio_action(struct span action, uint64_t zero_page)
+{
+	struct span rest = action;
+	struct args a = { .zero_page = zero_page };
+	unsigned i;
+
+	a.name = next_piece(&rest, is_colon);
+	for (i = 0; i < sizeof(actions) / sizeof(actions[0]); i++) {
+		if (span_eq(a.name, actions[i].name))
+			break;
+	}
+	if (i == sizeof(actions) / sizeof(actions[0]))
+		return false;
+	if (a.name.n < action.n) {
+		/* As many arguments as there are ':' (some may be empty). */
+		for (;;) {
+			struct span piece = { rest.p, 0 };
+
+			if (a.n == MAX_ARGS)
+				bad_arguments(&a);
+			while (piece.n < rest.n && rest.p[piece.n] != ':')
+				piece.n++;
+			a.v[a.n++] = piece;
+			if (piece.n == rest.n)
+				break;
+			rest.p += piece.n + 1;
+			rest.n -= piece.n + 1;
+		}
+	}
+	actions[i].run(&a);
+	return true;
+}
