@@ -31,6 +31,14 @@ static inline void outb(uint16_t port, uint8_t value)
 	__asm__ volatile("outb %0, %1" : : "a"(value), "Nd"(port));
 }
 
+static inline uint8_t inb(uint16_t port)
+{
+	uint8_t value;
+
+	__asm__ volatile("inb %1, %0" : "=a"(value) : "Nd"(port));
+	return value;
+}
+
 /* Writes n bytes to one port with a single `rep outsb`. */
 static inline void outsb(uint16_t port, const void *buf, size_t n)
 {

@@ -1,0 +1,167 @@
+//! Guest-driven virtio-block throughput (not a criterion benchmark: one
+//! guest run per workload).
+//!
+//! The test guest's `blk-bench` action runs its virtio driver loop in ring 3
+//! (native speed; see DESIGN.md §3) against a virtio-block device backed by
+//! a file in the temp directory, keeping `QD` requests in flight. The host
+//! timestamps the guest's `blk-bench: start` and `blk-bench: done` lines as
+//! they arrive on the serial port and samples the VMM process's CPU time
+//! (all threads: vCPU, device event loop) at the same moments, and reports
+//! IOPS, MiB/s and host CPU time per request.
+//!
+//! `cargo bench --bench virtio_block`; `KINDLING_BLOCK_BENCH_OPS` sets the
+//! requests per workload (default 20000). Under `cargo test` it runs each
+//! workload with a few requests, as a smoke test.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kindling::vmm::{DiskConfig, ExitReason, KernelSource, SerialConfig, VmConfig, Vmm};
+
+/// Process CPU time (user + system, all threads).
+fn cpu_time() -> Duration {
+    // SAFETY: an all-zero rusage is valid; getrusage only writes into it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Records when each serial line arrived, with the CPU time then.
+#[derive(Clone, Default)]
+struct Stamper {
+    pending: Arc<Mutex<Vec<u8>>>,
+    lines: Arc<Mutex<Vec<(String, Instant, Duration)>>>,
+}
+
+impl Write for Stamper {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (now, cpu) = (Instant::now(), cpu_time());
+        let mut pending = self.pending.lock().unwrap();
+        pending.extend_from_slice(buf);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&line).trim_end().to_string();
+            self.lines.lock().unwrap().push((text, now, cpu));
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Workload {
+    name: &'static str,
+    mode: &'static str,
+    block_size: u32,
+    queue_depth: u32,
+}
+
+const WORKLOADS: &[Workload] = &[
+    Workload {
+        name: "4 KiB random read, QD 1",
+        mode: "randread",
+        block_size: 4096,
+        queue_depth: 1,
+    },
+    Workload {
+        name: "4 KiB random read, QD 32",
+        mode: "randread",
+        block_size: 4096,
+        queue_depth: 32,
+    },
+    Workload {
+        name: "64 KiB sequential read, QD 8",
+        mode: "seqread",
+        block_size: 65536,
+        queue_depth: 8,
+    },
+    Workload {
+        name: "64 KiB sequential write, QD 8",
+        mode: "seqwrite",
+        block_size: 65536,
+        queue_depth: 8,
+    },
+];
+
+fn run(disk: &std::path::Path, w: &Workload, ops: u32) -> Option<(Duration, Duration)> {
+    let stamper = Stamper::default();
+    let cmdline = format!(
+        "kindling.test=virtio,blk-bench:0:{}:{}:{}:{}",
+        w.mode, w.block_size, w.queue_depth, ops
+    );
+    let vmm = match Vmm::build(VmConfig {
+        kernel: KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF),
+        cmdline,
+        memory_mib: 256,
+        disks: vec![DiskConfig {
+            path: disk.to_path_buf(),
+            read_only: false,
+        }],
+        serial: SerialConfig::Writer(Box::new(stamper.clone())),
+        ..VmConfig::default()
+    }) {
+        Ok(vmm) => vmm,
+        Err(e) => {
+            println!("virtio_block: skipped: {e}");
+            return None;
+        }
+    };
+    let reason = vmm.run().expect("running the benchmark guest");
+    let lines = stamper.lines.lock().unwrap();
+    let find = |prefix: &str| {
+        lines
+            .iter()
+            .find(|(l, _, _)| l.starts_with(prefix))
+            .cloned()
+    };
+    let (Some(start), Some(done)) = (find("blk-bench: start"), find("blk-bench: done")) else {
+        panic!("the guest did not finish ({reason:?}): {:?}", *lines);
+    };
+    assert_eq!(reason, ExitReason::Status(0), "{:?}", *lines);
+    assert!(done.0.ends_with("errors=0"), "{}", done.0);
+    Some((done.1 - start.1, done.2.saturating_sub(start.2)))
+}
+
+fn main() {
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let ops: u32 = if smoke {
+        64
+    } else {
+        std::env::var("KINDLING_BLOCK_BENCH_OPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000)
+    };
+    let disk =
+        std::env::temp_dir().join(format!("kindling-block-bench-{}.img", std::process::id()));
+    // 64 MiB of non-zero data, so reads come from the page cache, not holes.
+    {
+        let mut file = std::fs::File::create(&disk).expect("creating the disk image");
+        let chunk = vec![0xa5u8; 1 << 20];
+        for _ in 0..64 {
+            file.write_all(&chunk).expect("writing the disk image");
+        }
+    }
+    println!(
+        "virtio_block: {ops} requests per workload, 64 MiB image in {}",
+        disk.display()
+    );
+    for w in WORKLOADS {
+        let Some((elapsed, cpu)) = run(&disk, w, ops) else {
+            break;
+        };
+        let secs = elapsed.as_secs_f64();
+        println!(
+            "virtio_block: {:<32} {:>9.0} IOPS {:>8.1} MiB/s {:>7.1} µs host CPU/request",
+            w.name,
+            f64::from(ops) / secs,
+            f64::from(ops) * f64::from(w.block_size) / secs / (1 << 20) as f64,
+            cpu.as_secs_f64() * 1e6 / f64::from(ops)
+        );
+    }
+    let _ = std::fs::remove_file(&disk);
+}
