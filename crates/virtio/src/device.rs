@@ -2,7 +2,7 @@
 
 use virtio_queue::Queue;
 
-use crate::queue::QueueError;
+use crate::queue::{Drained, QueueError};
 use crate::{GuestMemoryMmap, VirtioInterrupt};
 use virtio_queue::QueueT;
 
@@ -82,6 +82,16 @@ pub enum ActivateError {
     AlreadyActive(DeviceType),
 }
 
+/// What a call to [`VirtioDevice::process_queue`] left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueProgress {
+    /// The queue had nothing more to do.
+    Done,
+    /// The device stopped at its work budget with buffers possibly still
+    /// available; process the queue again after other events.
+    MoreWork,
+}
+
 /// A virtio device, independent of its transport.
 ///
 /// The transport reads the device's identity, features and configuration
@@ -127,11 +137,15 @@ pub trait VirtioDevice: Send {
     /// event loop when the driver notified the queue; does nothing while
     /// the device is not active.
     ///
+    /// A call does a bounded amount of work so one queue cannot hold the
+    /// event loop; [`QueueProgress::MoreWork`] asks the caller to call again
+    /// later (the subscriber re-signals the queue's eventfd).
+    ///
     /// An error is a condition the device cannot recover from by itself
     /// (the device has already asked the driver for a reset through
     /// [`VirtioInterrupt::signal_needs_reset`]); per-request errors are
     /// reported to the driver in the request's status instead.
-    fn process_queue(&mut self, index: usize) -> Result<(), QueueError>;
+    fn process_queue(&mut self, index: usize) -> Result<QueueProgress, QueueError>;
 
     /// The live queues while the device is active (empty otherwise), so a
     /// snapshot can record their positions.
@@ -184,28 +198,37 @@ impl Active {
     /// Runs `work` on queue `index` if it is enabled, interrupts the
     /// driver when `work` says so, and on a ring error marks the device
     /// broken and asks the driver for a reset.
-    pub(crate) fn run_queue<F>(&mut self, index: usize, work: F) -> Result<(), QueueError>
+    pub(crate) fn run_queue<F>(
+        &mut self,
+        index: usize,
+        work: F,
+    ) -> Result<QueueProgress, QueueError>
     where
-        F: FnOnce(&mut Queue, &GuestMemoryMmap) -> Result<bool, virtio_queue::Error>,
+        F: FnOnce(&mut Queue, &GuestMemoryMmap) -> Result<Drained, virtio_queue::Error>,
     {
         if self.broken {
-            return Ok(());
+            return Ok(QueueProgress::Done);
         }
         let queue = self
             .queues
             .get_mut(index)
             .ok_or(QueueError::NoSuchQueue { index })?;
         if !queue.ready() {
-            return Ok(());
+            return Ok(QueueProgress::Done);
         }
         match work(queue, &self.memory) {
-            Ok(true) => {
-                if let Err(e) = self.interrupt.signal_used_queue() {
-                    log::error!("virtio: cannot raise the interrupt for queue {index}: {e}");
+            Ok(drained) => {
+                if drained.notify {
+                    if let Err(e) = self.interrupt.signal_used_queue() {
+                        log::error!("virtio: cannot raise the interrupt for queue {index}: {e}");
+                    }
                 }
-                Ok(())
+                Ok(if drained.more {
+                    QueueProgress::MoreWork
+                } else {
+                    QueueProgress::Done
+                })
             }
-            Ok(false) => Ok(()),
             Err(source) => {
                 self.broken = true;
                 if let Err(e) = self.interrupt.signal_needs_reset() {

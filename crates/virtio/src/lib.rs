@@ -15,7 +15,10 @@
 //! - [`VirtioSubscriber`]: the event-loop side. Queue notifications arrive
 //!   on one eventfd per queue (registered by the VMM as ioeventfds on
 //!   QueueNotify); the subscriber drains the eventfd and processes the queue
-//!   on the event-loop thread, never on a vCPU thread.
+//!   on the event-loop thread, never on a vCPU thread. Each pass over a
+//!   queue has a work budget ([`QueueProgress`]), so a busy or hostile
+//!   queue cannot hold the event loop.
+//! - [`chain`]: walking a guest's descriptor chain as hostile input.
 //! - Devices, each behind a cargo feature: [`block`] (feature `block`) and
 //!   [`rng`] (feature `rng`).
 //!
@@ -63,7 +66,7 @@ pub mod rng;
 mod subscriber;
 pub mod transport;
 
-pub use device::{ActivateError, Activation, DeviceType, VirtioDevice};
+pub use device::{ActivateError, Activation, DeviceType, QueueProgress, VirtioDevice};
 pub use interrupt::{InterruptState, VirtioInterrupt, INT_CONFIG, INT_VRING};
 pub use queue::{QueueConfig, QueueError, QueueSnapshot, QueueValidationError};
 pub use subscriber::VirtioSubscriber;

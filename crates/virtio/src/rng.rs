@@ -5,12 +5,12 @@
 use std::io;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::chain::collect_descriptors;
-use crate::device::{ActivateError, Activation, Active, DeviceType, VirtioDevice};
+use crate::device::{ActivateError, Activation, Active, DeviceType, QueueProgress, VirtioDevice};
 use crate::queue::{drain_queue, QueueError, MAX_QUEUE_SIZE};
 use crate::{features, GuestMemoryMmap};
 
@@ -192,13 +192,17 @@ impl VirtioDevice for Entropy {
         self.active = None;
     }
 
-    fn process_queue(&mut self, index: usize) -> Result<(), QueueError> {
+    fn process_queue(&mut self, index: usize) -> Result<QueueProgress, QueueError> {
         let Some(active) = self.active.as_mut() else {
-            return Ok(());
+            return Ok(QueueProgress::Done);
         };
         let scratch = &mut self.scratch;
         active.run_queue(index, |queue, memory| {
-            drain_queue(queue, memory, |chain| serve(memory, chain, scratch))
+            drain_queue(queue, memory, |queue, head, chain| {
+                let len = serve(memory, chain, scratch);
+                queue.add_used(memory, head, len)?;
+                Ok(true)
+            })
         })
     }
 
@@ -217,7 +221,6 @@ mod tests {
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
-    use virtio_queue::QueueT;
     use vm_memory::Bytes;
 
     const W: u16 = VRING_DESC_F_WRITE as u16;
@@ -318,7 +321,7 @@ mod tests {
         f.rng.process_queue(0).unwrap();
         assert!(matches!(
             f.rng.process_queue(3),
-            Ok(()) // broken devices ignore everything
+            Ok(QueueProgress::Done) // broken devices ignore everything
         ));
         f.rng.reset();
         assert!(!f.rng.is_activated());

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::VirtioDevice;
+use crate::{QueueProgress, VirtioDevice};
 
 /// An [`event_manager`] subscriber that processes a device's queues when
 /// their notification eventfds fire. Get one from
@@ -50,8 +50,15 @@ impl VirtioSubscriber {
         if !device.is_activated() {
             return;
         }
-        if let Err(e) = device.process_queue(index) {
-            log::error!("virtio {:?}: {e}", device.device_type());
+        match device.process_queue(index) {
+            Ok(QueueProgress::Done) => {}
+            Ok(QueueProgress::MoreWork) => {
+                // Come back after the other ready events.
+                if let Err(e) = event.write(1) {
+                    log::error!("virtio: cannot re-signal queue {index}: {e}");
+                }
+            }
+            Err(e) => log::error!("virtio {:?}: {e}", device.device_type()),
         }
     }
 }
@@ -86,6 +93,7 @@ mod tests {
         active: bool,
         processed: Vec<usize>,
         fail: bool,
+        more: Option<()>,
     }
 
     impl VirtioDevice for Counter {
@@ -107,12 +115,15 @@ mod tests {
             self.active
         }
         fn reset(&mut self) {}
-        fn process_queue(&mut self, index: usize) -> Result<(), QueueError> {
+        fn process_queue(&mut self, index: usize) -> Result<QueueProgress, QueueError> {
             self.processed.push(index);
             if self.fail {
                 return Err(QueueError::NoSuchQueue { index });
             }
-            Ok(())
+            if self.more.take().is_some() {
+                return Ok(QueueProgress::MoreWork);
+            }
+            Ok(QueueProgress::Done)
         }
         fn queues(&self) -> &[Queue] {
             &[]
@@ -155,5 +166,26 @@ mod tests {
         sub.handle_queue_event(1);
         sub.handle_queue_event(2);
         assert_eq!(device.lock().unwrap().processed, vec![1]);
+    }
+
+    #[test]
+    fn unfinished_work_re_signals_the_queue() {
+        let device = Arc::new(Mutex::new(Counter {
+            active: true,
+            more: Some(()),
+            ..Counter::default()
+        }));
+        let events: Vec<EventFd> = (0..2)
+            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+            .collect();
+        let notify0 = events[0].try_clone().unwrap();
+        let mut manager = EventManager::<Box<dyn MutEventSubscriber + Send>>::new().unwrap();
+        manager.add_subscriber(Box::new(VirtioSubscriber::new(device.clone(), events)));
+        notify0.write(1).unwrap();
+        assert_eq!(manager.run_with_timeout(100).unwrap(), 1);
+        // The device said there was more: the queue comes back by itself.
+        assert_eq!(manager.run_with_timeout(100).unwrap(), 1);
+        assert_eq!(manager.run_with_timeout(0).unwrap(), 0);
+        assert_eq!(device.lock().unwrap().processed, vec![0, 0]);
     }
 }

@@ -12,8 +12,8 @@ use super::backend::{BlockBackend, BlockOp, SyncFileBackend};
 use super::config::{self, CONFIG_SIZE};
 use super::request::{parse, GuestBuffer, Limits, ParseError, Request, RequestKind};
 use super::{features as blk, status, BlockError, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
-use crate::device::{ActivateError, Activation, Active, DeviceType, VirtioDevice};
-use crate::queue::{needs_interrupt, pop_chain, QueueError, MAX_QUEUE_SIZE};
+use crate::device::{ActivateError, Activation, Active, DeviceType, QueueProgress, VirtioDevice};
+use crate::queue::{drain_queue, Drained, QueueError, MAX_QUEUE_SIZE};
 use crate::{features, GuestMemoryMmap};
 
 /// How to create a block device.
@@ -243,33 +243,16 @@ fn write_id(
 }
 
 impl Worker<'_> {
-    /// Drains the queue; returns whether the driver should be interrupted.
+    /// Drains the queue.
     fn drain(
         &mut self,
         queue: &mut Queue,
         memory: &GuestMemoryMmap,
-    ) -> Result<bool, virtio_queue::Error> {
-        let mut used = false;
-        loop {
-            queue.disable_notification(memory)?;
-            while let Some(chain) = pop_chain(queue, memory)? {
-                let head = chain.head_index();
-                if head >= queue.size() {
-                    log::warn!("virtio-blk: dropping a chain with head {head}, outside the queue");
-                    continue;
-                }
-                used |= self.handle(queue, memory, head, chain)?;
-                used |= self.reap(queue, memory)?;
-            }
-            if !queue.enable_notification(memory)? {
-                break;
-            }
-        }
-        if used {
-            needs_interrupt(queue, memory)
-        } else {
-            Ok(false)
-        }
+    ) -> Result<Drained, virtio_queue::Error> {
+        drain_queue(queue, memory, |queue, head, chain| {
+            let returned = self.handle(queue, memory, head, chain)?;
+            Ok(self.reap(queue, memory)? || returned)
+        })
     }
 
     /// Parses and starts one request; returns whether it was already
@@ -452,9 +435,9 @@ impl VirtioDevice for Block {
         self.pending.clear();
     }
 
-    fn process_queue(&mut self, index: usize) -> Result<(), QueueError> {
+    fn process_queue(&mut self, index: usize) -> Result<QueueProgress, QueueError> {
         let Some(active) = self.active.as_mut() else {
-            return Ok(());
+            return Ok(QueueProgress::Done);
         };
         let mut worker = Worker {
             backend: &mut *self.backend,

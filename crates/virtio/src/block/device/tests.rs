@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::RawDescriptor;
-use virtio_queue::mock::MockSplitQueue;
 use vm_memory::Address;
 use vmm_sys_util::tempfile::TempFile;
 
@@ -13,7 +12,7 @@ use super::*;
 use crate::block::request_type as t;
 use crate::interrupt::tests::CountingLine;
 use crate::queue::tests::memory;
-use crate::VirtioInterrupt;
+use crate::{QueueConfig, VirtioInterrupt};
 
 const R: u16 = 0;
 const W: u16 = VRING_DESC_F_WRITE as u16;
@@ -65,21 +64,22 @@ fn fixture() -> Fixture {
 }
 
 impl Fixture {
-    fn vq(&self) -> MockSplitQueue<'_, GuestMemoryMmap> {
-        // Rebuilding the mock over the same memory rewrites nothing but
-        // the ring headers, which the tests set up once in `activate`.
-        MockSplitQueue::create(&self.mem, GuestAddress(0x1000), 64)
-    }
-
     fn activate(&mut self, acked_mask: u64) {
-        let vq = self.vq();
-        let mut queue: Queue = vq.create_queue().unwrap();
-        let (avail, used) = (vq.avail_addr(), vq.used_addr());
-        drop(vq);
-        self.avail = avail;
-        self.used = used;
+        // A 64-entry queue with its three areas apart.
+        let config = QueueConfig {
+            max_size: 64,
+            size: 64,
+            ready: true,
+            desc_table: 0x1000,
+            avail_ring: 0x2000,
+            used_ring: 0x3000,
+        };
         let acked = self.block.device_features() & acked_mask;
-        queue.set_event_idx(acked & features::RING_EVENT_IDX != 0);
+        let queue = config
+            .to_queue(&self.mem, acked & features::RING_EVENT_IDX != 0)
+            .unwrap();
+        self.avail = GuestAddress(config.avail_ring);
+        self.used = GuestAddress(config.used_ring);
         self.block
             .activate(Activation {
                 memory: self.mem.clone(),
@@ -113,8 +113,6 @@ impl Fixture {
                 RawDescriptor::from(Descriptor::new(addr, len, flags, base + i as u16 + 1))
             })
             .collect();
-        // Write the descriptors and the avail entry ourselves (the mock
-        // resets the rings when it is created).
         let desc_table = GuestAddress(0x1000);
         for (i, d) in raw.iter().enumerate() {
             self.mem
