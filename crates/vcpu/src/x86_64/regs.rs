@@ -35,11 +35,21 @@ pub fn boot_regs(entry: u64, zero_page: u64) -> kvm_regs {
 /// Sets `sregs` up for long mode with the boot GDT, an empty IDT and the
 /// boot identity page tables.
 pub fn configure_long_mode_sregs(sregs: &mut kvm_sregs) {
-    let code = segment_from_gdt(BOOT_GDT[1], 1);
-    let data = segment_from_gdt(BOOT_GDT[2], 2);
-    let tss = segment_from_gdt(BOOT_GDT[3], 3);
+    load_gdt_segments(sregs, &BOOT_GDT);
+    sregs.cr3 = PML4_START;
+    sregs.cr4 |= X86_CR4_PAE;
+    sregs.cr0 |= X86_CR0_PE | X86_CR0_ET | X86_CR0_PG;
+    sregs.efer |= EFER_LME | EFER_LMA;
+}
+
+/// Points GDTR at `gdt` (written at `BOOT_GDT_START`), IDTR at the empty
+/// boot IDT, and loads code (entry 1), data (entry 2) and TSS (entry 3)
+/// segments from it.
+fn load_gdt_segments(sregs: &mut kvm_sregs, gdt: &[u64; 4]) {
+    let code = segment_from_gdt(gdt[1], 1);
+    let data = segment_from_gdt(gdt[2], 2);
     sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(&BOOT_GDT) - 1) as u16;
+    sregs.gdt.limit = (std::mem::size_of_val(gdt) - 1) as u16;
     sregs.idt.base = BOOT_IDT_START;
     sregs.idt.limit = 7;
     sregs.cs = code;
@@ -48,11 +58,7 @@ pub fn configure_long_mode_sregs(sregs: &mut kvm_sregs) {
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
-    sregs.tr = tss;
-    sregs.cr3 = PML4_START;
-    sregs.cr4 |= X86_CR4_PAE;
-    sregs.cr0 |= X86_CR0_PE | X86_CR0_ET | X86_CR0_PG;
-    sregs.efer |= EFER_LME | EFER_LMA;
+    sregs.tr = segment_from_gdt(gdt[3], 3);
 }
 
 /// General registers for the PVH entry: `rip` at the PVH entry point,
@@ -69,20 +75,7 @@ pub fn pvh_regs(entry: u64, start_info: u64) -> kvm_regs {
 /// Sets `sregs` up for the PVH entry: 32-bit protected mode with flat
 /// segments from the PVH GDT, paging off.
 pub fn configure_pvh_sregs(sregs: &mut kvm_sregs) {
-    let code = segment_from_gdt(PVH_GDT[1], 1);
-    let data = segment_from_gdt(PVH_GDT[2], 2);
-    let tss = segment_from_gdt(PVH_GDT[3], 3);
-    sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(&PVH_GDT) - 1) as u16;
-    sregs.idt.base = BOOT_IDT_START;
-    sregs.idt.limit = 7;
-    sregs.cs = code;
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.fs = data;
-    sregs.gs = data;
-    sregs.ss = data;
-    sregs.tr = tss;
+    load_gdt_segments(sregs, &PVH_GDT);
     sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
     sregs.cr3 = 0;
     sregs.cr4 = 0;
