@@ -185,19 +185,13 @@ pub(crate) fn load<F: Source>(
 
 #[cfg(test)]
 mod tests {
-    use std::io::Cursor;
 
     use vm_memory::Bytes;
 
     use super::*;
-    use crate::x86_64::load_kernel;
-    use crate::x86_64::test_images::{guest_memory, BzImageBuilder};
+    use crate::x86_64::test_images::{guest_memory, load_bytes, BzImageBuilder};
 
     const MIB: u64 = 1 << 20;
-
-    fn load_bytes(mem: &GuestMemoryMmap, image: Vec<u8>) -> Result<LoadedKernel, BootError> {
-        load_kernel(mem, &mut Cursor::new(image))
-    }
 
     #[test]
     fn loads_the_payload_at_code32_start() {

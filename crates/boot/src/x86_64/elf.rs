@@ -263,17 +263,11 @@ pub(crate) fn load<F: Source>(
 
 #[cfg(test)]
 mod tests {
-    use std::io::Cursor;
 
     use super::*;
-    use crate::x86_64::load_kernel;
-    use crate::x86_64::test_images::{guest_memory, ElfBuilder};
+    use crate::x86_64::test_images::{guest_memory, load_bytes, ElfBuilder};
 
     const MIB: u64 = 1 << 20;
-
-    fn load_bytes(mem: &GuestMemoryMmap, image: Vec<u8>) -> Result<LoadedKernel, BootError> {
-        load_kernel(mem, &mut Cursor::new(image))
-    }
 
     #[test]
     fn loads_segments_and_reports_the_extent() {

@@ -224,3 +224,11 @@ impl BzImageBuilder {
         image
     }
 }
+
+/// Loads `image` as a kernel into `mem`.
+pub(crate) fn load_bytes(
+    mem: &GuestMemoryMmap,
+    image: Vec<u8>,
+) -> Result<crate::x86_64::LoadedKernel, crate::x86_64::BootError> {
+    crate::x86_64::load_kernel(mem, &mut std::io::Cursor::new(image))
+}

@@ -233,15 +233,7 @@ pub(super) fn validate(config: &AcpiConfig) -> Result<(), BootError> {
 mod tests {
     use super::*;
 
-    fn virtio(n: usize) -> Vec<VirtioMmioDescription> {
-        (0..n)
-            .map(|i| VirtioMmioDescription {
-                base: 0xc000_1000 + 0x1000 * i as u64,
-                size: 0x1000,
-                irq: 5 + (i as u32 % 19),
-            })
-            .collect()
-    }
+    use crate::x86_64::acpi::tests::virtio;
 
     #[test]
     fn invalid_cpu_counts() {

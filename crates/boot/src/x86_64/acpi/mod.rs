@@ -216,7 +216,8 @@ mod tests {
         bytes.iter().fold(0u8, |s, b| s.wrapping_add(*b))
     }
 
-    fn virtio(n: usize) -> Vec<VirtioMmioDescription> {
+    /// `n` virtio-mmio devices in consecutive windows.
+    pub(super) fn virtio(n: usize) -> Vec<VirtioMmioDescription> {
         (0..n)
             .map(|i| VirtioMmioDescription {
                 base: 0xc000_1000 + 0x1000 * i as u64,
