@@ -8,7 +8,11 @@
 //!   [`Backing`] (private anonymous memory, a shareable memfd, or 2 MiB
 //!   hugetlbfs pages), returned as a [`vm_memory::GuestMemoryMmap`];
 //! - the allocation of MMIO windows and interrupt lines for devices
-//!   ([`ResourceAllocator`]).
+//!   ([`ResourceAllocator`]);
+//! - dirty-page tracking ([`DirtyBitmap`]): every region carries a
+//!   `vm-memory` [`AtomicBitmap`](vm_memory::bitmap::AtomicBitmap), so every
+//!   write the VMM makes through `vm-memory` is recorded, and KVM's dirty
+//!   log adds the guest's own writes.
 //!
 //! # Example
 //!
@@ -23,6 +27,7 @@
 
 mod allocator;
 mod backing;
+mod dirty;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
@@ -34,7 +39,13 @@ pub use backing::{
     create_guest_memory, validate_size, Backing, GuestRam, MemoryConfig, MemoryError,
 };
 
-/// The guest memory type used throughout Kindling.
-pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+pub use dirty::{DirtyBitmap, RegionDirtyBitmap, DIRTY_PAGE_SIZE};
+
+/// The dirty bitmap every guest memory region carries: one bit per host
+/// page, set by every write made through `vm-memory`.
+pub type Bitmap = vm_memory::bitmap::AtomicBitmap;
+/// The guest memory type used throughout Kindling: `vm-memory`'s mmap
+/// backend with a dirty bitmap per region.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<Bitmap>;
 /// One guest memory region.
-pub type GuestRegionMmap = vm_memory::GuestRegionMmap<()>;
+pub type GuestRegionMmap = vm_memory::GuestRegionMmap<Bitmap>;

@@ -63,6 +63,14 @@ pub enum VmError {
         /// The error from KVM.
         source: errno::Error,
     },
+    /// Reading KVM's dirty log failed.
+    #[error("cannot read KVM's dirty log of the memory slot at {guest_addr:#x}: {source}")]
+    DirtyLog {
+        /// Guest-physical start of the slot.
+        guest_addr: u64,
+        /// The error from KVM (ENOENT: the memory is not registered with this VM).
+        source: errno::Error,
+    },
     /// More vCPUs than KVM allows.
     #[error("{requested} vCPUs requested but this host's KVM allows at most {max}")]
     TooManyVcpus {

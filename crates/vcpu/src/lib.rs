@@ -34,6 +34,6 @@ pub use handle::{VcpuHandle, VcpuRunState};
 pub use kick::{install_kick_handler, kick_signal};
 pub use kvm::{Kvm, REQUIRED_CAPABILITIES};
 pub use vcpu::{BootEntry, Vcpu};
-pub use vm::{Vm, VmState};
+pub use vm::{Vm, VmOptions, VmState};
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::state::VcpuState;

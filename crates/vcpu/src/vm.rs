@@ -9,9 +9,45 @@ use serde::{Deserialize, Serialize};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use kindling_memory::GuestMemoryMmap;
+use kindling_memory::{DirtyBitmap, GuestMemoryMmap};
 
 use crate::{Kvm, Vcpu, VmError};
+
+/// How to create a [`Vm`]. The defaults follow kindling-memory's layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmOptions {
+    /// Register guest RAM with KVM's dirty logging, so that
+    /// [`Vm::dirty_pages`] reports the guest's own writes (needed for diff
+    /// snapshots; it costs a write-protection fault on the first write to
+    /// each page after every read of the log).
+    pub dirty_log: bool,
+    /// Where KVM puts its three-page TSS (Intel VMX needs it; it must not
+    /// be RAM or a device window).
+    pub tss_address: u64,
+    /// Where KVM puts its identity-map page for real mode on Intel (one
+    /// page, not RAM).
+    pub identity_map_address: u64,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Default for VmOptions {
+    fn default() -> Self {
+        use kindling_memory::layout::{KVM_IDENTITY_MAP_START, KVM_TSS_START};
+        Self {
+            dirty_log: false,
+            tss_address: KVM_TSS_START,
+            identity_map_address: KVM_IDENTITY_MAP_START,
+        }
+    }
+}
+
+/// One registered memory slot.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    id: u32,
+    guest_addr: u64,
+    size: u64,
+}
 
 /// The VM-wide state KVM holds: the in-kernel interrupt controllers, the
 /// PIT and the guest clock. Read with [`Vm::save_state`] while no vCPU
@@ -36,6 +72,8 @@ pub struct Vm {
     fd: VmFd,
     max_vcpus: usize,
     next_slot: u32,
+    slots: Vec<Slot>,
+    dirty_log: bool,
 }
 
 fn setup(step: &'static str) -> impl FnOnce(vmm_sys_util::errno::Error) -> VmError {
@@ -52,19 +90,35 @@ impl Vm {
     /// costs about 6 ms, against 0.06 ms before it.
     #[cfg(target_arch = "x86_64")]
     pub fn new(kvm: &Kvm, memory: &GuestMemoryMmap) -> Result<Self, VmError> {
-        use kindling_memory::layout::{KVM_IDENTITY_MAP_START, KVM_TSS_START};
+        Self::with_options(kvm, memory, &VmOptions::default())
+    }
+
+    /// Creates a VM as [`Vm::new`] does, with explicit options (dirty
+    /// logging, KVM's TSS and identity-map addresses).
+    #[cfg(target_arch = "x86_64")]
+    pub fn with_options(
+        kvm: &Kvm,
+        memory: &GuestMemoryMmap,
+        options: &VmOptions,
+    ) -> Result<Self, VmError> {
         let fd = kvm.fd().create_vm().map_err(setup("create the VM"))?;
         let mut vm = Self {
             fd,
             max_vcpus: kvm.max_vcpus(),
             next_slot: 0,
+            slots: Vec::new(),
+            dirty_log: options.dirty_log,
         };
         vm.register_memory(memory)?;
+        let tss = usize::try_from(options.tss_address).map_err(|_| VmError::Setup {
+            step: "set the TSS address",
+            source: vmm_sys_util::errno::Error::new(libc::EINVAL),
+        })?;
         vm.fd
-            .set_tss_address(KVM_TSS_START as usize)
+            .set_tss_address(tss)
             .map_err(setup("set the TSS address"))?;
         vm.fd
-            .set_identity_map_address(KVM_IDENTITY_MAP_START)
+            .set_identity_map_address(options.identity_map_address)
             .map_err(setup("set the identity map address"))?;
         vm.fd
             .create_irq_chip()
@@ -100,7 +154,11 @@ impl Vm {
                 guest_phys_addr: guest_addr,
                 memory_size: size,
                 userspace_addr: host_addr,
-                flags: 0,
+                flags: if self.dirty_log {
+                    kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+                } else {
+                    0
+                },
             };
             // SAFETY: the host range belongs to `memory`'s mapping, which
             // the caller keeps alive as long as the VM (the VMM holds both),
@@ -113,9 +171,57 @@ impl Vm {
                     source,
                 }
             })?;
+            self.slots.push(Slot {
+                id: slot,
+                guest_addr,
+                size,
+            });
             self.next_slot += 1;
         }
         Ok(())
+    }
+
+    /// Whether the memory slots log the guest's writes.
+    pub fn dirty_log_enabled(&self) -> bool {
+        self.dirty_log
+    }
+
+    /// The pages of `memory` written since the last call: the guest's own
+    /// writes from KVM's dirty log (when the VM was created with
+    /// [`VmOptions::dirty_log`]) merged with the VMM's writes through
+    /// `vm-memory`. Both sources are reset, so the next call reports only
+    /// newer writes. Without dirty logging, guest writes are not seen:
+    /// check [`Vm::dirty_log_enabled`].
+    pub fn dirty_pages(&self, memory: &GuestMemoryMmap) -> Result<DirtyBitmap, VmError> {
+        let mut dirty = DirtyBitmap::take_vmm_writes(memory);
+        if !self.dirty_log {
+            return Ok(dirty);
+        }
+        for region in dirty.regions.iter_mut() {
+            let Some(slot) = self
+                .slots
+                .iter()
+                .find(|s| s.guest_addr == region.guest_addr && s.size == region.len)
+            else {
+                return Err(VmError::DirtyLog {
+                    guest_addr: region.guest_addr,
+                    source: vmm_sys_util::errno::Error::new(libc::ENOENT),
+                });
+            };
+            let size = usize::try_from(slot.size).map_err(|_| VmError::DirtyLog {
+                guest_addr: slot.guest_addr,
+                source: vmm_sys_util::errno::Error::new(libc::EOVERFLOW),
+            })?;
+            let log = self
+                .fd
+                .get_dirty_log(slot.id, size)
+                .map_err(|source| VmError::DirtyLog {
+                    guest_addr: slot.guest_addr,
+                    source,
+                })?;
+            region.merge(&log);
+        }
+        Ok(dirty)
     }
 
     /// Creates vCPU `id`.
