@@ -53,18 +53,9 @@ fn pio_loop_vm() -> Option<(Kvm, Vm, Vcpu, GuestRam)> {
         kindling::boot::load_linux(&ram.memory, &mut kernel, None, "kindling.test=pio-loop", 1)
             .unwrap();
     let vm = Vm::new(&kvm, &ram.memory).unwrap();
-    kindling::vcpu::x86_64::gdt::write_gdt_and_idt(&ram.memory).unwrap();
-    kindling::vcpu::x86_64::gdt::write_identity_page_tables(&ram.memory).unwrap();
+    let entry = BootEntry::linux64(&ram.memory, boot.entry, boot.zero_page).unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
-    vcpu.configure(
-        &kvm,
-        1,
-        Some(BootEntry::Linux64 {
-            entry: boot.entry,
-            zero_page: boot.zero_page,
-        }),
-    )
-    .unwrap();
+    vcpu.configure(&kvm, 1, Some(entry)).unwrap();
     Some((kvm, vm, vcpu, ram))
 }
 

@@ -13,4 +13,5 @@ pub use kindling_boot as boot;
 pub use kindling_devices as devices;
 pub use kindling_memory as memory;
 pub use kindling_vcpu as vcpu;
+pub use kindling_virtio as virtio;
 pub use kindling_vmm as vmm;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::kvm_available;
+use common::{kvm_available, wait_until};
 use kindling::memory::{create_guest_memory, Backing, GuestRam, MemoryConfig};
 use kindling::vcpu::{Kvm, Vcpu, VcpuExitHandler, VcpuHandle, VcpuRunState, VcpuStopReason, Vm};
 use vm_memory::{Bytes, GuestAddress};
@@ -53,14 +53,6 @@ const OUT_THEN_HLT: &[u8] = &[0xe6, 0xf5, 0xfa, 0xf4, 0xeb, 0xfd];
 /// `out 0xf5, al; jmp $-4`: exits forever.
 const OUT_LOOP: &[u8] = &[0xe6, 0xf5, 0xeb, 0xfc];
 
-fn wait_for(mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 #[test]
 fn stopping_a_halted_vcpu_does_not_wait_for_the_guest() {
     if !kvm_available("stopping_a_halted_vcpu_does_not_wait_for_the_guest") {
@@ -69,7 +61,7 @@ fn stopping_a_halted_vcpu_does_not_wait_for_the_guest() {
     let (_kvm, _vm, vcpu, _ram) = real_mode_vm(OUT_THEN_HLT);
     let counter = Arc::new(Counter::default());
     let handle = VcpuHandle::spawn(vcpu, counter.clone(), Box::new(|_, _| {})).unwrap();
-    wait_for(|| counter.0.load(Ordering::SeqCst) == 1);
+    wait_until("the first exit", || counter.0.load(Ordering::SeqCst) == 1);
     // The guest now sits in HLT with interrupts off, forever.
     std::thread::sleep(Duration::from_millis(20));
     let started = Instant::now();
@@ -96,14 +88,16 @@ fn pause_and_resume_a_busy_vcpu() {
         }),
     )
     .unwrap();
-    wait_for(|| counter.0.load(Ordering::SeqCst) > 10);
+    wait_until("exits", || counter.0.load(Ordering::SeqCst) > 10);
     handle.pause();
     assert_eq!(handle.state(), VcpuRunState::Paused);
     let frozen = counter.0.load(Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(counter.0.load(Ordering::SeqCst), frozen, "paused vCPU ran");
     handle.resume();
-    wait_for(|| counter.0.load(Ordering::SeqCst) > frozen + 10);
+    wait_until("exits after resume", || {
+        counter.0.load(Ordering::SeqCst) > frozen + 10
+    });
     let (_vcpu, result) = handle.join();
     assert_eq!(result.unwrap(), VcpuStopReason::Stopped);
     assert_eq!(stopped.load(Ordering::SeqCst), 1, "on_stop runs once");

@@ -74,7 +74,7 @@ pub fn run_test_guest_with(
     let serial = Capture::default();
     let log = Capture::default();
     let mut config = VmConfig {
-        kernel: KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF),
+        kernel: KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF.into()),
         cmdline: cmdline.to_string(),
         vcpus,
         memory_mib,
@@ -148,4 +148,16 @@ pub fn crc32(data: &[u8]) -> u32 {
         }
     }
     !crc
+}
+
+/// Waits (up to 20 s, then fails the test naming `what`) until `cond` holds.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }

@@ -2,11 +2,15 @@
 //!
 //! - [`Bus`]: maps guest port-I/O or MMIO address ranges to devices that
 //!   implement [`BusDevice`]; overlapping ranges are refused at insertion.
+//! - [`BusExitHandler`]: the vCPU exit handler that dispatches port I/O
+//!   and MMIO exits to two buses; the whole exit path of a VMM.
 //! - [`InterruptLine`]: how a device raises its interrupt; [`EventFdLine`]
 //!   is backed by an eventfd that the VMM registers as a KVM irqfd.
 //! - [`VmExitHandle`]: how a device asks the VMM to stop the VM (reset,
 //!   power-off, a chosen exit status).
-//! - [`legacy`]: the 16550 serial port, the i8042 controller, the
+//! - [`legacy`]: the 16550 serial port (with [`legacy::CoalescedSerial`],
+//!   which makes its output cost one VM exit per line), the i8042
+//!   controller, the CMOS RTC, the ACPI power-management registers, the
 //!   Firecracker-compatible boot timer and a debug-exit port.
 //!
 //! Device state that a guest can observe is kept in plain, serde-serialisable
@@ -16,11 +20,13 @@
 
 mod bus;
 mod exit;
+mod exit_handler;
 mod interrupt;
 pub mod legacy;
 mod timer;
 
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};
 pub use exit::{ExitReason, VmExitHandle};
+pub use exit_handler::BusExitHandler;
 pub use interrupt::{EventFdLine, InterruptLine};
 pub use timer::nonblocking_timer;

@@ -136,6 +136,14 @@ pub enum VcpuError {
         /// What was being done.
         step: &'static str,
     },
+    /// A boot CPU structure would be at an address it cannot be at.
+    #[error("the boot {what} cannot be at guest address {addr:#x}")]
+    BootLayout {
+        /// Which structure, and the rule it breaks.
+        what: &'static str,
+        /// The address asked for.
+        addr: u64,
+    },
     /// Writing the boot page tables or GDT into guest memory failed.
     #[error("cannot write the boot {what} into guest memory: {source}")]
     GuestMemory {

@@ -33,7 +33,9 @@ pub use exit::{VcpuExitHandler, VcpuStopReason};
 pub use handle::{VcpuHandle, VcpuRunState};
 pub use kick::{install_kick_handler, kick_signal};
 pub use kvm::{Kvm, REQUIRED_CAPABILITIES};
-pub use vcpu::{BootEntry, Vcpu};
+pub use vcpu::Vcpu;
 pub use vm::{Vm, VmOptions, VmState};
+#[cfg(target_arch = "x86_64")]
+pub use x86_64::boot::{BootCpuLayout, BootEntry};
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::state::VcpuState;

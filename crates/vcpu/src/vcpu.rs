@@ -5,31 +5,9 @@ use std::sync::Arc;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+#[cfg(target_arch = "x86_64")]
+use crate::BootEntry;
 use crate::{CoalescedRing, Kvm, VcpuError, VcpuExitHandler, VcpuStopReason};
-
-/// Where and how the boot vCPU enters the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BootEntry {
-    /// The 64-bit entry of the Linux boot protocol: long mode with the
-    /// boot identity map, `rip` at `entry`, `rsi` at `zero_page`.
-    Linux64 {
-        /// Guest-physical entry point.
-        entry: u64,
-        /// Guest-physical address of the zero page (`boot_params`).
-        zero_page: u64,
-    },
-    /// The PVH entry (Xen's direct boot ABI, which Linux supports with
-    /// `CONFIG_PVH`): 32-bit protected mode, paging off, `rip` at the
-    /// entry from the ELF note, `rbx` at the `hvm_start_info`. The PVH GDT
-    /// must be in guest memory
-    /// ([`write_pvh_gdt_and_idt`](crate::x86_64::gdt::write_pvh_gdt_and_idt)).
-    Pvh {
-        /// Guest-physical PVH entry point.
-        entry: u64,
-        /// Guest-physical address of the `hvm_start_info` structure.
-        start_info: u64,
-    },
-}
 
 /// A KVM vCPU.
 #[derive(Debug)]
@@ -76,9 +54,8 @@ impl Vcpu {
 
     /// Sets the vCPU up as number `self.id()` of `count`: CPUID, MSRs, FPU
     /// and LAPIC; with `boot`, also the registers of that entry (only the
-    /// boot vCPU gets one: the others wait for INIT/SIPI). The boot GDT and
-    /// page tables must already be in guest memory (see
-    /// [`x86_64::gdt`](crate::x86_64::gdt)).
+    /// boot vCPU gets one: the others wait for INIT/SIPI). A [`BootEntry`]
+    /// exists only once its GDT and page tables are in guest memory.
     #[cfg(target_arch = "x86_64")]
     pub fn configure(
         &self,
@@ -116,17 +93,8 @@ impl Vcpu {
             .set_lapic(&lapic_state)
             .map_err(ioctl_err(id, "set the LAPIC"))?;
         if let Some(boot) = boot {
-            let mut sregs = self.fd.get_sregs().map_err(ioctl_err(id, "read sregs"))?;
-            let boot_regs = match boot {
-                BootEntry::Linux64 { entry, zero_page } => {
-                    regs::configure_long_mode_sregs(&mut sregs);
-                    regs::boot_regs(entry, zero_page)
-                }
-                BootEntry::Pvh { entry, start_info } => {
-                    regs::configure_pvh_sregs(&mut sregs);
-                    regs::pvh_regs(entry, start_info)
-                }
-            };
+            let sregs = self.fd.get_sregs().map_err(ioctl_err(id, "read sregs"))?;
+            let (sregs, boot_regs) = boot.registers(sregs);
             self.fd
                 .set_sregs(&sregs)
                 .map_err(ioctl_err(id, "set sregs"))?;

@@ -15,8 +15,10 @@ pub const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off"
 pub enum KernelSource {
     /// A file: ELF `vmlinux` or bzImage.
     Path(PathBuf),
-    /// An image already in memory (for example one embedded in the binary).
-    Bytes(&'static [u8]),
+    /// An image already in memory: borrowed for the program's lifetime
+    /// (`Cow::Borrowed`, e.g. one embedded in the binary, never copied) or
+    /// owned (`Cow::Owned`).
+    Bytes(std::borrow::Cow<'static, [u8]>),
 }
 
 /// Which entry point of the kernel the boot vCPU starts at.
@@ -107,6 +109,12 @@ pub struct VmConfig {
     pub entropy: bool,
     /// What backs guest RAM.
     pub memory_backing: Backing,
+    /// Register guest RAM with KVM's dirty logging, so the guest's own
+    /// writes can be read back with [`Vm::dirty_pages`] (diff snapshots).
+    /// The VMM's writes are always tracked.
+    ///
+    /// [`Vm::dirty_pages`]: kindling_vcpu::Vm::dirty_pages
+    pub track_dirty_pages: bool,
     /// The serial console.
     pub serial: SerialConfig,
     /// When the VMM process started, for the boot timer.
@@ -127,6 +135,7 @@ impl std::fmt::Debug for VmConfig {
             .field("disks", &self.disks)
             .field("entropy", &self.entropy)
             .field("memory_backing", &self.memory_backing)
+            .field("track_dirty_pages", &self.track_dirty_pages)
             .field("serial", &self.serial)
             .finish()
     }
@@ -144,6 +153,7 @@ impl Default for VmConfig {
             disks: Vec::new(),
             entropy: false,
             memory_backing: Backing::Anonymous,
+            track_dirty_pages: false,
             serial: SerialConfig::Stdout,
             start_time: StartTime::now(),
             boot_timer_log: Arc::new(Mutex::new(std::io::stderr())),

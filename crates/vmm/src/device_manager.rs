@@ -15,7 +15,7 @@ use kindling_vcpu::Vm;
 use crate::VmmError;
 
 /// The legacy devices of a microVM, shared with the buses.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LegacyDevices {
     /// COM1.
     pub serial: Arc<Mutex<SerialDevice>>,
@@ -29,25 +29,27 @@ pub struct LegacyDevices {
     pub acpi_pm: Arc<Mutex<AcpiPmDevice>>,
 }
 
-fn device_err(device: &'static str) -> impl FnOnce(String) -> VmmError {
-    move |reason| VmmError::Device { device, reason }
-}
-
 fn irq_line(vm: &Vm, gsi: u32, device: &'static str) -> Result<EventFdLine, VmmError> {
-    let line = EventFdLine::new(gsi).map_err(|e| device_err(device)(e.to_string()))?;
+    let line = EventFdLine::new(gsi).map_err(|source| VmmError::EventFd {
+        what: format!("interrupt line of the {device}"),
+        source,
+    })?;
     vm.register_irqfd(line.event(), gsi)?;
     Ok(line)
 }
 
-fn insert(
+pub(crate) fn insert(
     bus: &mut Bus,
     base: u64,
     len: u64,
     device: SharedDevice,
-    name: &'static str,
+    name: &str,
 ) -> Result<(), VmmError> {
     bus.insert(base, len, device)
-        .map_err(|e| device_err(name)(e.to_string()))
+        .map_err(|source| VmmError::Bus {
+            device: name.to_string(),
+            source,
+        })
 }
 
 impl LegacyDevices {

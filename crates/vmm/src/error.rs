@@ -1,4 +1,8 @@
 //! Errors of the reference VMM.
+//!
+//! Every variant keeps the typed error it came from as its `source`, so a
+//! caller can match on it (a misaligned disk image is
+//! `VmmError::Block { source: BlockError::UnalignedSize { .. }, .. }`).
 
 use std::io;
 use std::path::PathBuf;
@@ -34,23 +38,61 @@ pub enum VmmError {
     /// Loading the kernel, initrd or command line failed.
     #[error(transparent)]
     Boot(#[from] kindling_boot::BootError),
-    /// Device set-up failed.
-    #[error("cannot set up the {device}: {reason}")]
-    Device {
-        /// Which device.
-        device: &'static str,
-        /// What went wrong.
-        reason: String,
-    },
-    /// A virtio device could not be created or wired.
-    #[error("cannot set up the virtio {device}: {reason}")]
-    Virtio {
+    /// An MMIO window or interrupt line could not be allocated.
+    #[error("cannot allocate resources for the {device}: {source}")]
+    Allocate {
         /// Which device.
         device: String,
-        /// What went wrong.
-        reason: String,
+        /// What the allocator said.
+        source: kindling_memory::AllocatorError,
+    },
+    /// A device could not be put on its bus.
+    #[error("cannot put the {device} on its bus: {source}")]
+    Bus {
+        /// Which device.
+        device: String,
+        /// What the bus said.
+        source: kindling_devices::BusError,
+    },
+    /// An eventfd or timerfd a device needs could not be created.
+    #[error("cannot create the {what}: {source}")]
+    EventFd {
+        /// What it was for.
+        what: String,
+        /// The error from the kernel.
+        source: io::Error,
+    },
+    /// The serial output could not be made coalesced.
+    #[error(transparent)]
+    CoalescedSerial(#[from] kindling_devices::legacy::CoalescedSerialError),
+    /// A disk could not be opened or set up.
+    #[error("disk {index}: {source}")]
+    Block {
+        /// The disk's position in the configuration.
+        index: usize,
+        /// What the block device said.
+        source: kindling_virtio::block::BlockError,
+    },
+    /// A virtio device could not be put behind its transport.
+    #[error("cannot set up the virtio transport of the {device}: {source}")]
+    Transport {
+        /// Which device.
+        device: String,
+        /// What the transport said.
+        source: kindling_virtio::TransportError,
     },
     /// The device event loop failed.
     #[error("device event loop: {0}")]
-    EventLoop(String),
+    EventLoop(#[source] event_manager::Error),
+    /// The device event loop thread could not be started or panicked.
+    #[error("device event loop thread: {0}")]
+    EventLoopThread(String),
+    /// A lifecycle request that the VM's current state does not allow.
+    #[error("cannot {action} a VM that is {state}")]
+    InvalidState {
+        /// What was asked.
+        action: &'static str,
+        /// The state the VM is in.
+        state: crate::VmRunState,
+    },
 }

@@ -4,12 +4,10 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use kindling_devices::legacy::{OutputFlusher, SerialDevice};
-use kindling_vcpu::CoalescedRing;
-use vmm_sys_util::timerfd::TimerFd;
+use kindling_devices::legacy::{CoalescedSerial, OutputFlusher, SerialDevice};
+use kindling_devices::{BusExitHandler, VmExitHandle};
 
-use crate::BusExitHandler;
-use kindling_devices::VmExitHandle;
+use crate::lifecycle::Shared;
 
 /// Wakes the event loop when a device asks to end the VM.
 #[derive(Debug)]
@@ -103,30 +101,36 @@ impl MutEventSubscriber for SerialFlushSubscriber {
 /// its buffered writes are replayed).
 #[derive(Debug)]
 pub(crate) struct CoalescedDrainSubscriber {
-    pub(crate) ring: Arc<CoalescedRing>,
+    pub(crate) serial: Arc<CoalescedSerial>,
     pub(crate) handler: Arc<BusExitHandler>,
-    pub(crate) timer: Arc<Mutex<TimerFd>>,
 }
 
 impl MutEventSubscriber for CoalescedDrainSubscriber {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        {
-            let mut timer = self.timer.lock().unwrap_or_else(|p| p.into_inner());
-            // Consume the expirations so the fd stops being readable.
-            let _ = timer.wait();
-        }
-        self.ring.drain(&*self.handler);
+        self.serial.on_timer(&*self.handler);
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        use std::os::fd::AsRawFd;
-        let fd = self
-            .timer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_raw_fd();
         // Without the timer, coalesced writes are still replayed at every
         // vCPU exit; only interrupt-driven serial output would be slower.
-        let _ = ops.add(Events::new_raw(fd, EventSet::IN));
+        let _ = ops.add(Events::new_raw(self.serial.timer_fd(), EventSet::IN));
+    }
+}
+
+/// Parks the event loop while the VM is paused.
+#[derive(Debug)]
+pub(crate) struct ControlSubscriber {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl MutEventSubscriber for ControlSubscriber {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        self.shared.control.park_if_asked(&self.shared.exit);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        // Registration can only fail for an invalid fd, which an EventFd
+        // never is.
+        let _ = ops.add(Events::new(&self.shared.control.wake, EventSet::IN));
     }
 }

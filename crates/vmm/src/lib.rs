@@ -1,12 +1,19 @@
 //! The reference composition of the Kindling crates.
 //!
-//! [`Vmm::build`] turns a [`VmConfig`] into a ready microVM: guest memory
-//! from `kindling-memory`, the KVM VM and vCPUs from `kindling-vcpu`, the
-//! kernel, initrd, command line, zero page and MP table from
-//! `kindling-boot`, and the legacy devices from `kindling-devices` on their
-//! buses. [`Vmm::run`] starts one thread per vCPU, runs the device event
-//! loop on the calling thread until the guest (or a [`VmmHandle`]) ends
-//! the VM, and returns why it ended.
+//! [`VmmBuilder`] turns a [`VmConfig`] into a ready microVM in steps:
+//! [`VmmBuilder::new`] checks the configuration, creates guest memory and
+//! opens every file it names; devices of the user's own (port I/O, MMIO,
+//! virtio, event-loop subscribers) can then be added; [`VmmBuilder::build`]
+//! loads the kernel, initrd and command line (`kindling-boot`), creates the
+//! KVM VM and vCPUs (`kindling-vcpu`), and wires the legacy and virtio
+//! devices (`kindling-devices`, `kindling-virtio`). [`Vmm::build`] does it
+//! all in one call.
+//!
+//! A built [`Vmm`] either runs on the calling thread until the guest ends
+//! it ([`Vmm::run`]), or starts in the background ([`Vmm::start`]) and
+//! returns a [`RunningVmm`] that pauses, resumes, stops and waits for it;
+//! [`VmmHandle`] does the same from any thread. [`VmmDevices`] gives typed
+//! handles to every device.
 //!
 //! # Example
 //!
@@ -19,25 +26,32 @@
 //!     serial: SerialConfig::Stdout,
 //!     ..VmConfig::default()
 //! };
-//! let vmm = Vmm::build(config).expect("VM set-up");
-//! let reason = vmm.run().expect("VM run");
+//! let running = Vmm::build(config).expect("VM set-up").start().expect("VM start");
+//! running.pause().unwrap();
+//! running.resume().unwrap();
+//! let reason = running.wait().expect("VM run");
 //! std::process::exit(reason.exit_code());
 //! ```
 
+mod boot_setup;
+mod builder;
 mod config;
 mod device_manager;
+mod devices;
 mod error;
 mod event_loop;
-mod exit_handler;
+mod lifecycle;
 mod virtio_devices;
 mod vmm;
 
+pub use builder::{UserSubscriber, VmmBuilder};
 pub use config::{
     BootProtocol, DiskConfig, KernelSource, SerialConfig, VmConfig, DEFAULT_LINUX_CMDLINE,
 };
 pub use device_manager::LegacyDevices;
+pub use devices::VmmDevices;
 pub use error::VmmError;
-pub use exit_handler::BusExitHandler;
 pub use kindling_devices::legacy::StartTime;
-pub use kindling_devices::ExitReason;
-pub use vmm::{Vmm, VmmHandle};
+pub use kindling_devices::{BusExitHandler, ExitReason};
+pub use lifecycle::{VmRunState, VmmHandle};
+pub use vmm::{RunningVmm, Vmm, MAX_VCPUS};

@@ -8,7 +8,6 @@ use kindling_devices::{Bus, EventFdLine};
 use kindling_memory::{GuestMemoryMmap, ResourceAllocator};
 use kindling_vcpu::Vm;
 use kindling_virtio::block::{Block, BlockConfig};
-use kindling_virtio::rng::Entropy;
 use kindling_virtio::{
     mmio_cmdline_device, MmioTransport, VirtioDevice, VirtioSubscriber, MMIO_WINDOW_SIZE,
     QUEUE_NOTIFY_OFFSET,
@@ -19,7 +18,7 @@ use crate::VmmError;
 
 /// A virtio device with its MMIO window and interrupt line.
 pub(crate) struct PlannedDevice {
-    name: String,
+    pub(crate) name: String,
     device: Arc<Mutex<dyn VirtioDevice>>,
     /// Base of the 4 KiB MMIO window.
     pub(crate) base: u64,
@@ -37,53 +36,47 @@ impl std::fmt::Debug for PlannedDevice {
     }
 }
 
-fn virtio_err(name: &str, reason: impl std::fmt::Display) -> VmmError {
-    VmmError::Virtio {
-        device: name.to_string(),
-        reason: reason.to_string(),
-    }
-}
-
-/// Opens the disks and creates the entropy device, each with a window and
-/// an IRQ from `allocator`. Disk images are opened here, before anything
-/// touches KVM, so a bad path is reported first.
-pub(crate) fn plan(
-    disks: &[DiskConfig],
-    entropy: bool,
-    allocator: &mut ResourceAllocator,
-) -> Result<Vec<PlannedDevice>, VmmError> {
-    let mut planned = Vec::new();
-    let mut add = |name: String, device: Arc<Mutex<dyn VirtioDevice>>| {
+impl PlannedDevice {
+    /// Gives `device` a window and an IRQ from `allocator`.
+    pub(crate) fn allocate(
+        name: String,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        allocator: &mut ResourceAllocator,
+    ) -> Result<Self, VmmError> {
+        let alloc_err = |source| VmmError::Allocate {
+            device: name.clone(),
+            source,
+        };
         let window = allocator
             .allocate_mmio(MMIO_WINDOW_SIZE)
-            .map_err(|e| virtio_err(&name, e))?;
-        let irq = allocator.allocate_irq().map_err(|e| virtio_err(&name, e))?;
-        planned.push(PlannedDevice {
+            .map_err(alloc_err)?;
+        let irq = allocator.allocate_irq().map_err(alloc_err)?;
+        Ok(Self {
             name,
             device,
             base: window.base,
             irq,
-        });
-        Ok::<(), VmmError>(())
+        })
+    }
+
+    /// How the ACPI DSDT describes the device.
+    pub(crate) fn acpi_description(&self) -> kindling_boot::VirtioMmioDescription {
+        kindling_boot::VirtioMmioDescription {
+            base: self.base,
+            size: MMIO_WINDOW_SIZE,
+            irq: self.irq,
+        }
+    }
+}
+
+/// Opens disk `index` as described by `disk`. Disk images are opened
+/// before anything touches KVM, so a bad path is reported first.
+pub(crate) fn open_disk(index: usize, disk: &DiskConfig) -> Result<Block, VmmError> {
+    let config = BlockConfig {
+        read_only: disk.read_only,
+        ..BlockConfig::new(&disk.path)
     };
-    for (index, disk) in disks.iter().enumerate() {
-        let config = BlockConfig {
-            read_only: disk.read_only,
-            ..BlockConfig::new(&disk.path)
-        };
-        let block = Block::new(&config).map_err(|e| VmmError::Virtio {
-            device: format!("disk {index}"),
-            reason: e.to_string(),
-        })?;
-        add(format!("disk {index}"), Arc::new(Mutex::new(block)))?;
-    }
-    if entropy {
-        add(
-            "entropy device".into(),
-            Arc::new(Mutex::new(Entropy::new())),
-        )?;
-    }
-    Ok(planned)
+    Block::new(&config).map_err(|source| VmmError::Block { index, source })
 }
 
 /// The `virtio_mmio.device=` kernel parameters that announce `devices`.
@@ -108,10 +101,17 @@ pub(crate) fn attach(
     let mut subscribers = Vec::with_capacity(devices.len());
     for planned in devices {
         let name = planned.name;
-        let line = EventFdLine::new(planned.irq).map_err(|e| virtio_err(&name, e))?;
+        let line = EventFdLine::new(planned.irq).map_err(|source| VmmError::EventFd {
+            what: format!("interrupt line of the {name}"),
+            source,
+        })?;
         vm.register_irqfd(line.event(), planned.irq)?;
+        let transport_err = |source| VmmError::Transport {
+            device: name.clone(),
+            source,
+        };
         let transport = MmioTransport::new(memory.clone(), planned.device, Arc::new(line))
-            .map_err(|e| virtio_err(&name, e))?;
+            .map_err(transport_err)?;
         for (index, event) in transport.queue_events().iter().enumerate() {
             vm.register_mmio_ioevent_value(
                 event,
@@ -119,13 +119,16 @@ pub(crate) fn attach(
                 index as u32,
             )?;
         }
-        subscribers.push(transport.subscriber().map_err(|e| virtio_err(&name, e))?);
+        subscribers.push(transport.subscriber().map_err(transport_err)?);
         mmio.insert(
             planned.base,
             MMIO_WINDOW_SIZE,
             Arc::new(Mutex::new(transport)),
         )
-        .map_err(|e| virtio_err(&name, e))?;
+        .map_err(|source| VmmError::Bus {
+            device: name.clone(),
+            source,
+        })?;
     }
     Ok(subscribers)
 }

@@ -1,78 +1,75 @@
-//! Building and running a microVM.
+//! A built microVM, and running it.
 
 use std::fs::File;
-use std::io::{Cursor, Write};
-use std::sync::{Arc, Mutex};
+use std::io::Write;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use kindling_devices::legacy::{BufferedOutput, OutputFlusher};
-use kindling_devices::{Bus, ExitReason, VmExitHandle};
-use kindling_memory::{
-    create_guest_memory, GuestMemoryMmap, GuestRam, MemoryConfig, ResourceAllocator,
-};
-use kindling_vcpu::x86_64::gdt;
-use kindling_vcpu::{BootEntry, CoalescedRing, Kvm, Vcpu, VcpuHandle, VcpuStopReason, Vm};
-use kindling_virtio::VirtioSubscriber;
-use vmm_sys_util::timerfd::TimerFd;
+use kindling_devices::legacy::{CoalescedSerial, OutputFlusher};
+use kindling_devices::{BusExitHandler, ExitReason, VmExitHandle};
+use kindling_memory::{GuestMemoryMmap, GuestRam};
+use kindling_vcpu::{Kvm, Vcpu, VcpuHandle, VcpuStopReason, Vm};
 
-use crate::config::{BootProtocol, KernelSource, SerialConfig, VmConfig};
-use crate::device_manager::LegacyDevices;
+use crate::config::SerialConfig;
 use crate::event_loop::{
-    CoalescedDrainSubscriber, ExitSubscriber, SerialFlushSubscriber, StdinSubscriber,
+    CoalescedDrainSubscriber, ControlSubscriber, ExitSubscriber, SerialFlushSubscriber,
+    StdinSubscriber,
 };
-use crate::{virtio_devices, BusExitHandler, VmmError};
+use crate::lifecycle::Shared;
+use crate::{UserSubscriber, VmRunState, VmmBuilder, VmmDevices, VmmError, VmmHandle};
 
 /// The largest vCPU count a Kindling VM supports (the MP table's APIC ids
 /// stop at 254, with the IOAPIC taking the next id).
 pub const MAX_VCPUS: u8 = 254;
 
-/// A built microVM, ready to run.
-#[derive(Debug)]
+/// Everything [`VmmBuilder::build`] made.
+pub(crate) struct Parts {
+    pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) devices: VmmDevices,
+    pub(crate) handler: Arc<BusExitHandler>,
+    pub(crate) serial_flusher: OutputFlusher,
+    pub(crate) coalesced: Option<Arc<CoalescedSerial>>,
+    pub(crate) subscribers: Vec<UserSubscriber>,
+    pub(crate) exit: VmExitHandle,
+    pub(crate) stdin_input: bool,
+    pub(crate) vm: Arc<Vm>,
+    pub(crate) kvm: Arc<Kvm>,
+    pub(crate) memory: GuestRam,
+}
+
+/// A built microVM, ready to run: [`Vmm::start`] runs it in the
+/// background and returns a [`RunningVmm`]; [`Vmm::run`] runs it on the
+/// calling thread until it ends.
 pub struct Vmm {
     // Field order is drop order: vCPUs before the VM before memory.
     vcpus: Vec<Vcpu>,
-    devices: LegacyDevices,
+    devices: VmmDevices,
     handler: Arc<BusExitHandler>,
     serial_flusher: OutputFlusher,
-    coalesced: Option<CoalescedSerial>,
-    virtio_subscribers: Vec<VirtioSubscriber>,
-    exit: VmExitHandle,
+    coalesced: Option<Arc<CoalescedSerial>>,
+    subscribers: Vec<UserSubscriber>,
+    shared: Arc<Shared>,
     stdin_input: bool,
-    vm: Vm,
-    kvm: Kvm,
+    vm: Arc<Vm>,
+    kvm: Arc<Kvm>,
     memory: GuestRam,
 }
 
-/// The coalesced serial data port: its ring and the timer that replays it
-/// while the guest waits for transmit interrupts.
-#[derive(Debug)]
-struct CoalescedSerial {
-    ring: Arc<CoalescedRing>,
-    timer: Arc<Mutex<TimerFd>>,
-}
-
-/// How often coalesced serial writes are replayed while the guest drives
-/// the UART by interrupts: 16 bytes (one FIFO) per period, faster than a
-/// real 115200-baud line.
-const SERIAL_DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(1);
-
-/// Stops a running [`Vmm`] from another thread.
-#[derive(Debug, Clone)]
-pub struct VmmHandle {
-    exit: VmExitHandle,
-}
-
-impl VmmHandle {
-    /// Asks the VM to stop; [`Vmm::run`] then returns
-    /// [`ExitReason::Stopped`].
-    pub fn stop(&self) {
-        self.exit.request(ExitReason::Stopped);
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm")
+            .field("vcpus", &self.vcpus.len())
+            .field("devices", &self.devices)
+            .field("subscribers", &self.subscribers.len())
+            .field("vm", &self.vm)
+            .finish_non_exhaustive()
     }
 }
 
-type SubscriberBox = Box<dyn MutEventSubscriber + Send>;
+pub(crate) type SubscriberBox = Box<dyn MutEventSubscriber + Send>;
 
-fn open(what: &'static str, path: &std::path::Path) -> Result<File, VmmError> {
+pub(crate) fn open(what: &'static str, path: &std::path::Path) -> Result<File, VmmError> {
     File::open(path).map_err(|source| VmmError::OpenFile {
         what,
         path: path.to_path_buf(),
@@ -80,7 +77,9 @@ fn open(what: &'static str, path: &std::path::Path) -> Result<File, VmmError> {
     })
 }
 
-fn serial_output(config: SerialConfig) -> Result<(Box<dyn Write + Send>, bool), VmmError> {
+pub(crate) fn serial_output(
+    config: SerialConfig,
+) -> Result<(Box<dyn Write + Send>, bool), VmmError> {
     Ok(match config {
         SerialConfig::Stdout => (Box::new(std::io::stdout()), true),
         SerialConfig::Off => (Box::new(std::io::sink()), false),
@@ -98,152 +97,35 @@ fn serial_output(config: SerialConfig) -> Result<(Box<dyn Write + Send>, bool), 
 
 impl Vmm {
     /// Builds the microVM described by `config`: memory, VM, kernel,
-    /// devices and vCPUs. Nothing runs until [`Vmm::run`].
+    /// devices and vCPUs. Nothing runs until [`Vmm::start`] or
+    /// [`Vmm::run`]. To add devices of your own first, use
+    /// [`VmmBuilder`].
     #[cfg(target_arch = "x86_64")]
-    pub fn build(config: VmConfig) -> Result<Self, VmmError> {
-        if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
-            return Err(VmmError::VcpuCount(config.vcpus));
-        }
-        // Check everything the user gave before touching KVM.
-        let memory = create_guest_memory(&MemoryConfig {
-            size_mib: config.memory_mib,
-            backing: config.memory_backing,
-        })?;
-        let mut kernel_file;
-        let mut kernel_bytes;
-        let kernel: &mut dyn kindling_boot::ReadSeek = match &config.kernel {
-            KernelSource::Path(path) => {
-                kernel_file = open("kernel image", path)?;
-                &mut kernel_file
-            }
-            KernelSource::Bytes(bytes) => {
-                kernel_bytes = Cursor::new(*bytes);
-                &mut kernel_bytes
-            }
-        };
-        let mut initrd = match &config.initrd {
-            Some(path) => Some(open("initrd", path)?),
-            None => None,
-        };
-        let mut allocator = ResourceAllocator::new().map_err(|e| VmmError::Device {
-            device: "resource allocator",
-            reason: e.to_string(),
-        })?;
-        let planned = virtio_devices::plan(&config.disks, config.entropy, &mut allocator)?;
-        let mut cmdline = config.cmdline.clone();
-        let virtio_cmdline = virtio_devices::cmdline_entries(&planned);
-        if !virtio_cmdline.is_empty() {
-            if !cmdline.is_empty() {
-                cmdline.push(' ');
-            }
-            cmdline.push_str(&virtio_cmdline);
-        }
-        let virtio_acpi: Vec<kindling_boot::VirtioMmioDescription> = planned
-            .iter()
-            .map(|d| kindling_boot::VirtioMmioDescription {
-                base: d.base,
-                size: kindling_virtio::MMIO_WINDOW_SIZE,
-                irq: d.irq,
-            })
-            .collect();
-        let initrd = initrd
-            .as_mut()
-            .map(|f| f as &mut dyn kindling_boot::ReadSeek);
-        let boot_entry = match config.boot_protocol {
-            BootProtocol::Linux64 => {
-                let boot = kindling_boot::load_linux(
-                    &memory.memory,
-                    kernel,
-                    initrd,
-                    &cmdline,
-                    config.vcpus,
-                )?;
-                gdt::write_gdt_and_idt(&memory.memory)?;
-                gdt::write_identity_page_tables(&memory.memory)?;
-                let rsdp = setup_acpi(&memory.memory, config.vcpus, &virtio_acpi)?;
-                kindling_boot::set_acpi_rsdp(&memory.memory, boot.zero_page, rsdp)?;
-                BootEntry::Linux64 {
-                    entry: boot.entry,
-                    zero_page: boot.zero_page,
-                }
-            }
-            BootProtocol::Pvh => {
-                let boot = kindling_boot::load_linux_pvh(
-                    &memory.memory,
-                    kernel,
-                    initrd,
-                    &cmdline,
-                    config.vcpus,
-                )?;
-                gdt::write_pvh_gdt_and_idt(&memory.memory)?;
-                let rsdp = setup_acpi(&memory.memory, config.vcpus, &virtio_acpi)?;
-                kindling_boot::set_pvh_rsdp(&memory.memory, boot.start_info, rsdp)?;
-                BootEntry::Pvh {
-                    entry: boot.entry,
-                    start_info: boot.start_info,
-                }
-            }
-        };
+    pub fn build(config: crate::VmConfig) -> Result<Self, VmmError> {
+        VmmBuilder::new(config)?.build()
+    }
 
-        let kvm = Kvm::new()?;
-        if usize::from(config.vcpus) > kvm.max_vcpus() {
-            return Err(kindling_vcpu::VmError::TooManyVcpus {
-                requested: usize::from(config.vcpus),
-                max: kvm.max_vcpus(),
-            }
-            .into());
-        }
-        let vm = Vm::new(&kvm, &memory.memory)?;
-
-        let exit = VmExitHandle::new().map_err(|e| VmmError::Device {
-            device: "exit event",
-            reason: e.to_string(),
-        })?;
-        let (serial_out, stdin_input) = serial_output(config.serial)?;
-        let (serial_out, serial_flusher) =
-            BufferedOutput::new(serial_out).map_err(|e| VmmError::Device {
-                device: "serial port",
-                reason: format!("cannot create its output timer: {e}"),
-            })?;
-        let mut pio = Bus::new();
-        let mut mmio = Bus::new();
-        let devices = LegacyDevices::create(
-            &vm,
-            &mut pio,
-            &mut mmio,
-            &exit,
-            Box::new(serial_out),
-            config.start_time,
-            config.boot_timer_log,
-        )?;
-
-        let virtio_subscribers = virtio_devices::attach(planned, &vm, &memory.memory, &mut mmio)?;
-        let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
-        for id in 0..config.vcpus {
-            let vcpu = vm.create_vcpu(id)?;
-            vcpu.configure(&kvm, config.vcpus, (id == 0).then_some(boot_entry))?;
-            vcpus.push(vcpu);
-        }
-        let coalesced = coalesce_serial_output(&vm, &mut vcpus, &devices)?;
+    pub(crate) fn assemble(parts: Parts) -> Result<Self, VmmError> {
         Ok(Self {
-            vcpus,
-            devices,
-            handler: Arc::new(BusExitHandler { pio, mmio }),
-            serial_flusher,
-            coalesced,
-            virtio_subscribers,
-            exit,
-            stdin_input,
-            vm,
-            kvm,
-            memory,
+            shared: Shared::new(parts.exit)?,
+            vcpus: parts.vcpus,
+            devices: parts.devices,
+            handler: parts.handler,
+            serial_flusher: parts.serial_flusher,
+            coalesced: parts.coalesced,
+            subscribers: parts.subscribers,
+            stdin_input: parts.stdin_input,
+            vm: parts.vm,
+            kvm: parts.kvm,
+            memory: parts.memory,
         })
     }
 
-    /// A handle to stop the VM from another thread.
+    /// A handle to pause, resume or stop the VM from another thread (it
+    /// can be taken before the VM starts).
     pub fn handle(&self) -> VmmHandle {
         VmmHandle {
-            exit: self.exit.clone(),
+            shared: self.shared.clone(),
         }
     }
 
@@ -252,54 +134,100 @@ impl Vmm {
         &self.memory.memory
     }
 
-    /// The legacy devices.
-    pub fn devices(&self) -> &LegacyDevices {
+    /// Guest memory with the host file that backs it, if any.
+    pub fn guest_ram(&self) -> &GuestRam {
+        &self.memory
+    }
+
+    /// Typed handles to the VM's devices.
+    pub fn devices(&self) -> &VmmDevices {
         &self.devices
     }
 
     /// The KVM VM.
-    pub fn vm(&self) -> &Vm {
+    pub fn vm(&self) -> &Arc<Vm> {
         &self.vm
     }
 
     /// The checked KVM handle.
-    pub fn kvm(&self) -> &Kvm {
+    pub fn kvm(&self) -> &Arc<Kvm> {
         &self.kvm
+    }
+
+    /// The exit handler the vCPUs use (its buses hold every device).
+    pub fn exit_handler(&self) -> &Arc<BusExitHandler> {
+        &self.handler
+    }
+
+    /// The vCPUs, before they start.
+    pub fn vcpus(&self) -> &[Vcpu] {
+        &self.vcpus
+    }
+
+    /// Starts the VM: one thread per vCPU and one for the device event
+    /// loop. Returns at once with a [`RunningVmm`] to control it and wait
+    /// for its end.
+    pub fn start(mut self) -> Result<RunningVmm, VmmError> {
+        let manager = self.start_vcpus()?;
+        let handle = self.handle();
+        let view = VmView {
+            devices: self.devices.clone(),
+            memory: self.memory.clone(),
+            vm: self.vm.clone(),
+            kvm: self.kvm.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("kindling-events".into())
+            .spawn(move || self.event_loop(manager))
+            .map_err(|e| VmmError::EventLoopThread(e.to_string()))?;
+        Ok(RunningVmm {
+            handle,
+            view,
+            thread,
+        })
     }
 
     /// Runs the VM until the guest or a [`VmmHandle`] ends it: vCPUs on
     /// their own threads, the device event loop on this one. Returns why
     /// the VM ended, or the first vCPU error.
     pub fn run(mut self) -> Result<ExitReason, VmmError> {
+        let manager = self.start_vcpus()?;
+        self.event_loop(manager)
+    }
+
+    /// Sets the event loop up and starts the vCPU threads.
+    fn start_vcpus(&mut self) -> Result<EventManager<SubscriberBox>, VmmError> {
         let mut manager: EventManager<SubscriberBox> =
-            EventManager::new().map_err(|e| VmmError::EventLoop(format!("{e:?}")))?;
-        manager.add_subscriber(Box::new(ExitSubscriber {
-            exit: self.exit.clone(),
+            EventManager::new().map_err(VmmError::EventLoop)?;
+        let exit = self.shared.exit.clone();
+        manager.add_subscriber(Box::new(ExitSubscriber { exit: exit.clone() }));
+        manager.add_subscriber(Box::new(ControlSubscriber {
+            shared: self.shared.clone(),
         }));
         manager.add_subscriber(Box::new(SerialFlushSubscriber {
             flusher: self.serial_flusher.clone(),
         }));
-        for subscriber in self.virtio_subscribers.drain(..) {
-            manager.add_subscriber(Box::new(subscriber));
+        for subscriber in self.subscribers.drain(..) {
+            manager.add_subscriber(subscriber);
         }
         if let Some(coalesced) = &self.coalesced {
             manager.add_subscriber(Box::new(CoalescedDrainSubscriber {
-                ring: coalesced.ring.clone(),
+                serial: coalesced.clone(),
                 handler: self.handler.clone(),
-                timer: coalesced.timer.clone(),
             }));
         }
         if self.stdin_input {
             manager.add_subscriber(Box::new(StdinSubscriber {
-                serial: self.devices.serial.clone(),
+                serial: self.devices.legacy.serial.clone(),
                 fd: libc::STDIN_FILENO,
                 active: false,
             }));
         }
 
-        let mut handles = Vec::with_capacity(self.vcpus.len());
-        for vcpu in self.vcpus.drain(..) {
-            let exit = self.exit.clone();
+        let vcpus: Vec<Vcpu> = self.vcpus.drain(..).collect();
+        self.shared.set_state(VmRunState::Running);
+        for vcpu in vcpus {
+            let vcpu_exit = exit.clone();
             let on_stop = Box::new(move |_id: u8, result: &Result<VcpuStopReason, _>| {
                 let reason = match result {
                     Ok(VcpuStopReason::Stopped) => return,
@@ -311,123 +239,142 @@ impl Vmm {
                     }
                     Err(_) => ExitReason::Stopped,
                 };
-                exit.request(reason);
+                vcpu_exit.request(reason);
             });
             match VcpuHandle::spawn(vcpu, self.handler.clone(), on_stop) {
-                Ok(handle) => handles.push(handle),
+                Ok(handle) => self
+                    .shared
+                    .vcpus
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(handle),
                 Err(e) => {
-                    self.exit.request(ExitReason::Stopped);
-                    stop_all(handles);
+                    exit.request(ExitReason::Stopped);
+                    let _ = self.stop_vcpus();
+                    self.shared
+                        .set_state(VmRunState::Stopped(ExitReason::Stopped));
                     return Err(e.into());
                 }
             }
         }
+        Ok(manager)
+    }
 
+    /// Runs the device event loop until the VM ends, then stops the vCPUs
+    /// and flushes the serial output.
+    fn event_loop(self, mut manager: EventManager<SubscriberBox>) -> Result<ExitReason, VmmError> {
+        let exit = self.shared.exit.clone();
         let mut loop_error = None;
-        while self.exit.reason().is_none() {
+        while exit.reason().is_none() {
             if let Err(e) = manager.run() {
-                loop_error = Some(VmmError::EventLoop(format!("{e:?}")));
+                loop_error = Some(VmmError::EventLoop(e));
+                exit.request(ExitReason::Stopped);
                 break;
             }
         }
-        let vcpu_error = stop_all(handles);
+        self.shared.control.finish();
+        let vcpu_error = self.stop_vcpus();
         if let Some(coalesced) = &self.coalesced {
-            coalesced.ring.drain(&*self.handler);
+            coalesced.drain(&*self.handler);
         }
         let _ = self.serial_flusher.flush_pending();
+        let reason = exit.reason().unwrap_or(ExitReason::Stopped);
+        self.shared.set_state(VmRunState::Stopped(reason));
         if let Some(e) = vcpu_error {
             return Err(e.into());
         }
         if let Some(e) = loop_error {
             return Err(e);
         }
-        Ok(self.exit.reason().unwrap_or(ExitReason::Stopped))
+        Ok(reason)
     }
-}
 
-/// Makes the guest's writes to the serial data port coalesced: a line of
-/// output then costs one VM exit instead of one per byte. Every vCPU
-/// replays the ring before handling its next exit (so a polling driver
-/// sees its bytes in order), and while the guest enables the
-/// transmitter-empty interrupt a timer replays it from the event loop.
-/// Returns `None` where the host cannot coalesce port I/O.
-fn coalesce_serial_output(
-    vm: &Vm,
-    vcpus: &mut [Vcpu],
-    devices: &LegacyDevices,
-) -> Result<Option<CoalescedSerial>, VmmError> {
-    use kindling_devices::legacy::COM1_PORT;
-    let device_err = |reason: String| VmmError::Device {
-        device: "serial port",
-        reason,
-    };
-    let Some(first) = vcpus.first() else {
-        return Ok(None);
-    };
-    if !vm.register_coalesced_pio(COM1_PORT as u16, 1)? {
-        return Ok(None);
-    }
-    let ring = Arc::new(CoalescedRing::map(first)?);
-    for vcpu in vcpus.iter_mut() {
-        vcpu.attach_coalesced_ring(ring.clone());
-    }
-    let timer = Arc::new(Mutex::new(
-        kindling_devices::nonblocking_timer()
-            .map_err(|e| device_err(format!("cannot create its drain timer: {e}")))?,
-    ));
-    let watch_timer = timer.clone();
-    devices
-        .serial
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .set_tx_interrupt_watch(Box::new(move |enabled| {
-            let mut timer = watch_timer.lock().unwrap_or_else(|p| p.into_inner());
-            // A timer that cannot be armed leaves replay to vCPU exits.
-            let _ = if enabled {
-                timer.reset(SERIAL_DRAIN_PERIOD, Some(SERIAL_DRAIN_PERIOD))
-            } else {
-                timer.clear()
-            };
-        }));
-    Ok(Some(CoalescedSerial { ring, timer }))
-}
-
-/// Writes the ACPI tables describing the vCPUs and the legacy devices, and
-/// the reset-vector stub that Linux's BIOS-reboot fallback jumps to on a
-/// hardware-reduced ACPI platform; returns the RSDP address.
-fn setup_acpi(
-    memory: &GuestMemoryMmap,
-    vcpus: u8,
-    virtio: &[kindling_boot::VirtioMmioDescription],
-) -> Result<u64, VmmError> {
-    kindling_boot::write_reset_vector(memory)?;
-    use kindling_devices::legacy::{
-        ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT,
-        ACPI_SLEEP_STATUS_PORT,
-    };
-    let mut acpi = kindling_boot::AcpiConfig::new(vcpus);
-    acpi.virtio_mmio = virtio.to_vec();
-    acpi.pm = kindling_boot::AcpiPmDescription {
-        sleep_control_port: ACPI_SLEEP_CONTROL_PORT,
-        sleep_status_port: ACPI_SLEEP_STATUS_PORT,
-        reset_port: ACPI_RESET_PORT,
-        reset_value: ACPI_RESET_VALUE,
-        s5_sleep_type: ACPI_S5_SLEEP_TYPE,
-    };
-    Ok(kindling_boot::setup_acpi(memory, &acpi)?)
-}
-
-/// Stops and joins every vCPU; returns the first vCPU error.
-fn stop_all(handles: Vec<VcpuHandle>) -> Option<kindling_vcpu::VcpuError> {
-    for handle in &handles {
-        handle.stop();
-    }
-    let mut first_error = None;
-    for handle in handles {
-        let (_vcpu, result) = handle.join();
-        if let (Err(e), None) = (result, &first_error) {
-            first_error = Some(e);
+    /// Stops and joins every vCPU; returns the first vCPU error.
+    fn stop_vcpus(&self) -> Option<kindling_vcpu::VcpuError> {
+        let handles: Vec<VcpuHandle> =
+            std::mem::take(&mut *self.shared.vcpus.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in &handles {
+            handle.stop();
         }
+        let mut first_error = None;
+        for handle in handles {
+            let (_vcpu, result) = handle.join();
+            if let (Err(e), None) = (result, &first_error) {
+                first_error = Some(e);
+            }
+        }
+        first_error
     }
-    first_error
+}
+
+/// What stays reachable of a VM while it runs in the background.
+#[derive(Debug, Clone)]
+struct VmView {
+    devices: VmmDevices,
+    memory: GuestRam,
+    vm: Arc<Vm>,
+    kvm: Arc<Kvm>,
+}
+
+/// A microVM running in the background (from [`Vmm::start`]).
+#[derive(Debug)]
+pub struct RunningVmm {
+    handle: VmmHandle,
+    view: VmView,
+    thread: JoinHandle<Result<ExitReason, VmmError>>,
+}
+
+impl RunningVmm {
+    /// A handle to control the VM from other threads.
+    pub fn handle(&self) -> VmmHandle {
+        self.handle.clone()
+    }
+
+    /// Pauses the VM (see [`VmmHandle::pause`]).
+    pub fn pause(&self) -> Result<(), VmmError> {
+        self.handle.pause()
+    }
+
+    /// Resumes the VM (see [`VmmHandle::resume`]).
+    pub fn resume(&self) -> Result<(), VmmError> {
+        self.handle.resume()
+    }
+
+    /// Asks the VM to stop; [`RunningVmm::wait`] then returns.
+    pub fn stop(&self) {
+        self.handle.stop();
+    }
+
+    /// What the VM is doing.
+    pub fn state(&self) -> VmRunState {
+        self.handle.state()
+    }
+
+    /// Typed handles to the VM's devices.
+    pub fn devices(&self) -> &VmmDevices {
+        &self.view.devices
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.view.memory.memory
+    }
+
+    /// The KVM VM (for example to read its dirty pages while paused).
+    pub fn vm(&self) -> &Arc<Vm> {
+        &self.view.vm
+    }
+
+    /// The checked KVM handle.
+    pub fn kvm(&self) -> &Arc<Kvm> {
+        &self.view.kvm
+    }
+
+    /// Waits until the VM ends and returns why, or the first vCPU or
+    /// event-loop error.
+    pub fn wait(self) -> Result<ExitReason, VmmError> {
+        self.thread
+            .join()
+            .map_err(|_| VmmError::EventLoopThread("the event loop thread panicked".into()))?
+    }
 }

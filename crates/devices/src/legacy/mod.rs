@@ -3,6 +3,7 @@
 mod acpi_pm;
 mod boot_timer;
 mod cmos_rtc;
+mod coalesced_serial;
 mod debug_exit;
 mod i8042;
 mod serial;
@@ -14,6 +15,7 @@ pub use acpi_pm::{
 };
 pub use boot_timer::{BootTimer, StartTime};
 pub use cmos_rtc::{CmosRtc, CmosRtcState};
+pub use coalesced_serial::{CoalescedSerial, CoalescedSerialError, SERIAL_DRAIN_PERIOD};
 pub use debug_exit::DebugExit;
 pub use i8042::{I8042Device, I8042State};
 pub use serial::{SerialDevice, SerialDeviceState, TxInterruptWatch};

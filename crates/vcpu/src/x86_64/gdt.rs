@@ -3,9 +3,9 @@
 use kvm_bindings::kvm_segment;
 use vm_memory::{Bytes, GuestAddress};
 
-use kindling_memory::layout::{BOOT_GDT_START, BOOT_IDT_START, PDE_START, PDPTE_START, PML4_START};
 use kindling_memory::GuestMemoryMmap;
 
+use super::boot::BootCpuLayout;
 use crate::VcpuError;
 
 /// Builds a GDT descriptor from its flags, base and limit.
@@ -67,35 +67,48 @@ fn write<T: vm_memory::ByteValued>(
         .map_err(|source| VcpuError::GuestMemory { what, source })
 }
 
-/// Writes the boot GDT and an empty IDT into guest memory.
-pub fn write_gdt_and_idt(mem: &GuestMemoryMmap) -> Result<(), VcpuError> {
-    write_gdt(mem, &BOOT_GDT)
+/// Writes the boot GDT and an empty IDT where `layout` says.
+pub fn write_gdt_and_idt(mem: &GuestMemoryMmap, layout: &BootCpuLayout) -> Result<(), VcpuError> {
+    write_gdt(mem, &BOOT_GDT, layout)
 }
 
-/// Writes the PVH GDT and an empty IDT into guest memory.
-pub fn write_pvh_gdt_and_idt(mem: &GuestMemoryMmap) -> Result<(), VcpuError> {
-    write_gdt(mem, &PVH_GDT)
+/// Writes the PVH GDT and an empty IDT where `layout` says.
+pub fn write_pvh_gdt_and_idt(
+    mem: &GuestMemoryMmap,
+    layout: &BootCpuLayout,
+) -> Result<(), VcpuError> {
+    write_gdt(mem, &PVH_GDT, layout)
 }
 
-fn write_gdt(mem: &GuestMemoryMmap, gdt: &[u64; 4]) -> Result<(), VcpuError> {
+fn write_gdt(
+    mem: &GuestMemoryMmap,
+    gdt: &[u64; 4],
+    layout: &BootCpuLayout,
+) -> Result<(), VcpuError> {
     for (i, entry) in gdt.iter().enumerate() {
-        write(mem, *entry, BOOT_GDT_START + i as u64 * 8, "GDT")?;
+        write(mem, *entry, layout.gdt + i as u64 * 8, "GDT")?;
     }
-    write(mem, 0u64, BOOT_IDT_START, "IDT")
+    write(mem, 0u64, layout.idt, "IDT")
 }
 
-/// Writes page tables identity-mapping the first GiB with 2 MiB pages.
-pub fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<(), VcpuError> {
+/// Writes page tables identity-mapping the first GiB with 2 MiB pages: the
+/// PML4, PDPT and page directory in the three pages at
+/// `layout.page_tables`.
+pub fn write_identity_page_tables(
+    mem: &GuestMemoryMmap,
+    layout: &BootCpuLayout,
+) -> Result<(), VcpuError> {
     const PRESENT_WRITABLE: u64 = 0x3;
     const HUGE_PAGE: u64 = 0x80;
-    write(mem, PDPTE_START | PRESENT_WRITABLE, PML4_START, "PML4")?;
-    write(mem, PDE_START | PRESENT_WRITABLE, PDPTE_START, "PDPT")?;
+    let (pml4, pdpt, pd_addr) = layout.page_table_pages();
+    write(mem, pdpt | PRESENT_WRITABLE, pml4, "PML4")?;
+    write(mem, pd_addr | PRESENT_WRITABLE, pdpt, "PDPT")?;
     let mut pd = [0u64; 512];
     for (i, entry) in pd.iter_mut().enumerate() {
         *entry = ((i as u64) << 21) | HUGE_PAGE | PRESENT_WRITABLE;
     }
     let bytes: Vec<u8> = pd.iter().flat_map(|e| e.to_le_bytes()).collect();
-    mem.write_slice(&bytes, GuestAddress(PDE_START))
+    mem.write_slice(&bytes, GuestAddress(pd_addr))
         .map_err(|source| VcpuError::GuestMemory {
             what: "page directory",
             source,
@@ -105,6 +118,7 @@ pub fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<(), VcpuError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kindling_memory::layout::{BOOT_GDT_START, PDE_START, PDPTE_START, PML4_START};
     use kindling_memory::{create_guest_memory, Backing, MemoryConfig};
 
     #[test]
@@ -134,8 +148,8 @@ mod tests {
             backing: Backing::Anonymous,
         })
         .unwrap();
-        write_gdt_and_idt(&ram.memory).unwrap();
-        write_identity_page_tables(&ram.memory).unwrap();
+        write_gdt_and_idt(&ram.memory, &BootCpuLayout::default()).unwrap();
+        write_identity_page_tables(&ram.memory, &BootCpuLayout::default()).unwrap();
         let m = &ram.memory;
         assert_eq!(
             m.read_obj::<u64>(GuestAddress(BOOT_GDT_START + 8)).unwrap(),
@@ -155,6 +169,6 @@ mod tests {
     #[test]
     fn tiny_memory_is_an_error_not_a_panic() {
         let tiny = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
-        assert!(write_identity_page_tables(&tiny).is_err());
+        assert!(write_identity_page_tables(&tiny, &BootCpuLayout::default()).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! x86_64 vCPU set-up: CPUID, MSRs, boot registers, LAPIC, and state.
 
+pub mod boot;
 pub mod cpuid;
 pub mod gdt;
 pub mod lapic;

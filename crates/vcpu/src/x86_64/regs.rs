@@ -2,8 +2,7 @@
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 
-use kindling_memory::layout::{BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PML4_START};
-
+use super::boot::BootCpuLayout;
 use super::gdt::{segment_from_gdt, BOOT_GDT, PVH_GDT};
 
 /// CR0: protected mode.
@@ -20,37 +19,37 @@ pub const EFER_LME: u64 = 1 << 8;
 pub const EFER_LMA: u64 = 1 << 10;
 
 /// General registers for the 64-bit entry: `rip` at the kernel entry,
-/// `rsi` at the zero page, the boot stack, interrupts off.
-pub fn boot_regs(entry: u64, zero_page: u64) -> kvm_regs {
+/// `rsi` at the zero page, the boot stack of `layout`, interrupts off.
+pub fn boot_regs(entry: u64, zero_page: u64, layout: &BootCpuLayout) -> kvm_regs {
     kvm_regs {
         rflags: 0x2,
         rip: entry,
-        rsp: BOOT_STACK_POINTER,
-        rbp: BOOT_STACK_POINTER,
+        rsp: layout.stack_pointer,
+        rbp: layout.stack_pointer,
         rsi: zero_page,
         ..Default::default()
     }
 }
 
 /// Sets `sregs` up for long mode with the boot GDT, an empty IDT and the
-/// boot identity page tables.
-pub fn configure_long_mode_sregs(sregs: &mut kvm_sregs) {
-    load_gdt_segments(sregs, &BOOT_GDT);
-    sregs.cr3 = PML4_START;
+/// boot identity page tables, where `layout` put them.
+pub fn configure_long_mode_sregs(sregs: &mut kvm_sregs, layout: &BootCpuLayout) {
+    load_gdt_segments(sregs, &BOOT_GDT, layout);
+    sregs.cr3 = layout.page_tables;
     sregs.cr4 |= X86_CR4_PAE;
     sregs.cr0 |= X86_CR0_PE | X86_CR0_ET | X86_CR0_PG;
     sregs.efer |= EFER_LME | EFER_LMA;
 }
 
-/// Points GDTR at `gdt` (written at `BOOT_GDT_START`), IDTR at the empty
-/// boot IDT, and loads code (entry 1), data (entry 2) and TSS (entry 3)
+/// Points GDTR at `gdt` (written at `layout.gdt`), IDTR at the empty boot
+/// IDT, and loads code (entry 1), data (entry 2) and TSS (entry 3)
 /// segments from it.
-fn load_gdt_segments(sregs: &mut kvm_sregs, gdt: &[u64; 4]) {
+fn load_gdt_segments(sregs: &mut kvm_sregs, gdt: &[u64; 4], layout: &BootCpuLayout) {
     let code = segment_from_gdt(gdt[1], 1);
     let data = segment_from_gdt(gdt[2], 2);
-    sregs.gdt.base = BOOT_GDT_START;
+    sregs.gdt.base = layout.gdt;
     sregs.gdt.limit = (std::mem::size_of_val(gdt) - 1) as u16;
-    sregs.idt.base = BOOT_IDT_START;
+    sregs.idt.base = layout.idt;
     sregs.idt.limit = 7;
     sregs.cs = code;
     sregs.ds = data;
@@ -73,9 +72,9 @@ pub fn pvh_regs(entry: u64, start_info: u64) -> kvm_regs {
 }
 
 /// Sets `sregs` up for the PVH entry: 32-bit protected mode with flat
-/// segments from the PVH GDT, paging off.
-pub fn configure_pvh_sregs(sregs: &mut kvm_sregs) {
-    load_gdt_segments(sregs, &PVH_GDT);
+/// segments from the PVH GDT (written at `layout.gdt`), paging off.
+pub fn configure_pvh_sregs(sregs: &mut kvm_sregs, layout: &BootCpuLayout) {
+    load_gdt_segments(sregs, &PVH_GDT, layout);
     sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
     sregs.cr3 = 0;
     sregs.cr4 = 0;
@@ -94,11 +93,12 @@ pub fn boot_fpu() -> kvm_fpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kindling_memory::layout::PML4_START;
 
     #[test]
     fn long_mode_state() {
         let mut sregs = kvm_sregs::default();
-        configure_long_mode_sregs(&mut sregs);
+        configure_long_mode_sregs(&mut sregs, &BootCpuLayout::default());
         assert_eq!(sregs.cs.selector, 0x08);
         assert_eq!(sregs.ss.selector, 0x10);
         assert_eq!(sregs.tr.selector, 0x18);
@@ -106,7 +106,7 @@ mod tests {
         assert_ne!(sregs.cr0 & X86_CR0_PG, 0);
         assert_ne!(sregs.efer & EFER_LMA, 0);
         assert_eq!(sregs.gdt.limit, 31);
-        let regs = boot_regs(0x100_0000, 0x7000);
+        let regs = boot_regs(0x100_0000, 0x7000, &BootCpuLayout::default());
         assert_eq!((regs.rip, regs.rsi, regs.rflags), (0x100_0000, 0x7000, 2));
         assert_eq!(boot_fpu().fcw, 0x37f);
     }
@@ -118,7 +118,7 @@ mod tests {
             efer: EFER_LME,
             ..Default::default()
         };
-        configure_pvh_sregs(&mut sregs);
+        configure_pvh_sregs(&mut sregs, &BootCpuLayout::default());
         assert_eq!(sregs.cr0, X86_CR0_PE | X86_CR0_ET);
         assert_eq!(sregs.efer, 0);
         assert_eq!(sregs.cs.db, 1);

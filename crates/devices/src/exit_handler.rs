@@ -1,12 +1,40 @@
 //! Connects vCPU exits to the PIO and MMIO buses.
 
-use kindling_devices::Bus;
 use kindling_vcpu::VcpuExitHandler;
+
+use crate::Bus;
 
 /// Dispatches port-I/O and MMIO exits to the devices on two buses.
 ///
 /// Accesses that hit no device are ignored; reads of them return all ones,
 /// as on real hardware with nothing decoding the address.
+///
+/// This is the whole exit path of a VMM: hand it (in an `Arc`) to
+/// [`kindling_vcpu::VcpuHandle::spawn`] or to
+/// [`kindling_vcpu::Vcpu::run_once`].
+///
+/// # Example
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use kindling_devices::{BusDevice, BusExitHandler};
+/// use kindling_vcpu::VcpuExitHandler;
+///
+/// struct Latch(u8);
+/// impl BusDevice for Latch {
+///     fn read(&mut self, _offset: u64, data: &mut [u8]) { data[0] = self.0; }
+///     fn write(&mut self, _offset: u64, data: &[u8]) { self.0 = data[0]; }
+/// }
+///
+/// let mut handler = BusExitHandler::default();
+/// handler.pio.insert(0x80, 1, Arc::new(Mutex::new(Latch(0)))).unwrap();
+/// handler.pio_write(0x80, &[42]);
+/// let mut byte = [0u8];
+/// handler.pio_read(0x80, &mut byte);
+/// assert_eq!(byte, [42]);
+/// handler.pio_read(0x81, &mut byte); // nothing there
+/// assert_eq!(byte, [0xff]);
+/// ```
 #[derive(Debug, Default)]
 pub struct BusExitHandler {
     /// The port-I/O bus.
@@ -40,7 +68,7 @@ impl VcpuExitHandler for BusExitHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kindling_devices::BusDevice;
+    use crate::BusDevice;
     use std::sync::{Arc, Mutex};
 
     struct Latch(u8);
