@@ -94,13 +94,19 @@ pub fn run_test_guest_with(
 
 /// The example VMM binary, built by `cargo test` next to the test binaries.
 pub fn microvm_binary() -> PathBuf {
+    example_binary("microvm")
+}
+
+/// The binary of example `name`, built by `cargo test` next to the test
+/// binaries.
+pub fn example_binary(name: &str) -> PathBuf {
     let mut path = std::env::current_exe().expect("test binary path");
     path.pop(); // the test binary
     if path.ends_with("deps") {
         path.pop();
     }
     path.push("examples");
-    path.push("microvm");
+    path.push(name);
     assert!(
         path.exists(),
         "{} is missing: run the tests with `cargo test`, which builds the examples",
