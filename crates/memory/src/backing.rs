@@ -24,6 +24,10 @@ pub enum Backing {
     /// `MFD_HUGETLB`). The host must have enough pages reserved in
     /// `/proc/sys/vm/nr_hugepages`.
     Hugetlbfs2M,
+    /// A snapshot's memory file mapped private (copy-on-write): made by
+    /// [`restore_guest_memory`](crate::restore_guest_memory), not by
+    /// [`create_guest_memory`].
+    PrivateFile,
 }
 
 /// How much guest RAM to create, and on what.
@@ -81,6 +85,9 @@ pub enum MemoryError {
         /// The mapping error.
         source: vm_memory::mmap::MmapRegionError,
     },
+    /// The backing maps an existing file: use `restore_guest_memory`.
+    #[error("the private-file backing maps a snapshot's memory file: use restore_guest_memory")]
+    NeedsFile,
     /// The regions could not be assembled (a bug in the layout).
     #[error("cannot assemble guest memory regions: {0}")]
     Regions(String),
@@ -100,7 +107,7 @@ pub struct GuestRam {
 impl Backing {
     fn page_mib(self) -> u64 {
         match self {
-            Backing::Anonymous | Backing::Memfd => 1,
+            Backing::Anonymous | Backing::Memfd | Backing::PrivateFile => 1,
             Backing::Hugetlbfs2M => 2,
         }
     }
@@ -165,6 +172,7 @@ pub fn create_guest_memory(config: &MemoryConfig) -> Result<GuestRam, MemoryErro
         Backing::Anonymous => None,
         Backing::Memfd => Some(Arc::new(create_memfd(size, false)?)),
         Backing::Hugetlbfs2M => Some(Arc::new(create_memfd(size, true)?)),
+        Backing::PrivateFile => return Err(MemoryError::NeedsFile),
     };
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     let mut regions = Vec::new();

@@ -12,7 +12,10 @@
 //! - dirty-page tracking ([`DirtyBitmap`]): every region carries a
 //!   `vm-memory` [`AtomicBitmap`](vm_memory::bitmap::AtomicBitmap), so every
 //!   write the VMM makes through `vm-memory` is recorded, and KVM's dirty
-//!   log adds the guest's own writes.
+//!   log adds the guest's own writes;
+//! - memory snapshot files ([`dump_memory`], [`apply_diff`],
+//!   [`restore_guest_memory`]): sparse, full or diff, restored by a private
+//!   mapping whose cost does not grow with the guest's size.
 //!
 //! # Example
 //!
@@ -28,6 +31,7 @@
 mod allocator;
 mod backing;
 mod dirty;
+mod snapshot;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
@@ -40,6 +44,9 @@ pub use backing::{
 };
 
 pub use dirty::{DirtyBitmap, RegionDirtyBitmap, DIRTY_PAGE_SIZE};
+#[cfg(target_arch = "x86_64")]
+pub use snapshot::restore_guest_memory;
+pub use snapshot::{apply_diff, dump_memory, DumpStats, MemoryDump, MemorySnapshotError};
 
 /// The dirty bitmap every guest memory region carries: one bit per host
 /// page, set by every write made through `vm-memory`.
