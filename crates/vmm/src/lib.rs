@@ -41,6 +41,7 @@ mod devices;
 mod error;
 mod event_loop;
 mod lifecycle;
+pub mod snapshot;
 mod virtio_devices;
 mod vmm;
 
