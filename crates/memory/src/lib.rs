@@ -1,6 +1,6 @@
 //! Guest memory for Kindling microVMs.
 //!
-//! This crate owns three things:
+//! This crate owns:
 //!
 //! - the architecture's guest-physical memory map ([`layout`]), kept in one
 //!   place so that the loader, the devices and the VMM agree on it;
@@ -12,7 +12,11 @@
 //! - dirty-page tracking ([`DirtyBitmap`]): every region carries a
 //!   `vm-memory` [`AtomicBitmap`](vm_memory::bitmap::AtomicBitmap), so every
 //!   write the VMM makes through `vm-memory` is recorded, and KVM's dirty
-//!   log adds the guest's own writes.
+//!   log adds the guest's own writes;
+//! - the persist contract ([`Persist`]) that every stateful part of a VM
+//!   (vCPUs, the VM, devices, virtio transports and queues) implements, so
+//!   that a snapshot is a walk over the VM's parts. It lives here because
+//!   every other Kindling crate depends on this one.
 //!
 //! # Example
 //!
@@ -28,6 +32,7 @@
 mod allocator;
 mod backing;
 mod dirty;
+pub mod persist;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
@@ -40,6 +45,7 @@ pub use backing::{
 };
 
 pub use dirty::{DirtyBitmap, RegionDirtyBitmap, DIRTY_PAGE_SIZE};
+pub use persist::Persist;
 
 /// The dirty bitmap every guest memory region carries: one bit per host
 /// page, set by every write made through `vm-memory`.

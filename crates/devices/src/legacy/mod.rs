@@ -1,10 +1,15 @@
 //! Legacy (non-virtio) devices of a microVM.
+//!
+//! Every device implements [`kindling_memory::Persist`]: it saves its
+//! guest-visible `*State` and is rebuilt from it with its host resources
+//! (see `persist.rs`).
 
 mod acpi_pm;
 mod boot_timer;
 mod cmos_rtc;
 mod debug_exit;
 mod i8042;
+mod persist;
 mod serial;
 mod serial_output;
 
@@ -16,7 +21,11 @@ pub use boot_timer::{BootTimer, StartTime};
 pub use cmos_rtc::{CmosRtc, CmosRtcState};
 pub use debug_exit::DebugExit;
 pub use i8042::{I8042Device, I8042State};
-pub use serial::{SerialDevice, SerialDeviceState, TxInterruptWatch};
+pub use persist::{
+    BootTimerRestoreArgs, BootTimerState, DebugExitState, I8042RestoreArgs, LegacyStateError,
+    SerialRestoreArgs, CMOS_SIZE, SERIAL_FIFO_SIZE,
+};
+pub use serial::{SerialDevice, SerialDeviceState, SerialOutput, TxInterruptWatch};
 pub use serial_output::{BufferedOutput, OutputFlusher, PARTIAL_LINE_DELAY};
 
 /// COM1's I/O port base.
