@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use kindling_devices::BusDevice;
 use kindling_fuzz::{memory_from, Input, MemBackend, NoInterrupt};
+use kindling_memory::Persist;
 use kindling_virtio::block::{Block, BlockConfig};
 use kindling_virtio::rng::Entropy;
-use kindling_virtio::{MmioTransport, VirtioDevice};
+use kindling_virtio::{MmioTransport, MmioTransportRestoreArgs, VirtioDevice};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -67,7 +68,8 @@ fuzz_target!(|data: &[u8]| {
             }
             4 => {
                 let addr = u64::from(input.u16());
-                let bytes = input.bytes(usize::from(input.0.first().copied().unwrap_or(0)) % 64 + 1);
+                let bytes =
+                    input.bytes(usize::from(input.0.first().copied().unwrap_or(0)) % 64 + 1);
                 let _ = mem.write_slice(bytes, GuestAddress(addr));
             }
             5 => {
@@ -94,13 +96,13 @@ fuzz_target!(|data: &[u8]| {
                 w(&mut transport, 0x70, 15);
             }
             _ => {
-                let state = transport.state();
-                if let Ok(restored) = MmioTransport::from_state(
-                    &state,
-                    mem.clone(),
-                    new_device(block),
-                    Arc::new(NoInterrupt),
-                ) {
+                let state = transport.save().unwrap();
+                let args = MmioTransportRestoreArgs {
+                    memory: mem.clone(),
+                    device: new_device(block),
+                    line: Arc::new(NoInterrupt),
+                };
+                if let Ok(restored) = MmioTransport::restore(args, &state) {
                     assert_eq!(restored.state().status, state.status);
                     transport = restored;
                     subscriber = transport.subscriber().unwrap();

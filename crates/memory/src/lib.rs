@@ -1,6 +1,6 @@
 //! Guest memory for Kindling microVMs.
 //!
-//! This crate owns three things:
+//! This crate owns:
 //!
 //! - the architecture's guest-physical memory map ([`layout`]), kept in one
 //!   place so that the loader, the devices and the VMM agree on it;
@@ -16,6 +16,10 @@
 //! - memory snapshot files ([`dump_memory`], [`apply_diff`],
 //!   [`restore_guest_memory`]): sparse, full or diff, restored by a private
 //!   mapping whose cost does not grow with the guest's size.
+//! - the persist contract ([`Persist`]) that every stateful part of a VM
+//!   (vCPUs, the VM, devices, virtio transports and queues) implements, so
+//!   that a snapshot is a walk over the VM's parts. It lives here because
+//!   every other Kindling crate depends on this one.
 //!
 //! # Example
 //!
@@ -32,6 +36,7 @@ mod allocator;
 mod backing;
 mod dirty;
 mod snapshot;
+pub mod persist;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
@@ -47,6 +52,7 @@ pub use dirty::{DirtyBitmap, RegionDirtyBitmap, DIRTY_PAGE_SIZE};
 #[cfg(target_arch = "x86_64")]
 pub use snapshot::restore_guest_memory;
 pub use snapshot::{apply_diff, dump_memory, DumpStats, MemoryDump, MemorySnapshotError};
+pub use persist::Persist;
 
 /// The dirty bitmap every guest memory region carries: one bit per host
 /// page, set by every write made through `vm-memory`.

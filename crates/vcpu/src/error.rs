@@ -103,6 +103,19 @@ pub enum VmError {
         /// The error from KVM.
         source: errno::Error,
     },
+    /// A saved VM state names the wrong interrupt controller in one of
+    /// its chip slots (the state is corrupt or was edited).
+    #[error(
+        "invalid saved VM state: the {slot} slot holds irqchip {found}, expected chip {expected}"
+    )]
+    ChipIdMismatch {
+        /// Which slot of the state (PIC master, PIC slave, IOAPIC).
+        slot: &'static str,
+        /// The chip id that slot must hold.
+        expected: u32,
+        /// The chip id found.
+        found: u32,
+    },
     /// Saving or restoring VM-level state failed.
     #[error("cannot {step} the VM state: {source}")]
     State {
@@ -200,6 +213,15 @@ pub enum VcpuError {
     ThreadPanicked {
         /// vCPU index.
         id: u8,
+    },
+    /// Creating the vCPU to restore a state into failed.
+    #[error("cannot create vCPU {id} to restore its state: {source}")]
+    Create {
+        /// vCPU index.
+        id: u8,
+        /// The error from the VM.
+        #[source]
+        source: VmError,
     },
     /// A saved state does not fit this vCPU.
     #[error("vCPU {id}: invalid saved state: {reason}")]

@@ -10,8 +10,10 @@
 //! - [`VcpuHandle`] runs a vCPU on its own thread and pauses, resumes or
 //!   stops it from another thread, kicking it out of `KVM_RUN` with a
 //!   signal and `immediate_exit`, so that stopping never waits on a guest.
-//! - [`VcpuState`] is everything KVM holds for a vCPU, as a plain
-//!   serialisable struct, for snapshots.
+//! - [`VcpuState`] is everything KVM holds for a vCPU and [`VmState`]
+//!   the VM-wide part (irqchip, PIT, clock), as plain serialisable structs;
+//!   [`Vcpu`] and [`Vm`] implement [`kindling_memory::Persist`] with them
+//!   ([`VcpuRestoreArgs`], [`VmRestoreArgs`]).
 //!
 //! This crate knows nothing about devices: the VMM connects its buses to
 //! the exit handler trait.
@@ -22,6 +24,8 @@ mod exit;
 mod handle;
 mod kick;
 mod kvm;
+#[cfg(target_arch = "x86_64")]
+mod persist;
 mod vcpu;
 mod vm;
 #[cfg(target_arch = "x86_64")]
@@ -33,6 +37,8 @@ pub use exit::{VcpuExitHandler, VcpuStopReason};
 pub use handle::{VcpuHandle, VcpuRunState};
 pub use kick::{install_kick_handler, kick_signal};
 pub use kvm::{Kvm, REQUIRED_CAPABILITIES};
+#[cfg(target_arch = "x86_64")]
+pub use persist::{VcpuRestoreArgs, VmRestoreArgs};
 pub use vcpu::Vcpu;
 pub use vm::{Vm, VmOptions, VmState};
 #[cfg(target_arch = "x86_64")]

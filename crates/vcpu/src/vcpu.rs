@@ -15,6 +15,10 @@ pub struct Vcpu {
     id: u8,
     fd: VcpuFd,
     coalesced: Option<Arc<CoalescedRing>>,
+    /// The MSRs a snapshot saves (KVM's list, from the VM).
+    msrs_to_save: Arc<[u32]>,
+    /// KVM's XSAVE area size (`KVM_CAP_XSAVE2`), or 0 if unknown.
+    xsave2_size: usize,
 }
 
 fn ioctl_err(id: u8, step: &'static str) -> impl FnOnce(vmm_sys_util::errno::Error) -> VcpuError {
@@ -22,12 +26,24 @@ fn ioctl_err(id: u8, step: &'static str) -> impl FnOnce(vmm_sys_util::errno::Err
 }
 
 impl Vcpu {
-    pub(crate) fn new(id: u8, fd: VcpuFd) -> Self {
+    pub(crate) fn new(id: u8, fd: VcpuFd, msrs_to_save: Arc<[u32]>, xsave2_size: usize) -> Self {
         Self {
             id,
             fd,
             coalesced: None,
+            msrs_to_save,
+            xsave2_size,
         }
+    }
+
+    /// The MSRs a snapshot of this vCPU saves.
+    pub(crate) fn msrs_to_save(&self) -> &[u32] {
+        &self.msrs_to_save
+    }
+
+    /// KVM's XSAVE area size, or 0 if unknown.
+    pub(crate) fn xsave2_size(&self) -> usize {
+        self.xsave2_size
     }
 
     /// Makes [`Vcpu::run_once`] replay the VM's coalesced writes before
@@ -190,18 +206,5 @@ impl Vcpu {
                 handler.pio_read(io.port, element);
             }
         }
-    }
-
-    /// Saves the vCPU's KVM state; the vCPU must not be running.
-    #[cfg(target_arch = "x86_64")]
-    pub fn save_state(&self, kvm: &Kvm) -> Result<crate::VcpuState, VcpuError> {
-        crate::x86_64::state::save(&self.fd, self.id, kvm.msrs_to_save())
-    }
-
-    /// Restores a state saved by [`Vcpu::save_state`] onto this (fresh)
-    /// vCPU.
-    #[cfg(target_arch = "x86_64")]
-    pub fn restore_state(&self, kvm: &Kvm, state: &crate::VcpuState) -> Result<(), VcpuError> {
-        crate::x86_64::state::restore(&self.fd, self.id, state, kvm.xsave2_size())
     }
 }

@@ -1,8 +1,10 @@
 //! The KVM VM: memory slots, irqchip, PIT, irqfds and ioeventfds.
 
+use std::sync::Arc;
+
 use kvm_bindings::{
     kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use serde::{Deserialize, Serialize};
@@ -50,9 +52,11 @@ struct Slot {
 }
 
 /// The VM-wide state KVM holds: the in-kernel interrupt controllers, the
-/// PIT and the guest clock. Read with [`Vm::save_state`] while no vCPU
-/// runs; put back with [`Vm::restore_state`] on a fresh VM.
-#[derive(Debug, Serialize, Deserialize)]
+/// PIT and the guest clock. Saved and restored through the VM's
+/// [`Persist`](kindling_memory::Persist) implementation (see
+/// [`VmRestoreArgs`](crate::VmRestoreArgs) for what a restore needs and how
+/// the clock behaves).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmState {
     /// The master 8259 PIC.
     pub pic_master: kvm_irqchip,
@@ -74,6 +78,11 @@ pub struct Vm {
     next_slot: u32,
     slots: Vec<Slot>,
     dirty_log: bool,
+    options: VmOptions,
+    /// What a vCPU snapshot needs from `/dev/kvm`, kept so that a vCPU can
+    /// save itself without it.
+    msrs_to_save: Arc<[u32]>,
+    xsave2_size: usize,
 }
 
 fn setup(step: &'static str) -> impl FnOnce(vmm_sys_util::errno::Error) -> VmError {
@@ -108,6 +117,9 @@ impl Vm {
             next_slot: 0,
             slots: Vec::new(),
             dirty_log: options.dirty_log,
+            options: *options,
+            msrs_to_save: kvm.msrs_to_save().into(),
+            xsave2_size: kvm.xsave2_size(),
         };
         vm.register_memory(memory)?;
         let tss = usize::try_from(options.tss_address).map_err(|_| VmError::Setup {
@@ -181,6 +193,11 @@ impl Vm {
         Ok(())
     }
 
+    /// The options the VM was created with.
+    pub fn options(&self) -> &VmOptions {
+        &self.options
+    }
+
     /// Whether the memory slots log the guest's writes.
     pub fn dirty_log_enabled(&self) -> bool {
         self.dirty_log
@@ -236,7 +253,12 @@ impl Vm {
             .fd
             .create_vcpu(u64::from(id))
             .map_err(|source| VmError::CreateVcpu { id, source })?;
-        Ok(Vcpu::new(id, fd))
+        Ok(Vcpu::new(
+            id,
+            fd,
+            self.msrs_to_save.clone(),
+            self.xsave2_size,
+        ))
     }
 
     /// The largest vCPU count this VM accepts.
@@ -284,61 +306,6 @@ impl Vm {
             .register_coalesced_mmio(IoEventAddress::Pio(u64::from(port)), len)
             .map_err(setup("register a coalesced port-I/O zone"))?;
         Ok(true)
-    }
-
-    /// Saves the interrupt controllers, PIT and clock.
-    pub fn save_state(&self) -> Result<VmState, VmError> {
-        let state_err = |step| move |source| VmError::State { step, source };
-        let chip = |id| -> Result<kvm_irqchip, VmError> {
-            let mut chip = kvm_irqchip {
-                chip_id: id,
-                ..Default::default()
-            };
-            self.fd
-                .get_irqchip(&mut chip)
-                .map_err(state_err("read the irqchip of"))?;
-            Ok(chip)
-        };
-        let mut clock = self
-            .fd
-            .get_clock()
-            .map_err(state_err("read the clock of"))?;
-        // Only the clock value is meaningful to restore.
-        clock.flags = 0;
-        Ok(VmState {
-            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
-            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
-            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
-            pit: self.fd.get_pit2().map_err(state_err("read the PIT of"))?,
-            clock,
-        })
-    }
-
-    /// Restores a state saved by [`Vm::save_state`].
-    pub fn restore_state(&self, state: &VmState) -> Result<(), VmError> {
-        let state_err = |step| move |source| VmError::State { step, source };
-        for (chip, id) in [
-            (&state.pic_master, KVM_IRQCHIP_PIC_MASTER),
-            (&state.pic_slave, KVM_IRQCHIP_PIC_SLAVE),
-            (&state.ioapic, KVM_IRQCHIP_IOAPIC),
-        ] {
-            if chip.chip_id != id {
-                return Err(VmError::State {
-                    step: "restore (chip ids do not match)",
-                    source: vmm_sys_util::errno::Error::new(libc::EINVAL),
-                });
-            }
-            self.fd
-                .set_irqchip(chip)
-                .map_err(state_err("restore the irqchip of"))?;
-        }
-        self.fd
-            .set_pit2(&state.pit)
-            .map_err(state_err("restore the PIT of"))?;
-        self.fd
-            .set_clock(&state.clock)
-            .map_err(state_err("restore the clock of"))?;
-        Ok(())
     }
 
     /// The underlying kvm-ioctls VM handle.

@@ -10,6 +10,10 @@ use std::sync::Arc;
 
 use kindling_devices::InterruptLine;
 
+mod persist;
+
+pub use persist::InterruptStateError;
+
 /// InterruptStatus bit: the device used a buffer in at least one queue.
 pub const INT_VRING: u32 = 1;
 /// InterruptStatus bit: the device configuration changed.
@@ -51,14 +55,16 @@ pub struct InterruptState {
 impl VirtioInterrupt {
     /// Creates a handle that raises `line`.
     pub fn new(line: Arc<dyn InterruptLine>) -> Self {
-        Self::from_state(&InterruptState::default(), line)
+        Self::from_checked_state(&InterruptState::default(), line)
     }
 
-    /// Recreates a handle from a snapshot.
-    pub fn from_state(state: &InterruptState, line: Arc<dyn InterruptLine>) -> Self {
+    /// Recreates a handle from a state that is either the initial one or
+    /// one [`Persist::restore`](kindling_memory::Persist::restore) has
+    /// checked.
+    pub(crate) fn from_checked_state(state: &InterruptState, line: Arc<dyn InterruptLine>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                status: AtomicU32::new(state.status & (INT_VRING | INT_CONFIG)),
+                status: AtomicU32::new(state.status),
                 config_generation: AtomicU32::new(state.config_generation),
                 needs_reset: AtomicBool::new(state.needs_reset),
                 line,
@@ -163,7 +169,7 @@ pub(crate) mod tests {
         assert!(irq.needs_reset());
         assert_eq!(line.count(), 3);
         let state = irq.state();
-        let copy = VirtioInterrupt::from_state(&state, line.clone());
+        let copy = VirtioInterrupt::from_checked_state(&state, line.clone());
         assert_eq!(copy.state(), state);
         irq.reset();
         assert_eq!(irq.state(), InterruptState::default());

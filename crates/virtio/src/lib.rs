@@ -24,9 +24,12 @@
 //!
 //! Guest-visible state lives in plain serde-serialisable structs
 //! ([`MmioTransportState`], [`QueueSnapshot`], [`InterruptState`] and each
-//! device's own `*State`), apart from host resources (files, eventfds), so
-//! that a snapshot can capture a device mid-run and `from_state`
-//! constructors can rebuild it.
+//! device's own `*State`), apart from host resources (files, eventfds).
+//! The transport, the queues ([`VirtQueue`]), the interrupt and every
+//! device implement [`kindling_memory::Persist`] with them, so that a
+//! snapshot can capture a device mid-run and a restore, given the host
+//! resources back, rebuild it; a restored active transport reactivates its
+//! (restored, inactive) device with the saved queues.
 //!
 //! # Wiring a device into a VMM
 //!
@@ -67,12 +70,12 @@ mod subscriber;
 pub mod transport;
 
 pub use device::{ActivateError, Activation, DeviceType, QueueProgress, VirtioDevice};
-pub use interrupt::{InterruptState, VirtioInterrupt, INT_CONFIG, INT_VRING};
-pub use queue::{QueueConfig, QueueError, QueueSnapshot, QueueValidationError};
+pub use interrupt::{InterruptState, InterruptStateError, VirtioInterrupt, INT_CONFIG, INT_VRING};
+pub use queue::{QueueConfig, QueueError, QueueSnapshot, QueueValidationError, VirtQueue};
 pub use subscriber::VirtioSubscriber;
 pub use transport::mmio::{
-    mmio_cmdline_device, MmioTransport, MmioTransportState, TransportError, MMIO_WINDOW_SIZE,
-    QUEUE_NOTIFY_OFFSET,
+    mmio_cmdline_device, MmioTransport, MmioTransportRestoreArgs, MmioTransportState,
+    TransportError, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
 
 /// The guest memory type the devices work on.

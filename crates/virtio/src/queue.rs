@@ -1,7 +1,7 @@
 //! Queues: the driver's configuration of each queue as the transport holds
-//! it, its validation against guest memory, its serialisable snapshot, and
-//! the helpers devices use to walk the available ring and notify the
-//! driver.
+//! it, its validation against guest memory, its serialisable snapshot (and
+//! [`VirtQueue`], the queue with the persist contract), and the helpers
+//! devices use to walk the available ring and notify the driver.
 
 use std::sync::atomic::{fence, Ordering};
 
@@ -10,6 +10,10 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueState, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::GuestMemoryMmap;
+
+mod persist;
+
+pub use persist::VirtQueue;
 
 /// The largest queue size virtio allows for split queues.
 pub const MAX_QUEUE_SIZE: u16 = 32768;
@@ -91,9 +95,21 @@ pub enum QueueValidationError {
     /// Two areas of the queue overlap.
     #[error("queue {0} and {1} overlap")]
     Overlap(QueueArea, QueueArea),
-    /// The device's maximum size is not valid (a device bug).
+    /// The device's maximum size is not valid (a device bug, or a corrupt
+    /// snapshot).
     #[error("queue maximum size {0} is not a power of two between 1 and 32768")]
     InvalidMaxSize(u16),
+    /// A snapshot of a queue the driver never enabled has ring positions
+    /// (only an enabled queue moves).
+    #[error(
+        "a disabled queue cannot be at available entry {next_avail} and used entry {next_used}"
+    )]
+    IdleQueuePositions {
+        /// The saved next available entry.
+        next_avail: u16,
+        /// The saved next used entry.
+        next_used: u16,
+    },
 }
 
 /// Errors while processing a queue that the device cannot recover from.
@@ -231,10 +247,16 @@ impl From<&Queue> for QueueSnapshot {
 
 impl QueueSnapshot {
     /// Rebuilds the queue, validating a ready queue against `memory` as
-    /// activation does (a snapshot is untrusted input too).
+    /// activation does (a snapshot is untrusted input too): a disabled
+    /// queue must be at its start, and the maximum size must be valid.
     pub fn to_queue(&self, memory: &GuestMemoryMmap) -> Result<Queue, QueueValidationError> {
         if self.config.ready {
             self.config.validate(memory)?;
+        } else if self.next_avail != 0 || self.next_used != 0 {
+            return Err(QueueValidationError::IdleQueuePositions {
+                next_avail: self.next_avail,
+                next_used: self.next_used,
+            });
         }
         let c = &self.config;
         let state = QueueState {
@@ -373,6 +395,58 @@ pub(crate) mod tests {
             desc_table: 0x1000,
             avail_ring: 0x2000,
             used_ring: 0x3000,
+        }
+    }
+
+    /// A driver's side of a queue, made of virtio-queue's mock rings, laid
+    /// out as [`config`] says (`MockSplitQueue` lays its rings out
+    /// overlapping, which validation refuses).
+    pub(crate) struct Rings<'a> {
+        pub(crate) desc: virtio_queue::mock::DescriptorTable<'a, GuestMemoryMmap>,
+        pub(crate) avail: virtio_queue::mock::AvailRing<'a, GuestMemoryMmap>,
+        pub(crate) used: virtio_queue::mock::UsedRing<'a, GuestMemoryMmap>,
+        pub(crate) config: QueueConfig,
+    }
+
+    impl<'a> Rings<'a> {
+        /// Rings of `size` entries at 0x1000 (descriptors), 0x2000
+        /// (available) and 0x3000 (used).
+        pub(crate) fn new(mem: &'a GuestMemoryMmap, size: u16) -> Self {
+            let mut config = config(size);
+            config.max_size = size;
+            Self {
+                desc: virtio_queue::mock::DescriptorTable::new(
+                    mem,
+                    GuestAddress(config.desc_table),
+                    size,
+                ),
+                avail: virtio_queue::mock::AvailRing::new(
+                    mem,
+                    GuestAddress(config.avail_ring),
+                    size,
+                ),
+                used: virtio_queue::mock::UsedRing::new(mem, GuestAddress(config.used_ring), size),
+                config,
+            }
+        }
+
+        /// Makes the chain `descs`, stored from descriptor `head` on,
+        /// available.
+        pub(crate) fn add_chain(&self, head: u16, descs: &[RawDescriptor]) {
+            for (i, d) in descs.iter().enumerate() {
+                self.desc.store(head + i as u16, *d).unwrap();
+            }
+            let idx = self.avail.idx().load();
+            let slot = usize::from(idx % self.config.size);
+            self.avail.ring().ref_at(slot).unwrap().store(head);
+            self.avail.idx().store(idx.wrapping_add(1));
+        }
+
+        /// The used-ring entry `i`: (descriptor id, length).
+        pub(crate) fn used_entry(&self, i: u16) -> (u32, u32) {
+            let slot = usize::from(i % self.config.size);
+            let e = self.used.ring().ref_at(slot).unwrap().load();
+            (e.id(), e.len())
         }
     }
 

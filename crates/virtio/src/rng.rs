@@ -41,12 +41,13 @@ pub struct EntropyState {
 /// # Example
 ///
 /// ```
+/// use kindling_memory::Persist;
 /// use kindling_virtio::rng::Entropy;
 /// use kindling_virtio::{DeviceType, VirtioDevice};
 ///
 /// let rng = Entropy::new();
 /// assert_eq!(rng.device_type(), DeviceType::Rng);
-/// let copy = Entropy::from_state(&rng.state()).unwrap();
+/// let copy = Entropy::restore((), &rng.save().unwrap()).unwrap();
 /// assert_eq!(copy.queue_max_sizes(), &[256]);
 /// ```
 #[derive(Debug)]
@@ -81,19 +82,6 @@ impl Entropy {
             queue_sizes: [queue_size],
             ..Self::new()
         })
-    }
-
-    /// The device's state.
-    pub fn state(&self) -> EntropyState {
-        EntropyState {
-            queue_size: self.queue_sizes[0],
-        }
-    }
-
-    /// Recreates an (inactive) device from its state; the transport's
-    /// `from_state` reactivates it.
-    pub fn from_state(state: &EntropyState) -> Result<Self, EntropyError> {
-        Self::with_queue_size(state.queue_size)
     }
 }
 
@@ -210,6 +198,8 @@ impl VirtioDevice for Entropy {
         self.active.as_ref().map_or(&[], |a| a.queues.as_slice())
     }
 }
+
+mod persist;
 
 #[cfg(test)]
 mod tests {
@@ -341,7 +331,6 @@ mod tests {
             Entropy::with_queue_size(3).unwrap_err().to_string(),
             "entropy queue size 3 is not a power of two between 1 and 32768"
         );
-        assert!(Entropy::from_state(&EntropyState { queue_size: 0 }).is_err());
         let mem = memory(0x10000);
         let line = Arc::new(CountingLine::default());
         let act = |queues| Activation {

@@ -87,18 +87,14 @@ pub struct AcpiPmDevice {
 impl AcpiPmDevice {
     /// Creates the device, ending the VM through `exit`.
     pub fn new(exit: VmExitHandle) -> Self {
-        Self::from_state(AcpiPmState::default(), exit)
+        Self::from_checked_state(AcpiPmState::default(), exit)
     }
 
-    /// Rebuilds the device from saved state; bits other than `WAK_STS` are
-    /// dropped.
-    pub fn from_state(state: AcpiPmState, exit: VmExitHandle) -> Self {
-        Self {
-            state: AcpiPmState {
-                sleep_status: state.sleep_status & WAK_STS,
-            },
-            exit,
-        }
+    /// Builds the device around a state that is either the reset state or
+    /// one [`Persist::restore`](kindling_memory::Persist::restore) has
+    /// checked.
+    pub(super) fn from_checked_state(state: AcpiPmState, exit: VmExitHandle) -> Self {
+        Self { state, exit }
     }
 
     /// The guest-visible state.
@@ -267,17 +263,5 @@ mod tests {
         d.write(SLEEP_STATUS_OFFSET, &[WAK_STS, ACPI_RESET_VALUE]);
         assert_eq!(status(&mut d), 0);
         assert_eq!(exit.reason(), Some(ExitReason::Reset));
-    }
-
-    #[test]
-    fn state_round_trip() {
-        let (mut d, exit) = device();
-        d.write(SLEEP_CONTROL_OFFSET, &[SLP_EN]);
-        let saved = d.state();
-        assert_eq!(saved.sleep_status, WAK_STS);
-        let mut restored = AcpiPmDevice::from_state(saved, exit.clone());
-        assert_eq!(status(&mut restored), WAK_STS);
-        let cleaned = AcpiPmDevice::from_state(AcpiPmState { sleep_status: 0xff }, exit);
-        assert_eq!(cleaned.state().sleep_status, WAK_STS);
     }
 }

@@ -1,4 +1,8 @@
 //! Legacy (non-virtio) devices of a microVM.
+//!
+//! Every device implements [`kindling_memory::Persist`]: it saves its
+//! guest-visible `*State` and is rebuilt from it with its host resources
+//! (see `persist.rs`).
 
 mod acpi_pm;
 mod boot_timer;
@@ -6,6 +10,7 @@ mod cmos_rtc;
 mod coalesced_serial;
 mod debug_exit;
 mod i8042;
+mod persist;
 mod serial;
 mod serial_output;
 
@@ -18,7 +23,11 @@ pub use cmos_rtc::{CmosRtc, CmosRtcState};
 pub use coalesced_serial::{CoalescedSerial, CoalescedSerialError, SERIAL_DRAIN_PERIOD};
 pub use debug_exit::DebugExit;
 pub use i8042::{I8042Device, I8042State};
-pub use serial::{SerialDevice, SerialDeviceState, TxInterruptWatch};
+pub use persist::{
+    BootTimerRestoreArgs, BootTimerState, DebugExitState, I8042RestoreArgs, LegacyStateError,
+    SerialRestoreArgs, CMOS_SIZE, SERIAL_FIFO_SIZE,
+};
+pub use serial::{SerialDevice, SerialDeviceState, SerialOutput, TxInterruptWatch};
 pub use serial_output::{BufferedOutput, OutputFlusher, PARTIAL_LINE_DELAY};
 
 /// COM1's I/O port base.

@@ -113,25 +113,15 @@ impl SerialDevice {
         }
     }
 
-    /// Rebuilds a UART from saved state.
-    ///
-    /// Fails if the saved input buffer is larger than the UART's FIFO, which
-    /// no UART this crate created can produce.
-    pub fn from_state(
+    /// Rebuilds a UART from a saved state that
+    /// [`Persist::restore`](kindling_memory::Persist::restore) has checked.
+    /// Interrupts the saved state has pending and enabled are raised again.
+    pub(super) fn from_checked_state(
         state: &SerialDeviceState,
         irq: EventFdLine,
         out: SerialOutput,
-    ) -> io::Result<Self> {
-        let uart =
-            Serial::from_state(&SerialState::from(state), irq, NoEvents, out).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "serial state with {} buffered input bytes cannot be restored: {e:?}",
-                        state.in_buffer.len()
-                    ),
-                )
-            })?;
+    ) -> Result<Self, vm_superio::serial::Error<io::Error>> {
+        let uart = Serial::from_state(&SerialState::from(state), irq, NoEvents, out)?;
         Ok(Self {
             uart,
             lost_output_bytes: 0,
@@ -277,32 +267,5 @@ mod tests {
         s.write(3, &[0x03]);
         s.write(1, &[0x01]); // THRI off
         assert_eq!(*seen.lock().unwrap(), vec![false, true, false]);
-    }
-
-    #[test]
-    fn state_round_trips() {
-        let mut s = SerialDevice::new(EventFdLine::new(4).unwrap(), Box::new(io::sink()));
-        s.write(7, &[0x5a]); // scratch
-        s.write(3, &[0x03]); // line control
-        s.enqueue_input(b"x").unwrap();
-        let state = s.state();
-        let restored =
-            SerialDevice::from_state(&state, EventFdLine::new(4).unwrap(), Box::new(io::sink()))
-                .unwrap();
-        assert_eq!(restored.state(), state);
-        assert_eq!(state.scratch, 0x5a);
-        assert_eq!(state.in_buffer, b"x");
-    }
-
-    #[test]
-    fn oversized_saved_input_is_refused() {
-        let state = SerialDeviceState {
-            in_buffer: vec![0; 4096],
-            ..SerialDeviceState::default()
-        };
-        let err =
-            SerialDevice::from_state(&state, EventFdLine::new(4).unwrap(), Box::new(io::sink()))
-                .unwrap_err();
-        assert!(err.to_string().contains("4096"), "{err}");
     }
 }

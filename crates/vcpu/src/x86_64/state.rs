@@ -10,10 +10,12 @@ use serde::{Deserialize, Serialize};
 use super::msrs::to_msrs;
 use crate::VcpuError;
 
-/// Everything KVM holds for one vCPU. Read it with
-/// [`Vcpu::save_state`](crate::Vcpu::save_state) while the vCPU is not
-/// running, and put it back with
-/// [`Vcpu::restore_state`](crate::Vcpu::restore_state) on a fresh vCPU.
+/// Everything KVM holds for one vCPU. Saved and restored through the
+/// vCPU's [`Persist`](kindling_memory::Persist) implementation, while the
+/// vCPU is not running (see [`VcpuRestoreArgs`](crate::VcpuRestoreArgs)).
+///
+/// The TSC is among the saved MSRs (`IA32_TSC`, in KVM's list of MSRs to
+/// save), so a restored vCPU's TSC continues from the saved value.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VcpuState {
     /// The vCPU index (also its APIC id).

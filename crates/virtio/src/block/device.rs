@@ -149,7 +149,8 @@ impl Block {
         })
     }
 
-    /// The device's state.
+    /// The device's state (what [`Persist::save`](kindling_memory::Persist::save)
+    /// returns while no request is in flight).
     pub fn state(&self) -> BlockState {
         BlockState {
             capacity: self.capacity,
@@ -157,29 +158,6 @@ impl Block {
             serial: self.serial,
             queue_size: self.queue_sizes[0],
         }
-    }
-
-    /// Recreates an (inactive) device from its state on the image at
-    /// `path`, which must still have the size the guest saw. The
-    /// transport's `from_state` reactivates it.
-    pub fn from_state(state: &BlockState, path: impl Into<PathBuf>) -> Result<Self, BlockError> {
-        let path = path.into();
-        let config = BlockConfig {
-            path: path.clone(),
-            read_only: state.read_only,
-            serial: None,
-            queue_size: state.queue_size,
-        };
-        let mut block = Self::new(&config)?;
-        if block.capacity != state.capacity {
-            return Err(BlockError::CapacityChanged {
-                path,
-                expected: state.capacity,
-                actual: block.capacity,
-            });
-        }
-        block.serial = state.serial;
-        Ok(block)
     }
 
     /// The disk size in 512-byte sectors.
@@ -456,5 +434,8 @@ impl VirtioDevice for Block {
     }
 }
 
+mod persist;
 #[cfg(test)]
 mod tests;
+
+pub use persist::BlockRestoreArgs;

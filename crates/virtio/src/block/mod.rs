@@ -21,7 +21,7 @@ mod device;
 pub mod request;
 
 pub use backend::{BackendError, BlockBackend, BlockOp, Completion, SyncFileBackend};
-pub use device::{Block, BlockConfig, BlockState};
+pub use device::{Block, BlockConfig, BlockRestoreArgs, BlockState};
 pub use request::{parse, GuestBuffer, Limits, ParseError, Request, RequestError, RequestKind};
 
 use std::io;
@@ -127,5 +127,12 @@ pub enum BlockError {
         expected: u64,
         /// Sectors in the image now.
         actual: u64,
+    },
+    /// A snapshot was asked for while requests were still with the I/O
+    /// engine; their completions would be lost.
+    #[error("cannot save the block device: {requests} requests are still in flight")]
+    InFlight {
+        /// Requests submitted and not completed.
+        requests: usize,
     },
 }

@@ -95,6 +95,45 @@ pub enum TransportError {
         #[source]
         source: QueueValidationError,
     },
+    /// A snapshot's Status register is not one the driver can reach
+    /// (unknown bits, or steps out of order).
+    #[error("snapshot status {status:#x} is not a status the initialisation sequence reaches")]
+    InvalidStatus {
+        /// The saved status.
+        status: u32,
+    },
+    /// A snapshot says the device is active but the driver never set
+    /// DRIVER_OK.
+    #[error("snapshot has the device active with status {status:#x}, without DRIVER_OK")]
+    ActiveWithoutDriverOk {
+        /// The saved status.
+        status: u32,
+    },
+    /// A snapshot past FEATURES_OK holds driver features the transport
+    /// would have refused.
+    #[error("snapshot driver features {driver:#x} (past the 64 bits: {high}) cannot have been accepted: the device offers {offered:#x} and VIRTIO_F_VERSION_1 is required")]
+    InvalidFeatures {
+        /// The saved driver features.
+        driver: u64,
+        /// Whether the driver wrote features past the first 64 bits.
+        high: bool,
+        /// What the device offers.
+        offered: u64,
+    },
+    /// A queue of an active snapshot disagrees with the negotiated
+    /// VIRTIO_RING_F_EVENT_IDX.
+    #[error("snapshot queue {index}: EVENT_IDX {queue} but the driver negotiated {negotiated}")]
+    EventIdxMismatch {
+        /// The queue.
+        index: usize,
+        /// The queue's setting.
+        queue: bool,
+        /// Whether the feature was negotiated.
+        negotiated: bool,
+    },
+    /// The interrupt state in a snapshot is invalid.
+    #[error("snapshot interrupt state: {0}")]
+    InvalidInterrupt(#[from] crate::interrupt::InterruptStateError),
     /// The device refused to be reactivated from a snapshot.
     #[error("cannot reactivate the device from the snapshot: {0}")]
     Activate(#[from] ActivateError),
@@ -599,8 +638,8 @@ impl BusDevice for MmioTransport {
     }
 }
 
-mod state;
+mod persist;
 #[cfg(test)]
 mod tests;
 
-pub use state::MmioTransportState;
+pub use persist::{MmioTransportRestoreArgs, MmioTransportState};

@@ -9,6 +9,7 @@ use crate::queue::tests::memory;
 use crate::queue::QueueError;
 use crate::transport::status::*;
 use crate::QueueProgress;
+use kindling_memory::Persist;
 use virtio_queue::{Queue, QueueT};
 
 /// A device that records what the transport does to it.
@@ -547,9 +548,8 @@ fn state_round_trips_through_serde_and_reactivates() {
 
     let device = Arc::new(Mutex::new(MockDevice::default()));
     let line = Arc::new(CountingLine::default());
-    let restored =
-        MmioTransport::from_state(&state, memory(0x10_0000), device.clone(), line).unwrap();
-    assert_eq!(restored.state(), state);
+    let restored = MmioTransport::restore(args(device.clone(), line), &state).unwrap();
+    assert_eq!(restored.save().unwrap(), state);
     assert!(restored.is_activated());
     let dev = device.lock().unwrap();
     let (queues, acked) = dev.active.as_ref().unwrap();
@@ -559,34 +559,140 @@ fn state_round_trips_through_serde_and_reactivates() {
     assert_eq!(restored.queue_events()[0].read().unwrap(), 1);
 }
 
+fn args(device: Arc<Mutex<MockDevice>>, line: Arc<CountingLine>) -> MmioTransportRestoreArgs {
+    MmioTransportRestoreArgs {
+        memory: memory(0x10_0000),
+        device,
+        line,
+    }
+}
+
+fn restore_fresh(state: &MmioTransportState) -> Result<MmioTransport, TransportError> {
+    let device = Arc::new(Mutex::new(MockDevice::default()));
+    MmioTransport::restore(args(device, Arc::new(CountingLine::default())), state)
+}
+
+#[test]
+fn a_transport_saved_mid_negotiation_continues_it() {
+    let mut f = fixture();
+    let t = &mut f.transport;
+    negotiate(t, features::VERSION_1 | 0b1);
+    setup_queue(t, 0, 16, 0x10000);
+    wr(t, reg::QUEUE_SEL, 1);
+    wr(t, reg::QUEUE_NUM, 8);
+    let state = t.save().unwrap();
+    let json = serde_json::to_string(&state).unwrap();
+    let device = Arc::new(Mutex::new(MockDevice::default()));
+    let mut r = MmioTransport::restore(
+        args(device.clone(), Arc::new(CountingLine::default())),
+        &serde_json::from_str(&json).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r.save().unwrap(), state);
+    assert!(!r.is_activated());
+    // The driver finishes queue 1 and sets DRIVER_OK on the restored
+    // transport, exactly as it would have on the original.
+    for t in [&mut f.transport, &mut r] {
+        assert_eq!(rd(t, reg::QUEUE_SEL), 0, "write-only register");
+        assert_eq!(rd(t, reg::STATUS), ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        wr(t, reg::QUEUE_SEL, 1);
+        assert_eq!(rd(t, reg::QUEUE_NUM_MAX), 8);
+        setup_queue(t, 1, 8, 0x20000);
+        wr(t, reg::STATUS, ALL);
+        assert!(t.is_activated());
+        assert_eq!(rd(t, reg::STATUS), ALL);
+    }
+    let dev = device.lock().unwrap();
+    let (queues, acked) = dev.active.as_ref().unwrap();
+    assert_eq!(queues[0].size(), 16);
+    assert_eq!(queues[1].desc_table(), 0x20000);
+    assert_eq!(*acked, features::VERSION_1 | 0b1);
+}
+
 #[test]
 fn mismatched_or_invalid_state_is_refused() {
-    let f = fixture();
+    let mut f = fixture();
     let mut state = f.transport.state();
     state.device_id = 2;
-    let new_dev = || Arc::new(Mutex::new(MockDevice::default()));
-    let line = Arc::new(CountingLine::default());
     assert!(matches!(
-        MmioTransport::from_state(&state, memory(0x10_0000), new_dev(), line.clone()),
+        restore_fresh(&state),
         Err(TransportError::StateMismatch { .. })
     ));
     let mut state = f.transport.state();
-    state.activated = true;
-    state.queues[0].config.ready = true;
-    state.queues[0].config.desc_table = 0x3;
-    let err =
-        MmioTransport::from_state(&state, memory(0x10_0000), new_dev(), line.clone()).unwrap_err();
-    assert!(matches!(err, TransportError::InvalidQueue { index: 0, .. }));
-    assert!(err.to_string().contains("snapshot queue 0"), "{err}");
-    // A device that is already active refuses to be reactivated.
+    state.queues.pop();
+    assert!(matches!(
+        restore_fresh(&state),
+        Err(TransportError::StateMismatch { .. })
+    ));
+    for bad in [0x100, DRIVER, ACKNOWLEDGE | FEATURES_OK, ALL & !FEATURES_OK] {
+        let mut state = f.transport.state();
+        state.status = bad;
+        assert!(
+            matches!(restore_fresh(&state), Err(TransportError::InvalidStatus { status }) if status == bad),
+            "status {bad:#x}"
+        );
+    }
     let mut state = f.transport.state();
     state.activated = true;
-    let dev = new_dev();
+    state.status = ACKNOWLEDGE | DRIVER | FEATURES_OK | FAILED;
+    state.driver_features = features::VERSION_1;
+    assert!(matches!(
+        restore_fresh(&state),
+        Err(TransportError::ActiveWithoutDriverOk { .. })
+    ));
+    // FEATURES_OK with features the transport would have refused.
+    for (driver, high) in [
+        (0b1, false),
+        (features::VERSION_1 | 0b10, false),
+        (features::VERSION_1, true),
+    ] {
+        let mut state = f.transport.state();
+        state.status = ACKNOWLEDGE | DRIVER | FEATURES_OK;
+        state.driver_features = driver;
+        state.driver_features_high = high;
+        assert!(
+            matches!(
+                restore_fresh(&state),
+                Err(TransportError::InvalidFeatures { .. })
+            ),
+            "{driver:#x} {high}"
+        );
+    }
+    let mut state = f.transport.state();
+    state.interrupt.status = 0x10;
+    assert!(matches!(
+        restore_fresh(&state),
+        Err(TransportError::InvalidInterrupt(_))
+    ));
+
+    bring_up(&mut f.transport, features::VERSION_1);
+    let active = f.transport.state();
+    let mut state = active.clone();
+    state.queues[0].config.desc_table = 0x3;
+    let err = restore_fresh(&state).unwrap_err();
+    assert!(matches!(err, TransportError::InvalidQueue { index: 0, .. }));
+    assert!(err.to_string().contains("snapshot queue 0"), "{err}");
+    let mut state = active.clone();
+    state.queues[1].event_idx = true;
+    assert!(matches!(
+        restore_fresh(&state),
+        Err(TransportError::EventIdxMismatch {
+            index: 1,
+            queue: true,
+            negotiated: false
+        })
+    ));
+    // A device that is already active refuses to be reactivated.
+    let dev = Arc::new(Mutex::new(MockDevice::default()));
     dev.lock().unwrap().active = Some((Vec::new(), 0));
     assert!(matches!(
-        MmioTransport::from_state(&state, memory(0x10_0000), dev, line),
+        MmioTransport::restore(args(dev, Arc::new(CountingLine::default())), &active),
         Err(TransportError::Activate(ActivateError::AlreadyActive(_)))
     ));
+    // FAILED after activation is a reachable status.
+    let mut state = active;
+    state.status |= FAILED;
+    assert!(restore_fresh(&state).unwrap().is_activated());
 }
 
 #[test]
