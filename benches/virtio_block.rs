@@ -94,7 +94,7 @@ fn run(disk: &std::path::Path, w: &Workload, ops: u32) -> Option<(Duration, Dura
         w.mode, w.block_size, w.queue_depth, ops
     );
     let vmm = match Vmm::build(VmConfig {
-        kernel: KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF),
+        kernel: KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF.into()),
         cmdline,
         memory_mib: 256,
         disks: vec![DiskConfig {

@@ -101,7 +101,7 @@ fn main() -> ExitCode {
     let (kernel, default_cmdline) = match args.kernel {
         Some(path) => (KernelSource::Path(path), DEFAULT_LINUX_CMDLINE),
         None => (
-            KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF),
+            KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF.into()),
             kindling_test_guest::DEFAULT_CMDLINE,
         ),
     };

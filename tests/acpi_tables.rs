@@ -27,7 +27,7 @@ fn a_built_vm_has_an_rsdp_in_the_bios_area_and_in_the_zero_page() {
         return;
     }
     let vmm = Vmm::build(VmConfig {
-        kernel: KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF),
+        kernel: KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF.into()),
         cmdline: "kindling.test=hello".into(),
         vcpus: 2,
         serial: SerialConfig::Off,

@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{kvm_available, run_test_guest};
+use common::{kvm_available, run_test_guest, run_test_guest_with};
 use kindling::memory::layout::{EBDA_START, HIGH_RAM_START, HIMEM_START, MIB, MMIO_GAP_START};
-use kindling::vmm::ExitReason;
+use kindling::vmm::{ExitReason, KernelSource};
 
 const HELLO: &str = "Hello from the Kindling test guest!";
 
@@ -15,6 +15,18 @@ fn hello_line_and_default_exit_status() {
         return;
     }
     let run = run_test_guest("kindling.test=hello", 1, 128);
+    assert_eq!(run.lines(), vec![HELLO], "serial: {}", run.serial);
+    assert_eq!(run.reason, ExitReason::Status(0));
+}
+
+#[test]
+fn kernel_from_owned_bytes() {
+    if !kvm_available("kernel_from_owned_bytes") {
+        return;
+    }
+    let run = run_test_guest_with("kindling.test=hello", 1, 64, |config| {
+        config.kernel = KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF.to_vec().into());
+    });
     assert_eq!(run.lines(), vec![HELLO], "serial: {}", run.serial);
     assert_eq!(run.reason, ExitReason::Status(0));
 }

@@ -249,7 +249,7 @@ fn two_disks_each_see_their_own_file() {
 #[test]
 fn a_missing_disk_image_is_a_clear_error() {
     let result = kindling::vmm::Vmm::build(kindling::vmm::VmConfig {
-        kernel: kindling::vmm::KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF),
+        kernel: kindling::vmm::KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF.into()),
         disks: vec![DiskConfig {
             path: "/nonexistent/disk.img".into(),
             read_only: false,

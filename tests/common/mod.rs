@@ -74,7 +74,7 @@ pub fn run_test_guest_with(
     let serial = Capture::default();
     let log = Capture::default();
     let mut config = VmConfig {
-        kernel: KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF),
+        kernel: KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF.into()),
         cmdline: cmdline.to_string(),
         vcpus,
         memory_mib,

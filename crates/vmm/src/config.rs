@@ -1,5 +1,6 @@
 //! What a microVM is made of.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -15,8 +16,10 @@ pub const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off"
 pub enum KernelSource {
     /// A file: ELF `vmlinux` or bzImage.
     Path(PathBuf),
-    /// An image already in memory (for example one embedded in the binary).
-    Bytes(&'static [u8]),
+    /// An image already in memory: borrowed for the whole program (one
+    /// embedded in the binary, `KernelSource::Bytes(ELF.into())`) or owned
+    /// (`KernelSource::Bytes(vec.into())`).
+    Bytes(Cow<'static, [u8]>),
 }
 
 /// Which entry point of the kernel the boot vCPU starts at.

@@ -117,7 +117,7 @@ impl Vmm {
                 &mut kernel_file
             }
             KernelSource::Bytes(bytes) => {
-                kernel_bytes = Cursor::new(*bytes);
+                kernel_bytes = Cursor::new(bytes.as_ref());
                 &mut kernel_bytes
             }
         };
