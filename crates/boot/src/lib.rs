@@ -67,3 +67,12 @@ pub mod x86_64;
 
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::*;
+
+/// The rust-vmm `linux-loader` crate the loaders are built on (its errors
+/// are the sources of `BootError`'s loader variants; its `Cmdline` builds
+/// command lines), re-exported so that users need not pin a matching
+/// version.
+pub use linux_loader;
+/// The rust-vmm `vm-memory` crate (guest memory in this crate's API),
+/// re-exported so that users need not pin a matching version.
+pub use vm_memory;

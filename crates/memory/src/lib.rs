@@ -49,3 +49,8 @@ pub type Bitmap = vm_memory::bitmap::AtomicBitmap;
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<Bitmap>;
 /// One guest memory region.
 pub type GuestRegionMmap = vm_memory::GuestRegionMmap<Bitmap>;
+
+/// The rust-vmm `vm-memory` crate this crate's API is built on
+/// ([`GuestMemoryMmap`], `GuestAddress`, `Bytes`), re-exported so that
+/// users need not pin a matching version.
+pub use vm_memory;

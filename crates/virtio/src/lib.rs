@@ -79,3 +79,22 @@ pub use transport::mmio::{
 pub use kindling_memory::GuestMemoryMmap;
 /// A virtio split queue, as handed to a device at activation.
 pub use virtio_queue::Queue;
+
+/// The rust-vmm `event-manager` crate, whose `MutEventSubscriber`
+/// [`VirtioSubscriber`] implements, re-exported so that users need not pin
+/// a matching version.
+pub use event_manager;
+/// The rust-vmm `virtio-bindings` crate (the virtio constants this crate's
+/// names are defined from), re-exported so that users need not pin a
+/// matching version.
+pub use virtio_bindings;
+/// The rust-vmm `virtio-queue` crate ([`Queue`] and the descriptor chains
+/// devices walk), re-exported so that users need not pin a matching
+/// version.
+pub use virtio_queue;
+/// The rust-vmm `vm-memory` crate (guest memory in this crate's API),
+/// re-exported so that users need not pin a matching version.
+pub use vm_memory;
+/// The rust-vmm `vmm-sys-util` crate (the `EventFd`s in this crate's API),
+/// re-exported so that users need not pin a matching version.
+pub use vmm_sys_util;
