@@ -46,6 +46,25 @@ fn command_line_round_trips() {
     );
 }
 
+#[test]
+fn virtio_devices_are_announced_before_init_arguments() {
+    if !kvm_available("virtio_devices_are_announced_before_init_arguments") {
+        return;
+    }
+    let run = run_test_guest_with("kindling.test=cmdline -- init-arg", 1, 64, |config| {
+        config.entropy = true;
+    });
+    let lines = run.lines();
+    assert_eq!(lines.len(), 1, "serial: {}", run.serial);
+    let cmdline = lines[0].trim_start_matches("cmdline: ");
+    let (kernel_args, init_args) = cmdline.split_once(" -- ").expect("init arguments");
+    assert!(
+        kernel_args.starts_with("kindling.test=cmdline virtio_mmio.device=4K@0x"),
+        "{cmdline}"
+    );
+    assert_eq!(init_args, "init-arg");
+}
+
 /// Parses the guest's `e820:` lines into `(addr, size, type)`.
 fn parse_e820(serial: &str) -> Vec<(u64, u64, u32)> {
     let mut lines = serial.lines().filter(|l| l.starts_with("e820: "));

@@ -48,9 +48,11 @@
 //! let mut magic = [0u8; 4];
 //! transport.read(0, &mut magic);
 //! assert_eq!(&magic, b"virt");
+//! // The VMM announces the window to Linux on its command line.
 //! assert_eq!(
-//!     kindling_virtio::mmio_cmdline_device(0xd000_0000, 5),
-//!     "virtio_mmio.device=4K@0xd0000000:5"
+//!     kindling_virtio::cmdline_with_mmio_devices("console=ttyS0", 2048, &[(0xd000_0000, 5)])
+//!         .unwrap(),
+//!     "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5"
 //! );
 //! ```
 
@@ -71,8 +73,8 @@ pub use interrupt::{InterruptState, VirtioInterrupt, INT_CONFIG, INT_VRING};
 pub use queue::{QueueConfig, QueueError, QueueSnapshot, QueueValidationError};
 pub use subscriber::VirtioSubscriber;
 pub use transport::mmio::{
-    mmio_cmdline_device, MmioTransport, MmioTransportState, TransportError, MMIO_WINDOW_SIZE,
-    QUEUE_NOTIFY_OFFSET,
+    add_mmio_cmdline_device, cmdline_with_mmio_devices, CmdlineError, MmioTransport,
+    MmioTransportState, TransportError, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
 
 /// The guest memory type the devices work on.
@@ -84,6 +86,10 @@ pub use virtio_queue::Queue;
 /// [`VirtioSubscriber`] implements, re-exported so that users need not pin
 /// a matching version.
 pub use event_manager;
+/// The rust-vmm `linux-loader` crate, whose `Cmdline`
+/// [`add_mmio_cmdline_device`] extends, re-exported so that users need not
+/// pin a matching version.
+pub use linux_loader;
 /// The rust-vmm `virtio-bindings` crate (the virtio constants this crate's
 /// names are defined from), re-exported so that users need not pin a
 /// matching version.

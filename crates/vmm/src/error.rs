@@ -34,6 +34,9 @@ pub enum VmmError {
     /// Loading the kernel, initrd or command line failed.
     #[error(transparent)]
     Boot(#[from] kindling_boot::BootError),
+    /// The virtio-mmio devices do not fit on the kernel command line.
+    #[error(transparent)]
+    Cmdline(#[from] kindling_virtio::CmdlineError),
     /// Device set-up failed.
     #[error("cannot set up the {device}: {reason}")]
     Device {

@@ -130,14 +130,7 @@ impl Vmm {
             reason: e.to_string(),
         })?;
         let planned = virtio_devices::plan(&config.disks, config.entropy, &mut allocator)?;
-        let mut cmdline = config.cmdline.clone();
-        let virtio_cmdline = virtio_devices::cmdline_entries(&planned);
-        if !virtio_cmdline.is_empty() {
-            if !cmdline.is_empty() {
-                cmdline.push(' ');
-            }
-            cmdline.push_str(&virtio_cmdline);
-        }
+        let cmdline = virtio_devices::cmdline_with_devices(&config.cmdline, &planned)?;
         let virtio_acpi: Vec<kindling_boot::VirtioMmioDescription> = planned
             .iter()
             .map(|d| kindling_boot::VirtioMmioDescription {
