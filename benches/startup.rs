@@ -9,8 +9,8 @@
 //! - the time from spawning to process exit;
 //! - the peak RSS of the VMM process (from `wait4`).
 //!
-//! Run with `cargo bench --bench startup` (it builds the release example
-//! first). `KINDLING_STARTUP_VMM=/path/to/binary` and
+//! Run with `cargo bench -p kindling-benches --bench startup` (it builds
+//! the release example first). `KINDLING_STARTUP_VMM=/path/to/binary` and
 //! `KINDLING_STARTUP_ARGS="..."` benchmark another command line.
 
 use std::io::{BufRead, BufReader};
@@ -21,16 +21,34 @@ use std::time::{Duration, Instant};
 
 const HELLO: &str = "Hello from the Kindling test guest!";
 
+/// The workspace root: this package is `benches/` in it.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map_or(manifest_dir.clone(), PathBuf::from)
+}
+
+/// The workspace's target directory (a relative `CARGO_TARGET_DIR` is
+/// taken as relative to the workspace root).
 fn target_dir() -> PathBuf {
     std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .map(|dir| workspace_root().join(dir))
+        .unwrap_or_else(|_| workspace_root().join("target"))
 }
 
 fn release_example() -> PathBuf {
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--example", "microvm", "--quiet"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "kindling",
+            "--example",
+            "microvm",
+            "--quiet",
+        ])
+        .current_dir(workspace_root())
         .status()
         .expect("running cargo build");
     assert!(status.success(), "building the release example failed");

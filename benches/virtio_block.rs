@@ -9,7 +9,7 @@
 //! (all threads: vCPU, device event loop) at the same moments, and reports
 //! IOPS, MiB/s and host CPU time per request.
 //!
-//! `cargo bench --bench virtio_block`; `KINDLING_BLOCK_BENCH_OPS` sets the
+//! `cargo bench -p kindling-benches --bench virtio_block`; `KINDLING_BLOCK_BENCH_OPS` sets the
 //! requests per workload (default 20000). Under `cargo test` it runs each
 //! workload with a few requests, as a smoke test.
 

@@ -17,16 +17,18 @@ use std::io::Cursor;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kindling::boot::load_linux;
 use kindling::devices::legacy::{CoalescedSerial, SerialDevice, COM1_PORT, SERIAL_PORT_LEN};
 use kindling::devices::{BusDevice, BusExitHandler, EventFdLine};
-use kindling::memory::layout::SERIAL_IRQ;
+use kindling::event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kindling::memory::layout::{CMDLINE_MAX_SIZE, SERIAL_IRQ};
 use kindling::memory::{create_guest_memory, Backing, MemoryConfig, ResourceAllocator};
 use kindling::vcpu::{BootEntry, Kvm, VcpuHandle, VcpuRunState, Vm};
 use kindling::virtio::block::{Block, BlockConfig};
-use kindling::virtio::{mmio_cmdline_device, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use kindling::virtio::{
+    cmdline_with_mmio_devices, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
+};
+use kindling::vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// The device of our own: the guest writes its exit status to port 0xf4.
 struct ExitPort {
@@ -68,10 +70,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     let disk_irq = allocator.allocate_irq()?;
 
     // 2. The kernel, told on its command line what to do and where the disk is.
-    let cmdline = format!(
-        "kindling.test=hello,virtio,blk-read:0:0:8 {}",
-        mmio_cmdline_device(disk_window.base, disk_irq)
-    );
+    let cmdline = cmdline_with_mmio_devices(
+        "kindling.test=hello,virtio,blk-read:0:0:8",
+        CMDLINE_MAX_SIZE,
+        &[(disk_window.base, disk_irq)],
+    )?;
     let mut kernel = Cursor::new(kindling_test_guest::TEST_GUEST_ELF);
     let loaded = load_linux(&ram.memory, &mut kernel, None, &cmdline, 1)?;
     // Writes the GDT and page tables the 64-bit entry needs.

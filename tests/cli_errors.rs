@@ -116,6 +116,16 @@ fn command_line_too_long() {
 }
 
 #[test]
+fn no_room_on_the_command_line_for_a_device() {
+    // Fits the kernel's 2048 bytes alone, not with the device's parameter.
+    let long = "x".repeat(2040);
+    assert_error(
+        &["--cmdline", &long, "--entropy"],
+        "cannot add the virtio-mmio device",
+    );
+}
+
+#[test]
 fn bad_memory_sizes() {
     assert_error(&["--memory", "0"], "must not be zero");
     assert_error(&["--memory", "99999999999"], "does not fit");

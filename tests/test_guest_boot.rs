@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{kvm_available, run_test_guest};
+use common::{kvm_available, run_test_guest, run_test_guest_with};
 use kindling::memory::layout::{EBDA_START, HIGH_RAM_START, HIMEM_START, MIB, MMIO_GAP_START};
-use kindling::vmm::ExitReason;
+use kindling::vmm::{ExitReason, KernelSource};
 
 const HELLO: &str = "Hello from the Kindling test guest!";
 
@@ -15,6 +15,18 @@ fn hello_line_and_default_exit_status() {
         return;
     }
     let run = run_test_guest("kindling.test=hello", 1, 128);
+    assert_eq!(run.lines(), vec![HELLO], "serial: {}", run.serial);
+    assert_eq!(run.reason, ExitReason::Status(0));
+}
+
+#[test]
+fn kernel_from_owned_bytes() {
+    if !kvm_available("kernel_from_owned_bytes") {
+        return;
+    }
+    let run = run_test_guest_with("kindling.test=hello", 1, 64, |config| {
+        config.kernel = KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF.to_vec().into());
+    });
     assert_eq!(run.lines(), vec![HELLO], "serial: {}", run.serial);
     assert_eq!(run.reason, ExitReason::Status(0));
 }
@@ -32,6 +44,25 @@ fn command_line_round_trips() {
         "serial: {}",
         run.serial
     );
+}
+
+#[test]
+fn virtio_devices_are_announced_before_init_arguments() {
+    if !kvm_available("virtio_devices_are_announced_before_init_arguments") {
+        return;
+    }
+    let run = run_test_guest_with("kindling.test=cmdline -- init-arg", 1, 64, |config| {
+        config.entropy = true;
+    });
+    let lines = run.lines();
+    assert_eq!(lines.len(), 1, "serial: {}", run.serial);
+    let cmdline = lines[0].trim_start_matches("cmdline: ");
+    let (kernel_args, init_args) = cmdline.split_once(" -- ").expect("init arguments");
+    assert!(
+        kernel_args.starts_with("kindling.test=cmdline virtio_mmio.device=4K@0x"),
+        "{cmdline}"
+    );
+    assert_eq!(init_args, "init-arg");
 }
 
 /// Parses the guest's `e820:` lines into `(addr, size, type)`.

@@ -19,8 +19,11 @@
 //! [`load_linux`] does all of it in one call and returns the [`BootInfo`]
 //! the boot vCPU is set up from ([`load_linux_pvh`] for the PVH entry).
 //! Images are anything [`ReadSeek`]: a [`std::fs::File`] is read straight
-//! into guest memory. Addresses come from `kindling_memory::layout`; this
-//! crate knows nothing about devices.
+//! into guest memory. Addresses come from a [`BootLayout`], whose default
+//! is `kindling_memory::layout`: each step has a `*_with_layout` variant
+//! ([`load_linux_with_layout`], [`load_cmdline_with_layout`], ...) that
+//! takes another, checked for overlapping areas and areas outside RAM
+//! before anything is written. This crate knows nothing about devices.
 //!
 //! # Example
 //!
@@ -67,3 +70,12 @@ pub mod x86_64;
 
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::*;
+
+/// The rust-vmm `linux-loader` crate the loaders are built on (its errors
+/// are the sources of `BootError`'s loader variants; its `Cmdline` builds
+/// command lines), re-exported so that users need not pin a matching
+/// version.
+pub use linux_loader;
+/// The rust-vmm `vm-memory` crate (guest memory in this crate's API),
+/// re-exported so that users need not pin a matching version.
+pub use vm_memory;

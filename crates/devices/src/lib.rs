@@ -30,3 +30,10 @@ pub use exit::{ExitReason, VmExitHandle};
 pub use exit_handler::BusExitHandler;
 pub use interrupt::{EventFdLine, InterruptLine};
 pub use timer::nonblocking_timer;
+
+/// The rust-vmm `vm-superio` crate, whose `Trigger` [`EventFdLine`]
+/// implements, re-exported so that users need not pin a matching version.
+pub use vm_superio;
+/// The rust-vmm `vmm-sys-util` crate (the `EventFd`s in this crate's API),
+/// re-exported so that users need not pin a matching version.
+pub use vmm_sys_util;

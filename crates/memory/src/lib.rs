@@ -35,8 +35,8 @@
 mod allocator;
 mod backing;
 mod dirty;
-mod snapshot;
 pub mod persist;
+mod snapshot;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
@@ -49,10 +49,10 @@ pub use backing::{
 };
 
 pub use dirty::{DirtyBitmap, RegionDirtyBitmap, DIRTY_PAGE_SIZE};
+pub use persist::Persist;
 #[cfg(target_arch = "x86_64")]
 pub use snapshot::restore_guest_memory;
 pub use snapshot::{apply_diff, dump_memory, DumpStats, MemoryDump, MemorySnapshotError};
-pub use persist::Persist;
 
 /// The dirty bitmap every guest memory region carries: one bit per host
 /// page, set by every write made through `vm-memory`.
@@ -62,3 +62,8 @@ pub type Bitmap = vm_memory::bitmap::AtomicBitmap;
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<Bitmap>;
 /// One guest memory region.
 pub type GuestRegionMmap = vm_memory::GuestRegionMmap<Bitmap>;
+
+/// The rust-vmm `vm-memory` crate this crate's API is built on
+/// ([`GuestMemoryMmap`], `GuestAddress`, `Bytes`), re-exported so that
+/// users need not pin a matching version.
+pub use vm_memory;

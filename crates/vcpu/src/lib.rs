@@ -45,3 +45,18 @@ pub use vm::{Vm, VmOptions, VmState};
 pub use x86_64::boot::{BootCpuLayout, BootEntry};
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::state::VcpuState;
+
+/// The rust-vmm `kvm-bindings` crate, whose KVM structures appear in this
+/// crate's API (vCPU and VM states), re-exported so that users need not pin
+/// a matching version.
+pub use kvm_bindings;
+/// The rust-vmm `kvm-ioctls` crate, whose `Kvm`, `VmFd` and `VcpuFd` this
+/// crate hands out, re-exported so that users need not pin a matching
+/// version.
+pub use kvm_ioctls;
+/// The rust-vmm `vm-memory` crate (guest memory in this crate's API),
+/// re-exported so that users need not pin a matching version.
+pub use vm_memory;
+/// The rust-vmm `vmm-sys-util` crate (the `EventFd`s in this crate's API),
+/// re-exported so that users need not pin a matching version.
+pub use vmm_sys_util;

@@ -27,11 +27,11 @@ impl DeviceType {
     /// The numeric device id.
     pub fn id(self) -> u32 {
         match self {
-            DeviceType::Net => 1,
-            DeviceType::Block => 2,
-            DeviceType::Rng => 4,
-            DeviceType::Balloon => 5,
-            DeviceType::Vsock => 19,
+            DeviceType::Net => virtio_bindings::virtio_ids::VIRTIO_ID_NET,
+            DeviceType::Block => virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK,
+            DeviceType::Rng => virtio_bindings::virtio_ids::VIRTIO_ID_RNG,
+            DeviceType::Balloon => virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON,
+            DeviceType::Vsock => virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK,
             DeviceType::Other(id) => id,
         }
     }

@@ -14,10 +14,12 @@ mod persist;
 
 pub use persist::InterruptStateError;
 
-/// InterruptStatus bit: the device used a buffer in at least one queue.
-pub const INT_VRING: u32 = 1;
-/// InterruptStatus bit: the device configuration changed.
-pub const INT_CONFIG: u32 = 2;
+/// InterruptStatus bit: the device used a buffer in at least one queue
+/// (virtio-bindings' `VIRTIO_MMIO_INT_VRING`).
+pub const INT_VRING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
+/// InterruptStatus bit: the device configuration changed
+/// (virtio-bindings' `VIRTIO_MMIO_INT_CONFIG`).
+pub const INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
 
 struct Inner {
     status: AtomicU32,

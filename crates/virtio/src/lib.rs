@@ -51,9 +51,11 @@
 //! let mut magic = [0u8; 4];
 //! transport.read(0, &mut magic);
 //! assert_eq!(&magic, b"virt");
+//! // The VMM announces the window to Linux on its command line.
 //! assert_eq!(
-//!     kindling_virtio::mmio_cmdline_device(0xd000_0000, 5),
-//!     "virtio_mmio.device=4K@0xd0000000:5"
+//!     kindling_virtio::cmdline_with_mmio_devices("console=ttyS0", 2048, &[(0xd000_0000, 5)])
+//!         .unwrap(),
+//!     "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5"
 //! );
 //! ```
 
@@ -74,11 +76,35 @@ pub use interrupt::{InterruptState, InterruptStateError, VirtioInterrupt, INT_CO
 pub use queue::{QueueConfig, QueueError, QueueSnapshot, QueueValidationError, VirtQueue};
 pub use subscriber::VirtioSubscriber;
 pub use transport::mmio::{
-    mmio_cmdline_device, MmioTransport, MmioTransportRestoreArgs, MmioTransportState,
-    TransportError, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
+    add_mmio_cmdline_device, cmdline_with_mmio_devices, CmdlineError, MmioTransport,
+    MmioTransportRestoreArgs, MmioTransportState, TransportError, MMIO_WINDOW_SIZE,
+    QUEUE_NOTIFY_OFFSET,
 };
 
 /// The guest memory type the devices work on.
 pub use kindling_memory::GuestMemoryMmap;
 /// A virtio split queue, as handed to a device at activation.
 pub use virtio_queue::Queue;
+
+/// The rust-vmm `event-manager` crate, whose `MutEventSubscriber`
+/// [`VirtioSubscriber`] implements, re-exported so that users need not pin
+/// a matching version.
+pub use event_manager;
+/// The rust-vmm `linux-loader` crate, whose `Cmdline`
+/// [`add_mmio_cmdline_device`] extends, re-exported so that users need not
+/// pin a matching version.
+pub use linux_loader;
+/// The rust-vmm `virtio-bindings` crate (the virtio constants this crate's
+/// names are defined from), re-exported so that users need not pin a
+/// matching version.
+pub use virtio_bindings;
+/// The rust-vmm `virtio-queue` crate ([`Queue`] and the descriptor chains
+/// devices walk), re-exported so that users need not pin a matching
+/// version.
+pub use virtio_queue;
+/// The rust-vmm `vm-memory` crate (guest memory in this crate's API),
+/// re-exported so that users need not pin a matching version.
+pub use vm_memory;
+/// The rust-vmm `vmm-sys-util` crate (the `EventFd`s in this crate's API),
+/// re-exported so that users need not pin a matching version.
+pub use vmm_sys_util;

@@ -227,14 +227,7 @@ impl VmmBuilder {
     #[cfg(target_arch = "x86_64")]
     pub fn build(mut self) -> Result<Vmm, VmmError> {
         let config = &mut self.config;
-        let mut cmdline = config.cmdline.clone();
-        let virtio_cmdline = virtio_devices::cmdline_entries(&self.virtio);
-        if !virtio_cmdline.is_empty() {
-            if !cmdline.is_empty() {
-                cmdline.push(' ');
-            }
-            cmdline.push_str(&virtio_cmdline);
-        }
+        let cmdline = virtio_devices::cmdline_with_devices(&config.cmdline, &self.virtio)?;
         let virtio_acpi: Vec<_> = self
             .virtio
             .iter()

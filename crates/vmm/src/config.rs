@@ -1,5 +1,6 @@
 //! What a microVM is made of.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -18,7 +19,7 @@ pub enum KernelSource {
     /// An image already in memory: borrowed for the program's lifetime
     /// (`Cow::Borrowed`, e.g. one embedded in the binary, never copied) or
     /// owned (`Cow::Owned`).
-    Bytes(std::borrow::Cow<'static, [u8]>),
+    Bytes(Cow<'static, [u8]>),
 }
 
 /// Which entry point of the kernel the boot vCPU starts at.

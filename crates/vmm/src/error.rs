@@ -38,6 +38,9 @@ pub enum VmmError {
     /// Loading the kernel, initrd or command line failed.
     #[error(transparent)]
     Boot(#[from] kindling_boot::BootError),
+    /// The virtio-mmio devices do not fit on the kernel command line.
+    #[error(transparent)]
+    Cmdline(#[from] kindling_virtio::CmdlineError),
     /// An MMIO window or interrupt line could not be allocated.
     #[error("cannot allocate resources for the {device}: {source}")]
     Allocate {

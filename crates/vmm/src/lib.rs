@@ -56,3 +56,11 @@ pub use kindling_devices::legacy::StartTime;
 pub use kindling_devices::{BusExitHandler, ExitReason};
 pub use lifecycle::{VmRunState, VmmHandle};
 pub use vmm::{RunningVmm, Vmm, MAX_VCPUS};
+
+/// The rust-vmm `event-manager` crate the VMM's device event loop runs on
+/// (devices and user event sources subscribe as `MutEventSubscriber`s),
+/// re-exported so that users need not pin a matching version.
+pub use event_manager;
+/// The rust-vmm `vm-memory` crate (the guest memory the VMM hands out),
+/// re-exported so that users need not pin a matching version.
+pub use vm_memory;

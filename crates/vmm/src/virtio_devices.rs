@@ -9,8 +9,8 @@ use kindling_memory::{GuestMemoryMmap, ResourceAllocator};
 use kindling_vcpu::Vm;
 use kindling_virtio::block::{Block, BlockConfig};
 use kindling_virtio::{
-    mmio_cmdline_device, MmioTransport, VirtioDevice, VirtioSubscriber, MMIO_WINDOW_SIZE,
-    QUEUE_NOTIFY_OFFSET,
+    cmdline_with_mmio_devices, CmdlineError, MmioTransport, VirtioDevice, VirtioSubscriber,
+    MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
 
 use crate::config::DiskConfig;
@@ -79,13 +79,14 @@ pub(crate) fn open_disk(index: usize, disk: &DiskConfig) -> Result<Block, VmmErr
     Block::new(&config).map_err(|source| VmmError::Block { index, source })
 }
 
-/// The `virtio_mmio.device=` kernel parameters that announce `devices`.
-pub(crate) fn cmdline_entries(devices: &[PlannedDevice]) -> String {
-    devices
-        .iter()
-        .map(|d| mmio_cmdline_device(d.base, d.irq))
-        .collect::<Vec<_>>()
-        .join(" ")
+/// `cmdline` with the `virtio_mmio.device=` kernel parameters that
+/// announce `devices`, within the kernel's command-line limit.
+pub(crate) fn cmdline_with_devices(
+    cmdline: &str,
+    devices: &[PlannedDevice],
+) -> Result<String, CmdlineError> {
+    let windows: Vec<(u64, u32)> = devices.iter().map(|d| (d.base, d.irq)).collect();
+    cmdline_with_mmio_devices(cmdline, kindling_memory::layout::CMDLINE_MAX_SIZE, &windows)
 }
 
 /// Puts each device behind a virtio-mmio transport on the MMIO bus, wires

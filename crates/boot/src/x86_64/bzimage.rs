@@ -3,14 +3,13 @@
 //! Offsets and flags are those of the Linux x86 boot protocol
 //! (`Documentation/arch/x86/boot.rst`).
 
-use kindling_memory::layout::{CMDLINE_START, EBDA_START, HIMEM_START};
 use kindling_memory::GuestMemoryMmap;
 use linux_loader::bootparam::setup_header;
 use linux_loader::loader::{BzImage, KernelLoader};
 use vm_memory::{ByteValued, GuestAddress};
 
 use crate::x86_64::kernel::{check_fits, KernelFormat, LoadedKernel, Source};
-use crate::x86_64::BootError;
+use crate::x86_64::{BootError, BootLayout};
 
 /// File offset of the setup header.
 const SETUP_HEADER_START: u64 = 0x1f1;
@@ -134,6 +133,7 @@ pub(crate) fn load<F: Source>(
     image: &mut F,
     header: &[u8],
     len: u64,
+    layout: &BootLayout,
 ) -> Result<LoadedKernel, BootError> {
     let hdr = parse_header(header, len)?;
     let setup = setup_size(&hdr);
@@ -145,29 +145,28 @@ pub(crate) fn load<F: Source>(
         });
     }
     let start = u64::from(hdr.code32_start);
-    if start < HIMEM_START {
+    if start < layout.himem_start {
         return Err(BootError::KernelBelowHimem {
             addr: start,
-            himem: HIMEM_START,
+            himem: layout.himem_start,
         });
     }
     let payload_end = start.saturating_add(len - setup);
     let end = decompression_end(&hdr, start).map_or(u64::MAX, |e| e.max(payload_end));
     check_fits(mem, start, end)?;
 
-    let result =
-        BzImage::load(mem, None, image, Some(GuestAddress(HIMEM_START))).map_err(|source| {
-            BootError::Loader {
-                format: KernelFormat::BzImage,
-                source,
-            }
-        })?;
+    let result = BzImage::load(mem, None, image, Some(GuestAddress(layout.himem_start))).map_err(
+        |source| BootError::Loader {
+            format: KernelFormat::BzImage,
+            source,
+        },
+    )?;
     // linux-loader's copy of the header has the setup code past the
     // header's end; keep ours, with the load address it used.
     let mut setup_header = hdr;
     setup_header.code32_start = result.kernel_load.0 as u32;
 
-    let cmdline_room = (EBDA_START - CMDLINE_START) as usize;
+    let cmdline_room = layout.cmdline_max_size;
     let cmdline_max_size = usize::try_from(hdr.cmdline_size).map_or(cmdline_room, |size| {
         size.saturating_add(1).min(cmdline_room)
     });
@@ -186,6 +185,7 @@ pub(crate) fn load<F: Source>(
 #[cfg(test)]
 mod tests {
 
+    use kindling_memory::layout::{CMDLINE_START, EBDA_START, HIMEM_START};
     use vm_memory::Bytes;
 
     use super::*;

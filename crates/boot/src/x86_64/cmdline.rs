@@ -1,10 +1,9 @@
 //! The kernel command line.
 
-use kindling_memory::layout::CMDLINE_START;
 use kindling_memory::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::x86_64::{BootError, LoadedKernel};
+use crate::x86_64::{BootError, BootLayout, LoadedKernel};
 
 /// Where the command line was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,7 +15,8 @@ pub struct CmdlinePlacement {
 }
 
 /// Writes `cmdline`, NUL-terminated, at
-/// [`CMDLINE_START`](kindling_memory::layout::CMDLINE_START).
+/// [`CMDLINE_START`](kindling_memory::layout::CMDLINE_START) (the default
+/// [`BootLayout`]).
 ///
 /// The command line with its NUL must not be longer than
 /// [`LoadedKernel::cmdline_max_size`] and must not contain a NUL byte.
@@ -37,35 +37,43 @@ pub fn load_cmdline(
     kernel: &LoadedKernel,
     cmdline: &str,
 ) -> Result<CmdlinePlacement, BootError> {
+    load_cmdline_with_layout(mem, kernel, cmdline, &BootLayout::default())
+}
+
+/// Like [`load_cmdline`], at `layout.cmdline_start`, and no longer than
+/// `layout.cmdline_max_size` either.
+pub fn load_cmdline_with_layout(
+    mem: &GuestMemoryMmap,
+    kernel: &LoadedKernel,
+    cmdline: &str,
+    layout: &BootLayout,
+) -> Result<CmdlinePlacement, BootError> {
+    layout.validate()?;
+    let start = layout.cmdline_start;
+    let max = layout.cmdline_limit(kernel.cmdline_max_size);
     let bytes = cmdline.as_bytes();
     if let Some(position) = bytes.iter().position(|&b| b == 0) {
         return Err(BootError::CmdlineContainsNul { position });
     }
     let len = bytes.len() + 1;
-    if len > kernel.cmdline_max_size {
-        return Err(BootError::CmdlineTooLong {
-            len,
-            max: kernel.cmdline_max_size,
-        });
+    if len > max {
+        return Err(BootError::CmdlineTooLong { len, max });
     }
     let mut with_nul = Vec::with_capacity(len);
     with_nul.extend_from_slice(bytes);
     with_nul.push(0);
-    mem.write_slice(&with_nul, GuestAddress(CMDLINE_START))
+    mem.write_slice(&with_nul, GuestAddress(start))
         .map_err(BootError::guest_memory(
             "kernel command line",
-            CMDLINE_START,
+            start,
             len as u64,
         ))?;
-    Ok(CmdlinePlacement {
-        addr: CMDLINE_START,
-        len,
-    })
+    Ok(CmdlinePlacement { addr: start, len })
 }
 
 #[cfg(test)]
 mod tests {
-    use kindling_memory::layout::CMDLINE_MAX_SIZE;
+    use kindling_memory::layout::{CMDLINE_MAX_SIZE, CMDLINE_START};
 
     use super::*;
     use crate::x86_64::test_images::guest_memory;

@@ -1,8 +1,9 @@
 //! The E820 memory map handed to the guest.
 
-use kindling_memory::layout::{EBDA_START, HIMEM_START};
 use kindling_memory::GuestMemoryMmap;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::x86_64::BootLayout;
 
 /// The kind of an E820 range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +35,7 @@ impl E820Entry {
 }
 
 /// The memory map of `mem`: its RAM, except the EBDA and the BIOS area
-/// between [`EBDA_START`] and 1 MiB (where the MP and ACPI tables live),
+/// between [`EBDA_START`](kindling_memory::layout::EBDA_START) and 1 MiB (where the MP and ACPI tables live),
 /// which is reported as reserved.
 ///
 /// For memory created by `kindling_memory`, the RAM entries are exactly the
@@ -52,16 +53,29 @@ impl E820Entry {
 /// assert_eq!(map[2], E820Entry { addr: 0x10_0000, size: (128 << 20) - 0x10_0000, kind: E820Type::Ram });
 /// ```
 pub fn e820_map(mem: &GuestMemoryMmap) -> Vec<E820Entry> {
+    e820_map_with_layout(mem, &BootLayout::default())
+}
+
+/// Like [`e820_map`], with `layout.ebda_start..layout.himem_start`
+/// reserved.
+pub fn e820_map_with_layout(mem: &GuestMemoryMmap, layout: &BootLayout) -> Vec<E820Entry> {
     let ranges: Vec<(u64, u64)> = mem
         .iter()
         .map(|region| (region.start_addr().0, region.len()))
         .collect();
-    e820_from_ranges(&ranges)
+    e820_from_ranges_with_layout(&ranges, layout)
 }
 
 /// The memory map for RAM made of the `(start, length)` ranges, as
 /// [`e820_map`] builds it: sorted, adjacent ranges of the same kind merged.
 pub fn e820_from_ranges(ranges: &[(u64, u64)]) -> Vec<E820Entry> {
+    e820_from_ranges_with_layout(ranges, &BootLayout::default())
+}
+
+/// Like [`e820_from_ranges`], with `layout.ebda_start..layout.himem_start`
+/// reserved.
+pub fn e820_from_ranges_with_layout(ranges: &[(u64, u64)], layout: &BootLayout) -> Vec<E820Entry> {
+    let (ebda_start, himem_start) = (layout.ebda_start, layout.himem_start);
     let mut pieces = Vec::new();
     for &(start, len) in ranges {
         let end = start.saturating_add(len);
@@ -74,13 +88,13 @@ pub fn e820_from_ranges(ranges: &[(u64, u64)]) -> Vec<E820Entry> {
                 });
             }
         };
-        push(start, end.min(EBDA_START), E820Type::Ram);
+        push(start, end.min(ebda_start), E820Type::Ram);
         push(
-            start.max(EBDA_START),
-            end.min(HIMEM_START),
+            start.max(ebda_start),
+            end.min(himem_start),
             E820Type::Reserved,
         );
-        push(start.max(HIMEM_START), end, E820Type::Ram);
+        push(start.max(himem_start), end, E820Type::Ram);
     }
     pieces.sort_by_key(|e| e.addr);
 
@@ -98,7 +112,9 @@ pub fn e820_from_ranges(ranges: &[(u64, u64)]) -> Vec<E820Entry> {
 
 #[cfg(test)]
 mod tests {
-    use kindling_memory::layout::{ram_ranges, GIB, HIGH_RAM_START, MIB, MMIO_GAP_START};
+    use kindling_memory::layout::{
+        ram_ranges, EBDA_START, GIB, HIGH_RAM_START, HIMEM_START, MIB, MMIO_GAP_START,
+    };
 
     use super::*;
     use crate::x86_64::test_images::guest_memory;

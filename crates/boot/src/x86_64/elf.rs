@@ -2,13 +2,13 @@
 
 use std::io::SeekFrom;
 
-use kindling_memory::layout::{CMDLINE_MAX_SIZE, HIMEM_START};
+use kindling_memory::layout::CMDLINE_MAX_SIZE;
 use kindling_memory::GuestMemoryMmap;
 use linux_loader::loader::{Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::x86_64::kernel::{check_fits, KernelFormat, LoadedKernel, Source};
-use crate::x86_64::BootError;
+use crate::x86_64::{BootError, BootLayout};
 
 /// The four bytes every ELF file starts with.
 pub(crate) const ELF_MAGIC: &[u8] = b"\x7fELF";
@@ -139,6 +139,7 @@ fn check_segment(
     index: usize,
     phdr: &ProgramHeader,
     len: u64,
+    himem_start: u64,
 ) -> Result<(), BootError> {
     if phdr.filesz > phdr.memsz {
         return Err(invalid(format!(
@@ -154,10 +155,10 @@ fn check_segment(
             actual: len,
         });
     }
-    if phdr.paddr < HIMEM_START {
+    if phdr.paddr < himem_start {
         return Err(BootError::KernelBelowHimem {
             addr: phdr.paddr,
-            himem: HIMEM_START,
+            himem: himem_start,
         });
     }
     check_fits(mem, phdr.paddr, phdr.paddr.saturating_add(phdr.memsz))
@@ -184,6 +185,7 @@ pub(crate) fn load<F: Source>(
     image: &mut F,
     header: &[u8],
     len: u64,
+    layout: &BootLayout,
 ) -> Result<LoadedKernel, BootError> {
     let ehdr = parse_header(header, len)?;
     let phdrs = read_program_headers(image, &ehdr)?;
@@ -204,7 +206,7 @@ pub(crate) fn load<F: Source>(
         if phdr.p_type != PT_LOAD || (phdr.memsz == 0 && phdr.filesz == 0) {
             continue;
         }
-        check_segment(mem, index, phdr, len)?;
+        check_segment(mem, index, phdr, len, layout.himem_start)?;
         if phdr.memsz == 0 {
             continue;
         }
@@ -223,7 +225,7 @@ pub(crate) fn load<F: Source>(
     }
 
     let result =
-        Elf::load(mem, None, image, Some(GuestAddress(HIMEM_START))).map_err(|source| {
+        Elf::load(mem, None, image, Some(GuestAddress(layout.himem_start))).map_err(|source| {
             BootError::Loader {
                 format: KernelFormat::Elf,
                 source,
@@ -256,7 +258,7 @@ pub(crate) fn load<F: Source>(
         start,
         end,
         setup_header: None,
-        cmdline_max_size: CMDLINE_MAX_SIZE,
+        cmdline_max_size: layout.cmdline_limit(CMDLINE_MAX_SIZE),
         pvh_entry,
     })
 }

@@ -253,6 +253,9 @@ pub enum BootError {
         /// The guest memory error.
         source: vm_memory::GuestMemoryError,
     },
+    /// The boot layout is unusable (overlapping areas, areas outside RAM).
+    #[error(transparent)]
+    Layout(#[from] crate::x86_64::LayoutError),
 }
 
 impl BootError {

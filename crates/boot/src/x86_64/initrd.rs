@@ -2,13 +2,13 @@
 
 use std::io::{Seek, SeekFrom};
 
-use kindling_memory::layout::{HIMEM_START, MMIO_GAP_START, PAGE_SIZE};
+use kindling_memory::layout::{MMIO_GAP_START, PAGE_SIZE};
 use kindling_memory::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::x86_64::image::Image;
 use crate::x86_64::kernel::ram_end;
-use crate::x86_64::{BootError, LoadedKernel, ReadSeek};
+use crate::x86_64::{BootError, BootLayout, LoadedKernel, ReadSeek};
 
 /// Where the initrd was loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +29,19 @@ pub fn place_initrd(
     kernel: &LoadedKernel,
     size: u64,
 ) -> Result<InitrdPlacement, BootError> {
+    place_initrd_with_layout(mem, kernel, size, &BootLayout::default())
+}
+
+/// Like [`place_initrd`], with the initrd at or above
+/// `layout.himem_start`.
+pub fn place_initrd_with_layout(
+    mem: &GuestMemoryMmap,
+    kernel: &LoadedKernel,
+    size: u64,
+    layout: &BootLayout,
+) -> Result<InitrdPlacement, BootError> {
+    layout.validate()?;
+    let himem_start = layout.himem_start;
     if size == 0 {
         return Err(BootError::InitrdEmpty);
     }
@@ -39,13 +52,13 @@ pub fn place_initrd(
         .min(MMIO_GAP_START);
     let lowest = kernel
         .end
-        .max(HIMEM_START)
+        .max(himem_start)
         .checked_next_multiple_of(PAGE_SIZE)
         .unwrap_or(u64::MAX);
     let room = limit.saturating_sub(lowest);
     let top = limit.saturating_sub(size) & !(PAGE_SIZE - 1);
     if size > limit || top < lowest {
-        if size <= limit.saturating_sub(HIMEM_START) {
+        if size <= limit.saturating_sub(himem_start) {
             return Err(BootError::InitrdOverlapsKernel {
                 size,
                 kernel_end: kernel.end,
@@ -82,12 +95,22 @@ pub fn load_initrd<F: ReadSeek + ?Sized>(
     kernel: &LoadedKernel,
     initrd: &mut F,
 ) -> Result<InitrdPlacement, BootError> {
+    load_initrd_with_layout(mem, kernel, initrd, &BootLayout::default())
+}
+
+/// Like [`load_initrd`], placed by [`place_initrd_with_layout`].
+pub fn load_initrd_with_layout<F: ReadSeek + ?Sized>(
+    mem: &GuestMemoryMmap,
+    kernel: &LoadedKernel,
+    initrd: &mut F,
+    layout: &BootLayout,
+) -> Result<InitrdPlacement, BootError> {
     let mut initrd = Image::new(initrd);
     let size = initrd
         .seek(SeekFrom::End(0))
         .map_err(BootError::io("initrd"))?;
     initrd.rewind().map_err(BootError::io("initrd"))?;
-    let placement = place_initrd(mem, kernel, size)?;
+    let placement = place_initrd_with_layout(mem, kernel, size, layout)?;
     // The placement ends below the MMIO gap, so `size` fits in a usize.
     mem.read_exact_volatile_from(GuestAddress(placement.addr), &mut initrd, size as usize)
         .map_err(BootError::guest_memory("initrd", placement.addr, size))?;
@@ -97,6 +120,8 @@ pub fn load_initrd<F: ReadSeek + ?Sized>(
 #[cfg(test)]
 mod tests {
     use std::io::Cursor;
+
+    use kindling_memory::layout::HIMEM_START;
 
     use super::*;
     use crate::x86_64::test_images::guest_memory;

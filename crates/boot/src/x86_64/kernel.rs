@@ -8,7 +8,7 @@ use linux_loader::bootparam::setup_header;
 use vm_memory::{GuestAddress, GuestMemoryBackend, ReadVolatile};
 
 use crate::x86_64::image::Image;
-use crate::x86_64::{bzimage, elf, BootError, ReadSeek};
+use crate::x86_64::{bzimage, elf, BootError, BootLayout, ReadSeek};
 
 /// Where Linux lets an initrd end (inclusive) when the kernel does not say:
 /// the default `initrd_addr_max` of the boot protocol.
@@ -85,7 +85,8 @@ impl LoadedKernel {
 /// before anything is written: it must be a little-endian x86_64 ELF64 file
 /// or a bzImage of boot protocol 2.06 or newer with a 64-bit entry point,
 /// complete, loaded at or above
-/// [`HIMEM_START`](kindling_memory::layout::HIMEM_START) and entirely in
+/// [`HIMEM_START`](kindling_memory::layout::HIMEM_START) (the default
+/// [`BootLayout`]) and entirely in
 /// guest RAM. linux-loader then copies it. The BSS of ELF segments is
 /// zeroed, so that a kernel can be reloaded into used memory.
 ///
@@ -103,6 +104,18 @@ pub fn load_kernel<F: ReadSeek + ?Sized>(
     mem: &GuestMemoryMmap,
     image: &mut F,
 ) -> Result<LoadedKernel, BootError> {
+    load_kernel_with_layout(mem, image, &BootLayout::default())
+}
+
+/// Like [`load_kernel`], with the kernel at or above
+/// `layout.himem_start`; a bzImage's command line gets at most
+/// `layout.cmdline_max_size` bytes.
+pub fn load_kernel_with_layout<F: ReadSeek + ?Sized>(
+    mem: &GuestMemoryMmap,
+    image: &mut F,
+    layout: &BootLayout,
+) -> Result<LoadedKernel, BootError> {
+    layout.validate()?;
     let mut image = Image::new(image);
     let len = image
         .seek(SeekFrom::End(0))
@@ -115,9 +128,9 @@ pub fn load_kernel<F: ReadSeek + ?Sized>(
         .map_err(BootError::io("kernel image"))?;
 
     if header.starts_with(elf::ELF_MAGIC) {
-        elf::load(mem, &mut image, &header, len)
+        elf::load(mem, &mut image, &header, len, layout)
     } else if bzimage::has_magic(&header) {
-        bzimage::load(mem, &mut image, &header, len)
+        bzimage::load(mem, &mut image, &header, len, layout)
     } else {
         Err(BootError::BadMagic {
             found: header.iter().take(4).copied().collect(),

@@ -3,8 +3,10 @@
 use kindling_memory::GuestMemoryMmap;
 
 use crate::x86_64::{
-    configure_pvh, configure_zero_page, load_cmdline, load_initrd, load_kernel, mptable_bytes,
-    setup_mptable, BootError, CmdlinePlacement, InitrdPlacement, LoadedKernel, ReadSeek,
+    configure_pvh_with_layout, configure_zero_page_with_layout, load_cmdline_with_layout,
+    load_initrd_with_layout, load_kernel_with_layout, mptable_bytes_with_layout,
+    setup_mptable_with_layout, BootError, BootLayout, CmdlinePlacement, InitrdPlacement,
+    LoadedKernel, ReadSeek,
 };
 
 /// What the VMM needs to start the boot vCPU through the 64-bit Linux
@@ -48,19 +50,21 @@ fn load_images(
     cmdline: &str,
     num_cpus: u8,
     pvh: bool,
+    layout: &BootLayout,
 ) -> Result<(LoadedKernel, CmdlinePlacement, Option<InitrdPlacement>), BootError> {
-    mptable_bytes(num_cpus)?;
-    let kernel = load_kernel(mem, kernel)?;
+    layout.validate_for(mem)?;
+    mptable_bytes_with_layout(num_cpus, layout)?;
+    let kernel = load_kernel_with_layout(mem, kernel, layout)?;
     if pvh && kernel.pvh_entry.is_none() {
         return Err(BootError::PvhUnavailable {
             format: kernel.format,
         });
     }
     let initrd = match initrd {
-        Some(image) => Some(load_initrd(mem, &kernel, image)?),
+        Some(image) => Some(load_initrd_with_layout(mem, &kernel, image, layout)?),
         None => None,
     };
-    let cmdline = load_cmdline(mem, &kernel, cmdline)?;
+    let cmdline = load_cmdline_with_layout(mem, &kernel, cmdline, layout)?;
     Ok((kernel, cmdline, initrd))
 }
 
@@ -108,9 +112,66 @@ pub fn load_linux(
     cmdline: &str,
     num_cpus: u8,
 ) -> Result<BootInfo, BootError> {
-    let (kernel, cmdline, initrd) = load_images(mem, kernel, initrd, cmdline, num_cpus, false)?;
-    let zero_page = configure_zero_page(mem, &kernel, cmdline, initrd)?;
-    setup_mptable(mem, num_cpus)?;
+    load_linux_with_layout(
+        mem,
+        kernel,
+        initrd,
+        cmdline,
+        num_cpus,
+        &BootLayout::default(),
+    )
+}
+
+/// Like [`load_linux`], with the addresses of `layout` instead of
+/// kindling-memory's: the layout is checked against `mem` first
+/// ([`BootLayout::validate_for`]), so an unusable one writes nothing.
+///
+/// # Example
+///
+/// ```
+/// # use std::io::Cursor;
+/// # use kindling_boot::{load_linux_with_layout, BootLayout};
+/// # use kindling_memory::{create_guest_memory, MemoryConfig};
+/// # fn tiny_elf() -> Vec<u8> {
+/// #     let mut elf = vec![0u8; 120];
+/// #     elf[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+/// #     elf[18] = 62;
+/// #     elf[24..32].copy_from_slice(&0x100_0000u64.to_le_bytes());
+/// #     elf[32] = 64;
+/// #     elf[54] = 56;
+/// #     elf[56] = 1;
+/// #     let ph = &mut elf[64..120];
+/// #     ph[0] = 1;
+/// #     ph[8..16].copy_from_slice(&120u64.to_le_bytes());
+/// #     ph[24..32].copy_from_slice(&0x100_0000u64.to_le_bytes());
+/// #     ph[32] = 2;
+/// #     ph[40] = 2;
+/// #     elf.extend_from_slice(&[0xf4, 0xf4]);
+/// #     elf
+/// # }
+/// let ram = create_guest_memory(&MemoryConfig { size_mib: 64, backing: Default::default() }).unwrap();
+/// let layout = BootLayout {
+///     zero_page_start: 0x1_0000,
+///     cmdline_start: 0x3_0000,
+///     cmdline_max_size: 4096,
+///     ..BootLayout::default()
+/// };
+/// let mut kernel = Cursor::new(tiny_elf());
+/// let boot = load_linux_with_layout(&ram.memory, &mut kernel, None, "console=ttyS0", 1, &layout).unwrap();
+/// assert_eq!((boot.zero_page, boot.cmdline.addr), (0x1_0000, 0x3_0000));
+/// ```
+pub fn load_linux_with_layout(
+    mem: &GuestMemoryMmap,
+    kernel: &mut dyn ReadSeek,
+    initrd: Option<&mut dyn ReadSeek>,
+    cmdline: &str,
+    num_cpus: u8,
+    layout: &BootLayout,
+) -> Result<BootInfo, BootError> {
+    let (kernel, cmdline, initrd) =
+        load_images(mem, kernel, initrd, cmdline, num_cpus, false, layout)?;
+    let zero_page = configure_zero_page_with_layout(mem, &kernel, cmdline, initrd, layout)?;
+    setup_mptable_with_layout(mem, num_cpus, layout)?;
     Ok(BootInfo {
         entry: kernel.entry,
         zero_page,
@@ -129,9 +190,30 @@ pub fn load_linux_pvh(
     cmdline: &str,
     num_cpus: u8,
 ) -> Result<PvhBootInfo, BootError> {
-    let (kernel, cmdline, initrd) = load_images(mem, kernel, initrd, cmdline, num_cpus, true)?;
-    let start_info = configure_pvh(mem, cmdline, initrd)?;
-    setup_mptable(mem, num_cpus)?;
+    load_linux_pvh_with_layout(
+        mem,
+        kernel,
+        initrd,
+        cmdline,
+        num_cpus,
+        &BootLayout::default(),
+    )
+}
+
+/// Like [`load_linux_pvh`], with the addresses of `layout` (see
+/// [`load_linux_with_layout`]).
+pub fn load_linux_pvh_with_layout(
+    mem: &GuestMemoryMmap,
+    kernel: &mut dyn ReadSeek,
+    initrd: Option<&mut dyn ReadSeek>,
+    cmdline: &str,
+    num_cpus: u8,
+    layout: &BootLayout,
+) -> Result<PvhBootInfo, BootError> {
+    let (kernel, cmdline, initrd) =
+        load_images(mem, kernel, initrd, cmdline, num_cpus, true, layout)?;
+    let start_info = configure_pvh_with_layout(mem, cmdline, initrd, layout)?;
+    setup_mptable_with_layout(mem, num_cpus, layout)?;
     Ok(PvhBootInfo {
         // `load_images` checked that the entry is there.
         entry: kernel.pvh_entry.unwrap_or(kernel.entry),
@@ -153,8 +235,8 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
-    use crate::x86_64::test_images::{BzImageBuilder, ElfBuilder};
-    use crate::x86_64::KernelFormat;
+    use crate::x86_64::test_images::{moved_layout, BzImageBuilder, ElfBuilder};
+    use crate::x86_64::{KernelFormat, LayoutError};
 
     fn memory(size_mib: u64) -> GuestMemoryMmap {
         create_guest_memory(&MemoryConfig {
@@ -315,5 +397,148 @@ mod tests {
         let mut initrd = Cursor::new(vec![0u8; 40 << 20]);
         let err = load_linux(&mem, &mut kernel, Some(&mut initrd), "", 1).unwrap_err();
         assert!(matches!(err, BootError::InitrdTooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn elf_with_a_moved_layout() {
+        let mem = memory(128);
+        let layout = moved_layout();
+        let mut kernel = Cursor::new(elf());
+        let mut initrd = Cursor::new(vec![0x42u8; 4096]);
+        let boot = load_linux_with_layout(
+            &mem,
+            &mut kernel,
+            Some(&mut initrd),
+            "console=ttyS0",
+            2,
+            &layout,
+        )
+        .unwrap();
+        assert_eq!(boot.zero_page, layout.zero_page_start);
+        assert_eq!(
+            boot.cmdline,
+            CmdlinePlacement {
+                addr: layout.cmdline_start,
+                len: 14
+            }
+        );
+        let params: boot_params = mem.read_obj(GuestAddress(layout.zero_page_start)).unwrap();
+        assert_eq!({ params.hdr.cmd_line_ptr }, layout.cmdline_start as u32);
+        assert_eq!(
+            { params.hdr.ramdisk_image },
+            boot.initrd.unwrap().addr as u32
+        );
+        let mut cmdline = [0u8; 14];
+        mem.read_slice(&mut cmdline, GuestAddress(layout.cmdline_start))
+            .unwrap();
+        assert_eq!(&cmdline, b"console=ttyS0\0");
+        let mut mp = [0u8; 4];
+        mem.read_slice(&mut mp, GuestAddress(layout.ebda_start))
+            .unwrap();
+        assert_eq!(&mp, b"_MP_");
+        // Nothing at the default addresses.
+        let default: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
+        assert_eq!({ default.hdr.cmd_line_ptr }, 0);
+        mem.read_slice(&mut mp, GuestAddress(EBDA_START)).unwrap();
+        assert_eq!(mp, [0; 4]);
+        // The E820 map reserves the layout's EBDA..HIMEM hole.
+        let e820: Vec<(u64, u64, u32)> = params.e820_table[..usize::from(params.e820_entries)]
+            .iter()
+            .map(|e| (e.addr, e.size, e.r#type))
+            .collect();
+        assert_eq!(
+            e820,
+            vec![
+                (0, layout.ebda_start, 1),
+                (layout.ebda_start, layout.himem_start - layout.ebda_start, 2),
+                (layout.himem_start, (128 << 20) - layout.himem_start, 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn pvh_with_a_moved_layout() {
+        let mem = memory(64);
+        let layout = moved_layout();
+        let mut kernel = Cursor::new(elf());
+        let boot =
+            load_linux_pvh_with_layout(&mem, &mut kernel, None, "panic=1", 1, &layout).unwrap();
+        assert_eq!(boot.start_info, layout.zero_page_start);
+        let info: hvm_start_info = mem.read_obj(GuestAddress(boot.start_info)).unwrap();
+        assert_eq!(info.cmdline_paddr, layout.cmdline_start);
+        assert_eq!(info.memmap_paddr, layout.zero_page_start + 0x80);
+        assert_eq!(info.memmap_entries, 3);
+    }
+
+    #[test]
+    fn kernels_below_the_moved_himem_are_refused() {
+        let mem = memory(64);
+        let layout = BootLayout {
+            himem_start: 0x200_0000,
+            ..moved_layout()
+        };
+        let mut kernel = Cursor::new(elf());
+        let err = load_linux_with_layout(&mem, &mut kernel, None, "", 1, &layout).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BootError::KernelBelowHimem {
+                    addr: 0x100_0000,
+                    himem: 0x200_0000
+                }
+            ),
+            "{err}"
+        );
+        // A bzImage at its preferred 1 MiB too; one at 2 MiB loads there.
+        let mut kernel = Cursor::new(BzImageBuilder::new().build());
+        let err =
+            load_linux_with_layout(&mem, &mut kernel, None, "", 1, &moved_layout()).unwrap_err();
+        assert!(matches!(err, BootError::KernelBelowHimem { .. }), "{err}");
+        let mut kernel = Cursor::new(BzImageBuilder::new().code32_start(0x20_0000).build());
+        let boot = load_linux_with_layout(&mem, &mut kernel, None, "", 1, &moved_layout()).unwrap();
+        assert_eq!(boot.kernel.start, 0x20_0000);
+    }
+
+    #[test]
+    fn a_moved_layout_limits_the_command_line() {
+        let mem = memory(64);
+        let layout = BootLayout {
+            cmdline_max_size: 8,
+            ..moved_layout()
+        };
+        let mut kernel = Cursor::new(elf());
+        let err = load_linux_with_layout(&mem, &mut kernel, None, "console=ttyS0", 1, &layout)
+            .unwrap_err();
+        assert!(
+            matches!(err, BootError::CmdlineTooLong { len: 14, max: 8 }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_layout_writes_nothing() {
+        let mem = memory(64);
+        let overlapping = BootLayout {
+            zero_page_start: moved_layout().cmdline_start,
+            ..moved_layout()
+        };
+        let mut kernel = Cursor::new(elf());
+        let err = load_linux_with_layout(&mem, &mut kernel, None, "", 1, &overlapping).unwrap_err();
+        assert!(
+            matches!(err, BootError::Layout(LayoutError::Overlap { .. })),
+            "{err}"
+        );
+        let first: u64 = mem.read_obj(GuestAddress(0x100_0000)).unwrap();
+        assert_eq!(first, 0);
+
+        // Areas past the end of a small guest's RAM.
+        let small = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x8_8000)]).unwrap();
+        let err = load_linux_pvh_with_layout(&small, &mut kernel, None, "", 1, &moved_layout())
+            .unwrap_err();
+        assert!(
+            matches!(err, BootError::Layout(LayoutError::OutsideRam { .. })),
+            "{err}"
+        );
+        assert!(err.to_string().contains("not guest RAM"), "{err}");
     }
 }

@@ -2,17 +2,17 @@
 //! guest without ACPI finds its CPUs, its IOAPIC and the ISA interrupt
 //! routing.
 //!
-//! The table goes at [`EBDA_START`], inside the last KiB of base memory that
+//! The table goes at [`EBDA_START`](kindling_memory::layout::EBDA_START), inside the last KiB of base memory that
 //! Linux scans for the floating pointer: the 16-byte floating pointer
 //! structure first, then the configuration table it points to.
 
 use std::mem::size_of;
 
-use kindling_memory::layout::{ACPI_START, EBDA_START, IOAPIC_PINS, IOAPIC_START, LAPIC_START};
+use kindling_memory::layout::{IOAPIC_PINS, IOAPIC_START, LAPIC_START};
 use kindling_memory::GuestMemoryMmap;
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
-use crate::x86_64::BootError;
+use crate::x86_64::{BootError, BootLayout};
 
 /// The largest vCPU count an MP table can describe here: APIC ids 0 to 253,
 /// with the IOAPIC taking the next id and 0xff meaning "all".
@@ -285,7 +285,7 @@ fn build(num_cpus: u8, addr: u64, limit: u64) -> Result<Vec<u8>, BootError> {
 }
 
 /// The bytes of the MP table for `num_cpus` vCPUs, laid out to be written
-/// at [`EBDA_START`].
+/// at [`EBDA_START`](kindling_memory::layout::EBDA_START).
 ///
 /// It lists one enabled processor per vCPU (APIC ids `0..num_cpus`, the
 /// first one the bootstrap processor), one ISA bus, one IOAPIC (id
@@ -295,10 +295,17 @@ fn build(num_cpus: u8, addr: u64, limit: u64) -> Result<Vec<u8>, BootError> {
 ///
 /// `num_cpus` must be between 1 and [`MAX_CPUS`].
 pub fn mptable_bytes(num_cpus: u8) -> Result<Vec<u8>, BootError> {
-    build(num_cpus, EBDA_START, ACPI_START)
+    mptable_bytes_with_layout(num_cpus, &BootLayout::default())
 }
 
-/// Writes the MP table for `num_cpus` vCPUs at [`EBDA_START`].
+/// Like [`mptable_bytes`], laid out to be written at `layout.ebda_start`
+/// and to end by `layout.acpi_start`.
+pub fn mptable_bytes_with_layout(num_cpus: u8, layout: &BootLayout) -> Result<Vec<u8>, BootError> {
+    layout.validate()?;
+    build(num_cpus, layout.ebda_start, layout.acpi_start)
+}
+
+/// Writes the MP table for `num_cpus` vCPUs at [`EBDA_START`](kindling_memory::layout::EBDA_START).
 ///
 /// # Example
 ///
@@ -314,17 +321,28 @@ pub fn mptable_bytes(num_cpus: u8) -> Result<Vec<u8>, BootError> {
 /// assert_eq!(&signature, b"_MP_");
 /// ```
 pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), BootError> {
-    let table = mptable_bytes(num_cpus)?;
-    mem.write_slice(&table, GuestAddress(EBDA_START))
+    setup_mptable_with_layout(mem, num_cpus, &BootLayout::default())
+}
+
+/// Like [`setup_mptable`], at `layout.ebda_start`.
+pub fn setup_mptable_with_layout(
+    mem: &GuestMemoryMmap,
+    num_cpus: u8,
+    layout: &BootLayout,
+) -> Result<(), BootError> {
+    let table = mptable_bytes_with_layout(num_cpus, layout)?;
+    mem.write_slice(&table, GuestAddress(layout.ebda_start))
         .map_err(BootError::guest_memory(
             "MP table",
-            EBDA_START,
+            layout.ebda_start,
             table.len() as u64,
         ))
 }
 
 #[cfg(test)]
 mod tests {
+    use kindling_memory::layout::{ACPI_START, EBDA_START};
+
     use super::*;
     use crate::x86_64::test_images::guest_memory;
 

@@ -3,39 +3,58 @@
 //!
 //! PVH replaces the zero page, so its data goes in the zero page's place:
 //! the start info, then the module list, then the memory map, all within
-//! the page at [`ZERO_PAGE_START`].
+//! the page at [`ZERO_PAGE_START`](kindling_memory::layout::ZERO_PAGE_START)
+//! (or the layout's `zero_page_start`).
 
-use kindling_memory::layout::{PAGE_SIZE, ZERO_PAGE_START};
+use kindling_memory::layout::PAGE_SIZE;
 use kindling_memory::GuestMemoryMmap;
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::x86_64::{e820_map, BootError, CmdlinePlacement, InitrdPlacement};
+use crate::x86_64::{
+    e820_map_with_layout, BootError, BootLayout, CmdlinePlacement, InitrdPlacement,
+};
 
 /// `magic` of `hvm_start_info` ("xEn3" with the top bit set).
 pub const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
 /// Version 1 of `hvm_start_info` carries the memory map.
 const START_INFO_VERSION: u32 = 1;
 /// Where the module list goes, after the start info.
-const MODLIST_START: u64 = ZERO_PAGE_START + 0x40;
+const MODLIST_OFFSET: u64 = 0x40;
 /// Where the memory map goes, after the module list.
-const MEMMAP_START: u64 = ZERO_PAGE_START + 0x80;
+const MEMMAP_OFFSET: u64 = 0x80;
 /// How many memory map entries fit in the rest of the page.
 const MEMMAP_MAX_ENTRIES: usize =
-    (PAGE_SIZE as usize - 0x80) / std::mem::size_of::<hvm_memmap_table_entry>();
+    (PAGE_SIZE - MEMMAP_OFFSET) as usize / std::mem::size_of::<hvm_memmap_table_entry>();
 
 /// Writes the PVH start info (with the command line, the initrd as the
 /// only module, and the E820 map of `mem`) at
-/// [`ZERO_PAGE_START`](kindling_memory::layout::ZERO_PAGE_START) and
-/// returns that address, which the boot vCPU gets in `ebx`.
+/// [`ZERO_PAGE_START`](kindling_memory::layout::ZERO_PAGE_START) (the
+/// default [`BootLayout`]) and returns that address, which the boot vCPU
+/// gets in `ebx`.
 pub fn configure_pvh(
     mem: &GuestMemoryMmap,
     cmdline: CmdlinePlacement,
     initrd: Option<InitrdPlacement>,
 ) -> Result<u64, BootError> {
-    let map = e820_map(mem);
+    configure_pvh_with_layout(mem, cmdline, initrd, &BootLayout::default())
+}
+
+/// Like [`configure_pvh`], in the page at `layout.zero_page_start`, with
+/// the E820 map of [`e820_map_with_layout`].
+pub fn configure_pvh_with_layout(
+    mem: &GuestMemoryMmap,
+    cmdline: CmdlinePlacement,
+    initrd: Option<InitrdPlacement>,
+    layout: &BootLayout,
+) -> Result<u64, BootError> {
+    layout.validate()?;
+    let start_info_at = layout.zero_page_start;
+    let modlist_at = start_info_at + MODLIST_OFFSET;
+    let memmap_at = start_info_at + MEMMAP_OFFSET;
+    let map = e820_map_with_layout(mem, layout);
     if map.len() > MEMMAP_MAX_ENTRIES {
         return Err(BootError::TooManyE820Entries {
             count: map.len(),
@@ -44,7 +63,7 @@ pub fn configure_pvh(
     }
     let entry_size = std::mem::size_of::<hvm_memmap_table_entry>() as u64;
     for (i, entry) in map.iter().enumerate() {
-        let at = MEMMAP_START + i as u64 * entry_size;
+        let at = memmap_at + i as u64 * entry_size;
         let raw = hvm_memmap_table_entry {
             addr: entry.addr,
             size: entry.size,
@@ -59,7 +78,7 @@ pub fn configure_pvh(
         magic: XEN_HVM_START_MAGIC,
         version: START_INFO_VERSION,
         cmdline_paddr: cmdline.addr,
-        memmap_paddr: MEMMAP_START,
+        memmap_paddr: memmap_at,
         memmap_entries: map.len() as u32,
         ..Default::default()
     };
@@ -69,27 +88,27 @@ pub fn configure_pvh(
             size: initrd.size,
             ..Default::default()
         };
-        mem.write_obj(module, GuestAddress(MODLIST_START))
+        mem.write_obj(module, GuestAddress(modlist_at))
             .map_err(BootError::guest_memory(
                 "PVH module list",
-                MODLIST_START,
+                modlist_at,
                 std::mem::size_of::<hvm_modlist_entry>() as u64,
             ))?;
         info.nr_modules = 1;
-        info.modlist_paddr = MODLIST_START;
+        info.modlist_paddr = modlist_at;
     }
-    mem.write_obj(info, GuestAddress(ZERO_PAGE_START))
+    mem.write_obj(info, GuestAddress(start_info_at))
         .map_err(BootError::guest_memory(
             "PVH start info",
-            ZERO_PAGE_START,
+            start_info_at,
             std::mem::size_of::<hvm_start_info>() as u64,
         ))?;
-    Ok(ZERO_PAGE_START)
+    Ok(start_info_at)
 }
 
 #[cfg(test)]
 mod tests {
-    use kindling_memory::layout::{CMDLINE_START, EBDA_START, HIMEM_START, MIB};
+    use kindling_memory::layout::{CMDLINE_START, EBDA_START, HIMEM_START, MIB, ZERO_PAGE_START};
 
     use super::*;
     use crate::x86_64::test_images::guest_memory;

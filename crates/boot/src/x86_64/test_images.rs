@@ -5,6 +5,21 @@ use kindling_memory::GuestMemoryMmap;
 use vm_memory::GuestAddress;
 
 /// Guest memory of `size` bytes laid out as Kindling lays it out.
+/// A boot layout that moves everything: zero page at 0x1_0000, command
+/// line at 0x4_0000 (4 KiB), MP table at 0x8_0000, ACPI tables at
+/// 0x8_1000..0x9_0000, kernel from 2 MiB.
+pub(crate) fn moved_layout() -> crate::x86_64::BootLayout {
+    crate::x86_64::BootLayout {
+        cmdline_start: 0x4_0000,
+        cmdline_max_size: 4096,
+        zero_page_start: 0x1_0000,
+        ebda_start: 0x8_0000,
+        acpi_start: 0x8_1000,
+        acpi_end: 0x9_0000,
+        himem_start: 0x20_0000,
+    }
+}
+
 pub(crate) fn guest_memory(size: u64) -> GuestMemoryMmap {
     let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
         .into_iter()

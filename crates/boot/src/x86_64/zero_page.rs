@@ -1,13 +1,14 @@
 //! The zero page (`struct boot_params`) of the Linux 64-bit boot protocol.
 
-use kindling_memory::layout::ZERO_PAGE_START;
 use kindling_memory::GuestMemoryMmap;
 use linux_loader::bootparam::{
     boot_e820_entry, boot_params, setup_header, E820_MAX_ENTRIES_ZEROPAGE,
 };
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::x86_64::{e820_map, BootError, CmdlinePlacement, InitrdPlacement, LoadedKernel};
+use crate::x86_64::{
+    e820_map_with_layout, BootError, BootLayout, CmdlinePlacement, InitrdPlacement, LoadedKernel,
+};
 
 /// `boot_flag` of a valid setup header.
 const BOOT_FLAG: u16 = 0xaa55;
@@ -40,6 +41,17 @@ pub fn zero_page(
     cmdline: CmdlinePlacement,
     initrd: Option<InitrdPlacement>,
 ) -> Result<boot_params, BootError> {
+    zero_page_with_layout(mem, kernel, cmdline, initrd, &BootLayout::default())
+}
+
+/// Like [`zero_page`], with the E820 map of [`e820_map_with_layout`].
+pub fn zero_page_with_layout(
+    mem: &GuestMemoryMmap,
+    kernel: &LoadedKernel,
+    cmdline: CmdlinePlacement,
+    initrd: Option<InitrdPlacement>,
+    layout: &BootLayout,
+) -> Result<boot_params, BootError> {
     let mut params = boot_params {
         hdr: kernel.setup_header.unwrap_or_else(elf_setup_header),
         ..Default::default()
@@ -58,7 +70,7 @@ pub fn zero_page(
         params.hdr.ramdisk_size = 0;
     }
 
-    let map = e820_map(mem);
+    let map = e820_map_with_layout(mem, layout);
     if map.len() > E820_MAX_ENTRIES_ZEROPAGE {
         return Err(BootError::TooManyE820Entries {
             count: map.len(),
@@ -77,7 +89,8 @@ pub fn zero_page(
 }
 
 /// Writes the zero page for `kernel` at
-/// [`ZERO_PAGE_START`](kindling_memory::layout::ZERO_PAGE_START) and
+/// [`ZERO_PAGE_START`](kindling_memory::layout::ZERO_PAGE_START) (the
+/// default [`BootLayout`]) and
 /// returns that address, which the boot vCPU gets in `rsi`.
 ///
 /// # Example
@@ -98,19 +111,33 @@ pub fn configure_zero_page(
     cmdline: CmdlinePlacement,
     initrd: Option<InitrdPlacement>,
 ) -> Result<u64, BootError> {
-    let params = zero_page(mem, kernel, cmdline, initrd)?;
-    mem.write_obj(params, GuestAddress(ZERO_PAGE_START))
+    configure_zero_page_with_layout(mem, kernel, cmdline, initrd, &BootLayout::default())
+}
+
+/// Like [`configure_zero_page`], at `layout.zero_page_start`, with the
+/// E820 map of [`e820_map_with_layout`].
+pub fn configure_zero_page_with_layout(
+    mem: &GuestMemoryMmap,
+    kernel: &LoadedKernel,
+    cmdline: CmdlinePlacement,
+    initrd: Option<InitrdPlacement>,
+    layout: &BootLayout,
+) -> Result<u64, BootError> {
+    layout.validate()?;
+    let at = layout.zero_page_start;
+    let params = zero_page_with_layout(mem, kernel, cmdline, initrd, layout)?;
+    mem.write_obj(params, GuestAddress(at))
         .map_err(BootError::guest_memory(
             "zero page",
-            ZERO_PAGE_START,
+            at,
             std::mem::size_of::<boot_params>() as u64,
         ))?;
-    Ok(ZERO_PAGE_START)
+    Ok(at)
 }
 
 #[cfg(test)]
 mod tests {
-    use kindling_memory::layout::{CMDLINE_START, EBDA_START, HIMEM_START, MIB};
+    use kindling_memory::layout::{CMDLINE_START, EBDA_START, HIMEM_START, MIB, ZERO_PAGE_START};
 
     use super::*;
     use crate::x86_64::test_images::guest_memory;

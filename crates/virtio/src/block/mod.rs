@@ -27,37 +27,47 @@ pub use request::{parse, GuestBuffer, Limits, ParseError, Request, RequestError,
 use std::io;
 use std::path::PathBuf;
 
+use virtio_bindings::virtio_blk::VIRTIO_BLK_ID_BYTES;
+
 /// The size of a virtio block sector.
 pub const SECTOR_SIZE: u64 = 512;
 /// The length of a GET_ID answer.
-pub const ID_BYTES: usize = 20;
+pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
 /// The default (and maximum offered) queue size.
 pub const QUEUE_SIZE: u16 = 256;
 
-/// Request status codes (the byte the device writes last).
+/// Request status codes (the byte the device writes last): virtio-bindings'
+/// `VIRTIO_BLK_S_*` as bytes.
 pub mod status {
+    use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
+
     /// Success.
-    pub const OK: u8 = 0;
+    pub const OK: u8 = VIRTIO_BLK_S_OK as u8;
     /// The request failed.
-    pub const IOERR: u8 = 1;
+    pub const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
     /// The request type (or a flag in it) is not supported.
-    pub const UNSUPP: u8 = 2;
+    pub const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 }
 
-/// Request types.
+/// Request types: virtio-bindings' `VIRTIO_BLK_T_*`.
 pub mod request_type {
+    use virtio_bindings::virtio_blk::{
+        VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+        VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    };
+
     /// Read sectors.
-    pub const IN: u32 = 0;
+    pub const IN: u32 = VIRTIO_BLK_T_IN;
     /// Write sectors.
-    pub const OUT: u32 = 1;
+    pub const OUT: u32 = VIRTIO_BLK_T_OUT;
     /// Flush the write cache.
-    pub const FLUSH: u32 = 4;
+    pub const FLUSH: u32 = VIRTIO_BLK_T_FLUSH;
     /// Read the device id (serial).
-    pub const GET_ID: u32 = 8;
+    pub const GET_ID: u32 = VIRTIO_BLK_T_GET_ID;
     /// Discard ranges of sectors.
-    pub const DISCARD: u32 = 11;
+    pub const DISCARD: u32 = VIRTIO_BLK_T_DISCARD;
     /// Write zeroes to ranges of sectors.
-    pub const WRITE_ZEROES: u32 = 13;
+    pub const WRITE_ZEROES: u32 = VIRTIO_BLK_T_WRITE_ZEROES;
 }
 
 /// Block device feature bits, as 64-bit masks.

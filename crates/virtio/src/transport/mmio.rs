@@ -38,12 +38,6 @@ const VERSION: u32 = 2;
 /// The vendor id the devices report: "KNDL", little-endian.
 pub const VENDOR_ID: u32 = u32::from_le_bytes(*b"KNDL");
 
-/// The kernel command-line parameter that describes a virtio-mmio device
-/// at `base` with interrupt `irq` to Linux (`CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`).
-pub fn mmio_cmdline_device(base: u64, irq: u32) -> String {
-    format!("virtio_mmio.device=4K@{base:#x}:{irq}")
-}
-
 /// Errors creating or restoring a transport.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -638,8 +632,10 @@ impl BusDevice for MmioTransport {
     }
 }
 
+mod cmdline;
 mod persist;
 #[cfg(test)]
 mod tests;
 
+pub use cmdline::{add_mmio_cmdline_device, cmdline_with_mmio_devices, CmdlineError};
 pub use persist::{MmioTransportRestoreArgs, MmioTransportState};

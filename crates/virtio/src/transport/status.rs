@@ -5,19 +5,26 @@
 //! ACKNOWLEDGE, DRIVER, FEATURES_OK and DRIVER_OK, each write keeping the
 //! bits already set. It may set FAILED at any time, and writes 0 to reset.
 //! Anything else is refused: the status stays as it was.
+//!
+//! The status bits are virtio-bindings' `VIRTIO_CONFIG_S_*`.
+
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+};
 
 /// The driver found the device.
-pub const ACKNOWLEDGE: u32 = 1;
+pub const ACKNOWLEDGE: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE;
 /// The driver knows how to drive the device.
-pub const DRIVER: u32 = 2;
+pub const DRIVER: u32 = VIRTIO_CONFIG_S_DRIVER;
 /// The driver is set up and ready to drive the device.
-pub const DRIVER_OK: u32 = 4;
+pub const DRIVER_OK: u32 = VIRTIO_CONFIG_S_DRIVER_OK;
 /// The driver acknowledged the features it understands.
-pub const FEATURES_OK: u32 = 8;
+pub const FEATURES_OK: u32 = VIRTIO_CONFIG_S_FEATURES_OK;
 /// The device hit an error it cannot recover from (set by the device).
-pub const DEVICE_NEEDS_RESET: u32 = 64;
+pub const DEVICE_NEEDS_RESET: u32 = VIRTIO_CONFIG_S_NEEDS_RESET;
 /// The driver gave up on the device.
-pub const FAILED: u32 = 128;
+pub const FAILED: u32 = VIRTIO_CONFIG_S_FAILED;
 
 const KNOWN: u32 = ACKNOWLEDGE | DRIVER | DRIVER_OK | FEATURES_OK | DEVICE_NEEDS_RESET | FAILED;
 

@@ -10,11 +10,10 @@ mod rsdp;
 #[cfg(test)]
 mod test_aml;
 
-use kindling_memory::layout::{ACPI_END, ACPI_START};
 use kindling_memory::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::x86_64::BootError;
+use crate::x86_64::{BootError, BootLayout};
 
 pub use config::{
     AcpiConfig, AcpiPmDescription, CmosRtcDescription, I8042Description, SerialDescription,
@@ -119,7 +118,7 @@ fn build(config: &AcpiConfig, start: u64, limit: u64) -> Result<AcpiTables, Boot
     })
 }
 
-/// Builds the ACPI tables for `config`, laid out from [`ACPI_START`],
+/// Builds the ACPI tables for `config`, laid out from [`ACPI_START`](kindling_memory::layout::ACPI_START),
 /// without writing them.
 ///
 /// Fails, before building anything, if `config` has no vCPUs or more than
@@ -127,12 +126,22 @@ fn build(config: &AcpiConfig, start: u64, limit: u64) -> Result<AcpiTables, Boot
 /// empty or wrapping MMIO window, an IRQ that is not an IOAPIC pin, a
 /// power-management register at port 0 or an `_S5` sleep type above 7.
 pub fn build_acpi_tables(config: &AcpiConfig) -> Result<AcpiTables, BootError> {
-    build(config, ACPI_START, ACPI_END)
+    build_acpi_tables_with_layout(config, &BootLayout::default())
+}
+
+/// Like [`build_acpi_tables`], laid out from `layout.acpi_start` to end
+/// by `layout.acpi_end`.
+pub fn build_acpi_tables_with_layout(
+    config: &AcpiConfig,
+    layout: &BootLayout,
+) -> Result<AcpiTables, BootError> {
+    layout.validate()?;
+    build(config, layout.acpi_start, layout.acpi_end)
 }
 
 /// Writes the ACPI tables for `config` into
-/// [`ACPI_START`]`..`[`ACPI_END`] (which the E820 map reserves) and
-/// returns the address of the RSDP, [`ACPI_START`].
+/// [`ACPI_START`](kindling_memory::layout::ACPI_START)`..`[`ACPI_END`](kindling_memory::layout::ACPI_END) (which the E820 map reserves) and
+/// returns the address of the RSDP, [`ACPI_START`](kindling_memory::layout::ACPI_START).
 ///
 /// The tables, each 16-byte aligned, in this order:
 ///
@@ -197,7 +206,18 @@ pub fn build_acpi_tables(config: &AcpiConfig) -> Result<AcpiTables, BootError> {
 /// assert_eq!(&signature, b"RSD PTR ");
 /// ```
 pub fn setup_acpi(mem: &GuestMemoryMmap, config: &AcpiConfig) -> Result<u64, BootError> {
-    let tables = build_acpi_tables(config)?;
+    setup_acpi_with_layout(mem, config, &BootLayout::default())
+}
+
+/// Like [`setup_acpi`], into `layout.acpi_start..layout.acpi_end`. Linux
+/// scans only `0xe0000..0x100000` for the RSDP: elsewhere, pass the
+/// returned address with [`set_acpi_rsdp`] or [`set_pvh_rsdp`].
+pub fn setup_acpi_with_layout(
+    mem: &GuestMemoryMmap,
+    config: &AcpiConfig,
+    layout: &BootLayout,
+) -> Result<u64, BootError> {
+    let tables = build_acpi_tables_with_layout(config, layout)?;
     mem.write_slice(&tables.bytes, GuestAddress(tables.rsdp_addr))
         .map_err(BootError::guest_memory(
             "ACPI tables",
@@ -209,6 +229,8 @@ pub fn setup_acpi(mem: &GuestMemoryMmap, config: &AcpiConfig) -> Result<u64, Boo
 
 #[cfg(test)]
 mod tests {
+    use kindling_memory::layout::{ACPI_END, ACPI_START};
+
     use super::*;
     use crate::x86_64::test_images::guest_memory;
 
@@ -329,6 +351,27 @@ mod tests {
             at_zero.table(t.dsdt_addr - t.rsdp_addr),
             t.table(t.dsdt_addr)
         );
+    }
+
+    #[test]
+    fn tables_at_a_moved_layout() {
+        let mem = guest_memory(16 << 20);
+        let layout = crate::x86_64::test_images::moved_layout();
+        let config = AcpiConfig::new(2);
+        let rsdp = setup_acpi_with_layout(&mem, &config, &layout).unwrap();
+        assert_eq!(rsdp, layout.acpi_start);
+        let t = build_acpi_tables_with_layout(&config, &layout).unwrap();
+        assert_eq!(t.rsdp_addr, layout.acpi_start);
+        assert!(t.dsdt_addr > layout.acpi_start && t.dsdt_addr < layout.acpi_end);
+        let mut signature = [0u8; 8];
+        mem.read_slice(&mut signature, GuestAddress(rsdp)).unwrap();
+        assert_eq!(&signature, b"RSD PTR ");
+        let tiny = crate::x86_64::BootLayout {
+            acpi_end: layout.acpi_start + 0x40,
+            ..layout
+        };
+        let err = build_acpi_tables_with_layout(&config, &tiny).unwrap_err();
+        assert!(matches!(err, BootError::AcpiTablesTooLarge { .. }), "{err}");
     }
 
     #[test]

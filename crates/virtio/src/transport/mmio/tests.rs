@@ -736,8 +736,10 @@ fn devices_with_invalid_queue_sizes_are_refused() {
 
 #[test]
 fn cmdline_entry() {
+    let mut cmdline = linux_loader::cmdline::Cmdline::new(64).unwrap();
+    add_mmio_cmdline_device(&mut cmdline, 0xc000_1000, 12).unwrap();
     assert_eq!(
-        mmio_cmdline_device(0xc000_1000, 12),
+        cmdline.as_cstring().unwrap().to_str().unwrap(),
         "virtio_mmio.device=4K@0xc0001000:12"
     );
 }
