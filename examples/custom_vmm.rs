@@ -97,7 +97,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         .insert(COM1_PORT, SERIAL_PORT_LEN, serial.clone())?;
 
     let status = Arc::new(AtomicI32::new(-1));
-    let wake = EventFd::new(EFD_NONBLOCK)?;
+    let wake = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
     let exit_port = ExitPort {
         status: status.clone(),
         wake: wake.try_clone()?,

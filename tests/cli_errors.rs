@@ -217,3 +217,51 @@ fn bad_disk_options() {
     );
     assert_error(&["--disk", "a.img,rw"], "unknown disk option 'rw'");
 }
+
+#[test]
+fn files_of_the_wrong_kind_are_refused_without_blocking() {
+    let dir = TempDir::new("file-kinds");
+    let fifo = dir.0.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // A FIFO as the kernel used to block in open() forever.
+    assert_error(
+        &["--kernel", fifo.to_str().unwrap()],
+        "is a FIFO, not a regular file",
+    );
+    let kernel = dir.file("k", kindling_test_guest::TEST_GUEST_ELF);
+    assert_error(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            dir.0.to_str().unwrap(),
+        ],
+        "is a directory, not a regular file",
+    );
+}
+
+#[test]
+fn one_file_for_two_uses_is_refused_and_left_untouched() {
+    let dir = TempDir::new("file-twice");
+    let disk = dir.file("v.img", &[0x5a; 4096]);
+    let disk = disk.to_str().unwrap();
+    assert_error(
+        &["--disk", disk, "--disk", disk],
+        "refusing to use it twice",
+    );
+    // The serial output on a disk image destroyed the image once.
+    let serial = format!("file={disk}");
+    assert_error(
+        &["--disk", disk, "--serial", &serial],
+        "already used as a disk image",
+    );
+    assert_eq!(std::fs::read(disk).unwrap(), vec![0x5a; 4096]);
+    // Nor through a symbolic link.
+    let link = dir.0.join("console.log");
+    std::os::unix::fs::symlink(disk, &link).unwrap();
+    let serial = format!("file={}", link.display());
+    assert_error(&["--serial", &serial], "symbolic link");
+    assert_eq!(std::fs::read(disk).unwrap(), vec![0x5a; 4096]);
+}

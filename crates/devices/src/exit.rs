@@ -46,7 +46,7 @@ impl VmExitHandle {
     pub fn new() -> io::Result<Self> {
         Ok(Self(Arc::new(Inner {
             reason: Mutex::new(None),
-            event: EventFd::new(EFD_NONBLOCK)?,
+            event: EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
         })))
     }
 

@@ -24,7 +24,7 @@ impl EventFdLine {
     /// Creates a line for interrupt `gsi` with a fresh eventfd.
     pub fn new(gsi: u32) -> io::Result<Self> {
         Ok(Self {
-            event: Arc::new(EventFd::new(EFD_NONBLOCK)?),
+            event: Arc::new(EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)?),
             gsi,
         })
     }

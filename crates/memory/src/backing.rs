@@ -85,6 +85,17 @@ pub enum MemoryError {
         /// The mapping error.
         source: vm_memory::mmap::MmapRegionError,
     },
+    /// More guest memory than the host has: the guest would be killed by
+    /// the host's OOM killer once it used it.
+    #[error(
+        "guest memory of {size_mib} MiB is more than this host's {host_mib} MiB of RAM and swap"
+    )]
+    LargerThanHost {
+        /// Requested size in MiB.
+        size_mib: u64,
+        /// The host's RAM plus swap in MiB.
+        host_mib: u64,
+    },
     /// The backing maps an existing file: use `restore_guest_memory`.
     #[error("the private-file backing maps a snapshot's memory file: use restore_guest_memory")]
     NeedsFile,
@@ -163,11 +174,50 @@ fn create_memfd(size: u64, hugetlb: bool) -> Result<File, MemoryError> {
     Ok(file)
 }
 
+/// The host's RAM plus swap in bytes, if the kernel says.
+fn host_memory() -> Option<u64> {
+    // SAFETY: `info` is a plain struct the kernel fills; the return value
+    // is checked.
+    let info = unsafe {
+        let mut info: libc::sysinfo = std::mem::zeroed();
+        (libc::sysinfo(&mut info) == 0).then_some(info)
+    }?;
+    let unit = u64::from(info.mem_unit.max(1));
+    (info.totalram as u64)
+        .checked_add(info.totalswap as u64)?
+        .checked_mul(unit)
+}
+
+/// Refuses guest RAM larger than the host's RAM and swap: with
+/// `MAP_NORESERVE` it would map fine and fail only when the guest used it.
+pub fn check_host_memory(size_mib: u64) -> Result<(), MemoryError> {
+    use crate::layout::MIB;
+    match host_memory() {
+        Some(host) if size_mib.saturating_mul(MIB) > host => Err(MemoryError::LargerThanHost {
+            size_mib,
+            host_mib: host / MIB,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Keeps guest RAM out of the VMM's core dumps: a crash must not write the
+/// guest's memory (its secrets, and gigabytes) to disk.
+pub(crate) fn exclude_from_core_dumps(region: &GuestRegionMmap) {
+    // SAFETY: the range is exactly the region's own mapping; MADV_DONTDUMP
+    // only changes what a core dump includes. A failure is harmless.
+    unsafe {
+        libc::madvise(region.as_ptr().cast(), region.size(), libc::MADV_DONTDUMP);
+    }
+}
+
 /// Creates guest RAM of `config.size_mib` MiB laid out by the architecture's
-/// memory map, on the requested backing. Nothing is pre-faulted.
+/// memory map, on the requested backing. Nothing is pre-faulted; the memory
+/// is left out of core dumps. More memory than the host has is refused.
 #[cfg(target_arch = "x86_64")]
 pub fn create_guest_memory(config: &MemoryConfig) -> Result<GuestRam, MemoryError> {
     let size = validate_size(config)?;
+    check_host_memory(config.size_mib)?;
     let file = match config.backing {
         Backing::Anonymous => None,
         Backing::Memfd => Some(Arc::new(create_memfd(size, false)?)),
@@ -199,6 +249,7 @@ pub fn create_guest_memory(config: &MemoryConfig) -> Result<GuestRam, MemoryErro
         let region = GuestRegionMmap::new(mapping, GuestAddress(guest_addr)).ok_or_else(|| {
             MemoryError::Regions(format!("region at {guest_addr:#x} wraps the address space"))
         })?;
+        exclude_from_core_dumps(&region);
         regions.push(region);
         file_offset += len;
     }
@@ -235,6 +286,33 @@ mod tests {
         assert!(matches!(err, MemoryError::TooLarge { .. }), "{err}");
         let err = create_guest_memory(&cfg(1 << 27, Backing::Anonymous)).unwrap_err();
         assert!(err.to_string().contains("does not fit"), "{err}");
+    }
+
+    #[test]
+    fn more_memory_than_the_host_is_refused() {
+        let host_mib = host_memory().unwrap() / MIB;
+        let err = create_guest_memory(&cfg(host_mib + 1024, Backing::Anonymous)).unwrap_err();
+        assert!(matches!(err, MemoryError::LargerThanHost { .. }), "{err}");
+        assert!(err.to_string().contains("RAM and swap"), "{err}");
+    }
+
+    #[test]
+    fn guest_ram_is_left_out_of_core_dumps() {
+        let ram = create_guest_memory(&cfg(8, Backing::Anonymous)).unwrap();
+        let start = ram.memory.get_host_address(GuestAddress(0)).unwrap() as usize;
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let header = format!("{start:x}-");
+        let section = smaps
+            .split("\n")
+            .skip_while(|l| !l.starts_with(&header))
+            .take_while(|l| !l.starts_with("VmFlags"))
+            .count();
+        let flags = smaps
+            .split("\n")
+            .skip_while(|l| !l.starts_with(&header))
+            .nth(section)
+            .unwrap_or_default();
+        assert!(flags.contains(" dd"), "{flags}");
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub use x86_64::layout;
 
 pub use allocator::{AllocatorError, MmioWindow, ResourceAllocator};
 pub use backing::{
-    create_guest_memory, validate_size, Backing, GuestRam, MemoryConfig, MemoryError,
+    check_host_memory, create_guest_memory, validate_size, Backing, GuestRam, MemoryConfig,
+    MemoryError,
 };
 
 pub use dirty::{DirtyBitmap, RegionDirtyBitmap, DIRTY_PAGE_SIZE};

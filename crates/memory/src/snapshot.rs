@@ -303,6 +303,7 @@ pub fn restore_guest_memory(
         let region = GuestRegionMmap::new(mapping, GuestAddress(guest_addr)).ok_or_else(|| {
             MemoryError::Regions(format!("region at {guest_addr:#x} wraps the address space"))
         })?;
+        crate::backing::exclude_from_core_dumps(&region);
         regions.push(region);
         file_offset += len;
     }

@@ -16,10 +16,11 @@ use kindling_virtio::rng::Entropy;
 use kindling_virtio::VirtioDevice;
 
 use crate::boot_setup::{load_guest, BootSources};
-use crate::config::{KernelSource, VmConfig};
+use crate::config::{KernelSource, SerialConfig, VmConfig};
 use crate::device_manager::{insert, LegacyDevices};
+use crate::files::{identity, open_regular, open_serial_file};
 use crate::virtio_devices::{self, PlannedDevice};
-use crate::vmm::{open, serial_output, MAX_VCPUS};
+use crate::vmm::{serial_output, MAX_VCPUS};
 use crate::{Vmm, VmmDevices, VmmError};
 
 /// An event-loop subscriber a user adds for a device of their own.
@@ -104,14 +105,41 @@ impl VmmBuilder {
             size_mib: config.memory_mib,
             backing: config.memory_backing,
         })?;
+        let mut in_use = Vec::new();
         let kernel_file = match &config.kernel {
-            KernelSource::Path(path) => Some(open("kernel image", path)?),
+            KernelSource::Path(path) => {
+                let file = open_regular("kernel image", path)?;
+                in_use.extend(identity(path).map(|id| (id, "the kernel image", path.clone())));
+                Some(file)
+            }
             KernelSource::Bytes(_) => None,
         };
         let initrd = match &config.initrd {
-            Some(path) => Some(open("initrd", path)?),
+            Some(path) => {
+                let file = open_regular("initrd", path)?;
+                in_use.extend(identity(path).map(|id| (id, "the initrd", path.clone())));
+                Some(file)
+            }
             None => None,
         };
+        for disk in &config.disks {
+            let Some(id) = identity(&disk.path) else {
+                continue; // opening it reports the error
+            };
+            if let Some((_, first, other)) = in_use.iter().find(|(used, _, _)| *used == id) {
+                return Err(VmmError::FileUsedTwice {
+                    path: disk.path.clone(),
+                    first,
+                    other: other.clone(),
+                });
+            }
+            in_use.push((id, "a disk image", disk.path.clone()));
+        }
+        let mut config = config;
+        if let SerialConfig::File(path) = &config.serial {
+            let file = open_serial_file(path, &in_use)?;
+            config.serial = SerialConfig::Writer(Box::new(file));
+        }
         let allocator = ResourceAllocator::new().map_err(|source| VmmError::Allocate {
             device: "resource allocator".into(),
             source,
@@ -279,7 +307,7 @@ impl VmmBuilder {
             what: "VM exit event".into(),
             source,
         })?;
-        let serial_config = std::mem::replace(&mut config.serial, crate::SerialConfig::Off);
+        let serial_config = std::mem::replace(&mut config.serial, SerialConfig::Off);
         let (serial_out, stdin_input) = serial_output(serial_config)?;
         let (serial_out, serial_flusher) =
             BufferedOutput::new(serial_out).map_err(|source| VmmError::EventFd {

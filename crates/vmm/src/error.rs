@@ -35,6 +35,26 @@ pub enum VmmError {
         /// The error.
         source: io::Error,
     },
+    /// A file given by the user is of the wrong kind.
+    #[error("{what} {path} is {kind}, not a regular file")]
+    NotARegularFile {
+        /// What the file is for.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// One file given for two uses (a disk twice, the serial output on a disk).
+    #[error("{path} is already used as {first} ({other}): refusing to use it twice")]
+    FileUsedTwice {
+        /// The path given second.
+        path: PathBuf,
+        /// What the file is already used as.
+        first: &'static str,
+        /// The path it was given as first.
+        other: PathBuf,
+    },
     /// Loading the kernel, initrd or command line failed.
     #[error(transparent)]
     Boot(#[from] kindling_boot::BootError),

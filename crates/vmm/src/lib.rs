@@ -40,6 +40,7 @@ mod device_manager;
 mod devices;
 mod error;
 mod event_loop;
+mod files;
 mod lifecycle;
 pub mod snapshot;
 mod virtio_devices;

@@ -57,7 +57,7 @@ pub(crate) struct LoopControl {
 impl LoopControl {
     fn new() -> std::io::Result<Self> {
         Ok(Self {
-            wake: EventFd::new(EFD_NONBLOCK)?,
+            wake: EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
             state: Mutex::new(LoopState::default()),
             changed: Condvar::new(),
         })
@@ -78,10 +78,15 @@ impl LoopControl {
         }
     }
 
-    /// Releases a parked loop.
+    /// Releases a parked loop and waits until it runs again (or has
+    /// ended).
     fn resume(&self) {
-        self.lock().pause_requested = false;
+        let mut state = self.lock();
+        state.pause_requested = false;
         self.changed.notify_all();
+        while state.parked && !state.finished {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     /// Called on the loop's thread when `wake` fired: parks while a pause

@@ -1,6 +1,5 @@
 //! A built microVM, and running it.
 
-use std::fs::File;
 use std::io::Write;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -69,28 +68,13 @@ impl std::fmt::Debug for Vmm {
 
 pub(crate) type SubscriberBox = Box<dyn MutEventSubscriber + Send>;
 
-pub(crate) fn open(what: &'static str, path: &std::path::Path) -> Result<File, VmmError> {
-    File::open(path).map_err(|source| VmmError::OpenFile {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 pub(crate) fn serial_output(
     config: SerialConfig,
 ) -> Result<(Box<dyn Write + Send>, bool), VmmError> {
     Ok(match config {
         SerialConfig::Stdout => (Box::new(std::io::stdout()), true),
         SerialConfig::Off => (Box::new(std::io::sink()), false),
-        SerialConfig::File(path) => {
-            let file = File::create(&path).map_err(|source| VmmError::OpenFile {
-                what: "serial output file",
-                path,
-                source,
-            })?;
-            (Box::new(file), false)
-        }
+        SerialConfig::File(path) => (Box::new(crate::files::open_serial_file(&path, &[])?), false),
         SerialConfig::Writer(w) => (w, false),
     })
 }

@@ -210,7 +210,7 @@ impl MmioTransport {
             }
             queues.push(QueueConfig::new(max));
             queue_events.push(
-                EventFd::new(EFD_NONBLOCK)
+                EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)
                     .map_err(|source| TransportError::QueueEvent { index, source })?,
             );
         }
