@@ -25,34 +25,32 @@ pub(crate) fn load_guest(
     sources: BootSources<'_>,
     virtio: &[VirtioMmioDescription],
 ) -> Result<BootEntry, VmmError> {
-    match sources.protocol {
+    let BootSources {
+        kernel,
+        initrd,
+        cmdline,
+        protocol,
+        vcpus,
+    } = sources;
+    // Load, then point the entry's boot structure at the ACPI tables.
+    let (entry, boot_struct) = match protocol {
         BootProtocol::Linux64 => {
-            let boot = kindling_boot::load_linux(
-                memory,
-                sources.kernel,
-                sources.initrd,
-                sources.cmdline,
-                sources.vcpus,
-            )?;
+            let boot = kindling_boot::load_linux(memory, kernel, initrd, cmdline, vcpus)?;
             let entry = BootEntry::linux64(memory, boot.entry, boot.zero_page)?;
-            let rsdp = setup_acpi(memory, sources.vcpus, virtio)?;
-            kindling_boot::set_acpi_rsdp(memory, boot.zero_page, rsdp)?;
-            Ok(entry)
+            (entry, boot.zero_page)
         }
         BootProtocol::Pvh => {
-            let boot = kindling_boot::load_linux_pvh(
-                memory,
-                sources.kernel,
-                sources.initrd,
-                sources.cmdline,
-                sources.vcpus,
-            )?;
+            let boot = kindling_boot::load_linux_pvh(memory, kernel, initrd, cmdline, vcpus)?;
             let entry = BootEntry::pvh(memory, boot.entry, boot.start_info)?;
-            let rsdp = setup_acpi(memory, sources.vcpus, virtio)?;
-            kindling_boot::set_pvh_rsdp(memory, boot.start_info, rsdp)?;
-            Ok(entry)
+            (entry, boot.start_info)
         }
+    };
+    let rsdp = setup_acpi(memory, vcpus, virtio)?;
+    match protocol {
+        BootProtocol::Linux64 => kindling_boot::set_acpi_rsdp(memory, boot_struct, rsdp)?,
+        BootProtocol::Pvh => kindling_boot::set_pvh_rsdp(memory, boot_struct, rsdp)?,
     }
+    Ok(entry)
 }
 
 /// Writes the ACPI tables describing the vCPUs, the legacy devices at their
