@@ -107,12 +107,20 @@ pub struct Block {
     stalled: bool,
 }
 
+fn check_queue_size(q: u16) -> Result<(), BlockError> {
+    if !(2..=MAX_QUEUE_SIZE).contains(&q) || !q.is_power_of_two() {
+        return Err(BlockError::InvalidQueueSize(q));
+    }
+    Ok(())
+}
+
 /// The token of the backend's completion eventfd on the event loop.
 const COMPLETION_TOKEN: u32 = 0;
 
 impl Block {
     /// Opens `config.path` with the engine `config.engine`.
     pub fn new(config: &BlockConfig) -> Result<Self, BlockError> {
+        check_queue_size(config.queue_size)?;
         let backend = engine::open(config)?;
         Self::with_backend(backend, config)
     }
@@ -123,9 +131,7 @@ impl Block {
         config: &BlockConfig,
     ) -> Result<Self, BlockError> {
         let q = config.queue_size;
-        if !(2..=MAX_QUEUE_SIZE).contains(&q) || !q.is_power_of_two() {
-            return Err(BlockError::InvalidQueueSize(q));
-        }
+        check_queue_size(q)?;
         let serial = match &config.serial {
             Some(s) if s.len() > ID_BYTES => {
                 return Err(BlockError::SerialTooLong {

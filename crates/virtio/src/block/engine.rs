@@ -89,4 +89,24 @@ mod tests {
         );
         assert!("IO_URING".parse::<BlockEngine>().is_err());
     }
+
+    #[test]
+    fn each_engine_opens_or_says_why_not() {
+        let tmp = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        std::fs::write(tmp.as_path(), [0u8; 4096]).unwrap();
+        let mut config = BlockConfig::new(tmp.as_path());
+        assert!(open(&config).unwrap().completion_event().is_none());
+        config.engine = BlockEngine::IoUring;
+        #[cfg(feature = "io-uring")]
+        assert!(open(&config).unwrap().completion_event().is_some());
+        #[cfg(not(feature = "io-uring"))]
+        {
+            let e = open(&config).unwrap_err();
+            assert!(matches!(e, BlockError::EngineUnavailable { .. }), "{e}");
+            assert!(
+                e.to_string().contains("io_uring engine is not built in"),
+                "{e}"
+            );
+        }
+    }
 }

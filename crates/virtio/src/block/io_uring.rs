@@ -493,3 +493,394 @@ impl Drop for IoUringBackend {
         self.quiesce();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::request::SectorRange;
+    use crate::queue::tests::memory;
+    use kindling_memory::DirtyBitmap;
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::tempfile::TempFile;
+
+    fn image(size: usize, entries: u16) -> (TempFile, IoUringBackend) {
+        let tmp = TempFile::new().unwrap();
+        let pattern: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        std::fs::write(tmp.as_path(), &pattern).unwrap();
+        let backend = IoUringBackend::open(tmp.as_path(), false, entries).unwrap();
+        (tmp, backend)
+    }
+
+    fn buf(addr: u64, len: u32) -> GuestBuffer {
+        GuestBuffer {
+            addr: GuestAddress(addr),
+            len,
+        }
+    }
+
+    /// Hands the queued operations over and waits for `n` completions.
+    fn wait(b: &mut IoUringBackend, n: usize) -> Vec<Completion> {
+        b.push_submissions().unwrap();
+        let mut done = Vec::new();
+        while done.len() < n {
+            match b.next_completion() {
+                Some(c) => done.push(c),
+                None => {
+                    b.ring.submit_and_wait(1).unwrap();
+                }
+            }
+        }
+        done
+    }
+
+    /// Waits until the completion eventfd is readable.
+    fn wait_for_event(b: &IoUringBackend) {
+        let mut pfd = libc::pollfd {
+            fd: b.completion_event().unwrap().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is a valid pollfd for the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
+        assert_eq!(n, 1, "the completion eventfd was not signalled");
+    }
+
+    #[test]
+    fn reads_writes_and_flushes_cross_guest_regions() {
+        let (tmp, mut b) = image(8192, 8);
+        assert_eq!(b.size(), 8192);
+        assert!(b.default_serial().iter().any(|&c| c != 0));
+        assert!(format!("{b:?}").contains("IoUringBackend"));
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x1000),
+            (GuestAddress(0x1000), 0x1000),
+        ])
+        .unwrap();
+        // The first buffer spans both regions.
+        let bufs = [buf(0xf00, 0x200), buf(0x1800, 0x200)];
+        b.submit(
+            &mem,
+            3,
+            &BlockOp::Read {
+                offset: 512,
+                buffers: &bufs,
+            },
+        )
+        .unwrap();
+        assert_eq!(b.in_flight(), 1);
+        let c = wait(&mut b, 1);
+        assert_eq!(c[0].token, 3);
+        c[0].result.as_ref().unwrap();
+        assert_eq!(b.in_flight(), 0);
+        let mut got = [0u8; 0x400];
+        mem.read_slice(&mut got[..0x200], GuestAddress(0xf00))
+            .unwrap();
+        mem.read_slice(&mut got[0x200..], GuestAddress(0x1800))
+            .unwrap();
+        for (i, &x) in got.iter().enumerate() {
+            assert_eq!(x, ((512 + i) % 251) as u8, "byte {i}");
+        }
+        // The VMM's writes are in the dirty bitmap, pages of both regions.
+        let dirty = DirtyBitmap::take_vmm_writes(&mem);
+        assert!(dirty.is_dirty(GuestAddress(0xf00)));
+        assert!(dirty.is_dirty(GuestAddress(0x1800)));
+        assert_eq!(dirty.dirty_pages(), 2);
+
+        mem.write_slice(&[0xab; 0x200], GuestAddress(0x1800))
+            .unwrap();
+        b.submit(
+            &mem,
+            4,
+            &BlockOp::Write {
+                offset: 0,
+                buffers: &bufs[1..],
+            },
+        )
+        .unwrap();
+        wait(&mut b, 1)[0].result.as_ref().unwrap();
+        // A flush finishes on an io_uring worker: it signals the eventfd
+        // (cleared first: the write may have finished on a worker too).
+        let _ = b.completion_event().unwrap().read();
+        b.submit(&mem, 5, &BlockOp::Flush).unwrap();
+        b.push_submissions().unwrap();
+        wait_for_event(&b);
+        b.completion_event().unwrap().read().unwrap();
+        let c = b.next_completion().unwrap();
+        assert_eq!(c.token, 5);
+        c.result.unwrap();
+        let data = std::fs::read(tmp.as_path()).unwrap();
+        assert!(data[..0x200].iter().all(|&x| x == 0xab));
+        assert_eq!(data[0x200], (0x200 % 251) as u8);
+    }
+
+    #[test]
+    fn bad_buffers_and_empty_transfers_complete_at_once() {
+        let (_tmp, mut b) = image(4096, 4);
+        let mem = memory(0x1000);
+        b.submit(
+            &mem,
+            6,
+            &BlockOp::Read {
+                offset: 0,
+                buffers: &[buf(0x3000, 16)],
+            },
+        )
+        .unwrap();
+        let e = b.next_completion().unwrap().result.unwrap_err();
+        assert!(matches!(e, BackendError::GuestMemory { addr: 0x3000, .. }));
+        b.submit(
+            &mem,
+            7,
+            &BlockOp::Write {
+                offset: 0,
+                buffers: &[],
+            },
+        )
+        .unwrap();
+        let c = b.next_completion().unwrap();
+        assert_eq!(c.token, 7);
+        c.result.unwrap();
+        assert_eq!(b.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_short_read_continues_then_fails_at_the_end_of_the_file() {
+        let (tmp, mut b) = image(4096, 4);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(tmp.as_path())
+            .unwrap()
+            .set_len(1024)
+            .unwrap();
+        let mem = memory(0x10000);
+        mem.write_slice(&[0xee; 2048], GuestAddress(0)).unwrap();
+        b.submit(
+            &mem,
+            0,
+            &BlockOp::Read {
+                offset: 512,
+                buffers: &[buf(0, 2048)],
+            },
+        )
+        .unwrap();
+        let c = wait(&mut b, 1);
+        // 512 bytes came, then nothing: the read fails where the file
+        // ended, after the part that was there was transferred.
+        let e = c[0].result.as_ref().unwrap_err();
+        assert!(
+            matches!(e, BackendError::UnexpectedEof { offset: 1024, .. }),
+            "{e}"
+        );
+        let mut got = [0u8; 2];
+        mem.read_slice(&mut got, GuestAddress(511)).unwrap();
+        assert_eq!(got, [((512 + 511) % 251) as u8, 0xee]);
+    }
+
+    #[test]
+    fn requests_with_more_iovecs_than_readv_takes_are_split() {
+        let n = MAX_IOVECS + 40;
+        let (tmp, mut b) = image(n * 512, 4);
+        let mem = memory((n * 1024) as u64);
+        // Every other 512-byte block of guest memory: one iovec each.
+        let bufs: Vec<GuestBuffer> = (0..n).map(|i| buf(i as u64 * 1024, 512)).collect();
+        b.submit(
+            &mem,
+            1,
+            &BlockOp::Read {
+                offset: 0,
+                buffers: &bufs,
+            },
+        )
+        .unwrap();
+        wait(&mut b, 1)[0].result.as_ref().unwrap();
+        let mut last = [0u8; 512];
+        mem.read_slice(&mut last, GuestAddress((n as u64 - 1) * 1024))
+            .unwrap();
+        assert_eq!(last[0], (((n - 1) * 512) % 251) as u8);
+        // And back, shifted by one block.
+        b.submit(
+            &mem,
+            2,
+            &BlockOp::Write {
+                offset: 512,
+                buffers: &bufs[..n - 1],
+            },
+        )
+        .unwrap();
+        wait(&mut b, 1)[0].result.as_ref().unwrap();
+        let data = std::fs::read(tmp.as_path()).unwrap();
+        assert_eq!(data[(n - 1) * 512], (((n - 2) * 512) % 251) as u8);
+        assert_eq!(data[512], 0);
+    }
+
+    #[test]
+    fn a_full_engine_refuses_more_until_completions_free_space() {
+        let (_tmp, mut b) = image(4096, 2);
+        let mem = memory(0x1000);
+        b.submit(&mem, 0, &BlockOp::Flush).unwrap();
+        b.submit(&mem, 1, &BlockOp::Flush).unwrap();
+        assert!(matches!(
+            b.submit(&mem, 2, &BlockOp::Flush),
+            Err(BackendError::Busy)
+        ));
+        let mut tokens: Vec<u16> = wait(&mut b, 2).iter().map(|c| c.token).collect();
+        tokens.sort_unstable();
+        assert_eq!(tokens, vec![0, 1]);
+        b.submit(&mem, 2, &BlockOp::Flush).unwrap();
+        assert_eq!(wait(&mut b, 1)[0].token, 2);
+    }
+
+    #[test]
+    fn discard_and_write_zeroes_run_synchronously() {
+        let (tmp, mut b) = image(64 * 1024, 4);
+        let mem = memory(0x1000);
+        let r = |sector, num_sectors, unmap| SectorRange {
+            sector,
+            num_sectors,
+            unmap,
+        };
+        b.submit(
+            &mem,
+            0,
+            &BlockOp::Discard {
+                ranges: &[r(8, 8, false)],
+            },
+        )
+        .unwrap();
+        b.submit(
+            &mem,
+            1,
+            &BlockOp::WriteZeroes {
+                ranges: &[r(40, 8, true)],
+            },
+        )
+        .unwrap();
+        assert_eq!(b.in_flight(), 0);
+        assert_eq!(b.next_completion().unwrap().token, 0);
+        b.next_completion().unwrap().result.unwrap();
+        let data = std::fs::read(tmp.as_path()).unwrap();
+        assert!(data[4096..8192].iter().all(|&x| x == 0));
+        assert!(data[40 * 512..48 * 512].iter().all(|&x| x == 0));
+        assert_ne!(data[48 * 512 + 1], 0);
+    }
+
+    #[test]
+    fn quiesce_waits_for_requests_in_flight() {
+        let (_tmp, mut b) = image(256 * 1024, 64);
+        let mem = memory(0x40000);
+        for i in 0..63u16 {
+            b.submit(
+                &mem,
+                i,
+                &BlockOp::Read {
+                    offset: u64::from(i) * 4096,
+                    buffers: &[buf(u64::from(i) * 4096, 4096)],
+                },
+            )
+            .unwrap();
+        }
+        b.submit(&mem, 63, &BlockOp::Flush).unwrap();
+        b.push_submissions().unwrap();
+        assert_eq!(b.in_flight(), 64);
+        b.quiesce();
+        // Nothing is in flight and nothing is left to collect: the device
+        // can let go of guest memory.
+        assert_eq!(b.in_flight(), 0);
+        assert!(b.next_completion().is_none());
+        // Every read had finished writing guest memory.
+        let mut last = [0u8; 1];
+        mem.read_slice(&mut last, GuestAddress(62 * 4096 + 4095))
+            .unwrap();
+        assert_eq!(last[0], ((62 * 4096 + 4095) % 251) as u8);
+        // Operations queued but never handed over are waited for too.
+        b.submit(&mem, 1, &BlockOp::Flush).unwrap();
+        b.quiesce();
+        assert_eq!(b.in_flight(), 0);
+        assert!(b.next_completion().is_none());
+        // And the engine works afterwards.
+        b.submit(&mem, 2, &BlockOp::Flush).unwrap();
+        assert_eq!(wait(&mut b, 1)[0].token, 2);
+    }
+
+    #[test]
+    fn dropping_the_engine_waits_for_its_requests() {
+        let (_tmp, mut b) = image(64 * 1024, 16);
+        let mem = memory(0x10000);
+        for i in 0..16u16 {
+            b.submit(
+                &mem,
+                i,
+                &BlockOp::Read {
+                    offset: u64::from(i) * 4096,
+                    buffers: &[buf(u64::from(i) * 4096, 4096)],
+                },
+            )
+            .unwrap();
+        }
+        b.push_submissions().unwrap();
+        drop(b);
+        let mut last = [0u8; 1];
+        mem.read_slice(&mut last, GuestAddress(0xffff)).unwrap();
+        assert_eq!(last[0], (0xffff % 251) as u8);
+    }
+
+    #[test]
+    fn writes_to_a_read_only_image_fail_and_setup_errors_name_the_disk() {
+        let tmp = TempFile::new().unwrap();
+        std::fs::write(tmp.as_path(), [7u8; 1024]).unwrap();
+        let mut b = IoUringBackend::open(tmp.as_path(), true, 2).unwrap();
+        let mem = memory(0x1000);
+        b.submit(
+            &mem,
+            0,
+            &BlockOp::Write {
+                offset: 0,
+                buffers: &[buf(0, 512)],
+            },
+        )
+        .unwrap();
+        let e = wait(&mut b, 1).remove(0).result.unwrap_err();
+        assert!(e.to_string().contains("write at byte 0"), "{e}");
+        assert_eq!(std::fs::read(tmp.as_path()).unwrap(), vec![7u8; 1024]);
+        // A ring the kernel refuses (zero entries), as when io_uring is
+        // unavailable: a setup error naming the image.
+        let e = IoUringBackend::open(tmp.as_path(), true, 0).unwrap_err();
+        assert!(matches!(e, BlockError::IoUring { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&tmp.as_path().display().to_string()),
+            "{text}"
+        );
+        assert!(text.contains("engine=sync"), "{text}");
+    }
+
+    #[test]
+    fn short_transfers_advance_the_iovecs() {
+        let mut data = [0u8; 64];
+        let mut op = InFlight {
+            token: 0,
+            kind: Kind::Read,
+            offset: 100,
+            iovecs: IoVecs(vec![
+                libc::iovec {
+                    iov_base: data.as_mut_ptr().cast(),
+                    iov_len: 16,
+                },
+                libc::iovec {
+                    // SAFETY: 16 is inside `data`.
+                    iov_base: unsafe { data.as_mut_ptr().add(16) }.cast(),
+                    iov_len: 48,
+                },
+            ]),
+            next: 0,
+            buffers: Vec::new(),
+            memory: None,
+        };
+        assert!(!op.advance(20));
+        assert_eq!((op.next, op.offset, op.iovecs.0[1].iov_len), (1, 120, 44));
+        assert_eq!(op.iovecs.0[1].iov_base, data[20..].as_mut_ptr().cast());
+        assert!(!op.advance(43));
+        assert!(op.advance(1));
+        assert_eq!(op.offset, 164);
+    }
+}
