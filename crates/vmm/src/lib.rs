@@ -40,4 +40,6 @@ pub use error::VmmError;
 pub use exit_handler::BusExitHandler;
 pub use kindling_devices::legacy::StartTime;
 pub use kindling_devices::ExitReason;
+/// A disk's I/O engine ([`DiskConfig::engine`]).
+pub use kindling_virtio::block::BlockEngine;
 pub use vmm::{Vmm, VmmHandle};

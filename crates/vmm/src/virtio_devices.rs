@@ -69,6 +69,7 @@ pub(crate) fn plan(
     for (index, disk) in disks.iter().enumerate() {
         let config = BlockConfig {
             read_only: disk.read_only,
+            engine: disk.engine,
             ..BlockConfig::new(&disk.path)
         };
         let block = Block::new(&config).map_err(|e| VmmError::Virtio {
