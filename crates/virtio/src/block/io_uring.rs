@@ -45,7 +45,8 @@ use crate::GuestMemoryMmap;
 pub const MAX_IOVECS: usize = 1024;
 
 /// How many times a submission interrupted or refused for lack of
-/// resources is retried on the spot before the error is reported.
+/// resources is retried on the spot, and an operation that completes with
+/// EINTR or EAGAIN is resubmitted, before the error is reported.
 const SUBMIT_RETRIES: u32 = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +85,8 @@ struct InFlight {
     iovecs: IoVecs,
     /// The first iovec not transferred completely.
     next: usize,
+    /// Times the kernel answered EINTR or EAGAIN for this operation.
+    retries: u32,
     /// The guest buffers of a read, marked dirty when it completes.
     buffers: Vec<GuestBuffer>,
     /// Keeps the guest memory the iovecs point into mapped until the
@@ -204,8 +207,9 @@ impl IoUringBackend {
         };
         let entry = self.entry(slot, op);
         for attempt in 0..2 {
-            // SAFETY: the SQE points at `slots[slot]`'s iovec array, which
-            // stays in place (it is not resized) until the operation's
+            // SAFETY: the SQE points at the heap buffer of the slot's iovec
+            // Vec, which stays in place (moving the `InFlight` does not
+            // move it, and it is never resized) until the operation's
             // completion is collected, and the iovecs point into guest
             // memory that the slot keeps mapped (`InFlight::memory`); the
             // slot is only emptied when its completion has been reaped
@@ -294,9 +298,14 @@ impl IoUringBackend {
         let io_error = |op: &InFlight, source: io::Error, sync: &SyncFileBackend| {
             sync.io_error(op.kind.name(), op.offset, source)
         };
+        let mut op = op;
         if result < 0 {
             let errno = -result;
-            if (errno == libc::EINTR || errno == libc::EAGAIN) && !self.quiescing {
+            if (errno == libc::EINTR || errno == libc::EAGAIN)
+                && !self.quiescing
+                && op.retries < SUBMIT_RETRIES
+            {
+                op.retries += 1;
                 self.resubmit(slot, op);
                 return;
             }
@@ -304,7 +313,6 @@ impl IoUringBackend {
             self.finish(slot, op, Err(e));
             return;
         }
-        let mut op = op;
         if op.kind == Kind::Flush || self.quiescing {
             self.finish(slot, op, Ok(()));
             return;
@@ -409,6 +417,7 @@ impl BlockBackend for IoUringBackend {
             offset,
             iovecs: IoVecs(iovecs),
             next: 0,
+            retries: 0,
             buffers: if kind == Kind::Read {
                 buffers.to_vec()
             } else {
@@ -873,6 +882,7 @@ mod tests {
                 },
             ]),
             next: 0,
+            retries: 0,
             buffers: Vec::new(),
             memory: None,
         };
