@@ -7,7 +7,8 @@
 //! timestamps the guest's `blk-bench: start` and `blk-bench: done` lines as
 //! they arrive on the serial port and samples the VMM process's CPU time
 //! (all threads: vCPU, device event loop) at the same moments, and reports
-//! IOPS, MiB/s and host CPU time per request.
+//! IOPS, MiB/s and host CPU time per request. Every workload runs with the
+//! synchronous engine and then the io_uring engine (`engine=io_uring`).
 //!
 //! `cargo bench -p kindling-benches --bench virtio_block`; `KINDLING_BLOCK_BENCH_OPS` sets the
 //! requests per workload (default 20000). Under `cargo test` it runs each
@@ -17,7 +18,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kindling::vmm::{DiskConfig, ExitReason, KernelSource, SerialConfig, VmConfig, Vmm};
+use kindling::vmm::{
+    BlockEngine, DiskConfig, ExitReason, KernelSource, SerialConfig, VmConfig, Vmm,
+};
 
 /// Process CPU time (user + system, all threads).
 fn cpu_time() -> Duration {
@@ -87,7 +90,12 @@ const WORKLOADS: &[Workload] = &[
     },
 ];
 
-fn run(disk: &std::path::Path, w: &Workload, ops: u32) -> Option<(Duration, Duration)> {
+fn run(
+    disk: &std::path::Path,
+    engine: BlockEngine,
+    w: &Workload,
+    ops: u32,
+) -> Option<(Duration, Duration)> {
     let stamper = Stamper::default();
     let cmdline = format!(
         "kindling.test=virtio,blk-bench:0:{}:{}:{}:{}",
@@ -100,6 +108,7 @@ fn run(disk: &std::path::Path, w: &Workload, ops: u32) -> Option<(Duration, Dura
         disks: vec![DiskConfig {
             path: disk.to_path_buf(),
             read_only: false,
+            engine,
         }],
         serial: SerialConfig::Writer(Box::new(stamper.clone())),
         ..VmConfig::default()
@@ -150,18 +159,23 @@ fn main() {
         "virtio_block: {ops} requests per workload, 64 MiB image in {}",
         disk.display()
     );
-    for w in WORKLOADS {
-        let Some((elapsed, cpu)) = run(&disk, w, ops) else {
-            break;
-        };
-        let secs = elapsed.as_secs_f64();
-        println!(
-            "virtio_block: {:<32} {:>9.0} IOPS {:>8.1} MiB/s {:>7.1} µs host CPU/request",
-            w.name,
-            f64::from(ops) / secs,
-            f64::from(ops) * f64::from(w.block_size) / secs / (1 << 20) as f64,
-            cpu.as_secs_f64() * 1e6 / f64::from(ops)
-        );
+    // Each workload with both engines in turn, on the same image, so
+    // the two see the same page cache and the same machine load.
+    'workloads: for w in WORKLOADS {
+        for engine in [BlockEngine::Sync, BlockEngine::IoUring] {
+            let Some((elapsed, cpu)) = run(&disk, engine, w, ops) else {
+                break 'workloads;
+            };
+            let secs = elapsed.as_secs_f64();
+            println!(
+                "virtio_block: {:<32} {:<8} {:>9.0} IOPS {:>8.1} MiB/s {:>7.1} µs host CPU/request",
+                w.name,
+                engine.name(),
+                f64::from(ops) / secs,
+                f64::from(ops) * f64::from(w.block_size) / secs / (1 << 20) as f64,
+                cpu.as_secs_f64() * 1e6 / f64::from(ops)
+            );
+        }
     }
     let _ = std::fs::remove_file(&disk);
 }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release --example microvm -- [--kernel PATH] [--initrd PATH]
-//!     [--cmdline STR] [--cpus N] [--memory MIB] [--pvh] [--disk PATH[,readonly]]...
+//!     [--cmdline STR] [--cpus N] [--memory MIB] [--pvh]
+//!     [--disk PATH[,readonly][,engine=sync|io_uring]]...
 //!     [--entropy] [--serial stdout|off|file=PATH]
 //! ```
 //!
@@ -52,8 +53,10 @@ struct Args {
         allow_hyphen_values = true
     )]
     memory: u64,
-    /// A virtio-block disk backed by a raw image (repeatable).
-    #[arg(long, value_name = "PATH[,readonly]")]
+    /// A virtio-block disk backed by a raw image (repeatable); engine=io_uring
+    /// uses the io_uring engine (sync, the default, does positioned reads
+    /// and writes on the event loop).
+    #[arg(long, value_name = "PATH[,readonly][,engine=sync|io_uring]")]
     disk: Vec<DiskConfig>,
     /// Add a virtio-rng entropy device.
     #[arg(long)]

@@ -216,6 +216,15 @@ fn bad_disk_options() {
         "/nonexistent/disk.img",
     );
     assert_error(&["--disk", "a.img,rw"], "unknown disk option 'rw'");
+    assert_error(
+        &["--disk", "x,engine=bogus"],
+        "unknown block engine \"bogus\": expected sync or io_uring",
+    );
+    // A valid engine on a missing image: the image is named.
+    assert_error(
+        &["--disk", "/nonexistent/disk.img,engine=io_uring"],
+        "/nonexistent/disk.img",
+    );
 }
 
 #[test]

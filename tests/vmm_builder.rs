@@ -120,6 +120,7 @@ fn typed_errors_keep_their_source() {
     config.disks = vec![DiskConfig {
         path: image,
         read_only: false,
+        engine: Default::default(),
     }];
     let err = Vmm::build(config).unwrap_err();
     assert!(

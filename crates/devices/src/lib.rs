@@ -8,6 +8,10 @@
 //!   is backed by an eventfd that the VMM registers as a KVM irqfd.
 //! - [`VmExitHandle`]: how a device asks the VMM to stop the VM (reset,
 //!   power-off, a chosen exit status).
+//! - [`DeviceEvents`]: how a device owns event sources (TAP, sockets,
+//!   timers, async-I/O completions): it registers fds through an
+//!   [`EventRegistry`] with tokens of its own and is called back on them;
+//!   [`DeviceEventSubscriber`] puts any such device on an event loop.
 //! - [`legacy`]: the 16550 serial port (with [`legacy::CoalescedSerial`],
 //!   which makes its output cost one VM exit per line), the i8042
 //!   controller, the CMOS RTC, the ACPI power-management registers, the
@@ -19,6 +23,7 @@
 //! device from it.
 
 mod bus;
+mod events;
 mod exit;
 mod exit_handler;
 mod interrupt;
@@ -26,11 +31,17 @@ pub mod legacy;
 mod timer;
 
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};
+pub use events::{
+    device_token, DeviceEventSubscriber, DeviceEvents, DeviceFds, EventRegistry,
+    EventRegistryError, DEVICE_TOKEN_BASE, MAX_DEVICE_TOKEN,
+};
 pub use exit::{ExitReason, VmExitHandle};
 pub use exit_handler::BusExitHandler;
 pub use interrupt::{EventFdLine, InterruptLine};
 pub use timer::nonblocking_timer;
 
+/// The event-manager crate, whose types appear in [`DeviceEvents`].
+pub use event_manager;
 /// The rust-vmm `vm-superio` crate, whose `Trigger` [`EventFdLine`]
 /// implements, re-exported so that users need not pin a matching version.
 pub use vm_superio;

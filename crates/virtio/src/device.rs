@@ -1,5 +1,6 @@
 //! The transport-independent device trait.
 
+use kindling_devices::DeviceEvents;
 use virtio_queue::Queue;
 
 use crate::queue::{Drained, QueueError};
@@ -102,7 +103,14 @@ pub enum QueueProgress {
 /// Implementations must treat everything in guest memory as hostile: a
 /// malformed request ends with an error status (or is returned unused)
 /// and the device keeps working.
-pub trait VirtioDevice: Send {
+///
+/// Every device is also a [`DeviceEvents`]: besides its queues it may
+/// register fds of its own (a TAP device, a socket, a timer, an async-I/O
+/// completion eventfd), which the [`crate::VirtioSubscriber`] registers
+/// when it joins the event loop and dispatches to
+/// [`DeviceEvents::handle_event`]. A device with no such fds implements it
+/// with the default (empty) methods.
+pub trait VirtioDevice: DeviceEvents + Send {
     /// The device type (the DeviceID register).
     fn device_type(&self) -> DeviceType;
 

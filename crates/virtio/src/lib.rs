@@ -18,6 +18,9 @@
 //!   on the event-loop thread, never on a vCPU thread. Each pass over a
 //!   queue has a work budget ([`QueueProgress`]), so a busy or hostile
 //!   queue cannot hold the event loop.
+//!   It also registers the device's own fds (every [`VirtioDevice`] is a
+//!   [`kindling_devices::DeviceEvents`]: the block device's io_uring
+//!   completion eventfd, say) and hands their events to the device.
 //! - [`chain`]: walking a guest's descriptor chain as hostile input.
 //! - Devices, each behind a cargo feature: [`block`] (feature `block`) and
 //!   [`rng`] (feature `rng`).

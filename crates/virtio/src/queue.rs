@@ -314,9 +314,34 @@ pub(crate) struct Drained {
     pub(crate) more: bool,
 }
 
+/// What a queue handler did with a chain.
+#[cfg_attr(not(any(feature = "block", feature = "rng")), allow(dead_code))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handled {
+    /// The chain is in flight; the device returns it later.
+    Kept,
+    /// The chain was returned to the driver.
+    Returned,
+    /// The device cannot take the chain now: it goes back to the
+    /// available ring and the pass stops, with driver notifications off;
+    /// the device comes back to the queue when it can take work again.
+    PutBack,
+}
+
+impl From<bool> for Handled {
+    fn from(returned: bool) -> Self {
+        if returned {
+            Handled::Returned
+        } else {
+            Handled::Kept
+        }
+    }
+}
+
 /// Drains a queue: calls `handle` for each available chain whose head is
 /// a valid index (`handle` returns the chain to the driver itself, and
-/// says whether it did), keeping driver notifications off while it works.
+/// says whether it did, or puts it back with [`Handled::PutBack`]),
+/// keeping driver notifications off while it works.
 ///
 /// A pass handles at most about two queues' worth of chains: a driver
 /// that keeps the ring busy (or lays its rings out so that the device's
@@ -324,17 +349,14 @@ pub(crate) struct Drained {
 /// budget runs out the pass stops with `more` set and notifications still
 /// off; the caller comes back later.
 #[cfg_attr(not(any(feature = "block", feature = "rng")), allow(dead_code))]
-pub(crate) fn drain_queue<F>(
+pub(crate) fn drain_queue<F, R>(
     queue: &mut Queue,
     memory: &GuestMemoryMmap,
     mut handle: F,
 ) -> Result<Drained, virtio_queue::Error>
 where
-    F: FnMut(
-        &mut Queue,
-        u16,
-        DescriptorChain<&GuestMemoryMmap>,
-    ) -> Result<bool, virtio_queue::Error>,
+    F: FnMut(&mut Queue, u16, DescriptorChain<&GuestMemoryMmap>) -> Result<R, virtio_queue::Error>,
+    R: Into<Handled>,
 {
     let mut budget = 2 * usize::from(queue.size()) + 2;
     let mut used = false;
@@ -356,7 +378,18 @@ where
                 );
                 continue;
             }
-            used |= handle(queue, head, chain)?;
+            match handle(queue, head, chain)?.into() {
+                Handled::Kept => {}
+                Handled::Returned => used = true,
+                Handled::PutBack => {
+                    queue.go_to_previous_position();
+                    let notify = used && needs_interrupt(queue, memory)?;
+                    return Ok(Drained {
+                        notify,
+                        more: false,
+                    });
+                }
+            }
         }
         if !queue.enable_notification(memory)? {
             break false;
@@ -672,6 +705,42 @@ pub(crate) mod tests {
             drain_queue(&mut q, &mem, |_, _, _| Ok(false)),
             Err(virtio_queue::Error::InvalidAvailRingIndex)
         ));
+    }
+
+    #[test]
+    fn a_put_back_chain_stays_available() {
+        let mem = memory(0x10000);
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
+        let mut q: Queue = vq.create_queue().unwrap();
+        let descs: Vec<RawDescriptor> = (0..3)
+            .map(|i| RawDescriptor::from(Descriptor::new(0x8000, 8, VRING_DESC_F_WRITE as u16, i)))
+            .collect();
+        vq.add_desc_chains(&descs, 0).unwrap();
+        let mut seen = Vec::new();
+        // The first chain is returned, the second cannot be taken.
+        let d = drain_queue(&mut q, &mem, |q, head, _| {
+            seen.push(head);
+            if seen.len() == 2 {
+                return Ok(Handled::PutBack);
+            }
+            q.add_used(&mem, head, 1)?;
+            Ok(Handled::Returned)
+        })
+        .unwrap();
+        assert_eq!(
+            d,
+            Drained {
+                notify: true,
+                more: false
+            }
+        );
+        assert_eq!(q.next_avail(), 1);
+        assert_eq!(vq.used().idx().load(), 1);
+        // The next pass starts with the chain that was put back.
+        assert!(!drain(&mut q, &mem, 1).more);
+        assert_eq!(seen, vec![0, 1]);
+        assert_eq!(vq.used().idx().load(), 3);
+        assert_eq!(vq.used().ring().ref_at(1).unwrap().load().id(), 1);
     }
 
     /// EVENT_IDX: the device interrupts only when the used index passes the

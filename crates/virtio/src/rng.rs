@@ -144,6 +144,9 @@ fn serve(
     written
 }
 
+/// The entropy device has no event source besides its queue.
+impl kindling_devices::DeviceEvents for Entropy {}
+
 impl VirtioDevice for Entropy {
     fn device_type(&self) -> DeviceType {
         DeviceType::Rng

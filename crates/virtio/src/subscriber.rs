@@ -1,10 +1,13 @@
 //! The event-loop side of a virtio device: queue notifications arrive on
-//! eventfds and are processed on the event-loop thread.
+//! eventfds and are processed on the event-loop thread; the device's own
+//! fds ([`kindling_devices::DeviceEvents`]) are registered and dispatched
+//! alongside them.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use kindling_devices::{device_token, DeviceFds, EventRegistry};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{QueueProgress, VirtioDevice};
@@ -13,15 +16,24 @@ use crate::{QueueProgress, VirtioDevice};
 /// their notification eventfds fire. Get one from
 /// [`crate::MmioTransport::subscriber`] and add it to the device event
 /// loop.
+///
+/// Queue `i`'s eventfd is registered with epoll data `i`; the device's own
+/// fds are registered through an [`EventRegistry`], whose data carries
+/// [`kindling_devices::DEVICE_TOKEN_BASE`], so the two never collide: an
+/// event with a device token goes to
+/// [`kindling_devices::DeviceEvents::handle_event`], any other to the
+/// queue.
 pub struct VirtioSubscriber {
     device: Arc<Mutex<dyn VirtioDevice>>,
     queue_events: Vec<EventFd>,
+    device_fds: DeviceFds,
 }
 
 impl fmt::Debug for VirtioSubscriber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VirtioSubscriber")
             .field("queue_events", &self.queue_events)
+            .field("device_fds", &self.device_fds)
             .finish_non_exhaustive()
     }
 }
@@ -33,7 +45,13 @@ impl VirtioSubscriber {
         Self {
             device,
             queue_events,
+            device_fds: DeviceFds::default(),
         }
+    }
+
+    /// The fds the device registered on the event loop.
+    pub fn device_fds(&self) -> &[std::os::fd::RawFd] {
+        self.device_fds.as_slice()
     }
 
     /// Drains queue `index`'s eventfd and processes the queue. This is
@@ -64,8 +82,12 @@ impl VirtioSubscriber {
 }
 
 impl MutEventSubscriber for VirtioSubscriber {
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if events.event_set().contains(EventSet::IN) {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if let Some(token) = device_token(events.data()) {
+            let mut device = self.device.lock().unwrap_or_else(|p| p.into_inner());
+            let mut registry = EventRegistry::new(ops, &mut self.device_fds);
+            device.handle_event(token, events.event_set(), &mut registry);
+        } else if events.event_set().contains(EventSet::IN) {
             self.handle_queue_event(events.data() as usize);
         }
     }
@@ -76,6 +98,9 @@ impl MutEventSubscriber for VirtioSubscriber {
                 log::error!("virtio: cannot watch the eventfd of queue {index}: {e:?}");
             }
         }
+        let mut device = self.device.lock().unwrap_or_else(|p| p.into_inner());
+        let mut registry = EventRegistry::new(ops, &mut self.device_fds);
+        device.register_events(&mut registry);
     }
 }
 
@@ -85,6 +110,8 @@ mod tests {
     use crate::device::{ActivateError, Activation, DeviceType};
     use crate::queue::QueueError;
     use event_manager::{EventManager, SubscriberOps};
+    use kindling_devices::{DeviceEvents, EventRegistryError};
+    use std::os::fd::AsRawFd;
     use virtio_queue::Queue;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
@@ -94,6 +121,32 @@ mod tests {
         processed: Vec<usize>,
         fail: bool,
         more: Option<()>,
+        /// An fd of the device's own, registered with token 0 (the same
+        /// number as queue 0's data).
+        extra: Option<EventFd>,
+        handled: Vec<(u32, EventSet)>,
+        errors: Vec<EventRegistryError>,
+    }
+
+    impl DeviceEvents for Counter {
+        fn register_events(&mut self, ops: &mut EventRegistry<'_>) {
+            if let Some(extra) = &self.extra {
+                ops.add(extra.as_raw_fd(), 0, EventSet::IN).unwrap();
+            }
+        }
+
+        fn handle_event(&mut self, token: u32, events: EventSet, ops: &mut EventRegistry<'_>) {
+            self.handled.push((token, events));
+            let Some(extra) = &self.extra else { return };
+            let _ = extra.read();
+            // The second event removes the fd; a device cannot remove an
+            // fd it does not own (here: a fresh one).
+            if self.handled.len() == 2 {
+                ops.remove(extra.as_raw_fd()).unwrap();
+                let other = EventFd::new(EFD_NONBLOCK).unwrap();
+                self.errors.extend(ops.remove(other.as_raw_fd()).err());
+            }
+        }
     }
 
     impl VirtioDevice for Counter {
@@ -187,5 +240,52 @@ mod tests {
         assert_eq!(manager.run_with_timeout(100).unwrap(), 1);
         assert_eq!(manager.run_with_timeout(0).unwrap(), 0);
         assert_eq!(device.lock().unwrap().processed, vec![0, 0]);
+    }
+
+    #[test]
+    fn device_fds_are_dispatched_apart_from_queues() {
+        let extra = EventFd::new(EFD_NONBLOCK).unwrap();
+        let poke = extra.try_clone().unwrap();
+        let device = Arc::new(Mutex::new(Counter {
+            active: true,
+            extra: Some(extra),
+            ..Counter::default()
+        }));
+        let events: Vec<EventFd> = (0..2)
+            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+            .collect();
+        let notify0 = events[0].try_clone().unwrap();
+        let mut manager = EventManager::<Box<dyn MutEventSubscriber + Send>>::new().unwrap();
+        manager.add_subscriber(Box::new(VirtioSubscriber::new(device.clone(), events)));
+        // The device's fd, token 0, is not queue 0.
+        poke.write(1).unwrap();
+        assert_eq!(manager.run_with_timeout(100).unwrap(), 1);
+        assert!(device.lock().unwrap().processed.is_empty());
+        assert_eq!(device.lock().unwrap().handled, vec![(0, EventSet::IN)]);
+        // Queue 0 is not the device's fd.
+        notify0.write(1).unwrap();
+        assert_eq!(manager.run_with_timeout(100).unwrap(), 1);
+        assert_eq!(device.lock().unwrap().processed, vec![0]);
+        assert_eq!(device.lock().unwrap().handled.len(), 1);
+        // The second event removes the device's fd: no more events.
+        poke.write(1).unwrap();
+        assert_eq!(manager.run_with_timeout(100).unwrap(), 1);
+        poke.write(1).unwrap();
+        assert_eq!(manager.run_with_timeout(0).unwrap(), 0);
+        let d = device.lock().unwrap();
+        assert_eq!(d.handled.len(), 2);
+        assert!(matches!(
+            d.errors[..],
+            [EventRegistryError::NotRegistered(_)]
+        ));
+        drop(d);
+        // A new subscriber registers the device's fd again at init.
+        let mut again = EventManager::<Box<dyn MutEventSubscriber + Send>>::new().unwrap();
+        let sub = VirtioSubscriber::new(device.clone(), vec![]);
+        assert!(sub.device_fds().is_empty());
+        again.add_subscriber(Box::new(sub));
+        poke.write(1).unwrap();
+        assert_eq!(again.run_with_timeout(100).unwrap(), 1);
+        assert_eq!(device.lock().unwrap().handled.len(), 3);
     }
 }

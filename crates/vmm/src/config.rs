@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use kindling_devices::legacy::StartTime;
 use kindling_memory::Backing;
+use kindling_virtio::block::BlockEngine;
 
 /// The command line given to a Linux kernel when the user gives none.
 pub const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
@@ -39,30 +40,46 @@ pub struct DiskConfig {
     pub path: PathBuf,
     /// Refuse guest writes (the device offers VIRTIO_BLK_F_RO).
     pub read_only: bool,
+    /// The I/O engine (synchronous by default).
+    pub engine: BlockEngine,
 }
+
+/// The disk syntax, for errors.
+const DISK_SYNTAX: &str = "PATH[,readonly][,engine=sync|io_uring]";
 
 impl std::str::FromStr for DiskConfig {
     type Err = String;
 
-    /// Parses `PATH[,readonly]` (also `ro`).
+    /// Parses `PATH[,readonly][,engine=sync|io_uring]` (`ro` for
+    /// `readonly`; options in any order after the path).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (path, options) = match s.rsplit_once(',') {
-            Some((path, opt)) if matches!(opt, "readonly" | "ro") => (path, Some(opt)),
-            Some((_, opt)) if !opt.contains('/') => {
+        let mut path = s;
+        let mut read_only = false;
+        let mut engine = BlockEngine::default();
+        while let Some((head, opt)) = path.rsplit_once(',') {
+            if matches!(opt, "readonly" | "ro") {
+                read_only = true;
+            } else if let Some(name) = opt.strip_prefix("engine=") {
+                engine = name.parse().map_err(|e| format!("{e} in '{s}'"))?;
+            } else if !opt.contains('/') {
                 return Err(format!(
-                    "unknown disk option '{opt}' in '{s}' (expected PATH[,readonly])"
-                ))
+                    "unknown disk option '{opt}' in '{s}' (expected {DISK_SYNTAX})"
+                ));
+            } else {
+                // A comma inside the path.
+                break;
             }
-            _ => (s, None),
-        };
+            path = head;
+        }
         if path.is_empty() {
             return Err(format!(
-                "'{s}' names no disk image (expected PATH[,readonly])"
+                "'{s}' names no disk image (expected {DISK_SYNTAX})"
             ));
         }
         Ok(Self {
             path: path.into(),
-            read_only: options.is_some(),
+            read_only,
+            engine,
         })
     }
 }
@@ -184,6 +201,20 @@ mod tests {
             .unwrap_err()
             .contains("unknown disk option"));
         assert!("".parse::<DiskConfig>().is_err());
+        assert_eq!(d.engine, BlockEngine::Sync);
+        let d: DiskConfig = "a.img,engine=io_uring".parse().unwrap();
+        assert_eq!((d.engine, d.read_only), (BlockEngine::IoUring, false));
+        let d: DiskConfig = "a.img,engine=io_uring,ro".parse().unwrap();
+        assert_eq!((d.engine, d.read_only), (BlockEngine::IoUring, true));
+        assert_eq!(d.path, PathBuf::from("a.img"));
+        let d: DiskConfig = "a.img,readonly,engine=sync".parse().unwrap();
+        assert_eq!((d.engine, d.read_only), (BlockEngine::Sync, true));
+        let e = "x,engine=bogus".parse::<DiskConfig>().unwrap_err();
+        assert_eq!(
+            e,
+            "unknown block engine \"bogus\": expected sync or io_uring in 'x,engine=bogus'"
+        );
+        assert!(",engine=sync".parse::<DiskConfig>().is_err());
         assert!(",readonly".parse::<DiskConfig>().is_err());
     }
 }

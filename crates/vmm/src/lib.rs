@@ -55,6 +55,8 @@ pub use devices::VmmDevices;
 pub use error::VmmError;
 pub use kindling_devices::legacy::StartTime;
 pub use kindling_devices::{BusExitHandler, ExitReason};
+/// A disk's I/O engine ([`DiskConfig::engine`]).
+pub use kindling_virtio::block::BlockEngine;
 pub use lifecycle::{VmRunState, VmmHandle};
 pub use vmm::{RunningVmm, Vmm, MAX_VCPUS};
 

@@ -74,6 +74,7 @@ impl PlannedDevice {
 pub(crate) fn open_disk(index: usize, disk: &DiskConfig) -> Result<Block, VmmError> {
     let config = BlockConfig {
         read_only: disk.read_only,
+        engine: disk.engine,
         ..BlockConfig::new(&disk.path)
     };
     Block::new(&config).map_err(|source| VmmError::Block { index, source })

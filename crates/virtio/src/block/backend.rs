@@ -3,8 +3,10 @@
 //! [`BlockBackend`] is in submit/complete form: the device submits each
 //! parsed request with a token (the chain's head index) and later collects
 //! completions. [`SyncFileBackend`] completes every operation before
-//! `submit` returns; an asynchronous engine (io_uring) would complete them
-//! later and wake the event loop, without any change to the request parser.
+//! `submit` returns; an asynchronous engine (the io_uring engine,
+//! [`super::IoUringBackend`]) completes them later and signals its
+//! [`BlockBackend::completion_event`], which the device watches on the
+//! event loop.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -16,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use vm_memory::bitmap::Bitmap;
 use vm_memory::GuestMemoryBackend;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{GuestBuffer, SectorRange};
 use super::{BlockError, ID_BYTES, SECTOR_SIZE};
@@ -93,9 +96,20 @@ pub enum BackendError {
         /// Its length.
         len: u32,
     },
-    /// The engine cannot take more requests now.
+    /// The engine cannot take more requests now; the request is not
+    /// started and may be submitted again once completions free space.
     #[error("the I/O engine is full")]
     Busy,
+    /// Queued operations could not be handed to the kernel; they stay
+    /// queued and are handed over at the next attempt.
+    #[error("cannot submit I/O for {path} to io_uring: {source}")]
+    Submit {
+        /// The image.
+        path: PathBuf,
+        /// The error from the kernel.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// An I/O engine for a block device.
@@ -119,6 +133,33 @@ pub trait BlockBackend: Send + fmt::Debug {
 
     /// Takes the next finished operation, if any.
     fn next_completion(&mut self) -> Option<Completion>;
+
+    /// An eventfd the engine signals when operations finish after
+    /// `submit` returned (an asynchronous engine). The device watches it on
+    /// the event loop, reads it, then collects completions with
+    /// [`BlockBackend::next_completion`]. `None`, the default, for an
+    /// engine that finishes every operation within `submit`.
+    fn completion_event(&self) -> Option<&EventFd> {
+        None
+    }
+
+    /// Hands the operations queued by `submit` to the kernel; the device
+    /// calls it after each pass over its queue, so an engine can batch
+    /// them. An error leaves them queued for the next call. The default
+    /// does nothing (for engines that start operations in `submit`).
+    fn push_submissions(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Returns once no operation is in flight, waiting for those that are
+    /// and dropping every completion not collected yet. The device calls
+    /// it before it lets go of guest memory (reset), so no I/O writes into
+    /// guest memory after that. The default drops the collected
+    /// completions (enough for an engine that finishes operations in
+    /// `submit`).
+    fn quiesce(&mut self) {
+        while self.next_completion().is_some() {}
+    }
 }
 
 /// Synchronous I/O on a raw image file: `pread`/`pwrite` into and out of
@@ -180,7 +221,24 @@ impl SyncFileBackend {
         })
     }
 
-    fn io_error(&self, op: &'static str, offset: u64, source: io::Error) -> BackendError {
+    /// The image file.
+    #[cfg_attr(not(feature = "io-uring"), allow(dead_code))]
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The image's path.
+    #[cfg_attr(not(feature = "io-uring"), allow(dead_code))]
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn io_error(
+        &self,
+        op: &'static str,
+        offset: u64,
+        source: io::Error,
+    ) -> BackendError {
         BackendError::Io {
             op,
             offset,
@@ -317,7 +375,12 @@ impl SyncFileBackend {
         }
     }
 
-    fn execute(&self, memory: &GuestMemoryMmap, op: &BlockOp<'_>) -> Result<(), BackendError> {
+    /// Runs `op` to completion.
+    pub(crate) fn execute(
+        &self,
+        memory: &GuestMemoryMmap,
+        op: &BlockOp<'_>,
+    ) -> Result<(), BackendError> {
         match *op {
             BlockOp::Read { offset, buffers } => self.transfer(memory, offset, buffers, false),
             BlockOp::Write { offset, buffers } => self.transfer(memory, offset, buffers, true),

@@ -2,18 +2,22 @@
 //! the negotiated features and the read-only setting, and hands them to
 //! its [`BlockBackend`].
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
+use event_manager::EventSet;
+use kindling_devices::{DeviceEvents, EventRegistry};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::backend::{BlockBackend, BlockOp, SyncFileBackend};
+use super::backend::{BackendError, BlockBackend, BlockOp};
 use super::config::{self, CONFIG_SIZE};
+use super::engine::{self, BlockEngine};
 use super::request::{parse, GuestBuffer, Limits, ParseError, Request, RequestKind};
 use super::{features as blk, status, BlockError, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
 use crate::device::{ActivateError, Activation, Active, DeviceType, QueueProgress, VirtioDevice};
-use crate::queue::{drain_queue, Drained, QueueError, MAX_QUEUE_SIZE};
+use crate::queue::{drain_queue, needs_interrupt, Drained, Handled, QueueError, MAX_QUEUE_SIZE};
 use crate::{features, GuestMemoryMmap};
 
 /// How to create a block device.
@@ -28,6 +32,9 @@ pub struct BlockConfig {
     pub serial: Option<String>,
     /// The queue's maximum size (a power of two, at least 2).
     pub queue_size: u16,
+    /// The I/O engine.
+    #[serde(default)]
+    pub engine: BlockEngine,
 }
 
 impl BlockConfig {
@@ -39,6 +46,7 @@ impl BlockConfig {
             read_only: false,
             serial: None,
             queue_size: QUEUE_SIZE,
+            engine: BlockEngine::Sync,
         }
     }
 }
@@ -94,13 +102,27 @@ pub struct Block {
     active: Option<Active>,
     scratch: Vec<Descriptor>,
     pending: Vec<Option<Pending>>,
+    /// The backend was full: a request waits in the available ring until
+    /// completions free space.
+    stalled: bool,
 }
 
+fn check_queue_size(q: u16) -> Result<(), BlockError> {
+    if !(2..=MAX_QUEUE_SIZE).contains(&q) || !q.is_power_of_two() {
+        return Err(BlockError::InvalidQueueSize(q));
+    }
+    Ok(())
+}
+
+/// The token of the backend's completion eventfd on the event loop.
+const COMPLETION_TOKEN: u32 = 0;
+
 impl Block {
-    /// Opens `config.path` with the synchronous engine.
+    /// Opens `config.path` with the engine `config.engine`.
     pub fn new(config: &BlockConfig) -> Result<Self, BlockError> {
-        let backend = SyncFileBackend::open(&config.path, config.read_only)?;
-        Self::with_backend(Box::new(backend), config)
+        check_queue_size(config.queue_size)?;
+        let backend = engine::open(config)?;
+        Self::with_backend(backend, config)
     }
 
     /// Uses `backend` as the I/O engine; `config.path` is not opened.
@@ -109,9 +131,7 @@ impl Block {
         config: &BlockConfig,
     ) -> Result<Self, BlockError> {
         let q = config.queue_size;
-        if !(2..=MAX_QUEUE_SIZE).contains(&q) || !q.is_power_of_two() {
-            return Err(BlockError::InvalidQueueSize(q));
-        }
+        check_queue_size(q)?;
         let serial = match &config.serial {
             Some(s) if s.len() > ID_BYTES => {
                 return Err(BlockError::SerialTooLong {
@@ -146,6 +166,7 @@ impl Block {
             active: None,
             scratch: Vec::new(),
             pending: Vec::new(),
+            stalled: false,
         })
     }
 
@@ -174,6 +195,87 @@ impl Block {
     pub fn serial(&self) -> &[u8; ID_BYTES] {
         &self.serial
     }
+
+    fn worker(&mut self) -> Option<(&mut Active, Worker<'_>)> {
+        let active = self.active.as_mut()?;
+        let acked = active.acked_features;
+        Some((
+            active,
+            Worker {
+                backend: &mut *self.backend,
+                scratch: &mut self.scratch,
+                pending: &mut self.pending,
+                stalled: &mut self.stalled,
+                serial: &self.serial,
+                read_only: self.read_only,
+                acked,
+                limits: Limits::new(self.capacity),
+            },
+        ))
+    }
+
+    /// Returns the requests the backend finished to the driver, and takes
+    /// up the queue again if it stopped because the backend was full.
+    fn complete_requests(&mut self) {
+        let resume = self.stalled;
+        let Some((active, mut worker)) = self.worker() else {
+            return;
+        };
+        let progress = active.run_queue(0, |queue, memory| {
+            let mut drained = if resume {
+                *worker.stalled = false;
+                worker.drain(queue, memory)?
+            } else {
+                Drained {
+                    notify: false,
+                    more: false,
+                }
+            };
+            if worker.reap(queue, memory)? {
+                drained.notify |= needs_interrupt(queue, memory)?;
+            }
+            Ok(drained)
+        });
+        match progress {
+            Ok(QueueProgress::Done) => {}
+            Ok(QueueProgress::MoreWork) => {
+                // Come back through the completion eventfd after the other
+                // ready events.
+                self.stalled = true;
+                if let Some(event) = self.backend.completion_event() {
+                    if let Err(e) = event.write(1) {
+                        log::error!("virtio-blk: cannot re-signal the completion eventfd: {e}");
+                    }
+                }
+            }
+            Err(e) => log::error!("virtio-blk: {e}"),
+        }
+    }
+}
+
+/// The block device's own event source: the completion eventfd of an
+/// asynchronous engine (none for the synchronous one).
+impl DeviceEvents for Block {
+    fn register_events(&mut self, ops: &mut EventRegistry<'_>) {
+        if let Some(event) = self.backend.completion_event() {
+            if let Err(e) = ops.add(event.as_raw_fd(), COMPLETION_TOKEN, EventSet::IN) {
+                log::error!("virtio-blk: cannot watch the I/O engine's completions: {e}");
+            }
+        }
+    }
+
+    fn handle_event(&mut self, token: u32, _events: EventSet, _ops: &mut EventRegistry<'_>) {
+        if token != COMPLETION_TOKEN {
+            log::warn!("virtio-blk: event for token {token}, which is not registered");
+            return;
+        }
+        if let Some(event) = self.backend.completion_event() {
+            // Clear it before collecting, so a completion posted meanwhile
+            // signals it again. EAGAIN: a spurious wake-up.
+            let _ = event.read();
+        }
+        self.complete_requests();
+    }
 }
 
 /// The request loop, borrowing what it needs from the device.
@@ -181,6 +283,7 @@ struct Worker<'a> {
     backend: &'a mut dyn BlockBackend,
     scratch: &'a mut Vec<Descriptor>,
     pending: &'a mut [Option<Pending>],
+    stalled: &'a mut bool,
     serial: &'a [u8; ID_BYTES],
     read_only: bool,
     acked: u64,
@@ -221,27 +324,57 @@ fn write_id(
 }
 
 impl Worker<'_> {
-    /// Drains the queue.
+    /// Drains the queue, hands what it started to the kernel and returns
+    /// what is already finished.
     fn drain(
         &mut self,
         queue: &mut Queue,
         memory: &GuestMemoryMmap,
     ) -> Result<Drained, virtio_queue::Error> {
-        drain_queue(queue, memory, |queue, head, chain| {
-            let returned = self.handle(queue, memory, head, chain)?;
-            Ok(self.reap(queue, memory)? || returned)
-        })
+        let mut drained = drain_queue(queue, memory, |queue, head, chain| {
+            let handled = self.handle(queue, memory, head, chain)?;
+            if handled == Handled::PutBack {
+                return Ok(handled);
+            }
+            Ok(Handled::from(
+                self.reap(queue, memory)? || handled == Handled::Returned,
+            ))
+        })?;
+        if let Err(e) = self.backend.push_submissions() {
+            log::error!("virtio-blk: {e}");
+        }
+        // Operations that finished while they were handed over.
+        if self.reap(queue, memory)? {
+            drained.notify |= needs_interrupt(queue, memory)?;
+        }
+        Ok(drained)
     }
 
-    /// Parses and starts one request; returns whether it was already
-    /// returned to the driver.
+    /// Parses and starts one request; says whether it was already
+    /// returned to the driver, or must wait in the available ring.
     fn handle(
         &mut self,
         queue: &mut Queue,
         memory: &GuestMemoryMmap,
         head: u16,
         chain: impl IntoIterator<Item = Descriptor>,
-    ) -> Result<bool, virtio_queue::Error> {
+    ) -> Result<Handled, virtio_queue::Error> {
+        self.start(queue, memory, head, chain)
+            .map(|returned| match returned {
+                Some(returned) => Handled::from(returned),
+                None => Handled::PutBack,
+            })
+    }
+
+    /// [`Worker::handle`], with `None` for a request the backend cannot
+    /// take now.
+    fn start(
+        &mut self,
+        queue: &mut Queue,
+        memory: &GuestMemoryMmap,
+        head: u16,
+        chain: impl IntoIterator<Item = Descriptor>,
+    ) -> Result<Option<bool>, virtio_queue::Error> {
         let request = match parse(memory, chain, &self.limits, self.scratch) {
             Ok(r) => r,
             Err(ParseError {
@@ -250,7 +383,7 @@ impl Worker<'_> {
             }) => {
                 log::debug!("virtio-blk: request {head} refused: {error}");
                 finish(queue, memory, head, addr, error.status(), 1)?;
-                return Ok(true);
+                return Ok(Some(true));
             }
             Err(ParseError {
                 error,
@@ -258,13 +391,13 @@ impl Worker<'_> {
             }) => {
                 log::warn!("virtio-blk: request {head} dropped: {error}");
                 queue.add_used(memory, head, 0)?;
-                return Ok(true);
+                return Ok(Some(true));
             }
         };
         if let Some(code) = self.refusal(&request) {
             log::debug!("virtio-blk: request {head} refused with status {code}");
             finish(queue, memory, head, request.status, code, 1)?;
-            return Ok(true);
+            return Ok(Some(true));
         }
         let op = match &request.kind {
             RequestKind::Read {
@@ -295,27 +428,36 @@ impl Worker<'_> {
                     code,
                     request.used_len(),
                 )?;
-                return Ok(true);
+                return Ok(Some(true));
             }
         };
         let Some(slot) = self.pending.get_mut(usize::from(head)) else {
-            return Ok(false);
+            return Ok(Some(false));
         };
         if slot.is_some() {
             log::warn!("virtio-blk: request {head} submitted again while in flight; dropped");
-            return Ok(false);
+            return Ok(Some(false));
         }
         *slot = Some(Pending {
             status: request.status,
             used_len: request.used_len(),
         });
-        if let Err(e) = self.backend.submit(memory, head, &op) {
-            log::warn!("virtio-blk: request {head}: {e}");
-            *slot = None;
-            finish(queue, memory, head, request.status, status::IOERR, 1)?;
-            return Ok(true);
+        match self.backend.submit(memory, head, &op) {
+            Ok(()) => Ok(Some(false)),
+            // Completions will free space and wake the device up: the
+            // request waits in the available ring until then.
+            Err(BackendError::Busy) if self.backend.completion_event().is_some() => {
+                *slot = None;
+                *self.stalled = true;
+                Ok(None)
+            }
+            Err(e) => {
+                log::warn!("virtio-blk: request {head}: {e}");
+                *slot = None;
+                finish(queue, memory, head, request.status, status::IOERR, 1)?;
+                Ok(Some(true))
+            }
         }
-        Ok(false)
     }
 
     /// The status a valid request is refused with, if it is.
@@ -405,26 +547,16 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) {
-        // The synchronous engine has nothing in flight; an asynchronous
-        // one must finish or cancel its requests before guest memory is
-        // released.
-        while self.backend.next_completion().is_some() {}
+        // No I/O may touch guest memory once the device lets go of it.
+        self.backend.quiesce();
         self.active = None;
         self.pending.clear();
+        self.stalled = false;
     }
 
     fn process_queue(&mut self, index: usize) -> Result<QueueProgress, QueueError> {
-        let Some(active) = self.active.as_mut() else {
+        let Some((active, mut worker)) = self.worker() else {
             return Ok(QueueProgress::Done);
-        };
-        let mut worker = Worker {
-            backend: &mut *self.backend,
-            scratch: &mut self.scratch,
-            pending: &mut self.pending,
-            serial: &self.serial,
-            read_only: self.read_only,
-            acked: active.acked_features,
-            limits: Limits::new(self.capacity),
         };
         active.run_queue(index, |queue, memory| worker.drain(queue, memory))
     }

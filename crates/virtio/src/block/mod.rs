@@ -7,7 +7,10 @@
 //!   submit/complete form so that an asynchronous engine (io_uring) can be
 //!   added without touching the parser or the device; [`SyncFileBackend`]
 //!   does positioned reads and writes (`pread`/`pwrite`), `fdatasync` and
-//!   `fallocate` on the image file.
+//!   `fallocate` on the image file; [`IoUringBackend`] (feature
+//!   `io-uring`, on by default) does reads, writes and flushes through an
+//!   io_uring whose completions wake the event loop through an eventfd
+//!   the device registers ([`kindling_devices::DeviceEvents`]).
 //! - [`config`]: the configuration space layout.
 //! - [`Block`]: the [`crate::VirtioDevice`] that ties them together.
 //!
@@ -18,10 +21,16 @@
 pub mod backend;
 pub mod config;
 mod device;
+mod engine;
+#[cfg(feature = "io-uring")]
+mod io_uring;
 pub mod request;
 
 pub use backend::{BackendError, BlockBackend, BlockOp, Completion, SyncFileBackend};
 pub use device::{Block, BlockConfig, BlockRestoreArgs, BlockState};
+pub use engine::{BlockEngine, UnknownEngine};
+#[cfg(feature = "io-uring")]
+pub use io_uring::{IoUringBackend, MAX_IOVECS};
 pub use request::{parse, GuestBuffer, Limits, ParseError, Request, RequestError, RequestKind};
 
 use std::io;
@@ -127,6 +136,24 @@ pub enum BlockError {
         serial: String,
         /// Its length in bytes.
         len: usize,
+    },
+    /// io_uring could not be set up for the disk (the host kernel lacks
+    /// it, or a sysctl or seccomp filter forbids it).
+    #[error("cannot set up io_uring for disk image {path}: {source} (use the synchronous engine, engine=sync, on this host)")]
+    IoUring {
+        /// The image.
+        path: PathBuf,
+        /// The error from the kernel.
+        #[source]
+        source: io::Error,
+    },
+    /// The engine was left out of this build.
+    #[error("disk image {path}: the {engine} engine is not built in (kindling-virtio's `io-uring` feature is off)")]
+    EngineUnavailable {
+        /// The image.
+        path: PathBuf,
+        /// The engine.
+        engine: BlockEngine,
     },
     /// The image no longer matches the snapshot.
     #[error("disk image {path} has {actual} sectors, the snapshot expects {expected}")]

@@ -66,6 +66,9 @@ impl Persist<'_> for Block {
             read_only: state.read_only,
             serial: None,
             queue_size: state.queue_size,
+            // The engine is host configuration, not guest state: a restore
+            // that wants io_uring passes that backend in.
+            engine: super::super::BlockEngine::Sync,
         };
         let mut block = Block::with_backend(backend, &config)?;
         block.serial = state.serial;

@@ -25,6 +25,8 @@ struct MockDevice {
 
 const MOCK_FEATURES: u64 = features::COMMON | 0b101;
 
+impl kindling_devices::DeviceEvents for MockDevice {}
+
 impl VirtioDevice for MockDevice {
     fn device_type(&self) -> DeviceType {
         DeviceType::Other(42)
@@ -699,6 +701,7 @@ fn mismatched_or_invalid_state_is_refused() {
 fn devices_with_invalid_queue_sizes_are_refused() {
     #[derive(Debug)]
     struct Bad;
+    impl kindling_devices::DeviceEvents for Bad {}
     impl VirtioDevice for Bad {
         fn device_type(&self) -> DeviceType {
             DeviceType::Rng
