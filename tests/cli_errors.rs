@@ -274,3 +274,36 @@ fn one_file_for_two_uses_is_refused_and_left_untouched() {
     assert_error(&["--serial", &serial], "symbolic link");
     assert_eq!(std::fs::read(disk).unwrap(), vec![0x5a; 4096]);
 }
+
+#[test]
+fn a_disk_locked_by_another_process_is_refused() {
+    use std::os::fd::AsRawFd;
+    let dir = TempDir::new("disk-lock");
+    let disk = dir.file("shared.img", &[0; 4096]);
+    // Another VMM's lock: an OFD write lock on the image.
+    let holder = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk)
+        .unwrap();
+    let lock = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    // SAFETY: F_OFD_SETLK reads one valid struct flock.
+    let locked = unsafe { libc::fcntl(holder.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
+    assert_eq!(locked, 0);
+    let disk = disk.to_str().unwrap();
+    assert_error(&["--disk", disk], "is in use by another VMM");
+    let read_only = format!("{disk},readonly");
+    assert_error(&["--disk", &read_only], "is in use by another VMM");
+    drop(holder);
+    // A character device is no disk.
+    assert_error(
+        &["--disk", "/dev/null"],
+        "only regular files and block devices",
+    );
+}

@@ -13,7 +13,7 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use vm_memory::bitmap::Bitmap;
@@ -96,6 +96,13 @@ pub enum BackendError {
         /// Its length.
         len: u32,
     },
+    /// An earlier flush failed: written data may have been lost, so no
+    /// later flush can promise durability.
+    #[error("an earlier flush of {path} failed: data written before it may be lost, so every later flush fails")]
+    FlushFailedBefore {
+        /// The image.
+        path: PathBuf,
+    },
     /// The engine cannot take more requests now; the request is not
     /// started and may be submitted again once completions free space.
     #[error("the I/O engine is full")]
@@ -172,6 +179,10 @@ pub struct SyncFileBackend {
     size: u64,
     serial: [u8; ID_BYTES],
     completions: VecDeque<Completion>,
+    /// A flush failed: the data it covered may be lost, so every later
+    /// flush fails too (a later `fdatasync` can succeed after the kernel
+    /// dropped the dirty pages).
+    flush_failed: std::cell::Cell<bool>,
 }
 
 /// A serial from the file's device and inode numbers: stable for the same
@@ -191,6 +202,8 @@ impl SyncFileBackend {
         let file = OpenOptions::new()
             .read(true)
             .write(!read_only)
+            // Never wait for a FIFO's writer; close on exec.
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(path)
             .map_err(|source| BlockError::Open {
                 path: path.to_path_buf(),
@@ -199,13 +212,12 @@ impl SyncFileBackend {
         Self::from_file(file, path)
     }
 
-    /// Uses an open image file; `path` names it in errors.
+    /// Uses an open image file (a regular file or a block device); `path`
+    /// names it in errors. The file is locked (an OFD lock: for writing
+    /// when it is open for writing) for as long as it is open.
     pub fn from_file(file: File, path: &Path) -> Result<Self, BlockError> {
-        let meta = file.metadata().map_err(|source| BlockError::Metadata {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let size = meta.len();
+        let info = super::image::check_and_lock(&file, path)?;
+        let size = info.size;
         if size % SECTOR_SIZE != 0 {
             return Err(BlockError::UnalignedSize {
                 path: path.to_path_buf(),
@@ -216,8 +228,9 @@ impl SyncFileBackend {
             file,
             path: path.to_path_buf(),
             size,
-            serial: serial_from_identity(meta.dev(), meta.ino()),
+            serial: serial_from_identity(info.dev, info.ino),
             completions: VecDeque::with_capacity(1),
+            flush_failed: std::cell::Cell::new(false),
         })
     }
 
@@ -375,6 +388,36 @@ impl SyncFileBackend {
         }
     }
 
+    /// `fdatasync`, failing for good once it failed.
+    fn flush(&self) -> Result<(), BackendError> {
+        if self.flush_failed.get() {
+            return Err(self.flush_failed_error());
+        }
+        self.file.sync_data().map_err(|e| {
+            self.flush_failed.set(true);
+            self.io_error("flush", 0, e)
+        })
+    }
+
+    /// Remembers that a flush failed (see [`BackendError::FlushFailedBefore`]).
+    #[cfg_attr(not(feature = "io-uring"), allow(dead_code))]
+    pub(crate) fn mark_flush_failed(&self) {
+        self.flush_failed.set(true);
+    }
+
+    /// Whether a flush ever failed.
+    #[cfg_attr(not(feature = "io-uring"), allow(dead_code))]
+    pub(crate) fn flush_failed(&self) -> bool {
+        self.flush_failed.get()
+    }
+
+    /// The error every flush after a failed one returns.
+    pub(crate) fn flush_failed_error(&self) -> BackendError {
+        BackendError::FlushFailedBefore {
+            path: self.path.clone(),
+        }
+    }
+
     /// Runs `op` to completion.
     pub(crate) fn execute(
         &self,
@@ -384,10 +427,7 @@ impl SyncFileBackend {
         match *op {
             BlockOp::Read { offset, buffers } => self.transfer(memory, offset, buffers, false),
             BlockOp::Write { offset, buffers } => self.transfer(memory, offset, buffers, true),
-            BlockOp::Flush => self
-                .file
-                .sync_data()
-                .map_err(|e| self.io_error("flush", 0, e)),
+            BlockOp::Flush => self.flush(),
             BlockOp::Discard { ranges } => ranges.iter().try_for_each(|r| self.zero_range(r, true)),
             BlockOp::WriteZeroes { ranges } => {
                 ranges.iter().try_for_each(|r| self.zero_range(r, r.unmap))
@@ -582,6 +622,23 @@ mod tests {
         // The zero-writing fallback.
         b.write_zero_bytes(0, 100_000).unwrap();
         assert_eq!(std::fs::metadata(tmp.as_path()).unwrap().len(), 100_000);
+    }
+
+    #[test]
+    fn a_failed_flush_fails_every_later_flush() {
+        let (_tmp, mut b) = image(4096);
+        let mem = memory(0x1000);
+        b.submit(&mem, 0, &BlockOp::Flush).unwrap();
+        b.next_completion().unwrap().result.unwrap();
+        // As if fdatasync had reported EIO: the kernel may have dropped
+        // the dirty pages, so a later fdatasync could "succeed".
+        b.mark_flush_failed();
+        for token in 1..3 {
+            b.submit(&mem, token, &BlockOp::Flush).unwrap();
+            let e = b.next_completion().unwrap().result.unwrap_err();
+            assert!(matches!(e, BackendError::FlushFailedBefore { .. }), "{e}");
+            assert!(e.to_string().contains("may be lost"), "{e}");
+        }
     }
 
     #[test]

@@ -310,6 +310,10 @@ impl IoUringBackend {
                 return;
             }
             let e = io_error(&op, io::Error::from_raw_os_error(errno), &self.sync);
+            if op.kind == Kind::Flush {
+                // Data may be lost: no later flush may succeed.
+                self.sync.mark_flush_failed();
+            }
             self.finish(slot, op, Err(e));
             return;
         }
@@ -384,6 +388,11 @@ impl BlockBackend for IoUringBackend {
         let (kind, offset, buffers) = match *op {
             BlockOp::Read { offset, buffers } => (Kind::Read, offset, buffers),
             BlockOp::Write { offset, buffers } => (Kind::Write, offset, buffers),
+            BlockOp::Flush if self.sync.flush_failed() => {
+                let result = Err(self.sync.flush_failed_error());
+                self.ready.push_back(Completion { token, result });
+                return Ok(());
+            }
             BlockOp::Flush => (Kind::Flush, 0, &[][..]),
             BlockOp::Discard { .. } | BlockOp::WriteZeroes { .. } => {
                 let result = self.sync.execute(memory, op);

@@ -22,6 +22,7 @@ pub mod backend;
 pub mod config;
 mod device;
 mod engine;
+mod image;
 #[cfg(feature = "io-uring")]
 mod io_uring;
 pub mod request;
@@ -154,6 +155,23 @@ pub enum BlockError {
         path: PathBuf,
         /// The engine.
         engine: BlockEngine,
+    },
+    /// The image is neither a regular file nor a block device.
+    #[error("disk image {path} is {kind}: only regular files and block devices can be disks")]
+    NotADisk {
+        /// The image.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// Another open file holds a conflicting lock on the image: another
+    /// VMM uses it, or this VM was given it twice.
+    #[error("disk image {path} is in use by another VMM or disk (it holds a lock on it); refusing to open it {}", if *write { "for writing" } else { "read-only while it is written" })]
+    Locked {
+        /// The image.
+        path: PathBuf,
+        /// Whether a write lock was wanted.
+        write: bool,
     },
     /// The image no longer matches the snapshot.
     #[error("disk image {path} has {actual} sectors, the snapshot expects {expected}")]

@@ -67,6 +67,18 @@ fn fixture() -> Fixture {
 }
 
 impl Fixture {
+    /// Takes the device out, leaving a spare on another image: the
+    /// fixture's image is locked while a device has it open, so a restore
+    /// onto it needs the original gone first.
+    fn take_block(&mut self) -> Block {
+        let spare_image = TempFile::new().unwrap();
+        std::fs::write(spare_image.as_path(), [0u8; 512]).unwrap();
+        let spare = Block::new(&BlockConfig::new(spare_image.as_path())).unwrap();
+        std::mem::replace(&mut self.block, spare)
+    }
+}
+
+impl Fixture {
     fn activate(&mut self, acked_mask: u64) {
         // A 64-entry queue with its three areas apart.
         let config = QueueConfig {
@@ -435,6 +447,8 @@ fn reset_deactivates_and_state_round_trips() {
     f.block.process_queue(0).unwrap();
 
     let state = through_json(&f.block.state());
+    let features = f.block.device_features();
+    drop(f.take_block());
     let restored = <Block as kindling_memory::Persist>::restore(
         BlockRestoreArgs::Path(f.image.as_path().into()),
         &state,
@@ -442,7 +456,8 @@ fn reset_deactivates_and_state_round_trips() {
     .unwrap();
     assert_eq!(restored.state(), state);
     assert_eq!(&restored.serial()[..3], b"abc");
-    assert_eq!(restored.device_features(), f.block.device_features());
+    assert_eq!(restored.device_features(), features);
+    drop(restored);
 
     // The image changed size: refused.
     std::fs::write(f.image.as_path(), [0u8; 512]).unwrap();
@@ -535,6 +550,7 @@ fn a_restored_device_continues_serving_its_queue() {
     let state = through_json(&f.block.save().unwrap());
     let queue = crate::QueueSnapshot::from(&f.block.queues()[0]);
     let acked = f.block.device_features();
+    drop(f.take_block());
     let mut restored =
         Block::restore(BlockRestoreArgs::Path(f.image.as_path().into()), &state).unwrap();
     assert_eq!(restored.save().unwrap(), state);
@@ -568,8 +584,9 @@ fn a_restored_device_continues_serving_its_queue() {
 fn bad_block_states_are_refused() {
     use kindling_memory::Persist;
 
-    let f = fixture();
+    let mut f = fixture();
     let good = f.block.save().unwrap();
+    drop(f.take_block());
     let path = || BlockRestoreArgs::Path(f.image.as_path().into());
     let mut queue = good;
     queue.queue_size = 3;
@@ -860,8 +877,7 @@ fn the_completion_eventfd_is_on_the_event_loop() {
     }
     // Move the device behind the subscriber, leaving a spare in the
     // fixture.
-    let spare = Block::new(&BlockConfig::new(f.image.as_path())).unwrap();
-    let block = std::mem::replace(&mut f.block, spare);
+    let block = f.take_block();
     let device: Arc<Mutex<dyn crate::VirtioDevice>> = Arc::new(Mutex::new(block));
     let queue_event = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
     let notify = queue_event.try_clone().unwrap();
