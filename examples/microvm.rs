@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kindling::vmm::{
-    BootProtocol, DiskConfig, KernelSource, SerialConfig, StartTime, VmConfig, Vmm,
+    BootProtocol, DiskConfig, ExitReason, KernelSource, SerialConfig, StartTime, VmConfig, Vmm,
     DEFAULT_LINUX_CMDLINE,
 };
 
@@ -86,6 +86,12 @@ fn parse_serial(s: &str) -> Result<SerialArg, String> {
 
 fn main() -> ExitCode {
     let start_time = StartTime::now();
+    // Before any thread starts: SIGTERM, SIGINT and SIGHUP then stop the
+    // VM in order (disks flushed) instead of killing the process.
+    if let Err(e) = kindling::vmm::signals::block_termination_signals() {
+        eprintln!("microvm: cannot block termination signals: {e}");
+        return ExitCode::from(1);
+    }
     let args = match Args::try_parse() {
         Ok(args) => args,
         Err(e) => {
@@ -127,10 +133,19 @@ fn main() -> ExitCode {
             SerialArg::File(path) => SerialConfig::File(path),
         },
         start_time,
+        stop_on_signals: true,
         ..VmConfig::default()
     };
     match Vmm::build(config).and_then(Vmm::run) {
-        Ok(reason) => ExitCode::from(reason.exit_code() as u8),
+        Ok(reason) => {
+            if let ExitReason::Signal(signo) = reason {
+                eprintln!(
+                    "microvm: stopped by {}: vCPUs stopped, disks flushed",
+                    kindling::vmm::signals::signal_name(signo)
+                );
+            }
+            ExitCode::from(reason.exit_code() as u8)
+        }
         Err(e) => {
             eprintln!("microvm: {e}");
             ExitCode::from(1)

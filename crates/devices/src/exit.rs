@@ -16,6 +16,9 @@ pub enum ExitReason {
     Status(u8),
     /// The VMM was asked to stop from the host side.
     Stopped,
+    /// The VMM received a termination signal (SIGTERM, SIGINT, SIGHUP)
+    /// and stopped the VM in order.
+    Signal(i32),
 }
 
 impl ExitReason {
@@ -24,6 +27,8 @@ impl ExitReason {
         match self {
             ExitReason::Reset | ExitReason::PowerOff | ExitReason::Stopped => 0,
             ExitReason::Status(s) => i32::from(s),
+            // As a shell reports a process killed by the signal.
+            ExitReason::Signal(signo) => 128 + signo,
         }
     }
 }

@@ -366,6 +366,7 @@ impl VmmBuilder {
             subscribers,
             exit,
             stdin_input,
+            stop_on_signals: config.stop_on_signals,
             vm: Arc::new(vm),
             kvm: Arc::new(kvm),
             memory: self.memory,

@@ -137,6 +137,13 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     /// When the VMM process started, for the boot timer.
     pub start_time: StartTime,
+    /// Stop the VM in order on SIGTERM, SIGINT and SIGHUP (vCPUs stopped,
+    /// disks drained and flushed, serial output written; the run ends with
+    /// [`ExitReason::Signal`](kindling_devices::ExitReason::Signal)). The
+    /// program must have called
+    /// [`signals::block_termination_signals`](crate::signals::block_termination_signals)
+    /// first thing in `main`.
+    pub stop_on_signals: bool,
     /// Where the boot timer logs (standard error by default).
     pub boot_timer_log: Arc<Mutex<dyn Write + Send>>,
 }
@@ -155,6 +162,7 @@ impl std::fmt::Debug for VmConfig {
             .field("memory_backing", &self.memory_backing)
             .field("track_dirty_pages", &self.track_dirty_pages)
             .field("serial", &self.serial)
+            .field("stop_on_signals", &self.stop_on_signals)
             .finish()
     }
 }
@@ -173,6 +181,7 @@ impl Default for VmConfig {
             memory_backing: Backing::Anonymous,
             track_dirty_pages: false,
             serial: SerialConfig::Stdout,
+            stop_on_signals: false,
             start_time: StartTime::now(),
             boot_timer_log: Arc::new(Mutex::new(std::io::stderr())),
         }

@@ -104,6 +104,15 @@ pub enum VmmError {
         /// What the transport said.
         source: kindling_virtio::TransportError,
     },
+    /// A disk could not be made durable when the VM ended: what the guest
+    /// wrote may be lost.
+    #[error("disk {index}: the final flush failed, data the guest wrote may be lost: {source}")]
+    DiskFlush {
+        /// The disk's position in the configuration.
+        index: usize,
+        /// What the engine said.
+        source: kindling_virtio::block::BackendError,
+    },
     /// The device event loop failed.
     #[error("device event loop: {0}")]
     EventLoop(#[source] event_manager::Error),

@@ -42,6 +42,7 @@ mod error;
 mod event_loop;
 mod files;
 mod lifecycle;
+pub mod signals;
 pub mod snapshot;
 mod virtio_devices;
 mod vmm;

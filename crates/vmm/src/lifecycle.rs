@@ -139,7 +139,7 @@ impl Shared {
         *self.run_state.lock().unwrap_or_else(|p| p.into_inner()) = state;
     }
 
-    fn state(&self) -> VmRunState {
+    pub(crate) fn state(&self) -> VmRunState {
         let state = *self.run_state.lock().unwrap_or_else(|p| p.into_inner());
         match (state, self.exit.reason()) {
             // The guest ended the VM; the loop may not have noticed yet.

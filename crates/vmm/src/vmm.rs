@@ -32,6 +32,7 @@ pub(crate) struct Parts {
     pub(crate) subscribers: Vec<UserSubscriber>,
     pub(crate) exit: VmExitHandle,
     pub(crate) stdin_input: bool,
+    pub(crate) stop_on_signals: bool,
     pub(crate) vm: Arc<Vm>,
     pub(crate) kvm: Arc<Kvm>,
     pub(crate) memory: GuestRam,
@@ -50,6 +51,7 @@ pub struct Vmm {
     subscribers: Vec<UserSubscriber>,
     shared: Arc<Shared>,
     stdin_input: bool,
+    stop_on_signals: bool,
     vm: Arc<Vm>,
     kvm: Arc<Kvm>,
     memory: GuestRam,
@@ -99,6 +101,7 @@ impl Vmm {
             coalesced: parts.coalesced,
             subscribers: parts.subscribers,
             stdin_input: parts.stdin_input,
+            stop_on_signals: parts.stop_on_signals,
             vm: parts.vm,
             kvm: parts.kvm,
             memory: parts.memory,
@@ -208,6 +211,14 @@ impl Vmm {
             }));
         }
 
+        if self.stop_on_signals {
+            crate::signals::spawn_signal_watcher(&self.shared).map_err(|source| {
+                VmmError::EventFd {
+                    what: "termination-signal watcher".into(),
+                    source,
+                }
+            })?;
+        }
         let vcpus: Vec<Vcpu> = self.vcpus.drain(..).collect();
         self.shared.set_state(VmRunState::Running);
         for vcpu in vcpus {
@@ -262,12 +273,23 @@ impl Vmm {
             coalesced.drain(&*self.handler);
         }
         let _ = self.serial_flusher.flush_pending();
+        // Whatever ended the VM, what the guest wrote reaches the disks.
+        let mut flush_error = None;
+        for (index, disk) in self.devices.disks.iter().enumerate() {
+            let mut disk = disk.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(source) = disk.flush_for_shutdown() {
+                flush_error.get_or_insert(VmmError::DiskFlush { index, source });
+            }
+        }
         let reason = exit.reason().unwrap_or(ExitReason::Stopped);
         self.shared.set_state(VmRunState::Stopped(reason));
         if let Some(e) = vcpu_error {
             return Err(e.into());
         }
         if let Some(e) = loop_error {
+            return Err(e);
+        }
+        if let Some(e) = flush_error {
             return Err(e);
         }
         Ok(reason)

@@ -567,6 +567,7 @@ impl VirtioDevice for Block {
 }
 
 mod persist;
+mod shutdown;
 #[cfg(test)]
 mod tests;
 
