@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::console::ConsoleEscape;
 use kindling_devices::legacy::StartTime;
 use kindling_memory::Backing;
 
@@ -38,30 +39,69 @@ pub struct DiskConfig {
     pub read_only: bool,
 }
 
+/// The `--disk` syntax, for error messages.
+const DISK_SYNTAX: &str = "PATH[,readonly] or [readonly,]path=PATH";
+
 impl std::str::FromStr for DiskConfig {
     type Err = String;
 
-    /// Parses `PATH[,readonly]` (also `ro`).
+    /// Parses a disk in one of two forms:
+    ///
+    /// - `PATH[,readonly]` (`ro` is an alias of `readonly`). A comma in
+    ///   `PATH` is kept when what follows the last comma contains a `/`
+    ///   (`dir,x/a.img`); any other last part must be an option.
+    /// - `[OPTION,]...path=PATH`: the options first, then `path=`, which
+    ///   takes the rest of the argument verbatim, commas included
+    ///   (`readonly,path=a,b.img` is the file `a,b.img`, read-only). This
+    ///   form is chosen when the argument starts with `path=` or contains
+    ///   `,path=`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (path, options) = match s.rsplit_once(',') {
-            Some((path, opt)) if matches!(opt, "readonly" | "ro") => (path, Some(opt)),
-            Some((_, opt)) if !opt.contains('/') => {
-                return Err(format!(
-                    "unknown disk option '{opt}' in '{s}' (expected PATH[,readonly])"
-                ))
+        let (path, read_only) = match key_form_path(s) {
+            Some((options, path)) => {
+                let mut read_only = false;
+                for opt in options.split(',').filter(|o| !o.is_empty()) {
+                    match opt {
+                        "readonly" | "ro" => read_only = true,
+                        _ => {
+                            return Err(format!(
+                                "unknown disk option '{opt}' in '{s}' (expected {DISK_SYNTAX})"
+                            ))
+                        }
+                    }
+                }
+                (path, read_only)
             }
-            _ => (s, None),
+            None => match s.rsplit_once(',') {
+                Some((path, "readonly" | "ro")) => (path, true),
+                Some((_, opt)) if !opt.contains('/') => {
+                    return Err(format!(
+                        "unknown disk option '{opt}' in '{s}' (expected {DISK_SYNTAX}; \
+                         a path with a comma is given as path=PATH)"
+                    ))
+                }
+                _ => (s, false),
+            },
         };
         if path.is_empty() {
             return Err(format!(
-                "'{s}' names no disk image (expected PATH[,readonly])"
+                "'{s}' names no disk image (expected {DISK_SYNTAX})"
             ));
         }
         Ok(Self {
             path: path.into(),
-            read_only: options.is_some(),
+            read_only,
         })
     }
+}
+
+/// For the `[OPTION,]...path=PATH` form: the options before `path=` (with
+/// their trailing comma) and the path after it.
+fn key_form_path(s: &str) -> Option<(&str, &str)> {
+    if let Some(path) = s.strip_prefix("path=") {
+        return Some(("", path));
+    }
+    let at = s.find(",path=")?;
+    Some((&s[..at], &s[at + ",path=".len()..]))
 }
 
 /// Where the serial console's output goes.
@@ -113,6 +153,10 @@ pub struct VmConfig {
     pub start_time: StartTime,
     /// Where the boot timer logs (standard error by default).
     pub boot_timer_log: Arc<Mutex<dyn Write + Send>>,
+    /// The console escape (Ctrl-A x ends the VM, see [`crate::console`]):
+    /// only looked at with [`SerialConfig::Stdout`]. `None` (the default)
+    /// passes standard input to the guest unchanged.
+    pub console_escape: Option<ConsoleEscape>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -128,6 +172,7 @@ impl std::fmt::Debug for VmConfig {
             .field("entropy", &self.entropy)
             .field("memory_backing", &self.memory_backing)
             .field("serial", &self.serial)
+            .field("console_escape", &self.console_escape)
             .finish()
     }
 }
@@ -147,6 +192,7 @@ impl Default for VmConfig {
             serial: SerialConfig::Stdout,
             start_time: StartTime::now(),
             boot_timer_log: Arc::new(Mutex::new(std::io::stderr())),
+            console_escape: None,
         }
     }
 }
@@ -155,24 +201,65 @@ impl Default for VmConfig {
 mod tests {
     use super::*;
 
+    fn disk(s: &str) -> DiskConfig {
+        s.parse().unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    }
+
     #[test]
     fn disk_options_parse() {
-        let d: DiskConfig = "/img/root.ext4".parse().unwrap();
+        let d = disk("/img/root.ext4");
         assert_eq!(d.path, PathBuf::from("/img/root.ext4"));
         assert!(!d.read_only);
-        let d: DiskConfig = "a.img,readonly".parse().unwrap();
+        let d = disk("a.img,readonly");
         assert!(d.read_only);
         assert_eq!(d.path, PathBuf::from("a.img"));
-        let d: DiskConfig = "a.img,ro".parse().unwrap();
+        let d = disk("a.img,ro");
         assert!(d.read_only);
-        // A comma inside a path is kept.
-        let d: DiskConfig = "dir,x/a.img".parse().unwrap();
+        // A comma inside a path is kept when a '/' follows it.
+        let d = disk("dir,x/a.img");
         assert_eq!(d.path, PathBuf::from("dir,x/a.img"));
         assert!("a.img,rw"
             .parse::<DiskConfig>()
             .unwrap_err()
-            .contains("unknown disk option"));
+            .contains("unknown disk option 'rw'"));
         assert!("".parse::<DiskConfig>().is_err());
         assert!(",readonly".parse::<DiskConfig>().is_err());
+    }
+
+    #[test]
+    fn disk_path_key_takes_the_rest_verbatim() {
+        let d = disk("path=a,b.img");
+        assert_eq!((d.path, d.read_only), (PathBuf::from("a,b.img"), false));
+        let d = disk("readonly,path=a,b.img");
+        assert_eq!((d.path, d.read_only), (PathBuf::from("a,b.img"), true));
+        let d = disk("ro,path=/x/a,b");
+        assert_eq!((d.path, d.read_only), (PathBuf::from("/x/a,b"), true));
+        // Options after path= are part of the path: no ambiguity.
+        let d = disk("path=a.img,readonly");
+        assert_eq!(
+            (d.path, d.read_only),
+            (PathBuf::from("a.img,readonly"), false)
+        );
+        // A file whose name starts with "path=".
+        let d = disk("path=path=x");
+        assert_eq!(d.path, PathBuf::from("path=x"));
+        // Only the first ",path=" separates.
+        let d = disk("ro,path=a,path=b");
+        assert_eq!((d.path, d.read_only), (PathBuf::from("a,path=b"), true));
+    }
+
+    #[test]
+    fn disk_path_key_errors() {
+        let e = "path=".parse::<DiskConfig>().unwrap_err();
+        assert!(e.contains("names no disk image"), "{e}");
+        let e = "readonly,path=".parse::<DiskConfig>().unwrap_err();
+        assert!(e.contains("names no disk image"), "{e}");
+        let e = "rw,path=a.img".parse::<DiskConfig>().unwrap_err();
+        assert!(e.contains("unknown disk option 'rw'"), "{e}");
+        let e = "ro,,cache,path=a.img".parse::<DiskConfig>().unwrap_err();
+        assert!(e.contains("unknown disk option 'cache'"), "{e}");
+        // A comma in a plain path without '/' after it points to path=.
+        let e = "a,b.img".parse::<DiskConfig>().unwrap_err();
+        assert!(e.contains("path=PATH"), "{e}");
     }
 }

@@ -25,6 +25,7 @@
 //! ```
 
 mod config;
+pub mod console;
 mod device_manager;
 mod error;
 mod event_loop;

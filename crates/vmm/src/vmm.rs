@@ -38,6 +38,7 @@ pub struct Vmm {
     virtio_subscribers: Vec<VirtioSubscriber>,
     exit: VmExitHandle,
     stdin_input: bool,
+    console_escape: Option<crate::console::ConsoleEscape>,
     vm: Vm,
     kvm: Kvm,
     memory: GuestRam,
@@ -234,6 +235,7 @@ impl Vmm {
             virtio_subscribers,
             exit,
             stdin_input,
+            console_escape: config.console_escape,
             vm,
             kvm,
             memory,
@@ -294,6 +296,13 @@ impl Vmm {
                 serial: self.devices.serial.clone(),
                 fd: libc::STDIN_FILENO,
                 active: false,
+                escape: self.console_escape.take().map(|escape| {
+                    (
+                        crate::console::EscapeDetector::new(),
+                        escape,
+                        self.exit.clone(),
+                    )
+                }),
             }));
         }
 
