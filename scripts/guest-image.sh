@@ -31,8 +31,10 @@
 # (KINDLING_CACHE), never installed; tools that are missing (cpio, the
 # kernel's decompressor) are installed with apt-get when run as root.
 set -euo pipefail
+# DK_NAME (and DK_QUIET) are read by lib/debian.sh.
+# shellcheck disable=SC2034
 DK_NAME=guest-image
-# shellcheck source=lib/debian.sh
+# shellcheck source-path=SCRIPTDIR
 . "$(dirname "${BASH_SOURCE[0]}")/lib/debian.sh"
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }

@@ -38,8 +38,10 @@
 # Needs a Debian-like system, root the first time (it apt-get installs
 # qemu-system-x86 and cpio), and about 1.5 GiB of memory above the disks.
 set -euo pipefail
+# DK_NAME (and DK_QUIET) are read by lib/debian.sh.
+# shellcheck disable=SC2034
 DK_NAME=nested-run
-# shellcheck source=lib/debian.sh
+# shellcheck source-path=SCRIPTDIR
 . "$(dirname "${BASH_SOURCE[0]}")/lib/debian.sh"
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }

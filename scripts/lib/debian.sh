@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by scripts/guest-image.sh and scripts/nested-run.sh (sourced, bash):
 # Debian's kernel and busybox from the Debian archive, unpacked without
 # installing them (apt-get download, dpkg-deb -x), the kernel's modules with

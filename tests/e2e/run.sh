@@ -161,6 +161,11 @@ build_guest() {
     for f in vmlinuz vmlinux initrd.cpio rootfs.ext4; do
         [ -s "$IMAGE/$f" ] || fatal "scripts/guest-image.sh made no $f" "$WORK/guest-image.log"
     done
+    # The command line it printed for users boots what the runs boot (the
+    # vmlinux run's files, with the command line from image.env).
+    # (Paths under the current directory are printed relative to it.)
+    local rel=${IMAGE#"$PWD"/}
+    PRINTED=$(grep -F -- "--kernel $rel/vmlinux --initrd $rel/initrd.cpio --disk $rel/rootfs.ext4" "$WORK/guest-image.log" | head -n 1)
     cat > "$WORK/e2e.config" << EOF
 OUT_DIR=/tmp/l2-out
 L2_TIMEOUT=$L2_TIMEOUT
@@ -399,6 +404,12 @@ TOKEN=kindling-e2e-$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')
 build_guest
 say "guest (scripts/guest-image.sh): kernel $KVER; vmlinuz $(stat -c %s "$IMAGE/vmlinuz") bytes, vmlinux $(stat -c %s "$IMAGE/vmlinux") bytes ($COMPRESSION payload), initrd.cpio $(stat -c %s "$IMAGE/initrd.cpio") bytes (modules: $MODULES), rootfs.ext4"
 T_BUILT=$(since_start)
+
+case $PRINTED in
+    *"/examples/microvm --kernel "*" --entropy --cpus $L2_CPUS --memory $L2_MEM_MIB --cmdline \"$CMDLINE\"")
+        pass image/command "guest-image.sh printed the microvm command line for the image it made" ;;
+    *) fail image/command "guest-image.sh printed no microvm command line for $IMAGE (with --cmdline \"$CMDLINE\")" "---- guest-image.log ----"$'\n'"$(cat "$WORK/guest-image.log")" ;;
+esac
 
 declare -A WALL_MS BOOT_US
 if [ "$MODE" = nested ]; then
