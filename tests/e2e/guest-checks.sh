@@ -15,6 +15,9 @@
 # text the harness put in /hello.txt), e2e.end (poweroff or reboot).
 PATH=/bin:/sbin
 export PATH
+# Booted with the image's own command line (the interactive run): nothing
+# to check here, on to the shell.
+grep -q 'e2e\.variant=' /proc/cmdline || exit 0
 if devmem 0xc0000000 8 123; then
     echo "E2E-INFO boot-timer: wrote 123 to 0xc0000000"
 else

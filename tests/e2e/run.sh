@@ -374,6 +374,51 @@ assert_variant() {
     fi
 }
 
+# ---------------------------------------------------------------- interactive
+
+# The image as a user gets it: the printed command line (through the nested
+# runner on hosts like ours), its console on a pseudo-terminal driven by
+# interactive.py: the shell, a typed command, Ctrl-C, `poweroff`, the
+# terminal restored, and the typed command's file in the image afterwards.
+run_interactive() {
+    local dir=$WORK/interactive cmd r name got
+    local names="shell typed ctrl-c poweroff terminal"
+    mkdir -p "$dir"
+    if ! command -v python3 > /dev/null; then
+        for name in $names disk; do skip "interactive/$name" "python3 not found (it drives the pseudo-terminal)"; done
+        return
+    fi
+    local args=(--kernel "$IMAGE/vmlinux" --initrd "$IMAGE/initrd.cpio" --disk "$IMAGE/rootfs.ext4")
+    local vm_args=(--entropy --cpus "$L2_CPUS" --memory "$L2_MEM_MIB" --cmdline "$CMDLINE")
+    if [ "$MODE" = nested ]; then
+        cmd=(bash "$REPO/scripts/nested-run.sh" --microvm "$MICROVM" --kernel-package "$KERNEL_PKG"
+            --timeout "$L1_TIMEOUT" --log "$dir/level1.log" "${args[@]}" -- "${vm_args[@]}")
+    else
+        cmd=("$MICROVM" "${args[@]}" "${vm_args[@]}")
+    fi
+    say "interactive: ${cmd[*]##*/} on a pseudo-terminal (console: $dir/console.log)"
+    T_INT_START=$(since_start)
+    E2E_INTERACTIVE_TIMEOUT=$L1_TIMEOUT python3 "$E2E_SRC/interactive.py" "$dir/console.log" "${cmd[@]}" \
+        > "$dir/result" 2>&1
+    T_INT_END=$(since_start)
+    local ctx
+    ctx="---- interactive: the console (last 40 lines of $dir/console.log) ----"$'\n'"$(tr -d '\r' < "$dir/console.log" | tail -n 40)"$'\n'"---- interactive.py ----"$'\n'"$(cat "$dir/result")"
+    for name in $names; do
+        r=$(sed -n "s/^INTERACTIVE $name: //p" "$dir/result" | head -n 1)
+        case $r in
+            ok*) pass "interactive/$name" "${r#ok }" ;;
+            FAIL*) fail "interactive/$name" "${r#FAIL }" "$ctx" ;;
+            *) fail "interactive/$name" "not reached" "$ctx" ;;
+        esac
+    done
+    got=$(debugfs -R "cat /root/typed.txt" "$IMAGE/rootfs.ext4" 2> /dev/null)
+    if [ "$got" = typed-42 ]; then
+        pass interactive/disk "the image holds /root/typed.txt from the typed command, after the shutdown"
+    else
+        fail interactive/disk "/root/typed.txt in the image reads '$got', expected 'typed-42'" "$ctx"
+    fi
+}
+
 # ---------------------------------------------------------------- main
 
 mkdir -p "$WORK"
@@ -421,6 +466,7 @@ fi
 for v in $VARIANTS; do
     assert_variant "$v"
 done
+run_interactive
 T_END=$(since_start)
 if [ "$T_END" -le $((BOUND * 1000)) ]; then
     pass time-bound "the whole run took $(fmt_s "$T_END") (bound ${BOUND}s)"
@@ -442,6 +488,7 @@ for v in $VARIANTS; do
     [ -n "${BOOT_US[$v]:-}" ] && printf '  %-52s %s\n' "level 2 $v boot (microvm start to boot timer)" "$(fmt_s $((BOOT_US[$v] / 1000)))"
     [ -n "${WALL_MS[$v]:-}" ] && printf '  %-52s %s\n' "level 2 $v microvm lifetime" "$(fmt_s "${WALL_MS[$v]}")"
 done
+[ -n "${T_INT_START:-}" ] && printf '  %-52s %s\n' "interactive run (start to exit)" "$(fmt_s $((T_INT_END - T_INT_START)))"
 printf '  %-52s %s\n' "total wall time" "$(fmt_s "$T_END")"
 if [ ${#FAIL_CONTEXT[@]} -gt 0 ]; then
     say ""
