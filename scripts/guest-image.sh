@@ -221,7 +221,9 @@ rm -rf "$WORK"
 
 CMDLINE="console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw"
 MICROVM_BIN=${CARGO_TARGET_DIR:-$DK_REPO/target}/x86_64-unknown-linux-gnu/release/examples/microvm
-rel() { case $1 in "$PWD"/*) echo "${1#"$PWD"/}" ;; *) echo "$1" ;; esac; }
+# A path for the printed command: relative to the current directory when
+# under it, quoted for the shell when it needs to be.
+rel() { case $1 in "$PWD"/*) printf '%q' "${1#"$PWD"/}" ;; *) printf '%q' "$1" ;; esac; }
 cat > "$OUT/image.env" << EOF
 KVER='$KVER'
 KERNEL_PACKAGE='$KPKG'
@@ -230,7 +232,10 @@ MODULES='$MODULES'
 CMDLINE='$CMDLINE'
 EOF
 dk_say "made $(rel "$OUT"): vmlinuz, vmlinux ($COMPRESSION payload), initrd.cpio (modules: $MODULES), rootfs.ext4 (${SIZE_MIB} MiB)"
-ARGS="--initrd $(rel "$OUT/initrd.cpio") --disk $(rel "$OUT/rootfs.ext4") --entropy --cpus 2 --memory 256 --cmdline \"$CMDLINE\""
+DISK_ARG=$(rel "$OUT/rootfs.ext4")
+# A comma in the path: microvm's unambiguous form.
+case $DISK_ARG in *,*) DISK_ARG=path=$DISK_ARG ;; esac
+ARGS="--initrd $(rel "$OUT/initrd.cpio") --disk $DISK_ARG --entropy --cpus 2 --memory 256 --cmdline \"$CMDLINE\""
 echo "Boot it (Ctrl-A x quits, 'poweroff' in the guest ends the VM):"
 echo "  $(rel "$MICROVM_BIN") --kernel $(rel "$OUT/vmlinux") $ARGS"
 if [ -e /sys/module/kvm_pvm ]; then

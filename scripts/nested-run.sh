@@ -80,6 +80,7 @@ for f in "$KERNEL" "$INITRD" "$SCRIPT" "${FILES[@]}" "${DISKS[@]}"; do
     [ -z "$f" ] || [ -f "$f" ] || dk_die "no file $f"
 done
 [ ${#DISKS[@]} -le 16 ] || dk_die "at most 16 disks"
+case $LOG in *,*) dk_die "--log $LOG: QEMU cannot write to a path with a comma" ;; esac
 for arg in "$@"; do
     case $arg in *$'\n'*) dk_die "a microvm argument contains a newline" ;; esac
 done
@@ -140,7 +141,8 @@ dk_mkcpio "$ROOT" "$WORK/initramfs.cpio"
 
 drives=()
 for d in "${DISKS[@]}"; do
-    drives+=(-drive "file=$d,format=raw,if=virtio")
+    # QEMU's option syntax: a comma in a value is written twice.
+    drives+=(-drive "file=${d//,/,,},format=raw,if=virtio")
 done
 timeout=()
 # --foreground: QEMU stays in the terminal's foreground process group, so it
