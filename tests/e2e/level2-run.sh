@@ -9,17 +9,29 @@
 #   E2E-L2[<variant>] vmm| <microvm stderr line>
 #   E2E-L2-END <variant> status=<exit status> wall_ms=<VMM process lifetime>
 #
-# POSIX sh: runs under busybox inside the first level, or on the host when it
-# has real hardware virtualization. Configuration, from the environment:
+# The kernels, the initramfs and the root filesystem are what
+# scripts/guest-image.sh made; the command line is the one it prints
+# (IMAGE_CMDLINE) plus the e2e.* parameters the checks read.
+#
+# POSIX sh: runs under busybox inside the first level (as the --script of
+# scripts/nested-run.sh, which sets NESTED_DIR and MICROVM and puts the disk
+# at NESTED_DIR/disk0.img), or on the host when it has real hardware
+# virtualization. Configuration, from the environment or, in the first
+# level, from NESTED_DIR/e2e.config:
 #   MICROVM       the microvm binary
-#   L2_DIR        holds vmlinuz, vmlinux, initramfs.cpio (and disk.img)
+#   L2_DIR        holds vmlinuz, vmlinux and initrd.cpio
+#   L2_DISK_IMG   the root filesystem image (rootfs.ext4)
 #   OUT_DIR       where the per-run logs go
 #   L2_TIMEOUT    seconds each microvm run may take
-#   L2_DISK       1: pass --disk L2_DIR/disk.img
-#   L2_RNG        1: pass --entropy
-#   L2_TOKEN      the text in the disk image's /hello.txt
+#   L2_TOKEN      the text in the root filesystem's /hello.txt
+#   IMAGE_CMDLINE the command line guest-image.sh prints
 #   L2_CPUS, L2_MEM_MIB, L2_CMDLINE_EXTRA
 set -u
+if [ -n "${NESTED_DIR:-}" ]; then
+    . "$NESTED_DIR/e2e.config"
+    L2_DIR=$NESTED_DIR
+    L2_DISK_IMG=$NESTED_DIR/disk0.img
+fi
 
 uptime_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
 # prefix TEXT: each input line with TEXT before it and no CR, as it comes.
@@ -28,27 +40,32 @@ prefix() { awk -v p="$1" '{ sub(/\r$/, ""); print p $0; fflush() }'; }
 mkdir -p "$OUT_DIR"
 for variant in bzimage vmlinux pvh; do
     entry=""
-    # The pvh run ends with `reboot -f` and no reboot=k, so Linux resets
+    # The vmlinux run ends with `reboot -f` and no reboot=k, so Linux resets
     # through the ACPI reset register; the others power off.
-    reboot="reboot=k"
+    cmdline=$IMAGE_CMDLINE
     end=poweroff
     case $variant in
         bzimage) kernel=$L2_DIR/vmlinuz ;;
-        vmlinux) kernel=$L2_DIR/vmlinux; reboot=""; end=reboot ;;
+        vmlinux)
+            kernel=$L2_DIR/vmlinux
+            end=reboot
+            cmdline=$(echo "$IMAGE_CMDLINE" | sed 's/ *reboot=k//')
+            ;;
         pvh) kernel=$L2_DIR/vmlinux; entry=--pvh ;;
     esac
     stderr=$OUT_DIR/$variant.stderr
     status_file=$OUT_DIR/$variant.status
     rm -f "$stderr" "$status_file"
-    cmdline="console=ttyS0 $reboot panic=-1 pci=off rdinit=/init ${L2_CMDLINE_EXTRA:-}"
+    # panic=-1: a guest that panics ends microvm at once (the harness then
+    # fails the run on the panic message).
+    cmdline="$(echo "$cmdline" | sed 's/panic=[0-9-]*/panic=-1/') ${L2_CMDLINE_EXTRA:-}"
     cmdline="$cmdline e2e.end=$end"
     cmdline="$cmdline e2e.variant=$variant e2e.cpus=$L2_CPUS e2e.mem=$L2_MEM_MIB"
-    cmdline="$cmdline e2e.disk=$L2_DISK e2e.rng=$L2_RNG e2e.token=$L2_TOKEN"
-    set -- --kernel "$kernel" --initrd "$L2_DIR/initramfs.cpio" --cmdline "$cmdline" \
+    cmdline="$cmdline e2e.token=$L2_TOKEN"
+    set -- --kernel "$kernel" --initrd "$L2_DIR/initrd.cpio" --cmdline "$cmdline" \
         --cpus "$L2_CPUS" --memory "$L2_MEM_MIB" --serial stdout
     [ -n "$entry" ] && set -- "$@" "$entry"
-    [ "$L2_DISK" = 1 ] && set -- "$@" --disk "$L2_DIR/disk.img"
-    [ "$L2_RNG" = 1 ] && set -- "$@" --entropy
+    set -- "$@" --disk "path=$L2_DISK_IMG" --entropy
     echo "E2E-L2-BEGIN $variant"
     echo "E2E-L2[$variant] vmm| \$ microvm $*"
     t0=$(uptime_ms)

@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # Kindling's real-Linux end-to-end tier (see README.md beside this file).
 #
-# Boots Debian's cloud kernel under the release `microvm` example, twice (the
-# vmlinuz bzImage as shipped and the ELF vmlinux extracted from it), with
-# 2 vCPUs, 256 MiB, an initramfs of busybox and the kernel's own virtio
-# modules, and an ext4 disk image; the guest checks itself and the harness
-# asserts the transcript, microvm's exit status and the time bound, and
+# Makes the guest with scripts/guest-image.sh (Debian's cloud kernel as
+# vmlinuz and vmlinux, its initramfs, an ext4 root filesystem whose
+# /etc/rc.local is guest-checks.sh) and boots it under the release `microvm`
+# example three times (the vmlinuz bzImage as shipped, the extracted ELF
+# vmlinux through the 64-bit entry, and that vmlinux through PVH), each with
+# 2 vCPUs, 256 MiB, the root filesystem as its virtio disk and an entropy
+# device; the guest checks itself and the harness asserts the transcript,
+# microvm's exit status, the files the guests wrote and the time bound, and
 # reports the boot times.
 #
-# Where /dev/kvm cannot run a stock Linux guest (nested KVM through a
-# paravirtual hypervisor: DESIGN.md §3) the second level runs inside a first
-# level: QEMU TCG with -cpu EPYC,+svm booting the same kernel with the kvm
-# modules. With real hardware virtualization the second level runs directly.
+# Where /dev/kvm cannot run a stock Linux guest (nested KVM that emulates
+# guest ring 0, such as kvm_pvm: docs/nested-kvm.md) the three runs happen
+# inside a first level, through scripts/nested-run.sh (QEMU TCG with
+# -cpu EPYC,+svm booting the same kernel with the kvm modules). With real
+# hardware virtualization they run directly on the host.
 #
 # Environment (all optional):
 #   KINDLING_E2E_MODE=auto|nested|direct   default auto (see detect_mode)
-#   KINDLING_E2E_WORK=DIR                  cache and logs; default target/e2e
+#   KINDLING_E2E_WORK=DIR                  the image and logs; default target/e2e
+#                                          (packages are cached in target/debian, KINDLING_CACHE)
 #   KINDLING_E2E_MICROVM=PATH              a prebuilt microvm; default: cargo build --release
 #   KINDLING_E2E_KERNEL_PKG=NAME           default linux-image-cloud-amd64
 #   KINDLING_E2E_L1_TIMEOUT=S              the whole first level; default 480
@@ -137,205 +142,39 @@ detect_mode() {
     fi
 }
 
-# ---------------------------------------------------------------- kernel
+# ---------------------------------------------------------------- the guest
 
-# Downloads Debian's kernel package (never installs it: the host's /boot is
-# not touched) and unpacks it under $WORK/kernel/<package>.
-fetch_kernel() {
-    local pkg deps
-    deps=$(apt-cache depends "$KERNEL_PKG" 2>/dev/null)
-    if ! grep -q 'Depends: linux-image-' <<< "$deps"; then
-        apt_update
-        deps=$(apt-cache depends "$KERNEL_PKG" 2>>"$APT_LOG")
-    fi
-    pkg=$(awk '/Depends: linux-image-/ { print $2; exit }' <<< "$deps")
-    if [ -z "$pkg" ]; then
-        # Already a versioned package name?
-        apt-cache show "$KERNEL_PKG" > /dev/null 2>&1 && pkg=$KERNEL_PKG
-    fi
-    [ -n "$pkg" ] || fatal "no Debian package $KERNEL_PKG (or what it depends on) in the apt lists" "$APT_LOG"
-    KDIR=$WORK/kernel/$pkg
-    if [ ! -f "$KDIR/.unpacked" ]; then
-        say "downloading $pkg"
-        rm -rf "$KDIR" "$WORK/debs"
-        mkdir -p "$WORK/debs"
-        (cd "$WORK/debs" && apt_get download -o APT::Sandbox::User=root "$pkg") \
-            || fatal "could not download Debian package $pkg" "$APT_LOG"
-        mkdir -p "$KDIR"
-        dpkg-deb -x "$WORK"/debs/"$pkg"_*.deb "$KDIR" || fatal "could not unpack $WORK/debs/${pkg}_*.deb"
-        rm -rf "$WORK/debs"
-        touch "$KDIR/.unpacked"
-    fi
-    VMLINUZ=$(ls "$KDIR"/boot/vmlinuz-* 2>/dev/null | head -n 1)
-    [ -f "$VMLINUZ" ] || fatal "package $pkg has no /boot/vmlinuz-*"
-    KVER=${VMLINUZ##*/vmlinuz-}
-    MODDIR=$KDIR/lib/modules/$KVER
-    [ -d "$MODDIR" ] || fatal "package $pkg has no /lib/modules/$KVER"
-    # The package ships no modules.dep (depmod runs at install time): make it.
-    if [ ! -f "$MODDIR/modules.dep" ]; then
-        busybox depmod -b "$KDIR" "$KVER" || fatal "busybox depmod failed for $MODDIR"
-    fi
-}
-
-# mod_path NAME: a module's path under $MODDIR (dashes and underscores alike).
-mod_path() {
-    awk -F: -v want="${1//-/_}" '{
-        n = $1; sub(/.*\//, "", n); sub(/\.ko.*$/, "", n); gsub(/-/, "_", n)
-        if (n == want) { print $1; exit }
-    }' "$MODDIR/modules.dep"
-}
-# mod_closure NAME...: the modules and their dependencies from modules.dep,
-# dependencies first, each once.
-mod_closure() {
-    local seen=" " out=() m
-    visit() {
-        local path=$1 dep
-        case $seen in *" $path "*) return ;; esac
-        seen="$seen$path "
-        for dep in $(awk -F': *' -v m="$path" '$1 == m { print $2; exit }' "$MODDIR/modules.dep"); do
-            visit "$dep"
-        done
-        out+=("$path")
-    }
-    for m in "$@"; do
-        local p
-        p=$(mod_path "$m")
-        [ -n "$p" ] || fatal "kernel $KVER has no module $m (not in $MODDIR/modules.dep)"
-        visit "$p"
+# The guest, made by the same script users run (scripts/guest-image.sh):
+# its root filesystem carries the checks as /etc/rc.local and the harness's
+# token in /hello.txt.
+build_guest() {
+    IMAGE=$WORK/image
+    mkdir -p "$IMAGE"
+    printf '%s\n' "$TOKEN" > "$WORK/hello.txt"
+    say "scripts/guest-image.sh (log: $WORK/guest-image.log)"
+    bash "$REPO/scripts/guest-image.sh" --out "$IMAGE" --kernel-package "$KERNEL_PKG" \
+        --add "$E2E_SRC/guest-checks.sh:/etc/rc.local" --add "$WORK/hello.txt:/hello.txt" \
+        > "$WORK/guest-image.log" 2>&1 \
+        || fatal "scripts/guest-image.sh failed" "$WORK/guest-image.log"
+    # shellcheck disable=SC1091
+    . "$IMAGE/image.env"
+    for f in vmlinuz vmlinux initrd.cpio rootfs.ext4; do
+        [ -s "$IMAGE/$f" ] || fatal "scripts/guest-image.sh made no $f" "$WORK/guest-image.log"
     done
-    printf '%s\n' "${out[@]}"
-}
-# copy_modules DEST LISTFILE NAME...: copies the closure flat into DEST and
-# writes the load order into LISTFILE.
-copy_modules() {
-    local dest=$1 list=$2 path paths
-    shift 2
-    mkdir -p "$dest"
-    : > "$list"
-    paths=$(mod_closure "$@") || exit 1
-    for path in $paths; do
-        case $path in *.ko) ;; *) fatal "module $path is compressed; this harness expects plain .ko files" ;; esac
-        cp "$MODDIR/$path" "$dest/"
-        echo "${path##*/}" >> "$list"
-    done
-}
-
-# extract_vmlinux VMLINUZ OUT: the ELF vmlinux inside a bzImage. Reads the
-# compressed payload's position from the setup header (payload_offset at
-# 0x248, payload_length at 0x24c, after (setup_sects + 1) * 512 bytes), finds
-# the compression from its magic, and decompresses it, as the kernel's
-# scripts/extract-vmlinux does.
-extract_vmlinux() {
-    local in=$1 dest=$2 setup_sects poff plen start magic tool pkg trim=0
-    u8() { od -An -tu1 -j "$1" -N1 "$in" | tr -d ' '; }
-    u32() { od -An -tu4 -j "$1" -N4 "$in" | tr -d ' '; }
-    [ "$(od -An -c -j $((0x202)) -N4 "$in" | tr -d ' ')" = HdrS ] || fatal "$in is not a bzImage (no HdrS)"
-    setup_sects=$(u8 $((0x1f1)))
-    [ "$setup_sects" = 0 ] && setup_sects=4
-    poff=$(u32 $((0x248)))
-    plen=$(u32 $((0x24c)))
-    start=$(((setup_sects + 1) * 512 + poff))
-    magic=$(od -An -tx1 -j "$start" -N6 "$in" | tr -d ' \n')
-    case $magic in
-        1f8b*) tool="gzip -dc" pkg=gzip ;;
-        fd377a585a00) tool="xz -dc" pkg=xz-utils ;;
-        5d0000*) tool="xz --format=lzma -dc" pkg=xz-utils ;;
-        425a68*) tool="bzip2 -dc" pkg=bzip2 ;;
-        894c5a*) tool="lzop -dc" pkg=lzop ;;
-        # The kernel's lz4 is the legacy frame format with the 4-byte
-        # uncompressed size appended (size_append), which lz4 -d would read
-        # as one more block: leave it out.
-        02214c18*) tool="lz4 -dc" pkg=lz4 trim=4 ;;
-        28b52ffd*) tool="zstd -dc" pkg=zstd ;;
-        *) fatal "$in: unknown compressed payload (magic $magic at offset $start)" ;;
-    esac
-    COMPRESSION=${tool%% *}
-    ensure_packages "$pkg"
-    tail -c +$((start + 1)) "$in" | head -c $((plen - trim)) | $tool > "$dest.tmp" 2> "$dest.err"
-    [ "$(od -An -tx1 -N4 "$dest.tmp" | tr -d ' \n')" = 7f454c46 ] \
-        || fatal "decompressing $in's payload with '$tool' did not give an ELF" "$dest.err"
-    mv "$dest.tmp" "$dest"
-    rm -f "$dest.err"
-}
-
-# ---------------------------------------------------------------- initramfs
-
-# busybox_root DIR: a root with the static busybox, its applets as links,
-# and the directories and /dev/console an initramfs needs.
-busybox_root() {
-    local root=$1 applet
-    rm -rf "$root"
-    mkdir -p "$root"/{bin,dev,proc,sys,tmp,mnt,lib/modules}
-    cp /bin/busybox "$root/bin/busybox"
-    for applet in $(busybox --list); do
-        [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
-    done
-    # The kernel opens /dev/console for /init before devtmpfs is mounted.
-    mknod -m 600 "$root/dev/console" c 5 1 || fatal "mknod $root/dev/console failed (the harness needs root)"
-}
-# mkcpio DIR OUT: a newc archive (uncompressed: quicker to unpack than to
-# decompress, under TCG especially).
-mkcpio() {
-    (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) > "$2" \
-        || fatal "cpio failed for $1"
-}
-
-build_level2() {
-    local root=$WORK/l2/root
-    mkdir -p "$WORK/l2"
-    L2_DIR=$WORK/l2
-    ln -f "$VMLINUZ" "$L2_DIR/vmlinuz" 2>/dev/null || cp "$VMLINUZ" "$L2_DIR/vmlinuz"
-    if [ ! -f "$L2_DIR/vmlinux" ] || [ "$VMLINUZ" -nt "$L2_DIR/vmlinux" ]; then
-        extract_vmlinux "$VMLINUZ" "$L2_DIR/vmlinux"
-        echo "$COMPRESSION" > "$L2_DIR/vmlinux.compression"
-    fi
-    COMPRESSION=$(cat "$L2_DIR/vmlinux.compression" 2>/dev/null)
-    busybox_root "$root"
-    copy_modules "$root/lib/modules" "$root/lib/modules/modules.list" virtio_mmio virtio_blk virtio-rng
-    install -m 755 "$E2E_SRC/guest-init.sh" "$root/init"
-    install -m 755 "$E2E_SRC/guest-checks.sh" "$root/checks.sh"
-    mkcpio "$root" "$L2_DIR/initramfs.cpio"
-    # The disk image: fresh each run, since the guests write to it.
-    rm -rf "$WORK/l2/disk-src" "$L2_DIR/disk.img"
-    mkdir -p "$WORK/l2/disk-src"
-    printf '%s\n' "$TOKEN" > "$WORK/l2/disk-src/hello.txt"
-    mke2fs -q -F -t ext4 -L kindling-e2e -d "$WORK/l2/disk-src" "$L2_DIR/disk.img" 32M > "$WORK/l2/mke2fs.log" 2>&1 \
-        || fatal "mke2fs -d failed" "$WORK/l2/mke2fs.log"
-}
-
-build_level1() {
-    local root=$WORK/l1/root lib
-    mkdir -p "$WORK/l1"
-    busybox_root "$root"
-    copy_modules "$root/lib/modules" "$root/lib/modules/kvm.list" kvm
-    copy_modules "$root/lib/modules" "$WORK/l1/kvm-vendor.list" kvm-amd kvm-intel
-    copy_modules "$root/lib/modules" "$root/lib/modules/virtio-pci.list" virtio_pci virtio_blk
-    install -m 755 "$E2E_SRC/level1-init.sh" "$root/init"
-    mkdir -p "$root/e2e" "$root/l2" "$root/microvm"
-    install -m 755 "$E2E_SRC/level2-run.sh" "$root/e2e/level2-run.sh"
-    # microvm and the shared libraries it needs, at the same paths.
-    install -m 755 "$MICROVM" "$root/microvm/microvm"
-    # A statically linked microvm (the default build) needs no libraries.
-    for lib in $(ldd "$MICROVM" 2>/dev/null | grep -o -E '/[^ ]+' || true); do
-        mkdir -p "$root$(dirname "$lib")"
-        cp -L "$lib" "$root$lib"
-    done
-    ln "$L2_DIR/vmlinuz" "$root/l2/vmlinuz" 2>/dev/null || cp "$L2_DIR/vmlinuz" "$root/l2/vmlinuz"
-    ln "$L2_DIR/vmlinux" "$root/l2/vmlinux" 2>/dev/null || cp "$L2_DIR/vmlinux" "$root/l2/vmlinux"
-    cp "$L2_DIR/initramfs.cpio" "$root/l2/initramfs.cpio"
-    cat > "$root/e2e/config" <<EOF
-MICROVM=/microvm/microvm
-L2_DIR=/l2
+    # The command line it printed for users boots what the runs boot (the
+    # vmlinux run's files, with the command line from image.env).
+    # (Paths under the current directory are printed relative to it.)
+    local rel=${IMAGE#"$PWD"/}
+    PRINTED=$(grep -F -- "--kernel $rel/vmlinux --initrd $rel/initrd.cpio --disk $rel/rootfs.ext4" "$WORK/guest-image.log" | head -n 1)
+    cat > "$WORK/e2e.config" << EOF
 OUT_DIR=/tmp/l2-out
 L2_TIMEOUT=$L2_TIMEOUT
-L2_DISK=$HAS_DISK
-L2_RNG=$HAS_ENTROPY
 L2_TOKEN=$TOKEN
 L2_CPUS=$L2_CPUS
 L2_MEM_MIB=$L2_MEM_MIB
 L2_CMDLINE_EXTRA="$L2_CMDLINE_EXTRA"
+IMAGE_CMDLINE="$CMDLINE"
 EOF
-    mkcpio "$root" "$WORK/l1/initramfs.cpio"
 }
 
 # ---------------------------------------------------------------- running
@@ -348,25 +187,25 @@ timestamp() {
         line=${line%$'\r'}
         printf '%s %s\n' "$(since_start)" "$line"
         case $line in
-            E2E-L1-INIT* | E2E-L1\ * | E2E-L1-DONE* | E2E-L2-BEGIN* | E2E-L2-END* | *"] serial| E2E-"*) say "  | $line" >&2 ;;
+            E2E-L2-BEGIN* | E2E-L2-END* | *"] serial| E2E-"*) say "  | $line" >&2 ;;
         esac
     done > "$1"
 }
 
+# The three runs inside the first level: scripts/nested-run.sh with
+# level2-run.sh as its --script; the first level's own log is separate.
 run_nested() {
-    local drive=() status
-    [ "$HAS_DISK" = 1 ] && drive=(-drive "file=$L2_DIR/disk.img,format=raw,if=virtio")
-    say "level 1: qemu-system-x86_64 (TCG, -cpu EPYC,+svm) boots $KVER; timeout ${L1_TIMEOUT}s; console: $WORK/l1/console.log"
+    mkdir -p "$WORK/l1"
+    L1_LOG=$WORK/l1/level1.log
+    say "level 1: scripts/nested-run.sh (qemu-system-x86_64, TCG, -cpu EPYC,+svm); timeout ${L1_TIMEOUT}s; console: $WORK/l1/console.log, level 1 log: $L1_LOG"
     T_L1_START=$(since_start)
-    timeout -k 10 "$L1_TIMEOUT" qemu-system-x86_64 \
-        -accel tcg,thread=multi -cpu EPYC,+svm -smp 2 -m 3G \
-        -nodefaults -display none -no-user-config -monitor none -serial stdio -no-reboot \
-        -kernel "$VMLINUZ" -initrd "$WORK/l1/initramfs.cpio" \
-        -append "console=ttyS0 panic=-1 rdinit=/init loglevel=4" \
-        "${drive[@]}" < /dev/null 2> "$WORK/l1/qemu.stderr" | timestamp "$WORK/l1/console.log"
-    status=${PIPESTATUS[0]}
+    bash "$REPO/scripts/nested-run.sh" --microvm "$MICROVM" --kernel-package "$KERNEL_PKG" \
+        --timeout "$L1_TIMEOUT" --log "$L1_LOG" --script "$E2E_SRC/level2-run.sh" \
+        --file "$IMAGE/vmlinuz" --file "$IMAGE/vmlinux" --file "$IMAGE/initrd.cpio" \
+        --file "$WORK/e2e.config" --disk "$IMAGE/rootfs.ext4" \
+        < /dev/null 2> "$WORK/l1/nested-run.stderr" | timestamp "$WORK/l1/console.log"
+    L1_STATUS=${PIPESTATUS[0]}
     T_L1_END=$(since_start)
-    L1_STATUS=$status
     TRANSCRIPT=$WORK/l1/console.log
 }
 
@@ -374,10 +213,13 @@ run_direct() {
     say "second level directly on this host's /dev/kvm ($MODE_WHY)"
     mkdir -p "$WORK/direct"
     T_L1_START=$(since_start)
-    MICROVM=$MICROVM L2_DIR=$L2_DIR OUT_DIR=$WORK/direct/out L2_TIMEOUT=$L2_TIMEOUT \
-        L2_DISK=$HAS_DISK L2_RNG=$HAS_ENTROPY L2_TOKEN=$TOKEN L2_CPUS=$L2_CPUS \
-        L2_MEM_MIB=$L2_MEM_MIB L2_CMDLINE_EXTRA=$L2_CMDLINE_EXTRA \
-        sh "$E2E_SRC/level2-run.sh" 2>&1 | timestamp "$WORK/direct/transcript.log"
+    (
+        # shellcheck disable=SC1091
+        . "$WORK/e2e.config"
+        export MICROVM L2_TIMEOUT L2_TOKEN L2_CPUS L2_MEM_MIB L2_CMDLINE_EXTRA IMAGE_CMDLINE
+        export L2_DIR=$IMAGE L2_DISK_IMG=$IMAGE/rootfs.ext4 OUT_DIR=$WORK/direct/out
+        sh "$E2E_SRC/level2-run.sh"
+    ) 2>&1 | timestamp "$WORK/direct/transcript.log"
     T_L1_END=$(since_start)
     L1_STATUS=0
     TRANSCRIPT=$WORK/direct/transcript.log
@@ -410,44 +252,39 @@ guest_check() {
     esac
 }
 
+# The first level's log (scripts/nested-run.sh --log): its NESTED lines.
+l1_line() { sed -n "s/^NESTED $1: //p" "$L1_LOG" 2> /dev/null | head -n 1; }
 assert_level1() {
-    local l1log=$WORK/l1/console.log ctx
-    ctx="---- level 1 console (last 60 lines of $l1log) ----"$'\n'"$(lines | tail -n 60)"$'\n'"---- qemu stderr (without its TCG feature warnings) ----"$'\n'"$(grep -v "TCG doesn't support requested feature" "$WORK/l1/qemu.stderr" | tail -n 20)"
-    if ! lines | has '^E2E-L1-INIT'; then
-        if [ "$L1_STATUS" = 124 ] || [ "$L1_STATUS" = 137 ]; then
-            fail level1/boot "the first level did not reach /init within ${L1_TIMEOUT}s" "$ctx"
-        else
-            fail level1/boot "the first level did not reach /init (qemu exit status $L1_STATUS)" "$ctx"
-        fi
+    local ctx r step
+    ctx="---- level 1 log (last 60 lines of $L1_LOG) ----"$'\n'"$(tail -n 60 "$L1_LOG" 2> /dev/null)"$'\n'"---- nested-run.sh stderr and qemu's ----"$'\n'"$(tail -n 20 "$WORK/l1/nested-run.stderr" "$L1_LOG.qemu-stderr" 2> /dev/null)"
+    if ! has '^NESTED-INIT' "$L1_LOG"; then
+        fail level1/boot "the first level did not reach /init (nested-run.sh exit status $L1_STATUS)" "$ctx"
         return 1
     fi
-    T_L1_INIT=$(awk '/ E2E-L1-INIT/ { print $1; exit }' "$TRANSCRIPT")
-    pass level1/boot "reached /init $(fmt_s $((T_L1_INIT - T_L1_START))) after qemu started"
-    local r
-    r=$(lines | sed -n 's/^E2E-L1 kvm: //p' | head -n 1)
+    L1_INIT_MS=$(sed -n 's/^NESTED-INIT uptime_ms=\([0-9]*\).*/\1/p' "$L1_LOG" | head -n 1)
+    pass level1/boot "reached /init $(fmt_s "$L1_INIT_MS") after its kernel started"
+    r=$(l1_line kvm)
     case $r in
         ok*) pass level1/kvm "${r#ok }" ;;
-        *) fail level1/kvm "${r#FAIL }" "$ctx"; return 1 ;;
+        *) fail level1/kvm "${r:-no NESTED kvm line}" "$ctx"; return 1 ;;
     esac
-    if [ "$HAS_DISK" = 1 ]; then
-        for step in disk-in disk-out; do
-            r=$(lines | sed -n "s/^E2E-L1 $step: //p" | head -n 1)
-            case $r in
-                ok*) pass "level1/$step" "${r#ok }" ;;
-                *) fail "level1/$step" "${r:-no E2E-L1 $step line}" "$ctx" ;;
-            esac
-        done
-    fi
-    if lines | has '^E2E-L1-DONE'; then
+    for step in disk-in disk-out; do
+        r=$(l1_line "$step 0")
+        case $r in
+            ok*) pass "level1/$step" "${r#ok }" ;;
+            *) fail "level1/$step" "${r:-no NESTED $step line}" "$ctx" ;;
+        esac
+    done
+    if has '^NESTED-DONE' "$L1_LOG"; then
         if [ "$L1_STATUS" = 0 ]; then
-            pass level1/poweroff "qemu exited 0 after the first level powered off"
+            pass level1/poweroff "the first level powered off and nested-run.sh exited 0"
         else
-            fail level1/poweroff "qemu exit status $L1_STATUS after the first level finished" "$ctx"
+            fail level1/poweroff "nested-run.sh exit status $L1_STATUS after the first level finished" "$ctx"
         fi
-    elif [ "$L1_STATUS" = 124 ] || [ "$L1_STATUS" = 137 ]; then
+    elif [ "$L1_STATUS" = 125 ] && grep -q 'killed after' "$WORK/l1/nested-run.stderr"; then
         fail level1/finish "the first level did not finish within ${L1_TIMEOUT}s (killed)" "$ctx"
     else
-        fail level1/finish "the first level ended early (qemu exit status $L1_STATUS)" "$ctx"
+        fail level1/finish "the first level ended early (nested-run.sh exit status $L1_STATUS)" "$ctx"
     fi
 }
 
@@ -499,7 +336,7 @@ assert_variant() {
     case $r in
         ok*)
             local got want="written by the $v guest: $TOKEN"
-            got=$(debugfs -R "cat /from-guest-$v.txt" "$L2_DIR/disk.img" 2>/dev/null)
+            got=$(debugfs -R "cat /from-guest-$v.txt" "$IMAGE/rootfs.ext4" 2>/dev/null)
             if [ "$got" = "$want" ]; then
                 pass "$v/disk-write" "the image holds /from-guest-$v.txt: '$got'"
             else
@@ -520,7 +357,7 @@ assert_variant() {
     [ -n "$wall" ] && [ "$wall" -ge $((timeout_s * 1000)) ] && killed="; microvm killed after ${timeout_s}s"
     if variant_log "$v" | has '^serial| E2E-INFO acpi: present'; then
         name=poweroff
-        # The pvh run reboots through the ACPI reset register instead.
+        # The vmlinux run reboots through the ACPI reset register instead.
         [ "$v" = vmlinux ] && name=reboot
     else
         name=reboot
@@ -537,6 +374,51 @@ assert_variant() {
     fi
 }
 
+# ---------------------------------------------------------------- interactive
+
+# The image as a user gets it: the printed command line (through the nested
+# runner on hosts like ours), its console on a pseudo-terminal driven by
+# interactive.py: the shell, a typed command, Ctrl-C, `poweroff`, the
+# terminal restored, and the typed command's file in the image afterwards.
+run_interactive() {
+    local dir=$WORK/interactive cmd r name got
+    local names="shell typed ctrl-c poweroff terminal"
+    mkdir -p "$dir"
+    if ! command -v python3 > /dev/null; then
+        for name in $names disk; do skip "interactive/$name" "python3 not found (it drives the pseudo-terminal)"; done
+        return
+    fi
+    local args=(--kernel "$IMAGE/vmlinux" --initrd "$IMAGE/initrd.cpio" --disk "$IMAGE/rootfs.ext4")
+    local vm_args=(--entropy --cpus "$L2_CPUS" --memory "$L2_MEM_MIB" --cmdline "$CMDLINE")
+    if [ "$MODE" = nested ]; then
+        cmd=(bash "$REPO/scripts/nested-run.sh" --microvm "$MICROVM" --kernel-package "$KERNEL_PKG"
+            --timeout "$L1_TIMEOUT" --log "$dir/level1.log" "${args[@]}" -- "${vm_args[@]}")
+    else
+        cmd=("$MICROVM" "${args[@]}" "${vm_args[@]}")
+    fi
+    say "interactive: ${cmd[*]##*/} on a pseudo-terminal (console: $dir/console.log)"
+    T_INT_START=$(since_start)
+    E2E_INTERACTIVE_TIMEOUT=$L1_TIMEOUT python3 "$E2E_SRC/interactive.py" "$dir/console.log" "${cmd[@]}" \
+        > "$dir/result" 2>&1
+    T_INT_END=$(since_start)
+    local ctx
+    ctx="---- interactive: the console (last 40 lines of $dir/console.log) ----"$'\n'"$(tr -d '\r' < "$dir/console.log" | tail -n 40)"$'\n'"---- interactive.py ----"$'\n'"$(cat "$dir/result")"
+    for name in $names; do
+        r=$(sed -n "s/^INTERACTIVE $name: //p" "$dir/result" | head -n 1)
+        case $r in
+            ok*) pass "interactive/$name" "${r#ok }" ;;
+            FAIL*) fail "interactive/$name" "${r#FAIL }" "$ctx" ;;
+            *) fail "interactive/$name" "not reached" "$ctx" ;;
+        esac
+    done
+    got=$(debugfs -R "cat /root/typed.txt" "$IMAGE/rootfs.ext4" 2> /dev/null)
+    if [ "$got" = typed-42 ]; then
+        pass interactive/disk "the image holds /root/typed.txt from the typed command, after the shutdown"
+    else
+        fail interactive/disk "/root/typed.txt in the image reads '$got', expected 'typed-42'" "$ctx"
+    fi
+}
+
 # ---------------------------------------------------------------- main
 
 mkdir -p "$WORK"
@@ -545,11 +427,9 @@ cd "$REPO" || exit 1
 detect_mode
 say "mode: $MODE ($MODE_WHY); work dir: $WORK"
 
-pkgs=(busybox-static cpio e2fsprogs)
-[ "$MODE" = nested ] && pkgs+=(qemu-system-x86)
-ensure_packages "${pkgs[@]}"
-fetch_kernel
-say "kernel: $KVER ($VMLINUZ)"
+# debugfs reads the image afterwards; guest-image.sh and nested-run.sh
+# install what else they need (cpio, the kernel's decompressor, QEMU).
+ensure_packages e2fsprogs
 
 # The release microvm.
 if [ -n "${KINDLING_E2E_MICROVM:-}" ]; then
@@ -563,20 +443,18 @@ else
 fi
 [ -x "$MICROVM" ] || fatal "no microvm binary at $MICROVM"
 help=$("$MICROVM" --help 2>&1) || fatal "$MICROVM --help failed: $help"
-HAS_DISK=0
-HAS_ENTROPY=0
-grep -q -- '--disk' <<< "$help" && HAS_DISK=1
-grep -q -- '--entropy' <<< "$help" && HAS_ENTROPY=1
-say "microvm: $MICROVM (--disk: $([ $HAS_DISK = 1 ] && echo yes || echo 'not yet'), --entropy: $([ $HAS_ENTROPY = 1 ] && echo yes || echo 'not yet'))"
+say "microvm: $MICROVM"
 
 TOKEN=kindling-e2e-$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')
-build_level2
-say "second level: vmlinuz ($(stat -c %s "$L2_DIR/vmlinuz") bytes), vmlinux ($(stat -c %s "$L2_DIR/vmlinux") bytes, payload: $COMPRESSION), initramfs ($(stat -c %s "$L2_DIR/initramfs.cpio") bytes: $(tr '\n' ' ' < "$WORK/l2/root/lib/modules/modules.list")), disk.img"
-if [ "$MODE" = nested ]; then
-    build_level1
-    say "first level: initramfs $(stat -c %s "$WORK/l1/initramfs.cpio") bytes"
-fi
+build_guest
+say "guest (scripts/guest-image.sh): kernel $KVER; vmlinuz $(stat -c %s "$IMAGE/vmlinuz") bytes, vmlinux $(stat -c %s "$IMAGE/vmlinux") bytes ($COMPRESSION payload), initrd.cpio $(stat -c %s "$IMAGE/initrd.cpio") bytes (modules: $MODULES), rootfs.ext4"
 T_BUILT=$(since_start)
+
+case $PRINTED in
+    *"/examples/microvm --kernel "*" --entropy --cpus $L2_CPUS --memory $L2_MEM_MIB --cmdline \"$CMDLINE\"")
+        pass image/command "guest-image.sh printed the microvm command line for the image it made" ;;
+    *) fail image/command "guest-image.sh printed no microvm command line for $IMAGE (with --cmdline \"$CMDLINE\")" "---- guest-image.log ----"$'\n'"$(cat "$WORK/guest-image.log")" ;;
+esac
 
 declare -A WALL_MS BOOT_US
 if [ "$MODE" = nested ]; then
@@ -588,6 +466,7 @@ fi
 for v in $VARIANTS; do
     assert_variant "$v"
 done
+run_interactive
 T_END=$(since_start)
 if [ "$T_END" -le $((BOUND * 1000)) ]; then
     pass time-bound "the whole run took $(fmt_s "$T_END") (bound ${BOUND}s)"
@@ -600,15 +479,16 @@ say "results ($MODE, kernel $KVER):"
 printf '%s\n' "${RESULTS[@]}"
 say ""
 say "timings:"
-printf '  %-52s %s\n' "preparation (packages, kernel, build, images)" "$(fmt_s "$T_BUILT")"
+printf '  %-52s %s\n' "preparation (packages, kernel, build, guest-image.sh)" "$(fmt_s "$T_BUILT")"
 if [ "$MODE" = nested ]; then
-    [ -n "${T_L1_INIT:-}" ] && printf '  %-52s %s\n' "level 1 boot (qemu start to /init)" "$(fmt_s $((T_L1_INIT - T_L1_START)))"
-    printf '  %-52s %s\n' "level 1 total (qemu start to exit)" "$(fmt_s $((T_L1_END - T_L1_START)))"
+    [ -n "${L1_INIT_MS:-}" ] && printf '  %-52s %s\n' "level 1 boot (its kernel start to /init)" "$(fmt_s "$L1_INIT_MS")"
+    printf '  %-52s %s\n' "level 1 total (nested-run.sh start to exit)" "$(fmt_s $((T_L1_END - T_L1_START)))"
 fi
 for v in $VARIANTS; do
     [ -n "${BOOT_US[$v]:-}" ] && printf '  %-52s %s\n' "level 2 $v boot (microvm start to boot timer)" "$(fmt_s $((BOOT_US[$v] / 1000)))"
     [ -n "${WALL_MS[$v]:-}" ] && printf '  %-52s %s\n' "level 2 $v microvm lifetime" "$(fmt_s "${WALL_MS[$v]}")"
 done
+[ -n "${T_INT_START:-}" ] && printf '  %-52s %s\n' "interactive run (start to exit)" "$(fmt_s $((T_INT_END - T_INT_START)))"
 printf '  %-52s %s\n' "total wall time" "$(fmt_s "$T_END")"
 if [ ${#FAIL_CONTEXT[@]} -gt 0 ]; then
     say ""

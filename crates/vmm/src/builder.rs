@@ -367,6 +367,7 @@ impl VmmBuilder {
             exit,
             stdin_input,
             stop_on_signals: config.stop_on_signals,
+            console_escape: config.console_escape.take(),
             vm: Arc::new(vm),
             kvm: Arc::new(kvm),
             memory: self.memory,

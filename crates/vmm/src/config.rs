@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::console::ConsoleEscape;
 use kindling_devices::legacy::StartTime;
 use kindling_memory::Backing;
 use kindling_virtio::block::BlockEngine;
@@ -44,33 +45,65 @@ pub struct DiskConfig {
     pub engine: BlockEngine,
 }
 
-/// The disk syntax, for errors.
-const DISK_SYNTAX: &str = "PATH[,readonly][,engine=sync|io_uring]";
+/// The `--disk` syntax, for error messages.
+const DISK_SYNTAX: &str = "PATH[,readonly][,engine=sync|io_uring] or [OPTION,]...path=PATH";
 
 impl std::str::FromStr for DiskConfig {
     type Err = String;
 
-    /// Parses `PATH[,readonly][,engine=sync|io_uring]` (`ro` for
-    /// `readonly`; options in any order after the path).
+    /// Parses a disk in one of two forms:
+    ///
+    /// - `PATH[,readonly][,engine=sync|io_uring]` (`ro` is an alias of
+    ///   `readonly`; options in any order after the path). A comma in
+    ///   `PATH` is kept when what follows it contains a `/` (`dir,x/a.img`);
+    ///   any other part after a comma must be an option.
+    /// - `[OPTION,]...path=PATH`: the options first, then `path=`, which
+    ///   takes the rest of the argument verbatim, commas included
+    ///   (`readonly,path=a,b.img` is the file `a,b.img`, read-only). This
+    ///   form is chosen when the argument starts with `path=` or contains
+    ///   `,path=`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut path = s;
         let mut read_only = false;
         let mut engine = BlockEngine::default();
-        while let Some((head, opt)) = path.rsplit_once(',') {
+        let mut option = |opt: &str| -> Result<bool, String> {
             if matches!(opt, "readonly" | "ro") {
                 read_only = true;
             } else if let Some(name) = opt.strip_prefix("engine=") {
                 engine = name.parse().map_err(|e| format!("{e} in '{s}'"))?;
-            } else if !opt.contains('/') {
-                return Err(format!(
-                    "unknown disk option '{opt}' in '{s}' (expected {DISK_SYNTAX})"
-                ));
             } else {
-                // A comma inside the path.
-                break;
+                return Ok(false);
             }
-            path = head;
-        }
+            Ok(true)
+        };
+        let unknown = |opt: &str| {
+            format!(
+                "unknown disk option '{opt}' in '{s}' (expected {DISK_SYNTAX}; \
+                 a path with a comma is given as path=PATH)"
+            )
+        };
+        let path = match key_form_path(s) {
+            Some((options, path)) => {
+                for opt in options.split(',').filter(|o| !o.is_empty()) {
+                    if !option(opt)? {
+                        return Err(unknown(opt));
+                    }
+                }
+                path
+            }
+            None => {
+                let mut path = s;
+                while let Some((head, opt)) = path.rsplit_once(',') {
+                    if option(opt)? {
+                        path = head;
+                    } else if opt.contains('/') {
+                        break; // a comma inside the path
+                    } else {
+                        return Err(unknown(opt));
+                    }
+                }
+                path
+            }
+        };
         if path.is_empty() {
             return Err(format!(
                 "'{s}' names no disk image (expected {DISK_SYNTAX})"
@@ -82,6 +115,16 @@ impl std::str::FromStr for DiskConfig {
             engine,
         })
     }
+}
+
+/// For the `[OPTION,]...path=PATH` form: the options before `path=` (with
+/// their trailing comma) and the path after it.
+fn key_form_path(s: &str) -> Option<(&str, &str)> {
+    if let Some(path) = s.strip_prefix("path=") {
+        return Some(("", path));
+    }
+    let at = s.find(",path=")?;
+    Some((&s[..at], &s[at + ",path=".len()..]))
 }
 
 /// Where the serial console's output goes.
@@ -146,6 +189,10 @@ pub struct VmConfig {
     pub stop_on_signals: bool,
     /// Where the boot timer logs (standard error by default).
     pub boot_timer_log: Arc<Mutex<dyn Write + Send>>,
+    /// The console escape (Ctrl-A x ends the VM, see [`crate::console`]):
+    /// only looked at with [`SerialConfig::Stdout`]. `None` (the default)
+    /// passes standard input to the guest unchanged.
+    pub console_escape: Option<ConsoleEscape>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -163,6 +210,7 @@ impl std::fmt::Debug for VmConfig {
             .field("track_dirty_pages", &self.track_dirty_pages)
             .field("serial", &self.serial)
             .field("stop_on_signals", &self.stop_on_signals)
+            .field("console_escape", &self.console_escape)
             .finish()
     }
 }
@@ -184,6 +232,7 @@ impl Default for VmConfig {
             stop_on_signals: false,
             start_time: StartTime::now(),
             boot_timer_log: Arc::new(Mutex::new(std::io::stderr())),
+            console_escape: None,
         }
     }
 }
@@ -192,23 +241,27 @@ impl Default for VmConfig {
 mod tests {
     use super::*;
 
+    fn disk(s: &str) -> DiskConfig {
+        s.parse().unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    }
+
     #[test]
     fn disk_options_parse() {
-        let d: DiskConfig = "/img/root.ext4".parse().unwrap();
+        let d = disk("/img/root.ext4");
         assert_eq!(d.path, PathBuf::from("/img/root.ext4"));
         assert!(!d.read_only);
-        let d: DiskConfig = "a.img,readonly".parse().unwrap();
+        let d = disk("a.img,readonly");
         assert!(d.read_only);
         assert_eq!(d.path, PathBuf::from("a.img"));
-        let d: DiskConfig = "a.img,ro".parse().unwrap();
+        let d = disk("a.img,ro");
         assert!(d.read_only);
-        // A comma inside a path is kept.
-        let d: DiskConfig = "dir,x/a.img".parse().unwrap();
+        // A comma inside a path is kept when a '/' follows it.
+        let d = disk("dir,x/a.img");
         assert_eq!(d.path, PathBuf::from("dir,x/a.img"));
         assert!("a.img,rw"
             .parse::<DiskConfig>()
             .unwrap_err()
-            .contains("unknown disk option"));
+            .contains("unknown disk option 'rw'"));
         assert!("".parse::<DiskConfig>().is_err());
         assert_eq!(d.engine, BlockEngine::Sync);
         let d: DiskConfig = "a.img,engine=io_uring".parse().unwrap();
@@ -225,5 +278,42 @@ mod tests {
         );
         assert!(",engine=sync".parse::<DiskConfig>().is_err());
         assert!(",readonly".parse::<DiskConfig>().is_err());
+    }
+
+    #[test]
+    fn disk_path_key_takes_the_rest_verbatim() {
+        let d = disk("path=a,b.img");
+        assert_eq!((d.path, d.read_only), (PathBuf::from("a,b.img"), false));
+        let d = disk("readonly,path=a,b.img");
+        assert_eq!((d.path, d.read_only), (PathBuf::from("a,b.img"), true));
+        let d = disk("ro,path=/x/a,b");
+        assert_eq!((d.path, d.read_only), (PathBuf::from("/x/a,b"), true));
+        // Options after path= are part of the path: no ambiguity.
+        let d = disk("path=a.img,readonly");
+        assert_eq!(
+            (d.path, d.read_only),
+            (PathBuf::from("a.img,readonly"), false)
+        );
+        // A file whose name starts with "path=".
+        let d = disk("path=path=x");
+        assert_eq!(d.path, PathBuf::from("path=x"));
+        // Only the first ",path=" separates.
+        let d = disk("ro,path=a,path=b");
+        assert_eq!((d.path, d.read_only), (PathBuf::from("a,path=b"), true));
+    }
+
+    #[test]
+    fn disk_path_key_errors() {
+        let e = "path=".parse::<DiskConfig>().unwrap_err();
+        assert!(e.contains("names no disk image"), "{e}");
+        let e = "readonly,path=".parse::<DiskConfig>().unwrap_err();
+        assert!(e.contains("names no disk image"), "{e}");
+        let e = "rw,path=a.img".parse::<DiskConfig>().unwrap_err();
+        assert!(e.contains("unknown disk option 'rw'"), "{e}");
+        let e = "ro,,cache,path=a.img".parse::<DiskConfig>().unwrap_err();
+        assert!(e.contains("unknown disk option 'cache'"), "{e}");
+        // A comma in a plain path without '/' after it points to path=.
+        let e = "a,b.img".parse::<DiskConfig>().unwrap_err();
+        assert!(e.contains("path=PATH"), "{e}");
     }
 }

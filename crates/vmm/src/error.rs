@@ -113,6 +113,9 @@ pub enum VmmError {
         /// What the engine said.
         source: kindling_virtio::block::BackendError,
     },
+    /// The terminal on standard input could not be put in raw mode.
+    #[error("cannot put the terminal on standard input in raw mode: {0}")]
+    Console(#[source] io::Error),
     /// The device event loop failed.
     #[error("device event loop: {0}")]
     EventLoop(#[source] event_manager::Error),

@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kindling_devices::legacy::{CoalescedSerial, OutputFlusher, SerialDevice};
-use kindling_devices::{BusExitHandler, VmExitHandle};
+use kindling_devices::{BusExitHandler, ExitReason, VmExitHandle};
 
+use crate::console::{ConsoleEscape, EscapeDetector};
 use crate::lifecycle::Shared;
 
 /// Wakes the event loop when a device asks to end the VM.
@@ -35,6 +36,9 @@ pub(crate) struct StdinSubscriber {
     pub(crate) fd: RawFd,
     /// Whether stdin is registered (it is removed at EOF or on error).
     pub(crate) active: bool,
+    /// The console escape, when on: the detector, what to tell the VMM's
+    /// user, and how to end the VM.
+    pub(crate) escape: Option<(EscapeDetector, ConsoleEscape, VmExitHandle)>,
 }
 
 /// Reads from `fd` without the buffering of `std::io::Stdin`, which would
@@ -53,22 +57,42 @@ fn read_fd(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
 impl MutEventSubscriber for StdinSubscriber {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
-        let room = serial.input_room().min(64);
-        if room == 0 {
-            // The guest is not reading; drop this burst rather than spin.
-            let mut sink = [0u8; 64];
-            let _ = read_fd(self.fd, &mut sink);
-            return;
+        let mut room = serial.input_room().min(64);
+        // A Ctrl-A held back by the escape detector comes out with the next
+        // byte: keep room for it.
+        if let Some((detector, ..)) = &self.escape {
+            room = room.saturating_sub(usize::from(detector.pending()));
         }
         let mut buf = [0u8; 64];
-        match read_fd(self.fd, &mut buf[..room]) {
+        let read = if room == 0 {
+            // The guest is not reading; drop this burst rather than spin
+            // (the escape sequence still counts).
+            read_fd(self.fd, &mut buf)
+        } else {
+            read_fd(self.fd, &mut buf[..room])
+        };
+        let n = match read {
             Ok(0) | Err(_) => {
                 let _ = ops.remove(events);
                 self.active = false;
+                return;
             }
-            Ok(n) => {
-                let _ = serial.enqueue_input(&buf[..n]);
+            Ok(n) => n,
+        };
+        let mut filtered = Vec::new();
+        let input = match &mut self.escape {
+            Some((detector, escape, exit)) => {
+                if detector.filter(&buf[..n], &mut filtered) {
+                    escape.press();
+                    exit.request(ExitReason::Stopped);
+                    return;
+                }
+                &filtered[..]
             }
+            None => &buf[..n],
+        };
+        if room > 0 {
+            let _ = serial.enqueue_input(input);
         }
     }
 

@@ -36,6 +36,7 @@
 mod boot_setup;
 mod builder;
 mod config;
+pub mod console;
 mod device_manager;
 mod devices;
 mod error;

@@ -33,6 +33,7 @@ pub(crate) struct Parts {
     pub(crate) exit: VmExitHandle,
     pub(crate) stdin_input: bool,
     pub(crate) stop_on_signals: bool,
+    pub(crate) console_escape: Option<crate::console::ConsoleEscape>,
     pub(crate) vm: Arc<Vm>,
     pub(crate) kvm: Arc<Kvm>,
     pub(crate) memory: GuestRam,
@@ -52,6 +53,7 @@ pub struct Vmm {
     shared: Arc<Shared>,
     stdin_input: bool,
     stop_on_signals: bool,
+    console_escape: Option<crate::console::ConsoleEscape>,
     vm: Arc<Vm>,
     kvm: Arc<Kvm>,
     memory: GuestRam,
@@ -102,6 +104,7 @@ impl Vmm {
             subscribers: parts.subscribers,
             stdin_input: parts.stdin_input,
             stop_on_signals: parts.stop_on_signals,
+            console_escape: parts.console_escape,
             vm: parts.vm,
             kvm: parts.kvm,
             memory: parts.memory,
@@ -208,6 +211,13 @@ impl Vmm {
                 serial: self.devices.legacy.serial.clone(),
                 fd: libc::STDIN_FILENO,
                 active: false,
+                escape: self.console_escape.take().map(|escape| {
+                    (
+                        crate::console::EscapeDetector::new(),
+                        escape,
+                        self.shared.exit.clone(),
+                    )
+                }),
             }));
         }
 

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Runs microvm inside an emulated machine, for hosts whose /dev/kvm cannot
+# run a stock Linux guest (nested KVM that emulates guest ring 0, such as
+# the kvm_pvm module; see docs/nested-kvm.md):
+#
+#   scripts/nested-run.sh --kernel vmlinux --initrd initrd.cpio --disk rootfs.ext4 \
+#       -- --entropy --cpus 2 --memory 256 --cmdline "console=ttyS0 root=/dev/vda rw"
+#
+# The first level is QEMU without hardware acceleration (TCG) with an AMD
+# CPU that has SVM (-cpu EPYC,+svm), booting Debian's cloud kernel with the
+# kvm modules; its /dev/kvm runs the second level, microvm, with the given
+# kernel, initrd and disks and the arguments after `--`. microvm's console
+# is this command's standard input and output: interactive when run from a
+# terminal (Ctrl-A x quits microvm, Ctrl-C goes to the guest). Disks are
+# copied into the first level's memory and back to their files when microvm
+# ends. Exits with microvm's exit status (125 when the first level failed;
+# the reason is on stderr and in the log).
+#
+# Options:
+#   --kernel PATH          the kernel microvm boots (required unless --script)
+#   --initrd PATH          its initial ramdisk
+#   --disk PATH            a raw disk image (repeatable), given to microvm as
+#                          --disk path=... in this order (vda, vdb, ...)
+#   --microvm PATH         the microvm binary (default: the release build,
+#                          built with cargo when missing)
+#   --timeout S            stop the first level after S seconds (default: none)
+#   --log FILE             the first level's console (default: target/nested/level1.log)
+#   --l1-cpus N            the first level's CPUs (default 2)
+#   --l1-memory MIB        the first level's memory (default 3072; holds the disks)
+#   --kernel-package PKG   the first level's Debian kernel (default linux-image-cloud-amd64)
+#   --script PATH          run this POSIX sh script in the first level instead of
+#                          microvm, with the arguments after `--` (environment:
+#                          MICROVM, NESTED_DIR holding the files, NESTED_DISKS;
+#                          the disks are NESTED_DIR/disk0.img, ...)
+#   --file PATH            another file for NESTED_DIR (repeatable)
+#   -h, --help             this text
+#
+# Needs a Debian-like system, root the first time (it apt-get installs
+# qemu-system-x86 and cpio), and about 1.5 GiB of memory above the disks.
+set -euo pipefail
+# DK_NAME (and DK_QUIET) are read by lib/debian.sh.
+# shellcheck disable=SC2034
+DK_NAME=nested-run
+# shellcheck source-path=SCRIPTDIR
+. "$(dirname "${BASH_SOURCE[0]}")/lib/debian.sh"
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+
+KERNEL="" INITRD="" SCRIPT="" MICROVM="" TIMEOUT=""
+LOG=$DK_REPO/target/nested/level1.log
+L1_CPUS=2 L1_MEM=3072
+KERNEL_PKG=linux-image-cloud-amd64
+DISKS=() FILES=()
+while [ $# -gt 0 ]; do
+    case $1 in
+        --kernel) KERNEL=${2:?--kernel needs a path}; shift 2 ;;
+        --initrd) INITRD=${2:?--initrd needs a path}; shift 2 ;;
+        --disk) DISKS+=("${2:?--disk needs a path}"); shift 2 ;;
+        --microvm) MICROVM=${2:?--microvm needs a path}; shift 2 ;;
+        --timeout) TIMEOUT=${2:?--timeout needs seconds}; shift 2 ;;
+        --log) LOG=${2:?--log needs a file}; shift 2 ;;
+        --l1-cpus) L1_CPUS=${2:?--l1-cpus needs a number}; shift 2 ;;
+        --l1-memory) L1_MEM=${2:?--l1-memory needs MiB}; shift 2 ;;
+        --kernel-package) KERNEL_PKG=${2:?--kernel-package needs a package}; shift 2 ;;
+        --script) SCRIPT=${2:?--script needs a path}; shift 2 ;;
+        --file) FILES+=("${2:?--file needs a path}"); shift 2 ;;
+        -h | --help) usage; exit 0 ;;
+        --) shift; break ;;
+        *) dk_die "unknown argument '$1' (see --help; microvm's arguments go after --)" ;;
+    esac
+done
+number() { case $2 in '' | *[!0-9]*) dk_die "$1 $2 is not a number" ;; esac; }
+number --l1-cpus "$L1_CPUS"
+number --l1-memory "$L1_MEM"
+[ -z "$TIMEOUT" ] || number --timeout "$TIMEOUT"
+if [ -z "$SCRIPT" ]; then
+    [ -n "$KERNEL" ] || dk_die "--kernel is required (the kernel microvm boots)"
+fi
+for f in "$KERNEL" "$INITRD" "$SCRIPT" "${FILES[@]}" "${DISKS[@]}"; do
+    [ -z "$f" ] || [ -f "$f" ] || dk_die "no file $f"
+done
+[ ${#DISKS[@]} -le 16 ] || dk_die "at most 16 disks"
+case $LOG in *,*) dk_die "--log $LOG: QEMU cannot write to a path with a comma" ;; esac
+for arg in "$@"; do
+    case $arg in *$'\n'*) dk_die "a microvm argument contains a newline" ;; esac
+done
+
+# microvm: the release build unless given.
+if [ -z "$MICROVM" ]; then
+    MICROVM=${CARGO_TARGET_DIR:-$DK_REPO/target}/x86_64-unknown-linux-gnu/release/examples/microvm
+    if [ ! -x "$MICROVM" ]; then
+        dk_say "building microvm: cargo build --release --example microvm"
+        (cd "$DK_REPO" && cargo build --release --example microvm) || dk_die "cargo build --release --example microvm failed"
+    fi
+fi
+[ -x "$MICROVM" ] || dk_die "no microvm binary at $MICROVM"
+
+command -v qemu-system-x86_64 > /dev/null || dk_ensure_packages qemu-system-x86
+dk_fetch_busybox
+dk_fetch_kernel "$KERNEL_PKG"
+
+# ---------------------------------------------------------------- first level
+
+WORK=$(dirname "$LOG")/nested-l1.$$
+mkdir -p "$WORK"
+trap 'rm -rf "$WORK"' EXIT
+ROOT=$WORK/root
+dk_busybox_root "$ROOT"
+dk_copy_modules "$ROOT/lib/modules" "$ROOT/lib/modules/kvm.list" kvm
+dk_copy_modules "$ROOT/lib/modules" "$ROOT/lib/modules/kvm-amd.list" '?kvm-amd'
+dk_copy_modules "$ROOT/lib/modules" "$ROOT/lib/modules/kvm-intel.list" '?kvm-intel'
+dk_copy_modules "$ROOT/lib/modules" "$ROOT/lib/modules/virtio-pci.list" virtio_pci virtio_blk
+# The vendor lists without what kvm.list loads already.
+for vendor in kvm-amd kvm-intel; do
+    grep -v -x -F -f "$ROOT/lib/modules/kvm.list" "$ROOT/lib/modules/$vendor.list" > "$WORK/list" || :
+    mv "$WORK/list" "$ROOT/lib/modules/$vendor.list"
+done
+install -m 755 "$DK_REPO/scripts/lib/nested-init.sh" "$ROOT/init"
+N=$ROOT/nested
+mkdir -p "$N"
+install -m 755 "$MICROVM" "$N/microvm"
+# A statically linked microvm (the default build) needs no libraries.
+for lib in $(ldd "$MICROVM" 2> /dev/null | grep -o -E '/[^ ]+' || true); do
+    mkdir -p "$ROOT$(dirname "$lib")"
+    cp -L "$lib" "$ROOT$lib"
+done
+link() { ln -f "$1" "$2" 2> /dev/null || cp "$1" "$2"; }
+[ -z "$KERNEL" ] || link "$KERNEL" "$N/kernel"
+[ -z "$INITRD" ] || link "$INITRD" "$N/initrd"
+[ -z "$SCRIPT" ] || link "$SCRIPT" "$N/${SCRIPT##*/}"
+for f in "${FILES[@]}"; do link "$f" "$N/${f##*/}"; done
+printf '%s\n' "$@" > "$N/args"
+[ $# -gt 0 ] || : > "$N/args"
+cat > "$N/config" << EOF
+NESTED_MODE=$([ -n "$SCRIPT" ] && echo script || echo microvm)
+NESTED_SCRIPT='${SCRIPT##*/}'
+NESTED_DISKS=${#DISKS[@]}
+NESTED_INITRD=$([ -n "$INITRD" ] && echo 1 || echo 0)
+EOF
+dk_mkcpio "$ROOT" "$WORK/initramfs.cpio"
+
+drives=()
+for d in "${DISKS[@]}"; do
+    # QEMU's option syntax: a comma in a value is written twice.
+    drives+=(-drive "file=${d//,/,,},format=raw,if=virtio")
+done
+timeout=()
+# --foreground: QEMU stays in the terminal's foreground process group, so it
+# can read an interactive console (it has no children to time out).
+[ -z "$TIMEOUT" ] || timeout=(timeout --foreground -k 10 "$TIMEOUT")
+dk_say "first level: qemu-system-x86_64 (TCG, -cpu EPYC,+svm) with $KVER; log: $LOG"
+: > "$LOG"
+set +e
+# ttyS0 (QEMU's stdio, signal=off: Ctrl-C goes to the guest) is microvm's
+# console; ttyS1 (the log) is the first level's.
+"${timeout[@]}" qemu-system-x86_64 \
+    -accel tcg,thread=multi -cpu EPYC,+svm -smp "$L1_CPUS" -m "$L1_MEM" \
+    -nodefaults -display none -no-user-config -monitor none -no-reboot \
+    -chardev stdio,id=console,signal=off -serial chardev:console -serial "file:$LOG" \
+    -kernel "$VMLINUZ" -initrd "$WORK/initramfs.cpio" \
+    -append "console=ttyS1 panic=-1 rdinit=/init loglevel=4" \
+    "${drives[@]}" 2> "$WORK/qemu.stderr"
+qemu_status=$?
+set -e
+grep -v "TCG doesn't support requested feature" "$WORK/qemu.stderr" > "$LOG.qemu-stderr" || :
+
+status=$(sed -n 's/^NESTED-STATUS \([0-9]*\).*/\1/p' "$LOG" | tail -n 1)
+failed=$(grep -E '^NESTED (kvm|disk-in [0-9]+|disk-out [0-9]+): FAIL' "$LOG" || :)
+if [ -n "$failed" ]; then
+    dk_say "first level: ${failed#NESTED }"
+    [ -n "$status" ] && [ "$status" != 0 ] || status=125
+fi
+if [ -z "$status" ]; then
+    case $qemu_status in
+        124 | 137) why="killed after ${TIMEOUT}s (--timeout)" ;;
+        *) why="qemu exit status $qemu_status" ;;
+    esac
+    printf '%s: error: the first level ended before microvm did (%s); its log: %s\n' "$DK_NAME" "$why" "$LOG" >&2
+    tail -n 15 "$LOG" "$LOG.qemu-stderr" >&2 2> /dev/null || :
+    exit 125
+fi
+exit "$status"
