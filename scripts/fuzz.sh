@@ -42,6 +42,15 @@ fi
 flags=(-a)
 echo "==> building ${#targets[@]} fuzz targets"
 cargo +nightly fuzz build "${flags[@]}"
+# cargo-fuzz has no --locked: a build that had to update the fuzz
+# workspace's lock file (the crates' dependencies changed) would leave the
+# work tree dirty, so say so instead.
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1 &&
+    ! git diff --quiet -- Cargo.lock; then
+    echo "error: fuzz/Cargo.lock was out of date and the build updated it;" >&2
+    echo "       review and commit the update (git diff fuzz/Cargo.lock)" >&2
+    exit 1
+fi
 
 if [ -n "${KINDLING_FUZZ_KEEP:-}" ]; then
     out=$KINDLING_FUZZ_KEEP
