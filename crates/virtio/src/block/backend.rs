@@ -52,66 +52,6 @@ pub enum BlockOp<'a> {
     },
 }
 
-/// A finished operation.
-#[derive(Debug)]
-pub struct Completion {
-    /// The token given to [`BlockBackend::submit`].
-    pub token: u16,
-    /// Its outcome.
-    pub result: Result<(), BackendError>,
-}
-
-/// Errors of block I/O.
-#[derive(Debug, thiserror::Error)]
-pub enum BackendError {
-    /// An I/O system call failed.
-    #[error("{op} at byte {offset} of {path} failed: {source}")]
-    Io {
-        /// The operation.
-        op: &'static str,
-        /// The byte offset in the image.
-        offset: u64,
-        /// The image.
-        path: PathBuf,
-        /// The error from the kernel.
-        #[source]
-        source: io::Error,
-    },
-    /// The image ended before a read was complete (it shrank).
-    #[error("read at byte {offset} of {path} hit the end of the file")]
-    UnexpectedEof {
-        /// The byte offset in the image.
-        offset: u64,
-        /// The image.
-        path: PathBuf,
-    },
-    /// A guest buffer is not in guest memory.
-    #[error("guest buffer at {addr:#x} ({len} bytes) is not in guest memory")]
-    GuestMemory {
-        /// Its address.
-        addr: u64,
-        /// Its length.
-        len: u32,
-    },
-    /// The engine cannot take more requests now.
-    #[error("the I/O engine is full")]
-    Busy,
-    /// The operation reaches past the end of the disk (the request parser
-    /// never submits one; the backend refuses it without touching the
-    /// image rather than growing it).
-    #[error("{op} of {len} bytes at byte {offset} reaches past the end of the {size}-byte disk")]
-    OutOfRange {
-        /// The operation.
-        op: &'static str,
-        /// Its byte offset in the image.
-        offset: u64,
-        /// Its length in bytes.
-        len: u64,
-        /// The size of the disk.
-        size: u64,
-    },
-}
-
 impl BlockOp<'_> {
     /// Checks that every byte the operation touches is inside a disk of
     /// `size` bytes.
@@ -156,6 +96,66 @@ impl BlockOp<'_> {
             }
         }
     }
+}
+
+/// A finished operation.
+#[derive(Debug)]
+pub struct Completion {
+    /// The token given to [`BlockBackend::submit`].
+    pub token: u16,
+    /// Its outcome.
+    pub result: Result<(), BackendError>,
+}
+
+/// Errors of block I/O.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// An I/O system call failed.
+    #[error("{op} at byte {offset} of {path} failed: {source}")]
+    Io {
+        /// The operation.
+        op: &'static str,
+        /// The byte offset in the image.
+        offset: u64,
+        /// The image.
+        path: PathBuf,
+        /// The error from the kernel.
+        #[source]
+        source: io::Error,
+    },
+    /// The image ended before a read was complete (it shrank).
+    #[error("read at byte {offset} of {path} hit the end of the file")]
+    UnexpectedEof {
+        /// The byte offset in the image.
+        offset: u64,
+        /// The image.
+        path: PathBuf,
+    },
+    /// The operation reaches past the end of the disk (the request parser
+    /// never submits one; the backend refuses it without touching the
+    /// image rather than growing it).
+    #[error("{op} of {len} bytes at byte {offset} reaches past the end of the {size}-byte disk")]
+    OutOfRange {
+        /// The operation.
+        op: &'static str,
+        /// Its byte offset in the image.
+        offset: u64,
+        /// Its length in bytes.
+        len: u64,
+        /// The size of the disk.
+        size: u64,
+    },
+    /// A guest buffer is not in guest memory.
+    #[error("guest buffer at {addr:#x} ({len} bytes) is not in guest memory")]
+    GuestMemory {
+        /// Its address.
+        addr: u64,
+        /// Its length.
+        len: u32,
+    },
+    /// The engine cannot take more requests now.
+    #[error("the I/O engine is full")]
+    Busy,
 }
 
 /// An I/O engine for a block device.
@@ -382,7 +382,6 @@ impl SyncFileBackend {
     }
 
     fn execute(&self, memory: &GuestMemoryMmap, op: &BlockOp<'_>) -> Result<(), BackendError> {
-        op.check_range(self.size)?;
         match *op {
             BlockOp::Read { offset, buffers } => self.transfer(memory, offset, buffers, false),
             BlockOp::Write { offset, buffers } => self.transfer(memory, offset, buffers, true),
@@ -413,7 +412,11 @@ impl BlockBackend for SyncFileBackend {
         token: u16,
         op: &BlockOp<'_>,
     ) -> Result<(), BackendError> {
-        let result = self.execute(memory, op);
+        // The parser only submits operations inside the disk; refuse any
+        // other before touching the image rather than growing it.
+        let result = op
+            .check_range(self.size)
+            .and_then(|()| self.execute(memory, op));
         self.completions.push_back(Completion { token, result });
         Ok(())
     }
