@@ -39,5 +39,10 @@ cargo test --workspace --locked
 step "benchmarks in test mode (one quick iteration each)"
 cargo test --workspace --benches --locked
 
+step "fuzz targets: build every one, run each for 20 s from its seeds (scripts/fuzz.sh)"
+# Needs the nightly toolchain (fails with a message if it is missing) and
+# installs cargo-fuzz if needed; leaves the work tree as it was.
+bash scripts/fuzz.sh 20
+
 step "end-to-end tier: real Linux in a nested, emulated machine (tests/e2e)"
 KINDLING_E2E_MICROVM=target/x86_64-unknown-linux-gnu/release/examples/microvm bash tests/e2e/run.sh

@@ -1,9 +1,11 @@
 //! Helpers shared by the fuzz targets: guest memory filled from the input,
-//! a byte reader over the input, an in-memory block backend and an
-//! interrupt line that does nothing.
+//! a byte reader over the input, an in-memory block backend, an interrupt
+//! line that does nothing, a shared output buffer and an exit handler that
+//! records what it is given.
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
 
 use kindling_devices::InterruptLine;
 use kindling_virtio::block::{BackendError, BlockBackend, BlockOp, Completion};
@@ -149,5 +151,27 @@ impl BlockBackend for MemBackend {
 
     fn next_completion(&mut self) -> Option<Completion> {
         self.done.pop_front()
+    }
+}
+
+/// A writer whose bytes stay readable through its clones.
+#[derive(Debug, Clone, Default)]
+pub struct SharedBuf(pub Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuf {
+    /// Everything written so far.
+    pub fn contents(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

@@ -93,22 +93,43 @@ impl CoalescedRing {
                 AtomicU32::from_ptr(&raw mut (*ring).last),
             )
         };
-        let capacity = self.capacity();
+        let read_entry = |index: u32| {
+            // SAFETY: `replay` only asks for entries below the ring's
+            // capacity, which lie inside the mapped page; the kernel does
+            // not touch entries between `first` and `last`.
+            unsafe { std::ptr::read_volatile((*ring).coalesced_mmio.as_ptr().add(index as usize)) }
+        };
+        Self::replay(first, last, self.capacity(), read_entry, handler)
+    }
+
+    /// The ring walk of [`drain`](Self::drain), over any storage: replays
+    /// the entries from the consumer index `first` up to the producer index
+    /// `last` (exclusive, wrapping at `capacity`) through `handler`, oldest
+    /// first, advancing `first` past each one; returns how many there were.
+    ///
+    /// `read_entry(i)` returns entry `i`; it is only called with
+    /// `i < capacity`. Indices outside the ring (KVM never writes them)
+    /// replay nothing and are left as they are. A caller must serialise
+    /// consumers, as [`drain`](Self::drain) does.
+    pub fn replay(
+        first: &AtomicU32,
+        last: &AtomicU32,
+        capacity: u32,
+        mut read_entry: impl FnMut(u32) -> kvm_coalesced_mmio,
+        handler: &dyn VcpuExitHandler,
+    ) -> usize {
         let mut count = 0;
         loop {
             let head = first.load(Ordering::Acquire);
-            if head == last.load(Ordering::Acquire) || head >= capacity {
+            let tail = last.load(Ordering::Acquire);
+            if head == tail || head >= capacity || tail >= capacity {
                 return count;
             }
-            // SAFETY: `head` is below the ring's capacity, so the entry lies
-            // inside the mapped page; the kernel does not touch entries
-            // between `first` and `last`.
-            let entry: kvm_coalesced_mmio = unsafe {
-                std::ptr::read_volatile((*ring).coalesced_mmio.as_ptr().add(head as usize))
-            };
+            let entry = read_entry(head);
             let len = (entry.len as usize).min(entry.data.len());
             // SAFETY: the entry was written by the kernel for a PIO or
-            // MMIO zone; `pio` is the member it sets.
+            // MMIO zone; `pio` is the member it sets (both members are
+            // plain u32s, so any bytes are a valid value).
             let is_pio = unsafe { entry.__bindgen_anon_1.pio } != 0;
             if is_pio {
                 handler.pio_write(entry.phys_addr as u16, &entry.data[..len]);
@@ -126,5 +147,97 @@ impl Drop for CoalescedRing {
         // SAFETY: the mapping was created in `map` with this size and is not
         // used after this point.
         unsafe { libc::munmap(self.ring.as_ptr().cast(), self.page_size) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the replayed writes as (is_pio, address, data).
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(bool, u64, Vec<u8>)>>);
+
+    impl VcpuExitHandler for Recorder {
+        fn pio_read(&self, _port: u16, _data: &mut [u8]) {}
+        fn pio_write(&self, port: u16, data: &[u8]) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((true, u64::from(port), data.to_vec()));
+        }
+        fn mmio_read(&self, _addr: u64, _data: &mut [u8]) {}
+        fn mmio_write(&self, addr: u64, data: &[u8]) {
+            self.0.lock().unwrap().push((false, addr, data.to_vec()));
+        }
+    }
+
+    fn entry(addr: u64, pio: bool, data: &[u8]) -> kvm_coalesced_mmio {
+        let mut e = kvm_coalesced_mmio {
+            phys_addr: addr,
+            len: data.len() as u32,
+            ..Default::default()
+        };
+        e.__bindgen_anon_1.pio = u32::from(pio);
+        e.data[..data.len()].copy_from_slice(data);
+        e
+    }
+
+    #[test]
+    fn replay_walks_the_ring_in_order_and_wraps() {
+        let entries: Vec<_> = (0..4u8)
+            .map(|i| entry(0x3f8 + u64::from(i), i % 2 == 0, &[i; 2]))
+            .collect();
+        let (first, last) = (AtomicU32::new(3), AtomicU32::new(2));
+        let rec = Recorder::default();
+        let n = CoalescedRing::replay(&first, &last, 4, |i| entries[i as usize], &rec);
+        assert_eq!(n, 3);
+        assert_eq!(first.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            *rec.0.lock().unwrap(),
+            vec![
+                (false, 0x3fb, vec![3, 3]),
+                (true, 0x3f8, vec![0, 0]),
+                (false, 0x3f9, vec![1, 1]),
+            ]
+        );
+        // Nothing left: a second pass replays nothing.
+        assert_eq!(
+            CoalescedRing::replay(&first, &last, 4, |i| entries[i as usize], &rec),
+            0
+        );
+    }
+
+    #[test]
+    fn replay_clamps_the_length_and_ignores_out_of_range_indices() {
+        let mut long = entry(0x1000, false, &[9; 8]);
+        long.len = 1000;
+        let entries = [long, long];
+        let rec = Recorder::default();
+        let (first, last) = (AtomicU32::new(0), AtomicU32::new(1));
+        assert_eq!(
+            CoalescedRing::replay(&first, &last, 2, |i| entries[i as usize], &rec),
+            1
+        );
+        assert_eq!(rec.0.lock().unwrap()[0].2, vec![9; 8]);
+        // A producer index past the ring used to make the walk go round
+        // forever; a consumer index past it must not be read.
+        for (head, tail) in [(0, 2), (0, u32::MAX), (2, 0), (u32::MAX, 1)] {
+            let (first, last) = (AtomicU32::new(head), AtomicU32::new(tail));
+            let mut reads = 0;
+            let read = |i: u32| {
+                reads += 1;
+                assert!(reads < 10, "the walk goes round forever");
+                entries[i as usize]
+            };
+            let n = CoalescedRing::replay(&first, &last, 2, read, &rec);
+            assert_eq!(n, 0, "first {head}, last {tail}");
+            assert_eq!(first.load(Ordering::Relaxed), head);
+        }
+        let (first, last) = (AtomicU32::new(0), AtomicU32::new(1));
+        assert_eq!(
+            CoalescedRing::replay(&first, &last, 0, |_| unreachable!(), &rec),
+            0
+        );
     }
 }

@@ -161,7 +161,16 @@ fn check_segment(
             himem: himem_start,
         });
     }
-    check_fits(mem, phdr.paddr, phdr.paddr.saturating_add(phdr.memsz))
+    // A segment that wraps around the address space does not fit; its
+    // saturated end must not make it look empty.
+    let Some(end) = phdr.paddr.checked_add(phdr.memsz) else {
+        return Err(BootError::DoesNotFit {
+            start: phdr.paddr,
+            end: u64::MAX,
+            ram_end: crate::x86_64::kernel::ram_end(mem),
+        });
+    };
+    check_fits(mem, phdr.paddr, end)
 }
 
 /// Writes zeros over `[addr, addr + len)`.
@@ -299,6 +308,25 @@ mod tests {
         let mut bss = [0xffu8; 0xfc];
         mem.read_slice(&mut bss, GuestAddress(0x120_0004)).unwrap();
         assert!(bss.iter().all(|&b| b == 0));
+    }
+
+    /// Found by the `boot_kernel_image` fuzz target (with overflow checks
+    /// on): a BSS-only segment ending past the top of the address space
+    /// passed the checks (its saturated end made it look empty) and then
+    /// overflowed computing the kernel's extent.
+    #[test]
+    fn segment_wrapping_around_the_address_space_is_refused() {
+        let mem = guest_memory(32 * MIB);
+        for (paddr, memsz) in [(u64::MAX, 0x3e), (u64::MAX - 0xf, 0x20)] {
+            let image = ElfBuilder::new(0x100_0000)
+                .segment(paddr, &[], memsz)
+                .build();
+            let err = load_bytes(&mem, image).unwrap_err();
+            assert!(
+                matches!(err, BootError::DoesNotFit { start, end: u64::MAX, .. } if start == paddr),
+                "{err}"
+            );
+        }
     }
 
     #[test]

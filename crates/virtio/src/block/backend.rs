@@ -55,6 +55,52 @@ pub enum BlockOp<'a> {
     },
 }
 
+impl BlockOp<'_> {
+    /// Checks that every byte the operation touches is inside a disk of
+    /// `size` bytes.
+    pub fn check_range(&self, size: u64) -> Result<(), BackendError> {
+        let out = |op, offset, len| BackendError::OutOfRange {
+            op,
+            offset,
+            len,
+            size,
+        };
+        match *self {
+            BlockOp::Read { offset, buffers } | BlockOp::Write { offset, buffers } => {
+                let op = if matches!(self, BlockOp::Read { .. }) {
+                    "read"
+                } else {
+                    "write"
+                };
+                let len = buffers.iter().map(|b| u64::from(b.len)).sum::<u64>();
+                match offset.checked_add(len) {
+                    Some(end) if end <= size => Ok(()),
+                    _ => Err(out(op, offset, len)),
+                }
+            }
+            BlockOp::Flush => Ok(()),
+            BlockOp::Discard { ranges } | BlockOp::WriteZeroes { ranges } => {
+                let op = if matches!(self, BlockOp::Discard { .. }) {
+                    "discard"
+                } else {
+                    "write zeroes"
+                };
+                for r in ranges {
+                    let len = u64::from(r.num_sectors) * SECTOR_SIZE;
+                    let end = r
+                        .sector
+                        .checked_mul(SECTOR_SIZE)
+                        .and_then(|offset| offset.checked_add(len));
+                    if end.is_none_or(|end| end > size) {
+                        return Err(out(op, r.sector.saturating_mul(SECTOR_SIZE), len));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A finished operation.
 #[derive(Debug)]
 pub struct Completion {
@@ -87,6 +133,20 @@ pub enum BackendError {
         offset: u64,
         /// The image.
         path: PathBuf,
+    },
+    /// The operation reaches past the end of the disk (the request parser
+    /// never submits one; the backend refuses it without touching the
+    /// image rather than growing it).
+    #[error("{op} of {len} bytes at byte {offset} reaches past the end of the {size}-byte disk")]
+    OutOfRange {
+        /// The operation.
+        op: &'static str,
+        /// Its byte offset in the image.
+        offset: u64,
+        /// Its length in bytes.
+        len: u64,
+        /// The size of the disk.
+        size: u64,
     },
     /// A guest buffer is not in guest memory.
     #[error("guest buffer at {addr:#x} ({len} bytes) is not in guest memory")]
@@ -360,6 +420,10 @@ impl SyncFileBackend {
     /// Zeroes or deallocates one range; falls back to writing zeroes where
     /// the file system supports neither hole punching nor zeroing.
     fn zero_range(&self, range: &SectorRange, punch: bool) -> Result<(), BackendError> {
+        if range.is_empty() {
+            // Nothing to do (and `fallocate` refuses a zero length).
+            return Ok(());
+        }
         let (offset, len) = (range.offset(), range.len());
         let mode = if punch {
             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
@@ -451,7 +515,11 @@ impl BlockBackend for SyncFileBackend {
         token: u16,
         op: &BlockOp<'_>,
     ) -> Result<(), BackendError> {
-        let result = self.execute(memory, op);
+        // The parser only submits operations inside the disk; refuse any
+        // other before touching the image rather than growing it.
+        let result = op
+            .check_range(self.size)
+            .and_then(|()| self.execute(memory, op));
         self.completions.push_back(Completion { token, result });
         Ok(())
     }
@@ -659,6 +727,98 @@ mod tests {
         let e = b.next_completion().unwrap().result.unwrap_err();
         assert!(e.to_string().contains("write at byte 0"), "{e}");
         assert_eq!(std::fs::read(tmp.as_path()).unwrap(), vec![7u8; 1024]);
+    }
+
+    /// Found by the `block_file_backend` fuzz target: a write past the end
+    /// of the disk grew the image, and a read past it filled guest memory
+    /// up to the end before failing.
+    #[test]
+    fn requests_past_the_end_fail_without_touching_anything() {
+        let (tmp, mut b) = image(4096);
+        let before = std::fs::read(tmp.as_path()).unwrap();
+        let mem = memory(0x2000);
+        mem.write_slice(&[0x5a; 0x2000], GuestAddress(0)).unwrap();
+        let r = |sector, num_sectors| SectorRange {
+            sector,
+            num_sectors,
+            unmap: false,
+        };
+        let ops = [
+            BlockOp::Write {
+                offset: 3584,
+                buffers: &[buf(0, 1024)],
+            },
+            BlockOp::Write {
+                offset: 4096,
+                buffers: &[buf(0, 512)],
+            },
+            BlockOp::Read {
+                offset: 3584,
+                buffers: &[buf(0, 512), buf(0x1000, 512)],
+            },
+            BlockOp::Read {
+                offset: u64::MAX - 10,
+                buffers: &[buf(0, 512)],
+            },
+            BlockOp::Discard {
+                ranges: &[r(0, 1), r(7, 2)],
+            },
+            BlockOp::WriteZeroes {
+                ranges: &[r(u64::MAX / 256, 1)],
+            },
+        ];
+        for (token, op) in ops.iter().enumerate() {
+            b.submit(&mem, token as u16, op).unwrap();
+            let err = b.next_completion().unwrap().result.unwrap_err();
+            assert!(
+                matches!(err, BackendError::OutOfRange { size: 4096, .. }),
+                "{op:?}: {err}"
+            );
+            assert!(err.to_string().contains("past the end"), "{err}");
+        }
+        assert_eq!(std::fs::read(tmp.as_path()).unwrap(), before);
+        let mut guest = vec![0u8; 0x2000];
+        mem.read_slice(&mut guest, GuestAddress(0)).unwrap();
+        assert!(guest.iter().all(|&x| x == 0x5a));
+        // The last sector itself is fine.
+        b.submit(
+            &mem,
+            9,
+            &BlockOp::Write {
+                offset: 3584,
+                buffers: &[buf(0, 512)],
+            },
+        )
+        .unwrap();
+        b.next_completion().unwrap().result.unwrap();
+    }
+
+    /// Found by the `block_file_backend` fuzz target: `fallocate` refuses
+    /// a zero length, so a zero-sector segment failed the whole request.
+    #[test]
+    fn zero_sector_ranges_are_no_ops() {
+        let (tmp, mut b) = image(4096);
+        let before = std::fs::read(tmp.as_path()).unwrap();
+        let mem = memory(0x1000);
+        let empty = SectorRange {
+            sector: 2,
+            num_sectors: 0,
+            unmap: false,
+        };
+        for op in [
+            BlockOp::Discard { ranges: &[empty] },
+            BlockOp::WriteZeroes { ranges: &[empty] },
+            BlockOp::WriteZeroes {
+                ranges: &[SectorRange {
+                    unmap: true,
+                    ..empty
+                }],
+            },
+        ] {
+            b.submit(&mem, 0, &op).unwrap();
+            b.next_completion().unwrap().result.unwrap();
+        }
+        assert_eq!(std::fs::read(tmp.as_path()).unwrap(), before);
     }
 
     #[test]
