@@ -385,6 +385,15 @@ impl BlockBackend for IoUringBackend {
         token: u16,
         op: &BlockOp<'_>,
     ) -> Result<(), BackendError> {
+        // Never past the end of the disk (the parser checks too; this is
+        // the engine's own line of defence, as in the sync engine).
+        if let Err(e) = op.check_range(BlockBackend::size(&self.sync)) {
+            self.ready.push_back(Completion {
+                token,
+                result: Err(e),
+            });
+            return Ok(());
+        }
         let (kind, offset, buffers) = match *op {
             BlockOp::Read { offset, buffers } => (Kind::Read, offset, buffers),
             BlockOp::Write { offset, buffers } => (Kind::Write, offset, buffers),
@@ -629,6 +638,25 @@ mod tests {
         let data = std::fs::read(tmp.as_path()).unwrap();
         assert!(data[..0x200].iter().all(|&x| x == 0xab));
         assert_eq!(data[0x200], (0x200 % 251) as u8);
+    }
+
+    #[test]
+    fn requests_past_the_end_of_the_disk_fail_and_change_nothing() {
+        let (tmp, mut b) = image(4096, 4);
+        let mem = memory(0x2000);
+        b.submit(
+            &mem,
+            1,
+            &BlockOp::Write {
+                offset: 3584,
+                buffers: &[buf(0, 1024)],
+            },
+        )
+        .unwrap();
+        let e = b.next_completion().unwrap().result.unwrap_err();
+        assert!(matches!(e, BackendError::OutOfRange { .. }), "{e}");
+        assert_eq!(std::fs::metadata(tmp.as_path()).unwrap().len(), 4096);
+        assert_eq!(b.in_flight(), 0);
     }
 
     #[test]
