@@ -137,7 +137,13 @@ def run(console, proc, prompt_timeout):
     # The quotes keep the echoed command line from matching.
     console.send(b'echo ctrl-c-""status=$?\r')
     took = console.expect(b"ctrl-c-status=", 60)
-    status = console.seen[console.pos : console.pos + 3] if took is not None else b""
+    status = b""
+    if took is not None:
+        # The digits may arrive after the text before them (the serial
+        # console flushes partial lines): read up to the end of the line.
+        start = console.pos
+        if console.expect(b"\n", 30) is not None:
+            status = console.seen[start : console.pos].strip()
     if status != b"130":
         report("ctrl-c", False, f"'sleep 1000' ended with status {status!r}, expected 130 (SIGINT)")
         return
