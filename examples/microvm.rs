@@ -4,6 +4,8 @@
 //! cargo run --release --example microvm -- [--kernel PATH] [--initrd PATH]
 //!     [--cmdline STR] [--cpus N] [--memory MIB] [--pvh] [--disk PATH[,readonly]]...
 //!     [--entropy] [--serial stdout|off|file=PATH]
+//! cargo run --release --example microvm -- --restore STATE_FILE --restore-mem MEM_FILE
+//!     [--disk-override N=PATH]... [--serial stdout|off|file=PATH]
 //! ```
 //!
 //! With no `--kernel` it boots the embedded test guest. It exits with the
@@ -14,6 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use kindling::vmm::snapshot::{DiskOverride, MemBackend, RestoreConfig};
 use kindling::vmm::{
     BootProtocol, DiskConfig, KernelSource, SerialConfig, StartTime, VmConfig, Vmm,
     DEFAULT_LINUX_CMDLINE,
@@ -61,6 +64,18 @@ struct Args {
     /// Serial console output: stdout, off, or file=PATH.
     #[arg(long, default_value = "stdout", value_parser = parse_serial, value_name = "WHERE")]
     serial: SerialArg,
+    /// Restore the VM from this snapshot state file instead of booting.
+    #[arg(long, value_name = "STATE_FILE", requires = "restore_mem",
+          conflicts_with_all = ["kernel", "initrd", "cmdline", "pvh", "disk", "entropy"])]
+    restore: Option<PathBuf>,
+    /// The snapshot's memory file (for a diff snapshot: its base with the
+    /// diff applied).
+    #[arg(long, value_name = "MEM_FILE", requires = "restore")]
+    restore_mem: Option<PathBuf>,
+    /// At restore, open another image for disk N (index or name): N=PATH
+    /// (repeatable).
+    #[arg(long, value_name = "N=PATH", requires = "restore")]
+    disk_override: Vec<DiskOverride>,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +113,20 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let serial = match args.serial {
+        SerialArg::Stdout => SerialConfig::Stdout,
+        SerialArg::Off => SerialConfig::Off,
+        SerialArg::File(path) => SerialConfig::File(path),
+    };
+    if let (Some(state), Some(mem)) = (args.restore, args.restore_mem) {
+        let config = RestoreConfig {
+            disk_overrides: args.disk_override,
+            serial,
+            start_time,
+            ..RestoreConfig::new(state, MemBackend::File(mem))
+        };
+        return exit_with(Vmm::restore(config).and_then(Vmm::run));
+    }
     let (kernel, default_cmdline) = match args.kernel {
         Some(path) => (KernelSource::Path(path), DEFAULT_LINUX_CMDLINE),
         None => (
@@ -118,15 +147,15 @@ fn main() -> ExitCode {
         memory_mib: args.memory,
         disks: args.disk,
         entropy: args.entropy,
-        serial: match args.serial {
-            SerialArg::Stdout => SerialConfig::Stdout,
-            SerialArg::Off => SerialConfig::Off,
-            SerialArg::File(path) => SerialConfig::File(path),
-        },
+        serial,
         start_time,
         ..VmConfig::default()
     };
-    match Vmm::build(config).and_then(Vmm::run) {
+    exit_with(Vmm::build(config).and_then(Vmm::run))
+}
+
+fn exit_with(result: Result<kindling::vmm::ExitReason, kindling::vmm::VmmError>) -> ExitCode {
+    match result {
         Ok(reason) => ExitCode::from(reason.exit_code() as u8),
         Err(e) => {
             eprintln!("microvm: {e}");
