@@ -680,3 +680,111 @@ fn the_microvm_binary_reports_a_bad_snapshot_in_one_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn a_restore_through_userfaultfd_is_served_by_a_handler_thread() {
+    if !kvm_available("a_restore_through_userfaultfd_is_served_by_a_handler_thread") {
+        return;
+    }
+    let dir = TempDir::new("snap-uffd");
+    let guest = start_guest("kindling.test=count", None, true);
+    wait_for_count(&guest, 5);
+    let (state, mem) = snapshot(&guest, SnapshotKind::Full, &dir.0, "full");
+    let saved = *counts(&guest.serial.text()).last().unwrap();
+    guest.running.stop();
+    guest.running.wait().unwrap();
+
+    let socket = dir.0.join("uffd.sock");
+    let handler = kindling::vmm::snapshot::uffd::spawn_file_handler(
+        &socket,
+        std::fs::File::open(&mem).unwrap(),
+    )
+    .unwrap();
+    let serial = Capture::default();
+    let config = RestoreConfig {
+        serial: SerialConfig::Writer(Box::new(serial.clone())),
+        boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
+        ..RestoreConfig::new(&state, MemBackend::Uffd(socket.clone()))
+    };
+    let restored = Guest {
+        running: Vmm::restore(config).unwrap().start().unwrap(),
+        serial,
+    };
+    wait_for_count(&restored, saved + 10);
+    assert!(counts(&restored.serial.text())[0] <= saved + 1);
+    // Lazily filled memory: a full snapshot is refused, a diff works.
+    restored.running.pause().unwrap();
+    let err = restored
+        .running
+        .snapshot(&SnapshotRequest {
+            kind: SnapshotKind::Full,
+            state_path: dir.0.join("again.state"),
+            mem_path: dir.0.join("again.mem"),
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, VmmError::Snapshot(SnapshotError::LazyMemory)),
+        "{err}"
+    );
+    let (diff_state, diff_mem) = snapshot(&restored, SnapshotKind::Diff, &dir.0, "diff");
+    restored.running.stop();
+    restored.running.wait().unwrap();
+    // The handler served the pages the guest touched, then saw the VMM go.
+    let served = handler.join().unwrap().unwrap();
+    assert!(served > 0 && served < 128 * 256, "{served} pages");
+    let merged = dir.0.join("merged.mem");
+    std::fs::copy(&mem, &merged).unwrap();
+    apply_diff_snapshot(&diff_state, &merged, &diff_mem).unwrap();
+    let from_diff = restore_here(&diff_state, &merged, true);
+    wait_for_count(&from_diff, saved + 15);
+    from_diff.running.stop();
+    from_diff.running.wait().unwrap();
+}
+
+#[test]
+fn a_restore_through_userfaultfd_is_served_by_a_handler_process() {
+    if !kvm_available("a_restore_through_userfaultfd_is_served_by_a_handler_process") {
+        return;
+    }
+    let dir = TempDir::new("snap-uffd-proc");
+    let guest = start_guest("kindling.test=count", None, false);
+    wait_for_count(&guest, 5);
+    let (state, mem) = snapshot(&guest, SnapshotKind::Full, &dir.0, "full");
+    let saved = *counts(&guest.serial.text()).last().unwrap();
+    guest.running.stop();
+    guest.running.wait().unwrap();
+
+    let socket = dir.0.join("uffd.sock");
+    let handler = Command::new(common::example_binary("uffd_handler"))
+        .arg(&socket)
+        .arg(&mem)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the handler's socket", || socket.exists());
+    let serial = Capture::default();
+    let config = RestoreConfig {
+        serial: SerialConfig::Writer(Box::new(serial.clone())),
+        boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
+        ..RestoreConfig::new(&state, MemBackend::Uffd(socket.clone()))
+    };
+    let restored = Guest {
+        running: Vmm::restore(config).unwrap().start().unwrap(),
+        serial,
+    };
+    wait_for_count(&restored, saved + 10);
+    restored.running.stop();
+    restored.running.wait().unwrap();
+    let out = handler.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("served"), "{err}");
+
+    // No handler listening: a clear error.
+    let config = RestoreConfig {
+        serial: SerialConfig::Off,
+        ..RestoreConfig::new(&state, MemBackend::Uffd(dir.0.join("nobody.sock")))
+    };
+    let err = Vmm::restore(config).unwrap_err();
+    assert!(err.to_string().contains("nobody.sock"), "{err}");
+}

@@ -124,13 +124,15 @@ impl Vmm {
             handler: parts.handler.clone(),
             coalesced: parts.coalesced.clone(),
             serial_flusher: parts.serial_flusher.clone(),
+            lazy_memory: parts.uffd.is_some(),
         });
         // A restored VM's memory is the base its first diff snapshot is
         // relative to.
-        shared.diff_base.store(
-            parts.memory.config.backing == kindling_memory::Backing::PrivateFile,
-            std::sync::atomic::Ordering::SeqCst,
-        );
+        let restored = parts.memory.config.backing == kindling_memory::Backing::PrivateFile
+            || parts.uffd.is_some();
+        shared
+            .diff_base
+            .store(restored, std::sync::atomic::Ordering::SeqCst);
         Ok(Self {
             shared,
             start_paused: parts.start_paused,
@@ -366,6 +368,9 @@ pub(crate) struct VmView {
     pub(crate) handler: Arc<BusExitHandler>,
     pub(crate) coalesced: Option<Arc<CoalescedSerial>>,
     pub(crate) serial_flusher: OutputFlusher,
+    /// Guest memory is filled lazily by a userfaultfd handler: pages never
+    /// touched live only in the handler's file.
+    pub(crate) lazy_memory: bool,
 }
 
 /// A microVM running in the background (from [`Vmm::start`]).

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use kindling_memory::{dump_memory, MemoryDump, Persist};
-use kindling_virtio::MmioTransport;
+use kindling_virtio::MmioTransportState;
 
 use super::state::{
     LegacyState, MemoryFileState, MemoryLayoutState, MicrovmState, SnapshotKind, VirtioDeviceState,
@@ -82,6 +82,9 @@ impl VmmHandle {
             if !self.shared.diff_base.load(Ordering::SeqCst) {
                 return Err(SnapshotError::NoDiffBase.into());
             }
+        }
+        if request.kind == SnapshotKind::Full && view.lazy_memory {
+            return Err(SnapshotError::LazyMemory.into());
         }
         // Refuse unknown devices before any work.
         if let Some(slot) = view
@@ -252,8 +255,6 @@ fn save_slot(slot: &VirtioSlot) -> Result<VirtioSlotState, SnapshotError> {
         device,
     })
 }
-
-type MmioTransportState = <MmioTransport as Persist<'static>>::State;
 
 fn file_err<'a>(
     op: &'static str,

@@ -30,6 +30,11 @@ pub enum SnapshotError {
     /// snapshot it was restored from.
     #[error("a diff snapshot needs a base: take a full snapshot of this VM first (an earlier snapshot failed, or there was none)")]
     NoDiffBase,
+    /// A full snapshot of a VM whose memory a userfaultfd handler fills
+    /// lazily: the pages it never served are not in this process. (A diff
+    /// snapshot works: layer it onto the memory file the handler serves.)
+    #[error("a full snapshot of a VM restored with the userfaultfd backend is not supported: its untouched pages are only in the handler's memory file (take a diff snapshot and apply it to that file)")]
+    LazyMemory,
     /// A virtio device the VMM cannot save.
     #[error("the virtio device '{name}' was added by the user and cannot be saved in a snapshot")]
     UnsupportedDevice {

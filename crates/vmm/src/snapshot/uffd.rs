@@ -142,11 +142,13 @@ fn ioctl<T>(fd: RawFd, request: libc::c_ulong, arg: &mut T) -> io::Result<()> {
     Ok(())
 }
 
-/// A new userfaultfd (close-on-exec), through the system call or, where
+/// A new userfaultfd (close-on-exec, non-blocking: `poll` on a blocking
+/// userfaultfd always reports an error), through the system call or, where
 /// unprivileged use of the call is off, `/dev/userfaultfd`.
 fn new_userfaultfd() -> Result<OwnedFd, UffdError> {
+    const FLAGS: libc::c_int = libc::O_CLOEXEC | libc::O_NONBLOCK;
     // SAFETY: the syscall takes flags and returns an fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) } as RawFd;
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, FLAGS) } as RawFd;
     let fd = if fd >= 0 {
         fd
     } else {
@@ -157,7 +159,7 @@ fn new_userfaultfd() -> Result<OwnedFd, UffdError> {
             .map_err(UffdError::Create)?;
         // SAFETY: USERFAULTFD_IOC_NEW takes its flags by value and returns
         // a new fd or -1.
-        let fd = unsafe { libc::ioctl(dev.as_raw_fd(), USERFAULTFD_IOC_NEW as _, libc::O_CLOEXEC) };
+        let fd = unsafe { libc::ioctl(dev.as_raw_fd(), USERFAULTFD_IOC_NEW as _, FLAGS) };
         if fd < 0 {
             return Err(UffdError::Create(io::Error::last_os_error()));
         }
@@ -175,9 +177,13 @@ fn new_userfaultfd() -> Result<OwnedFd, UffdError> {
 
 /// The VMM's end of a userfaultfd restore: the userfaultfd, kept open for
 /// as long as the VM runs.
+///
+/// Dropping it closes the connection to the handler, which tells the
+/// handler that this VMM is gone.
 #[derive(Debug)]
 pub struct UffdSession {
     _uffd: OwnedFd,
+    _stream: UnixStream,
 }
 
 /// Creates anonymous guest memory, registers it with a new userfaultfd and
@@ -221,7 +227,13 @@ pub(crate) fn restore_with_uffd(
     let stream = UnixStream::connect(socket).map_err(socket_err)?;
     let body = serde_json::to_vec(&mappings).map_err(|e| socket_err(io::Error::other(e)))?;
     send_with_fd(&stream, &body, uffd.as_raw_fd()).map_err(socket_err)?;
-    Ok((ram, UffdSession { _uffd: uffd }))
+    Ok((
+        ram,
+        UffdSession {
+            _uffd: uffd,
+            _stream: stream,
+        },
+    ))
 }
 
 /// Sends `body` with `fd` as `SCM_RIGHTS` ancillary data.
@@ -328,6 +340,8 @@ impl PageFaultHandler for FilePages {
 pub struct UffdHandler {
     uffd: OwnedFd,
     mappings: Vec<GuestRegionUffdMapping>,
+    /// The connection the VMM keeps open while it lives.
+    stream: UnixStream,
 }
 
 impl UffdHandler {
@@ -351,7 +365,11 @@ impl UffdHandler {
         if mappings.is_empty() {
             return Err(UffdError::Handover("no region mappings".into()));
         }
-        Ok(Self { uffd, mappings })
+        Ok(Self {
+            uffd,
+            mappings,
+            stream,
+        })
     }
 
     /// The VMM's guest memory regions.
@@ -359,19 +377,27 @@ impl UffdHandler {
         &self.mappings
     }
 
-    /// Serves page faults from `pages` until the VMM goes away (its
-    /// address space ends). Returns the number of pages served.
+    /// Serves page faults from `pages` until the VMM goes away (it closes
+    /// its connection when its VM ends, or its process exits). Returns the
+    /// number of pages served.
     pub fn run(&self, pages: &mut dyn PageFaultHandler) -> Result<u64, UffdError> {
         let mut page = vec![0u8; 4096];
         let mut served = 0u64;
         loop {
-            let mut pollfd = libc::pollfd {
-                fd: self.uffd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the duration of the call.
-            let r = unsafe { libc::poll(&mut pollfd, 1, -1) };
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.uffd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.stream.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds for the duration of the call.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
             if r < 0 {
                 let err = io::Error::last_os_error();
                 if err.kind() == io::ErrorKind::Interrupted {
@@ -382,8 +408,12 @@ impl UffdHandler {
                     source: err,
                 });
             }
-            if pollfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
-                return Ok(served);
+            if fds[0].revents & libc::POLLIN == 0 {
+                if fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 || fds[1].revents != 0 {
+                    // The VMM closed its end (it never writes more).
+                    return Ok(served);
+                }
+                continue;
             }
             let mut msg = UffdMsg::default();
             // SAFETY: `msg` is a writable uffd_msg of the kernel's size.
