@@ -315,6 +315,11 @@ mod tests {
         assert_eq!(handle.state(), VmRunState::Paused);
         handle.resume().unwrap();
         assert_eq!(handle.state(), VmRunState::Running);
+        // Let the loop leave its park: a pause before that would find it
+        // still parked (correctly) and the count below would be 1.
+        while shared.control.lock().parked {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         handle.pause().unwrap();
         handle.stop();
         assert!(looper.join().unwrap() >= 2);
