@@ -60,6 +60,10 @@ impl VmmHandle {
     /// between two queue passes; an asynchronous engine must complete or
     /// cancel its requests when the loop parks).
     ///
+    /// The files are written through the page cache and not synced: a
+    /// restore on this host sees them at once; sync them (`fsync`,
+    /// `sync -f`) if they must survive a host crash.
+    ///
     /// A full snapshot writes every page the guest touched and resets the
     /// dirty tracking, so that a later diff is relative to it. A diff
     /// needs [`VmConfig::track_dirty_pages`](crate::VmConfig::track_dirty_pages)
@@ -174,9 +178,6 @@ impl VmmHandle {
                 (MemoryFileState::diff(&dirty), stats)
             }
         };
-        mem_file
-            .sync_all()
-            .map_err(file_err("sync", "memory file", &request.mem_path))?;
         let state = MicrovmState {
             memory: MemoryLayoutState {
                 size_mib: view.memory.config.size_mib,
@@ -279,8 +280,8 @@ fn create_file(path: &Path, what: &'static str) -> Result<File, SnapshotError> {
         .map_err(file_err("create", what, path))
 }
 
-/// Writes `bytes` to a temporary file next to `path`, syncs it and renames
-/// it over `path`: a reader sees the old file or the new one, never half.
+/// Writes `bytes` to a temporary file next to `path` and renames it over
+/// `path`: a reader sees the old file or the new one, never half.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".tmp{}", std::process::id()));
@@ -289,8 +290,6 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
         let mut file = create_file(&tmp, "temporary state file")?;
         file.write_all(bytes)
             .map_err(file_err("write", "temporary state file", &tmp))?;
-        file.sync_all()
-            .map_err(file_err("sync", "temporary state file", &tmp))?;
         std::fs::rename(&tmp, path).map_err(file_err("rename into place", "state file", path))
     })();
     if result.is_err() {
