@@ -499,3 +499,61 @@ pub fn spawn_file_handler(
             source,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// Accepts one connection on a fresh socket whose client runs `send`.
+    fn handover(send: impl FnOnce(UnixStream) + Send + 'static) -> Result<UffdHandler, UffdError> {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let path = dir.as_path().join("uffd.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let client = std::thread::spawn(move || send(UnixStream::connect(&path).unwrap()));
+        let result = UffdHandler::accept(&listener);
+        client.join().unwrap();
+        result
+    }
+
+    #[test]
+    fn a_bad_handover_is_a_clear_error() {
+        // No file descriptor.
+        let err = handover(|mut s| s.write_all(b"[]").unwrap()).unwrap_err();
+        assert!(err.to_string().contains("no userfaultfd attached"), "{err}");
+        // A descriptor, but mappings that do not parse, or none.
+        let event = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+        let fd = event.as_raw_fd();
+        let err = handover(move |s| send_with_fd(&s, b"{not json", fd).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("region mappings"), "{err}");
+        let err = handover(move |s| send_with_fd(&s, b"[]", fd).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("no region mappings"), "{err}");
+        // A good one.
+        let mappings = serde_json::to_vec(&[GuestRegionUffdMapping {
+            base_host_virt_addr: 0x7f00_0000_0000,
+            size: 1 << 20,
+            offset: 0,
+            page_size_kib: 4,
+        }])
+        .unwrap();
+        let handler = handover(move |s| send_with_fd(&s, &mappings, fd).unwrap()).unwrap();
+        assert_eq!(handler.mappings()[0].size, 1 << 20);
+        drop(event);
+    }
+
+    #[test]
+    fn file_pages_reads_holes_and_the_end_as_zeroes() {
+        let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+        file.write_all_at(&[7u8; 4096], 4096).unwrap();
+        let mut pages = FilePages(file);
+        let mut page = vec![1u8; 4096];
+        pages.page(0, &mut page).unwrap();
+        assert!(page.iter().all(|&b| b == 0));
+        pages.page(4096, &mut page).unwrap();
+        assert!(page.iter().all(|&b| b == 7));
+        page.fill(1);
+        pages.page(1 << 20, &mut page).unwrap();
+        assert!(page.iter().all(|&b| b == 0));
+    }
+}
