@@ -788,3 +788,33 @@ fn a_restore_through_userfaultfd_is_served_by_a_handler_process() {
     let err = Vmm::restore(config).unwrap_err();
     assert!(err.to_string().contains("nobody.sock"), "{err}");
 }
+
+#[test]
+fn the_microvm_binary_snapshots_at_a_marker_line_and_restores_it() {
+    if !kvm_available("the_microvm_binary_snapshots_at_a_marker_line_and_restores_it") {
+        return;
+    }
+    let dir = TempDir::new("snap-cli-marker");
+    let state = dir.0.join("vm.state");
+    let mem = dir.0.join("vm.mem");
+    let out = Command::new(microvm_binary())
+        .args(["--cmdline", "kindling.test=count"])
+        .args(["--snapshot-on-line", "count: 7"])
+        .arg("--snapshot-state")
+        .arg(&state)
+        .arg("--snapshot-mem")
+        .arg(&mem)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("snapshot written"), "{err}");
+    let before = String::from_utf8_lossy(&out.stdout).into_owned();
+    let saved = *counts(&before).last().unwrap();
+    assert!(saved >= 7, "{before}");
+    let mut restored = Restored::spawn(&state, &mem, &[]);
+    restored.until_count(saved + 10);
+    let joined = format!("{before}{}", restored.kill());
+    assert!(check_sequence(&joined) >= saved + 10);
+}
