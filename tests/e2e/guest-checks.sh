@@ -4,7 +4,9 @@
 # that the harness (tests/e2e/run.sh) asserts. What to expect comes from the
 # kernel command line: e2e.variant, e2e.cpus, e2e.mem (MiB), e2e.disk and
 # e2e.rng (1 when microvm was given --disk / --entropy), e2e.token (the text
-# the harness wrote into /hello.txt on the disk image).
+# the harness wrote into /hello.txt on the disk image), e2e.snapshot (1: the
+# VMM snapshots the guest at its E2E-SNAPSHOT-NOW line and a new VMM process
+# restores it).
 PATH=/bin
 export PATH
 mount -t sysfs sysfs /sys
@@ -75,6 +77,23 @@ if [ -z "$failed" ]; then
     report modules "ok loaded$loaded"
 else
     report modules "FAIL could not load:$failed; loaded:$loaded"
+fi
+
+# Snapshot and restore (e2e.snapshot=1): the VMM writes a snapshot at the
+# marker line and exits; a new VMM process restores it and the guest goes on
+# from the sleep, so the lines below and every later check come from the
+# restored VM. Its clock must not have gone backwards.
+if [ "$(param snapshot)" = 1 ]; then
+    before=$(date +%s)
+    echo "E2E-SNAPSHOT-NOW at $before"
+    sleep 2
+    after=$(date +%s)
+    report snapshot "ok the guest went on after the restore in a new microvm process (date $before before the snapshot, $after after)"
+    if [ "$after" -ge "$before" ]; then
+        report clock "ok the clock did not jump backwards across the restore ($before -> $after)"
+    else
+        report clock "FAIL the clock jumped backwards across the restore ($before -> $after)"
+    fi
 fi
 
 # wait_until COMMAND...: runs COMMAND every tenth of a second, up to 5 s,

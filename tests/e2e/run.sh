@@ -330,6 +330,7 @@ OUT_DIR=/tmp/l2-out
 L2_TIMEOUT=$L2_TIMEOUT
 L2_DISK=$HAS_DISK
 L2_RNG=$HAS_ENTROPY
+L2_SNAPSHOT=$HAS_SNAPSHOT
 L2_TOKEN=$TOKEN
 L2_CPUS=$L2_CPUS
 L2_MEM_MIB=$L2_MEM_MIB
@@ -375,7 +376,7 @@ run_direct() {
     mkdir -p "$WORK/direct"
     T_L1_START=$(since_start)
     MICROVM=$MICROVM L2_DIR=$L2_DIR OUT_DIR=$WORK/direct/out L2_TIMEOUT=$L2_TIMEOUT \
-        L2_DISK=$HAS_DISK L2_RNG=$HAS_ENTROPY L2_TOKEN=$TOKEN L2_CPUS=$L2_CPUS \
+        L2_DISK=$HAS_DISK L2_RNG=$HAS_ENTROPY L2_SNAPSHOT=$HAS_SNAPSHOT L2_TOKEN=$TOKEN L2_CPUS=$L2_CPUS \
         L2_MEM_MIB=$L2_MEM_MIB L2_CMDLINE_EXTRA=$L2_CMDLINE_EXTRA \
         sh "$E2E_SRC/level2-run.sh" 2>&1 | timestamp "$WORK/direct/transcript.log"
     T_L1_END=$(since_start)
@@ -510,6 +511,18 @@ assert_variant() {
         *) fail "$v/disk-write" "not checked: the guest's disk-read failed" ;;
     esac
     guest_check "$v" hwrng
+    if [ "$v" = snapshot ]; then
+        # The first microvm wrote the snapshot and exited 0; the guest's
+        # later lines come from the restored one.
+        if variant_log "$v" | has '^vmm| microvm: snapshot written' \
+            && variant_log "$v" | has '^vmm| snapshot run exit status 0$'; then
+            pass "$v/snapshot-create" "microvm wrote a full snapshot at the guest's E2E-SNAPSHOT-NOW line and exited 0"
+        else
+            fail "$v/snapshot-create" "no snapshot was written at the marker line" "$ctx"
+        fi
+        guest_check "$v" snapshot
+        guest_check "$v" clock
+    fi
 
     # How the VM ended: ACPI power-off once microvm has ACPI, else reboot -f
     # through the i8042. A guest whose power-off or reboot did not work falls
@@ -567,6 +580,9 @@ HAS_DISK=0
 HAS_ENTROPY=0
 grep -q -- '--disk' <<< "$help" && HAS_DISK=1
 grep -q -- '--entropy' <<< "$help" && HAS_ENTROPY=1
+HAS_SNAPSHOT=0
+grep -q -- '--snapshot-on-line' <<< "$help" && HAS_SNAPSHOT=1
+[ "$HAS_SNAPSHOT" = 1 ] && VARIANTS="$VARIANTS snapshot"
 say "microvm: $MICROVM (--disk: $([ $HAS_DISK = 1 ] && echo yes || echo 'not yet'), --entropy: $([ $HAS_ENTROPY = 1 ] && echo yes || echo 'not yet'))"
 
 TOKEN=kindling-e2e-$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')
