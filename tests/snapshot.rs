@@ -38,10 +38,8 @@ fn start_guest(cmdline: &str, disk: Option<&Path>, track_dirty_pages: bool) -> G
         memory_mib: 128,
         disks: disk
             .map(|path| {
-                vec![DiskConfig {
-                    path: path.to_path_buf(),
-                    read_only: false,
-                }]
+                // Parsed, as --disk is: the defaults for every other option.
+                vec![path.to_str().unwrap().parse::<DiskConfig>().unwrap()]
             })
             .unwrap_or_default(),
         track_dirty_pages,
