@@ -5,21 +5,34 @@
 //!     [--cmdline STR] [--cpus N] [--memory MIB] [--pvh]
 //!     [--disk PATH[,readonly][,engine=sync|io_uring] | --disk [OPTION,]...path=PATH]...
 //!     [--entropy] [--serial stdout|off|file=PATH]
+//! cargo run --release --example microvm -- --restore STATE_FILE --restore-mem MEM_FILE
+//!     [--disk-override N=PATH]... [--serial stdout|off|file=PATH]
 //! ```
+//!
+//! `--snapshot-on-line TEXT --snapshot-state STATE_FILE --snapshot-mem
+//! MEM_FILE` (with either form) writes a full snapshot at the first serial
+//! line containing TEXT and exits 0: a hook for tests.
 //!
 //! With no `--kernel` it boots the embedded test guest. It exits with the
 //! guest's status (the debug-exit port), 0 after a guest reset or power-off
 //! or the console escape (Ctrl-A x), and 1 with one line on stderr for any
 //! error. `--help` says more.
 
-use std::io::IsTerminal;
+#[path = "microvm/snapshot_hook.rs"]
+mod snapshot_hook;
+
+use std::io::{IsTerminal, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::mpsc;
 
 use clap::Parser;
 use kindling::vcpu::VcpuError;
 use kindling::vmm::console::{self, ConsoleEscape, RawTerminal, ESCAPE_HELP};
+use kindling::vmm::snapshot::{
+    DiskOverride, MemBackend, RestoreConfig, SnapshotKind, SnapshotRequest,
+};
 use kindling::vmm::{
     BootProtocol, DiskConfig, ExitReason, KernelSource, SerialConfig, StartTime, VmConfig, Vmm,
     VmmError, DEFAULT_LINUX_CMDLINE,
@@ -104,6 +117,28 @@ struct Args {
     /// Serial console output: stdout, off, or file=PATH.
     #[arg(long, default_value = "stdout", value_parser = parse_serial, value_name = "WHERE")]
     serial: SerialArg,
+    /// Restore the VM from this snapshot state file instead of booting.
+    #[arg(long, value_name = "STATE_FILE", requires = "restore_mem",
+          conflicts_with_all = ["kernel", "initrd", "cmdline", "pvh", "disk", "entropy"])]
+    restore: Option<PathBuf>,
+    /// The snapshot's memory file (for a diff snapshot: its base with the
+    /// diff applied).
+    #[arg(long, value_name = "MEM_FILE", requires = "restore")]
+    restore_mem: Option<PathBuf>,
+    /// At restore, open another image for disk N (index or name): N=PATH
+    /// (repeatable).
+    #[arg(long, value_name = "N=PATH", requires = "restore")]
+    disk_override: Vec<DiskOverride>,
+    /// At the first serial line containing TEXT, pause the VM, write a full
+    /// snapshot to --snapshot-state and --snapshot-mem, and exit 0.
+    #[arg(long, value_name = "TEXT", requires_all = ["snapshot_state", "snapshot_mem"])]
+    snapshot_on_line: Option<String>,
+    /// The state file --snapshot-on-line writes.
+    #[arg(long, value_name = "STATE_FILE", requires = "snapshot_on_line")]
+    snapshot_state: Option<PathBuf>,
+    /// The memory file --snapshot-on-line writes.
+    #[arg(long, value_name = "MEM_FILE", requires = "snapshot_on_line")]
+    snapshot_mem: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +182,57 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let stdout_serial = matches!(args.serial, SerialArg::Stdout);
+    let mut serial = match args.serial {
+        SerialArg::Stdout => SerialConfig::Stdout,
+        SerialArg::Off => SerialConfig::Off,
+        SerialArg::File(path) => SerialConfig::File(path),
+    };
+    let mut snapshot_at_marker = None;
+    if let (Some(marker), Some(state_path), Some(mem_path)) = (
+        args.snapshot_on_line,
+        args.snapshot_state,
+        args.snapshot_mem,
+    ) {
+        let inner: Box<dyn Write + Send> = match serial {
+            SerialConfig::File(path) => match std::fs::File::create(&path) {
+                Ok(file) => Box::new(file),
+                Err(e) => {
+                    eprintln!("microvm: cannot create {}: {e}", path.display());
+                    return ExitCode::from(1);
+                }
+            },
+            SerialConfig::Off => Box::new(std::io::sink()),
+            _ => Box::new(std::io::stdout()),
+        };
+        let (tx, rx) = mpsc::channel();
+        serial = SerialConfig::Writer(Box::new(snapshot_hook::MarkerWriter {
+            inner,
+            marker,
+            line: Vec::new(),
+            found: Some(tx),
+        }));
+        let request = SnapshotRequest {
+            kind: SnapshotKind::Full,
+            state_path,
+            mem_path,
+        };
+        snapshot_at_marker = Some((rx, request));
+    }
+    if let (Some(state), Some(mem)) = (args.restore, args.restore_mem) {
+        let config = RestoreConfig {
+            disk_overrides: args.disk_override,
+            serial,
+            start_time,
+            stop_on_signals: true,
+            ..RestoreConfig::new(state, MemBackend::File(mem))
+        };
+        let result = Vmm::restore(config).and_then(|vmm| match snapshot_at_marker {
+            Some((found, request)) => snapshot_hook::run_with_snapshot(vmm, found, request),
+            None => vmm.run(),
+        });
+        return exit_with(result, &ConsoleEscape::new());
+    }
     let user_kernel = args.kernel.is_some();
     let (kernel, default_cmdline) = match args.kernel {
         Some(path) => (KernelSource::Path(path), DEFAULT_LINUX_CMDLINE),
@@ -156,7 +242,8 @@ fn main() -> ExitCode {
         ),
     };
     // An interactive console: the serial port on a terminal.
-    let interactive = matches!(args.serial, SerialArg::Stdout) && std::io::stdin().is_terminal();
+    let interactive =
+        stdout_serial && snapshot_at_marker.is_none() && std::io::stdin().is_terminal();
     let escape = ConsoleEscape::new();
     let config = VmConfig {
         kernel,
@@ -171,11 +258,7 @@ fn main() -> ExitCode {
         memory_mib: args.memory,
         disks: args.disk,
         entropy: args.entropy,
-        serial: match args.serial {
-            SerialArg::Stdout => SerialConfig::Stdout,
-            SerialArg::Off => SerialConfig::Off,
-            SerialArg::File(path) => SerialConfig::File(path),
-        },
+        serial,
         start_time,
         console_escape: interactive.then(|| escape.clone()),
         stop_on_signals: true,
@@ -191,8 +274,16 @@ fn main() -> ExitCode {
                  (scripts/nested-run.sh)"
             );
         }
-        run_interactive(vmm, interactive)
+        match snapshot_at_marker {
+            Some((found, request)) => snapshot_hook::run_with_snapshot(vmm, found, request),
+            None => run_interactive(vmm, interactive),
+        }
     });
+    exit_with(result, &escape)
+}
+
+/// The process status and the one line that says why, for `result`.
+fn exit_with(result: Result<ExitReason, VmmError>, escape: &ConsoleEscape) -> ExitCode {
     match result {
         Ok(reason) if escape.pressed() => {
             eprintln!("microvm: quit by the console escape ({ESCAPE_HELP}); exit status 0");

@@ -102,3 +102,45 @@ fn pause_and_resume_a_busy_vcpu() {
     assert_eq!(result.unwrap(), VcpuStopReason::Stopped);
     assert_eq!(stopped.load(Ordering::SeqCst), 1, "on_stop runs once");
 }
+
+#[test]
+fn a_parked_vcpu_saves_its_state_on_its_own_thread() {
+    if !kvm_available("a_parked_vcpu_saves_its_state_on_its_own_thread") {
+        return;
+    }
+    let (_kvm, _vm, vcpu, _ram) = real_mode_vm(OUT_LOOP);
+    let counter = Arc::new(Counter::default());
+    // Spawned paused: the guest does not run until resumed.
+    let handle = VcpuHandle::spawn_paused(vcpu, counter.clone(), Box::new(|_, _| {})).unwrap();
+    wait_until("parked", || handle.state() == VcpuRunState::Paused);
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(counter.0.load(Ordering::SeqCst), 0, "a paused spawn ran");
+    let before = handle.save_state().unwrap();
+    assert_eq!(before.regs.rip, 0x1000);
+    let thread = handle
+        .run_parked(|_| std::thread::current().name().map(str::to_string))
+        .unwrap();
+    assert_eq!(thread.as_deref(), Some("vcpu0"));
+
+    handle.resume();
+    wait_until("exits", || counter.0.load(Ordering::SeqCst) > 10);
+    // Not parked: refused, with the reason.
+    let err = handle.save_state().unwrap_err();
+    assert!(err.to_string().contains("pause it first"), "{err}");
+    handle.pause();
+    let after = handle.save_state().unwrap();
+    assert!(
+        (0x1000..0x1004).contains(&after.regs.rip),
+        "{:#x}",
+        after.regs.rip
+    );
+    // The vCPU is still parked after a save.
+    let frozen = counter.0.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(counter.0.load(Ordering::SeqCst), frozen);
+    handle.stop();
+    wait_until("finished", || handle.state() == VcpuRunState::Finished);
+    assert!(handle.save_state().is_err());
+    let (_vcpu, result) = handle.join();
+    assert_eq!(result.unwrap(), VcpuStopReason::Stopped);
+}

@@ -398,6 +398,66 @@ static void act_blk_zeroes(const struct args *a)
 	act_blk_segment(a, VIRTIO_BLK_T_WRITE_ZEROES);
 }
 
+/* ---- count ------------------------------------------------------------ */
+
+#define COUNT_PERIOD_TSC	20000000ULL	/* cycles between two lines */
+#define COUNT_DISK_SECTORS	64		/* sectors count:D cycles through */
+
+static inline uint64_t rdtsc(void)
+{
+	uint32_t lo, hi;
+
+	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return ((uint64_t)hi << 32) | lo;
+}
+
+/*
+ * count and count:D: print "count: N" for N = 0, 1, 2, ... forever, one
+ * line every COUNT_PERIOD_TSC cycles. With a disk, each line is preceded
+ * by a write of sector N % 64 of block device D, every byte N & 0xff. The
+ * counter lives in guest memory, so a restored snapshot goes on from it.
+ */
+static __attribute__((noreturn)) void act_count(const struct args *a)
+{
+	static volatile uint64_t counter;
+	struct blk_dev *b = NULL;
+	uint64_t d = 0;
+
+	if (a->n > 1)
+		bad_arguments(a);
+	if (a->n == 1) {
+		d = arg_num(a, 0, 0, UINT32_MAX);
+		b = blk_arg(a, d);
+	}
+	for (;;) {
+		uint64_t n = counter;
+		uint64_t start;
+
+		if (b) {
+			unsigned status;
+
+			memset((void *)VIRTIO_IO_BUF, (int)(n & 0xff), 512);
+			status = checked((unsigned)d,
+					 blk_do(b, VIRTIO_BLK_T_OUT, n % COUNT_DISK_SECTORS,
+						VIRTIO_IO_BUF, 512, false));
+			if (status != VIRTIO_BLK_S_OK) {
+				out_blk((unsigned)d, "write");
+				out_range(n % COUNT_DISK_SECTORS, 1);
+				out_status(status);
+				out_line();
+				guest_exit(EXIT_DEVICE_ERROR);
+			}
+		}
+		out_str("count: ");
+		out_dec(n);
+		out_line();
+		counter = n + 1;
+		start = rdtsc();
+		while (rdtsc() - start < COUNT_PERIOD_TSC)
+			cpu_relax();
+	}
+}
+
 static const struct {
 	const char *name;
 	void (*run)(const struct args *a);
@@ -412,6 +472,7 @@ static const struct {
 	{ "blk-zeroes", act_blk_zeroes },
 	{ "rng", act_rng },
 	{ "blk-bench", act_blk_bench },
+	{ "count", act_count },
 };
 
 bool virtio_action(struct span action, uint64_t zero_page)

@@ -88,6 +88,8 @@
 //! | `blk-zeroes:D:SECTOR:COUNT` | `blk<D>: write-zeroes sector=<SECTOR> count=<COUNT> status=<S>` | one segment, flags 0 (no unmap) |
 //! | `rng:N` | `rng: bytes=<n> crc32=0x<8 hex> nonzero=<count>` | reads `N` (1..=4096) bytes from the first entropy device; `n` bytes came back, `count` of them non-zero |
 //! | `blk-bench:D:MODE:BS:QD:OPS` | `blk-bench: start`, then `blk-bench: done ops=<OPS> errors=<E>` | see [Block benchmark](#block-benchmark) |
+//! | `count` | `count: <N>` for N = 0, 1, 2, ... | never returns; one line every 2×10^7 TSC cycles (a few ms); the counter lives in guest memory, so a restored snapshot goes on where it was |
+//! | `count:D` | the same | before each line, writes sector `N % 64` of block device `D`, every byte `N & 0xff` (a `blk<D>: write sector=.. count=1 status=<S>` line and exit status 3 if that fails) |
 //! | anything else | `unknown action: <name>` | then exits at once with status 2 ([`EXIT_BAD_ARGUMENTS`]) through [`DEBUG_EXIT_PORT`] |
 //!
 //! `smp`: `M` is the number of enabled processor entries in the MP table;

@@ -85,6 +85,23 @@ else
     report modules "FAIL not loaded:$missing (loaded: $(awk '{ printf " %s", $1 }' /proc/modules))"
 fi
 
+# Snapshot and restore (e2e.snapshot=1): the VMM writes a snapshot at the
+# marker line and exits; a new VMM process restores it and the guest goes on
+# from the sleep, so the lines below and every later check come from the
+# restored VM. Its clock must not have gone backwards.
+if [ "$(param snapshot)" = 1 ]; then
+    before=$(date +%s)
+    echo "E2E-SNAPSHOT-NOW at $before"
+    sleep 2
+    after=$(date +%s)
+    report snapshot "ok the guest went on after the restore in a new microvm process (date $before before the snapshot, $after after)"
+    if [ "$after" -ge "$before" ]; then
+        report clock "ok the clock did not jump backwards across the restore ($before -> $after)"
+    else
+        report clock "FAIL the clock jumped backwards across the restore ($before -> $after)"
+    fi
+fi
+
 # wait_until COMMAND...: runs COMMAND every tenth of a second, up to 5 s,
 # until it succeeds. Without ACPI tables no virtio-mmio device can appear:
 # no waiting then.

@@ -64,7 +64,7 @@ fi
 # transcript; they are printed after each run instead.
 echo 1 > /proc/sys/kernel/printk
 dmesg -c > /dev/null
-export MICROVM L2_DIR OUT_DIR L2_TIMEOUT L2_DISK L2_RNG L2_TOKEN L2_CPUS L2_MEM_MIB L2_CMDLINE_EXTRA
+export MICROVM L2_DIR OUT_DIR L2_TIMEOUT L2_DISK L2_RNG L2_SNAPSHOT L2_TOKEN L2_CPUS L2_MEM_MIB L2_CMDLINE_EXTRA
 sh /e2e/level2-run.sh
 dmesg -c | sed 's/^/E2E-L1-DMESG| /'
 

@@ -1,8 +1,10 @@
 #!/bin/sh
 # Runs the second level: microvm boots the Debian kernel three times, as the
 # bzImage (vmlinuz as Debian ships it), as the extracted ELF vmlinux through
-# the 64-bit Linux entry, and as that vmlinux through its PVH entry, each
-# under a timeout, and prints the transcript for the harness to assert:
+# the 64-bit Linux entry, and as that vmlinux through its PVH entry (and,
+# with L2_SNAPSHOT=1, a fourth time as the bzImage snapshotted mid-way and
+# restored in a new microvm process), each under a timeout, and prints the
+# transcript for the harness to assert:
 #
 #   E2E-L2-BEGIN <variant>
 #   E2E-L2[<variant>] serial| <guest console line>
@@ -25,6 +27,10 @@
 #   L2_TIMEOUT    seconds each microvm run may take
 #   L2_TOKEN      the text in the root filesystem's /hello.txt
 #   IMAGE_CMDLINE the command line guest-image.sh prints
+#   L2_SNAPSHOT   1: also run the snapshot variant (the bzImage, snapshotted
+#                 by microvm --snapshot-on-line at the guest's
+#                 E2E-SNAPSHOT-NOW line, then restored by a second microvm
+#                 process, which runs the rest of the checks)
 #   L2_CPUS, L2_MEM_MIB, L2_CMDLINE_EXTRA
 set -u
 if [ -n "${NESTED_DIR:-}" ]; then
@@ -38,8 +44,11 @@ uptime_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
 prefix() { awk -v p="$1" '{ sub(/\r$/, ""); print p $0; fflush() }'; }
 
 mkdir -p "$OUT_DIR"
-for variant in bzimage vmlinux pvh; do
+variants="bzimage vmlinux pvh"
+[ "${L2_SNAPSHOT:-0}" = 1 ] && variants="$variants snapshot"
+for variant in $variants; do
     entry=""
+    snapshot=0
     # The vmlinux run ends with `reboot -f` and no reboot=k, so Linux resets
     # through the ACPI reset register; the others power off.
     cmdline=$IMAGE_CMDLINE
@@ -52,7 +61,10 @@ for variant in bzimage vmlinux pvh; do
             cmdline=$(echo "$IMAGE_CMDLINE" | sed 's/ *reboot=k//')
             ;;
         pvh) kernel=$L2_DIR/vmlinux; entry=--pvh ;;
+        snapshot) kernel=$L2_DIR/vmlinuz; snapshot=1 ;;
     esac
+    snap_state=$OUT_DIR/snapshot.state
+    snap_mem=$OUT_DIR/snapshot.mem
     stderr=$OUT_DIR/$variant.stderr
     status_file=$OUT_DIR/$variant.status
     rm -f "$stderr" "$status_file"
@@ -61,11 +73,13 @@ for variant in bzimage vmlinux pvh; do
     cmdline="$(echo "$cmdline" | sed 's/panic=[0-9-]*/panic=-1/') ${L2_CMDLINE_EXTRA:-}"
     cmdline="$cmdline e2e.end=$end"
     cmdline="$cmdline e2e.variant=$variant e2e.cpus=$L2_CPUS e2e.mem=$L2_MEM_MIB"
-    cmdline="$cmdline e2e.token=$L2_TOKEN"
+    cmdline="$cmdline e2e.token=$L2_TOKEN e2e.snapshot=$snapshot"
     set -- --kernel "$kernel" --initrd "$L2_DIR/initrd.cpio" --cmdline "$cmdline" \
         --cpus "$L2_CPUS" --memory "$L2_MEM_MIB" --serial stdout
     [ -n "$entry" ] && set -- "$@" "$entry"
     set -- "$@" --disk "path=$L2_DISK_IMG" --entropy
+    [ "$snapshot" = 1 ] && set -- "$@" --snapshot-on-line E2E-SNAPSHOT-NOW \
+        --snapshot-state "$snap_state" --snapshot-mem "$snap_mem"
     echo "E2E-L2-BEGIN $variant"
     echo "E2E-L2[$variant] vmm| \$ microvm $*"
     t0=$(uptime_ms)
@@ -73,7 +87,18 @@ for variant in bzimage vmlinux pvh; do
     # still shows how far it got); microvm's stderr follows the run.
     {
         timeout -k 5 "$L2_TIMEOUT" "$MICROVM" "$@" < /dev/null 2> "$stderr"
-        echo $? > "$status_file"
+        status=$?
+        if [ "$snapshot" = 1 ]; then
+            # The snapshot run ends at the marker; a new process restores
+            # it and the guest goes on with its checks.
+            echo "snapshot run exit status $status" >> "$stderr"
+            echo "\$ microvm --restore $snap_state --restore-mem $snap_mem --serial stdout" >> "$stderr"
+            timeout -k 5 "$L2_TIMEOUT" "$MICROVM" --restore "$snap_state" \
+                --restore-mem "$snap_mem" --serial stdout < /dev/null 2>> "$stderr"
+            status=$?
+            rm -f "$snap_state" "$snap_mem"
+        fi
+        echo $status > "$status_file"
     } | prefix "E2E-L2[$variant] serial| "
     t1=$(uptime_ms)
     status=$(cat "$status_file" 2>/dev/null || echo unknown)

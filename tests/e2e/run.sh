@@ -173,6 +173,7 @@ L2_TOKEN=$TOKEN
 L2_CPUS=$L2_CPUS
 L2_MEM_MIB=$L2_MEM_MIB
 L2_CMDLINE_EXTRA="$L2_CMDLINE_EXTRA"
+L2_SNAPSHOT=$HAS_SNAPSHOT
 IMAGE_CMDLINE="$CMDLINE"
 EOF
 }
@@ -216,7 +217,7 @@ run_direct() {
     (
         # shellcheck disable=SC1091
         . "$WORK/e2e.config"
-        export MICROVM L2_TIMEOUT L2_TOKEN L2_CPUS L2_MEM_MIB L2_CMDLINE_EXTRA IMAGE_CMDLINE
+        export MICROVM L2_TIMEOUT L2_TOKEN L2_CPUS L2_MEM_MIB L2_CMDLINE_EXTRA IMAGE_CMDLINE L2_SNAPSHOT
         export L2_DIR=$IMAGE L2_DISK_IMG=$IMAGE/rootfs.ext4 OUT_DIR=$WORK/direct/out
         sh "$E2E_SRC/level2-run.sh"
     ) 2>&1 | timestamp "$WORK/direct/transcript.log"
@@ -347,6 +348,18 @@ assert_variant() {
         *) fail "$v/disk-write" "not checked: the guest's disk-read failed" ;;
     esac
     guest_check "$v" hwrng
+    if [ "$v" = snapshot ]; then
+        # The first microvm wrote the snapshot and exited 0; the guest's
+        # later lines come from the restored one.
+        if variant_log "$v" | has '^vmm| microvm: snapshot written' \
+            && variant_log "$v" | has '^vmm| snapshot run exit status 0$'; then
+            pass "$v/snapshot-create" "microvm wrote a full snapshot at the guest's E2E-SNAPSHOT-NOW line and exited 0"
+        else
+            fail "$v/snapshot-create" "no snapshot was written at the marker line" "$ctx"
+        fi
+        guest_check "$v" snapshot
+        guest_check "$v" clock
+    fi
 
     # How the VM ended: ACPI power-off once microvm has ACPI, else reboot -f
     # through the i8042. A guest whose power-off or reboot did not work falls
@@ -443,7 +456,10 @@ else
 fi
 [ -x "$MICROVM" ] || fatal "no microvm binary at $MICROVM"
 help=$("$MICROVM" --help 2>&1) || fatal "$MICROVM --help failed: $help"
-say "microvm: $MICROVM"
+HAS_SNAPSHOT=0
+grep -q -- '--snapshot-on-line' <<< "$help" && HAS_SNAPSHOT=1
+[ "$HAS_SNAPSHOT" = 1 ] && VARIANTS="$VARIANTS snapshot"
+say "microvm: $MICROVM (snapshot variant: $([ $HAS_SNAPSHOT = 1 ] && echo yes || echo no))"
 
 TOKEN=kindling-e2e-$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')
 build_guest

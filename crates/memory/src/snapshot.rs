@@ -181,25 +181,59 @@ pub fn dump_memory(
                         source: io::Error::other(e),
                     }
                 })?;
-                let resident = resident_pages(host, region.len() as usize, guest)?;
+                let mut resident = resident_pages(host, region.len() as usize, guest)?;
+                if let Some(backing) = region.file_offset() {
+                    // A file mapping (a restored snapshot's memory, a
+                    // memfd): pages with data in the file hold guest
+                    // contents even when they are not resident.
+                    mark_file_data(backing.file(), backing.start(), region.len(), &mut resident)
+                        .map_err(io_err("find the data of", backing.start()))?;
+                }
                 let host_page = (region.len() as usize).div_ceil(resident.len().max(1)) as u64;
-                for (index, &flags) in resident.iter().enumerate() {
-                    if flags & 1 == 0 {
-                        continue;
-                    }
-                    let page_offset = index as u64 * host_page;
-                    let len = host_page.min(region.len() - page_offset);
-                    // SAFETY: the page is inside the region's mapping and
+                // Runs of consecutive pages to write go out in one write
+                // each (a system call per 4 KiB page costs more than the
+                // copy on nested hosts).
+                let mut run: Option<(u64, u64)> = None;
+                let flush = |run: (u64, u64)| -> Result<(), MemorySnapshotError> {
+                    let (start, len) = run;
+                    // SAFETY: the run is inside the region's mapping and
                     // resident; the VM is paused, so nothing writes it.
                     let bytes = unsafe {
-                        std::slice::from_raw_parts(host.add(page_offset as usize), len as usize)
+                        std::slice::from_raw_parts(host.add(start as usize), len as usize)
                     };
-                    if bytes.iter().all(|&b| b == 0) {
+                    file.write_all_at(bytes, offset + start)
+                        .map_err(io_err("write", offset + start))
+                };
+                for (index, &flags) in resident.iter().enumerate() {
+                    let page_offset = index as u64 * host_page;
+                    let len = host_page.min(region.len() - page_offset);
+                    let keep = flags & 1 != 0 && {
+                        // SAFETY: as above, for this page.
+                        let bytes = unsafe {
+                            std::slice::from_raw_parts(host.add(page_offset as usize), len as usize)
+                        };
+                        !bytes.iter().all(|&b| b == 0)
+                    };
+                    if !keep {
+                        if let Some(done) = run.take() {
+                            flush(done)?;
+                        }
                         continue;
                     }
-                    file.write_all_at(bytes, offset + page_offset)
-                        .map_err(io_err("write", offset + page_offset))?;
                     stats.pages_written += len.div_ceil(DIRTY_PAGE_SIZE);
+                    run = match run {
+                        Some((start, run_len)) if start + run_len == page_offset => {
+                            Some((start, run_len + len))
+                        }
+                        Some(done) => {
+                            flush(done)?;
+                            Some((page_offset, len))
+                        }
+                        None => Some((page_offset, len)),
+                    };
+                }
+                if let Some(done) = run {
+                    flush(done)?;
                 }
             }
         }
@@ -215,6 +249,50 @@ pub fn dump_memory(
         }
     }
     Ok(stats)
+}
+
+/// Sets bit 0 of `pages[i]` for every page `i` of `[start, start + len)`
+/// of `file` that holds data (is not a hole), found with
+/// `SEEK_DATA`/`SEEK_HOLE`.
+fn mark_file_data(file: &File, start: u64, len: u64, pages: &mut [u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if pages.is_empty() {
+        return Ok(());
+    }
+    let page = len.div_ceil(pages.len() as u64).max(1);
+    let end = start + len;
+    let fd = file.as_raw_fd();
+    let mut pos = start;
+    while pos < end {
+        // SAFETY: lseek on an fd the mapping keeps open; no memory is
+        // touched.
+        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let err = io::Error::last_os_error();
+            // ENXIO: no data past `pos`.
+            return match err.raw_os_error() {
+                Some(libc::ENXIO) => Ok(()),
+                _ => Err(err),
+            };
+        }
+        let data = data as u64;
+        if data >= end {
+            return Ok(());
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let hole = (hole as u64).min(end);
+        let first = (data - start) / page;
+        let last = (hole - start).div_ceil(page).min(pages.len() as u64);
+        for flag in &mut pages[first as usize..last as usize] {
+            *flag |= 1;
+        }
+        pos = hole.max(data + 1);
+    }
+    Ok(())
 }
 
 fn check_bitmap(memory: &GuestMemoryMmap, dirty: &DirtyBitmap) -> Result<(), MemorySnapshotError> {
@@ -395,6 +473,40 @@ mod tests {
         let mut buf = [0u8; 8];
         file.read_exact_at(&mut buf, 0x1000).unwrap();
         assert_eq!(u64::from_le_bytes(buf), 0xfeed);
+    }
+
+    #[test]
+    fn a_full_dump_of_restored_memory_keeps_pages_never_faulted_in() {
+        let ram = ram(8);
+        ram.memory
+            .write_obj(0xabcd_u64, GuestAddress(0x3000))
+            .unwrap();
+        let first = tempfile_file();
+        dump_memory(&ram.memory, &first, MemoryDump::Full).unwrap();
+        let config = MemoryConfig {
+            size_mib: 8,
+            backing: Backing::Anonymous,
+        };
+        // Drop the file's pages from the page cache (where the file
+        // system allows it), so mincore calls them not resident.
+        first.sync_all().unwrap();
+        // SAFETY: an advisory call on an fd we own.
+        unsafe { libc::posix_fadvise(first.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let restored = restore_guest_memory(&config, first.try_clone().unwrap()).unwrap();
+        // Never touch 0x3000 through the mapping (nor near it: a fault
+        // reads ahead into the page cache).
+        restored
+            .memory
+            .write_obj(7u64, GuestAddress(6 << 20))
+            .unwrap();
+        let second = tempfile_file();
+        let stats = dump_memory(&restored.memory, &second, MemoryDump::Full).unwrap();
+        assert!(stats.pages_written >= 2, "{stats:?}");
+        let mut buf = [0u8; 8];
+        second.read_exact_at(&mut buf, 0x3000).unwrap();
+        assert_eq!(u64::from_le_bytes(buf), 0xabcd);
+        second.read_exact_at(&mut buf, 6 << 20).unwrap();
+        assert_eq!(u64::from_le_bytes(buf), 7);
     }
 
     #[test]

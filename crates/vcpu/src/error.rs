@@ -231,4 +231,19 @@ pub enum VcpuError {
         /// What is wrong.
         reason: String,
     },
+    /// A request that needs the vCPU thread parked (such as saving its
+    /// state) was made while it runs or after it ended.
+    #[error("vCPU {id} is {state}: pause it first")]
+    NotParked {
+        /// vCPU index.
+        id: u8,
+        /// What the thread is doing.
+        state: &'static str,
+    },
+    /// The vCPU thread ended before it ran a request given to it.
+    #[error("the thread of vCPU {id} ended before it ran the request")]
+    ThreadGone {
+        /// vCPU index.
+        id: u8,
+    },
 }

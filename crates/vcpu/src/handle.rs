@@ -3,6 +3,7 @@
 
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -24,13 +25,27 @@ const REQ_RUN: u8 = 0;
 const REQ_PAUSE: u8 = 1;
 const REQ_STOP: u8 = 2;
 
-#[derive(Debug)]
+/// Work handed to a parked vCPU thread (see [`VcpuHandle::run_parked`]).
+type ParkedTask = Box<dyn FnOnce(&mut Vcpu) + Send>;
+
 struct Control {
     /// What the host wants; read by the vCPU thread after every exit.
     request: AtomicU8,
     /// What the thread is doing, for handshakes.
     state: Mutex<VcpuRunState>,
     changed: Condvar,
+    /// Work for the parked thread; guarded by its own lock, taken only
+    /// while `state` is held.
+    task: Mutex<Option<ParkedTask>>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("request", &self.request)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Control {
@@ -55,22 +70,52 @@ impl VcpuHandle {
     /// Starts `vcpu` on a new thread named `vcpu<N>`, handling its exits
     /// with `handler`. `on_stop` runs on that thread when it ends.
     pub fn spawn(
+        vcpu: Vcpu,
+        handler: Arc<dyn VcpuExitHandler>,
+        on_stop: OnVcpuStop,
+    ) -> Result<Self, VcpuError> {
+        Self::spawn_with(vcpu, handler, on_stop, false)
+    }
+
+    /// Like [`VcpuHandle::spawn`], but the thread parks before it first
+    /// enters the guest: the vCPU does not run until
+    /// [`VcpuHandle::resume`] (a VM restored paused starts this way).
+    pub fn spawn_paused(
+        vcpu: Vcpu,
+        handler: Arc<dyn VcpuExitHandler>,
+        on_stop: OnVcpuStop,
+    ) -> Result<Self, VcpuError> {
+        Self::spawn_with(vcpu, handler, on_stop, true)
+    }
+
+    fn spawn_with(
         mut vcpu: Vcpu,
         handler: Arc<dyn VcpuExitHandler>,
         on_stop: OnVcpuStop,
+        paused: bool,
     ) -> Result<Self, VcpuError> {
         install_kick_handler()?;
         let id = vcpu.id();
         let control = Arc::new(Control {
-            request: AtomicU8::new(REQ_RUN),
+            request: AtomicU8::new(if paused { REQ_PAUSE } else { REQ_RUN }),
             state: Mutex::new(VcpuRunState::Running),
             changed: Condvar::new(),
+            task: Mutex::new(None),
         });
         let thread_control = control.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
                 let result = run_loop(&mut vcpu, &*handler, &thread_control);
+                // A task given too late is dropped: its caller sees
+                // `ThreadGone`.
+                drop(
+                    thread_control
+                        .task
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take(),
+                );
                 on_stop(id, &result);
                 thread_control.set_state(VcpuRunState::Finished);
                 (vcpu, result)
@@ -122,6 +167,48 @@ impl VcpuHandle {
                 .wait(state)
                 .unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// Runs `task` on the vCPU's own thread while it is parked (after
+    /// [`VcpuHandle::pause`], or from [`VcpuHandle::spawn_paused`]) and
+    /// returns its result, as Firecracker's `VcpuEvent::SaveState` does.
+    /// The vCPU stays parked. Fails if the vCPU is not parked or its thread
+    /// ends first.
+    pub fn run_parked<R, F>(&self, task: F) -> Result<R, VcpuError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Vcpu) -> R + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel();
+        {
+            let state = self.control.state.lock().unwrap_or_else(|p| p.into_inner());
+            let request = self.control.request.load(Ordering::SeqCst);
+            let parked = *state == VcpuRunState::Paused && request == REQ_PAUSE;
+            if !parked {
+                let state = match (*state, request) {
+                    (VcpuRunState::Finished, _) | (_, REQ_STOP) => "stopped",
+                    (VcpuRunState::Running, REQ_PAUSE) => "being paused",
+                    _ => "running",
+                };
+                return Err(VcpuError::NotParked { id: self.id, state });
+            }
+            *self.control.task.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Box::new(move |vcpu: &mut Vcpu| {
+                    // The receiver waits below; if it is gone there is no
+                    // one left to tell.
+                    let _ = tx.send(task(vcpu));
+                }));
+            self.control.changed.notify_all();
+        }
+        rx.recv().map_err(|_| VcpuError::ThreadGone { id: self.id })
+    }
+
+    /// Saves the vCPU's state on its own (parked) thread: see
+    /// [`VcpuHandle::run_parked`] and [`kindling_memory::Persist`].
+    #[cfg(target_arch = "x86_64")]
+    pub fn save_state(&self) -> Result<crate::VcpuState, VcpuError> {
+        use kindling_memory::Persist;
+        self.run_parked(|vcpu| vcpu.save())?
     }
 
     /// Resumes a paused vCPU.
@@ -186,6 +273,17 @@ fn run_loop(
                 *state = VcpuRunState::Paused;
                 control.changed.notify_all();
                 while control.request.load(Ordering::SeqCst) == REQ_PAUSE {
+                    let task = control
+                        .task
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take();
+                    if let Some(task) = task {
+                        // The state lock stays held: nothing can resume or
+                        // stop the vCPU under the task's feet.
+                        task(vcpu);
+                        continue;
+                    }
                     state = control
                         .changed
                         .wait(state)

@@ -18,6 +18,7 @@ use kindling_virtio::VirtioDevice;
 use crate::boot_setup::{load_guest, BootSources};
 use crate::config::{KernelSource, SerialConfig, VmConfig};
 use crate::device_manager::{insert, LegacyDevices};
+use crate::devices::VirtioKind;
 use crate::files::{identity, open_regular, open_serial_file};
 use crate::virtio_devices::{self, PlannedDevice};
 use crate::vmm::{serial_output, MAX_VCPUS};
@@ -159,8 +160,14 @@ impl VmmBuilder {
             config,
         };
         for index in 0..builder.config.disks.len() {
-            let block = virtio_devices::open_disk(index, &builder.config.disks[index])?;
-            let block = builder.add_virtio_device(&format!("disk {index}"), block)?;
+            let disk = builder.config.disks[index].clone();
+            let block = Arc::new(Mutex::new(virtio_devices::open_disk(index, &disk)?));
+            let kind = VirtioKind::Block {
+                device: block.clone(),
+                path: disk.path,
+                read_only: disk.read_only,
+            };
+            builder.plan_virtio(&format!("disk {index}"), block.clone(), kind)?;
             builder.disks.push(block);
         }
         if builder.config.entropy {
@@ -168,6 +175,18 @@ impl VmmBuilder {
             builder.entropy = Some(entropy);
         }
         Ok(builder)
+    }
+
+    /// Gives `device` a window and an interrupt line.
+    fn plan_virtio(
+        &mut self,
+        name: &str,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        kind: VirtioKind,
+    ) -> Result<(), VmmError> {
+        let planned = PlannedDevice::allocate(name.to_string(), device, kind, &mut self.allocator)?;
+        self.virtio.push(planned);
+        Ok(())
     }
 
     /// Guest memory (already created; nothing is loaded yet).
@@ -179,15 +198,23 @@ impl VmmBuilder {
     /// window and an interrupt line of its own, described to the guest in
     /// the ACPI DSDT and on the command line. Returns the typed handle the
     /// transport shares.
+    ///
+    /// Snapshots save an entropy device added this way; a device of any
+    /// other type (a virtio-block device too: its image path is not known
+    /// here; configure disks in [`VmConfig::disks`]) makes a snapshot of
+    /// the VM fail with [`SnapshotError::UnsupportedDevice`](crate::snapshot::SnapshotError::UnsupportedDevice).
     pub fn add_virtio_device<D: VirtioDevice + 'static>(
         &mut self,
         name: &str,
         device: D,
     ) -> Result<Arc<Mutex<D>>, VmmError> {
         let device = Arc::new(Mutex::new(device));
-        let planned =
-            PlannedDevice::allocate(name.to_string(), device.clone(), &mut self.allocator)?;
-        self.virtio.push(planned);
+        let any: Box<dyn std::any::Any> = Box::new(device.clone());
+        let kind = match any.downcast::<Arc<Mutex<Entropy>>>() {
+            Ok(entropy) => VirtioKind::Entropy(*entropy),
+            Err(_) => VirtioKind::Other,
+        };
+        self.plan_virtio(name, device.clone(), kind)?;
         Ok(device)
     }
 
@@ -334,7 +361,7 @@ impl VmmBuilder {
         for (gsi, line) in &self.irq_lines {
             vm.register_irqfd(line.event(), *gsi)?;
         }
-        let virtio_subscribers = virtio_devices::attach(
+        let (virtio_subscribers, virtio_slots) = virtio_devices::attach(
             std::mem::take(&mut self.virtio),
             &vm,
             &self.memory.memory,
@@ -359,6 +386,7 @@ impl VmmBuilder {
                 legacy,
                 disks: self.disks,
                 entropy: self.entropy,
+                virtio: virtio_slots,
             },
             handler: Arc::new(BusExitHandler { pio, mmio }),
             serial_flusher,
@@ -371,6 +399,8 @@ impl VmmBuilder {
             vm: Arc::new(vm),
             kvm: Arc::new(kvm),
             memory: self.memory,
+            start_paused: false,
+            uffd: None,
         })
     }
 }

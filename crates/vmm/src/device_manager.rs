@@ -29,7 +29,7 @@ pub struct LegacyDevices {
     pub acpi_pm: Arc<Mutex<AcpiPmDevice>>,
 }
 
-fn irq_line(vm: &Vm, gsi: u32, device: &'static str) -> Result<EventFdLine, VmmError> {
+pub(crate) fn irq_line(vm: &Vm, gsi: u32, device: &'static str) -> Result<EventFdLine, VmmError> {
     let line = EventFdLine::new(gsi).map_err(|source| VmmError::EventFd {
         what: format!("interrupt line of the {device}"),
         source,
@@ -70,55 +70,59 @@ impl LegacyDevices {
             irq_line(vm, SERIAL_IRQ, "serial port")?,
             serial_out,
         )));
-        insert(
-            pio,
-            COM1_PORT,
-            SERIAL_PORT_LEN,
-            serial.clone(),
-            "serial port",
-        )?;
-
         let i8042 = Arc::new(Mutex::new(I8042Device::new(
             Box::new(irq_line(vm, I8042_IRQ, "i8042")?),
             exit.clone(),
         )));
-        insert(pio, I8042_PORT, I8042_PORT_LEN, i8042.clone(), "i8042")?;
+        let devices = Self {
+            serial,
+            i8042,
+            boot_timer: Arc::new(Mutex::new(BootTimer::new(start_time, boot_timer_log))),
+            rtc: Arc::new(Mutex::new(CmosRtc::new())),
+            acpi_pm: Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone()))),
+        };
+        devices.place(pio, mmio, exit)?;
+        Ok(devices)
+    }
 
+    /// Puts the devices on `pio` and `mmio` at their fixed places, with a
+    /// debug-exit port (which has no state) for `exit`.
+    pub(crate) fn place(
+        &self,
+        pio: &mut Bus,
+        mmio: &mut Bus,
+        exit: &VmExitHandle,
+    ) -> Result<(), VmmError> {
+        insert(
+            pio,
+            COM1_PORT,
+            SERIAL_PORT_LEN,
+            self.serial.clone(),
+            "serial port",
+        )?;
+        insert(pio, I8042_PORT, I8042_PORT_LEN, self.i8042.clone(), "i8042")?;
         let debug_exit = Arc::new(Mutex::new(DebugExit::new(exit.clone())));
         insert(pio, DEBUG_EXIT_PORT, 1, debug_exit, "debug-exit port")?;
-
-        let acpi_pm = Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone())));
         insert(
             pio,
             u64::from(ACPI_PM_PORT),
             u64::from(ACPI_PM_PORT_LEN),
-            acpi_pm.clone(),
+            self.acpi_pm.clone(),
             "ACPI PM registers",
         )?;
-
-        let rtc = Arc::new(Mutex::new(CmosRtc::new()));
         insert(
             pio,
             CMOS_RTC_PORT,
             CMOS_RTC_PORT_LEN,
-            rtc.clone(),
+            self.rtc.clone(),
             "CMOS RTC",
         )?;
-
-        let boot_timer = Arc::new(Mutex::new(BootTimer::new(start_time, boot_timer_log)));
         insert(
             mmio,
             BOOT_TIMER_START,
             BOOT_TIMER_SIZE,
-            boot_timer.clone(),
+            self.boot_timer.clone(),
             "boot timer",
-        )?;
-        Ok(Self {
-            serial,
-            i8042,
-            boot_timer,
-            rtc,
-            acpi_pm,
-        })
+        )
     }
 }

@@ -1,9 +1,11 @@
 //! Typed handles to a microVM's devices.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use kindling_virtio::block::Block;
 use kindling_virtio::rng::Entropy;
+use kindling_virtio::MmioTransport;
 
 use crate::LegacyDevices;
 
@@ -21,4 +23,44 @@ pub struct VmmDevices {
     pub disks: Vec<Arc<Mutex<Block>>>,
     /// The virtio-rng device, if configured.
     pub entropy: Option<Arc<Mutex<Entropy>>>,
+    /// Every virtio device (the configured ones and those added with
+    /// [`VmmBuilder::add_virtio_device`](crate::VmmBuilder::add_virtio_device)),
+    /// in MMIO window order, with its transport.
+    pub virtio: Vec<VirtioSlot>,
+}
+
+/// One virtio-mmio device of a microVM: where the guest finds it, its
+/// transport and what it is.
+#[derive(Debug, Clone)]
+pub struct VirtioSlot {
+    /// The device's name (`disk 0`, `entropy device`, or the name given to
+    /// [`VmmBuilder::add_virtio_device`](crate::VmmBuilder::add_virtio_device)).
+    pub name: String,
+    /// Base of its 4 KiB MMIO window.
+    pub base: u64,
+    /// The IOAPIC pin (GSI) it raises.
+    pub irq: u32,
+    /// Its virtio-mmio transport, as the MMIO bus holds it.
+    pub transport: Arc<Mutex<MmioTransport>>,
+    /// What the device is.
+    pub kind: VirtioKind,
+}
+
+/// What a virtio device is, as far as snapshots are concerned.
+#[derive(Debug, Clone)]
+pub enum VirtioKind {
+    /// A virtio-block disk on a raw image.
+    Block {
+        /// The device.
+        device: Arc<Mutex<Block>>,
+        /// Its image file (a restore opens it again, or an override).
+        path: PathBuf,
+        /// Whether the guest may not write it.
+        read_only: bool,
+    },
+    /// The virtio-rng device.
+    Entropy(Arc<Mutex<Entropy>>),
+    /// A device added by the user, of a type the VMM does not know how to
+    /// save: a snapshot of the VM is refused.
+    Other,
 }

@@ -130,4 +130,7 @@ pub enum VmmError {
         /// The state the VM is in.
         state: crate::VmRunState,
     },
+    /// A snapshot could not be taken or restored.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }

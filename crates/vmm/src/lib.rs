@@ -53,7 +53,7 @@ pub use config::{
     BootProtocol, DiskConfig, KernelSource, SerialConfig, VmConfig, DEFAULT_LINUX_CMDLINE,
 };
 pub use device_manager::LegacyDevices;
-pub use devices::VmmDevices;
+pub use devices::{VirtioKind, VirtioSlot, VmmDevices};
 pub use error::VmmError;
 pub use kindling_devices::legacy::StartTime;
 pub use kindling_devices::{BusExitHandler, ExitReason};

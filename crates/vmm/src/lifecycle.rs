@@ -78,6 +78,22 @@ impl LoopControl {
         }
     }
 
+    /// Asks the loop to park at its first wake-up, without waiting (for a
+    /// VM that starts paused: called before the loop's thread exists).
+    pub(crate) fn request_pause(&self) {
+        self.lock().pause_requested = true;
+        // A failed write leaves the loop to notice at its next wake-up.
+        let _ = self.wake.write(1);
+    }
+
+    /// Waits until the loop is parked (or has ended).
+    pub(crate) fn wait_parked(&self) {
+        let mut state = self.lock();
+        while !state.parked && !state.finished && state.pause_requested {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     /// Releases a parked loop and waits until it runs again (or has
     /// ended).
     fn resume(&self) {
@@ -120,6 +136,13 @@ pub(crate) struct Shared {
     pub(crate) control: LoopControl,
     pub(crate) vcpus: Mutex<Vec<VcpuHandle>>,
     run_state: Mutex<VmRunState>,
+    /// What snapshots need of the VM (set once it is assembled).
+    pub(crate) view: std::sync::OnceLock<crate::vmm::VmView>,
+    /// Whether the dirty pages since the last full snapshot (or since the
+    /// restore) are all known, so that a diff snapshot can be taken.
+    pub(crate) diff_base: std::sync::atomic::AtomicBool,
+    /// Held while a snapshot is taken: a resume waits for it.
+    pub(crate) snapshot_lock: Mutex<()>,
 }
 
 impl Shared {
@@ -132,6 +155,9 @@ impl Shared {
             })?,
             vcpus: Mutex::new(Vec::new()),
             run_state: Mutex::new(VmRunState::NotStarted),
+            view: std::sync::OnceLock::new(),
+            diff_base: std::sync::atomic::AtomicBool::new(false),
+            snapshot_lock: Mutex::new(()),
         }))
     }
 
@@ -203,6 +229,12 @@ impl VmmHandle {
     /// Resumes a paused VM: the device event loop first, then the vCPUs.
     /// Resuming a running VM does nothing.
     pub fn resume(&self) -> Result<(), VmmError> {
+        // Never under a snapshot being taken.
+        let _snapshot = self
+            .shared
+            .snapshot_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         match self.state() {
             VmRunState::Paused => {}
             VmRunState::Running => return Ok(()),
@@ -288,6 +320,11 @@ mod tests {
         assert_eq!(handle.state(), VmRunState::Paused);
         handle.resume().unwrap();
         assert_eq!(handle.state(), VmRunState::Running);
+        // Let the loop leave its park: a pause before that would find it
+        // still parked (correctly) and the count below would be 1.
+        while shared.control.lock().parked {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         handle.pause().unwrap();
         handle.stop();
         assert!(looper.join().unwrap() >= 2);

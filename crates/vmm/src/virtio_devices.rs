@@ -4,22 +4,25 @@
 
 use std::sync::{Arc, Mutex};
 
-use kindling_devices::{Bus, EventFdLine};
+use kindling_devices::{Bus, EventFdLine, InterruptLine};
 use kindling_memory::{GuestMemoryMmap, ResourceAllocator};
 use kindling_vcpu::Vm;
 use kindling_virtio::block::{Block, BlockConfig};
 use kindling_virtio::{
-    cmdline_with_mmio_devices, CmdlineError, MmioTransport, VirtioDevice, VirtioSubscriber,
-    MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
+    cmdline_with_mmio_devices, CmdlineError, MmioTransport, TransportError, VirtioDevice,
+    VirtioSubscriber, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
 
 use crate::config::DiskConfig;
+use crate::devices::{VirtioKind, VirtioSlot};
 use crate::VmmError;
 
 /// A virtio device with its MMIO window and interrupt line.
 pub(crate) struct PlannedDevice {
     pub(crate) name: String,
     device: Arc<Mutex<dyn VirtioDevice>>,
+    /// What the device is, for snapshots.
+    kind: VirtioKind,
     /// Base of the 4 KiB MMIO window.
     pub(crate) base: u64,
     /// The IOAPIC pin (GSI) it raises.
@@ -41,20 +44,15 @@ impl PlannedDevice {
     pub(crate) fn allocate(
         name: String,
         device: Arc<Mutex<dyn VirtioDevice>>,
+        kind: VirtioKind,
         allocator: &mut ResourceAllocator,
     ) -> Result<Self, VmmError> {
-        let alloc_err = |source| VmmError::Allocate {
-            device: name.clone(),
-            source,
-        };
-        let window = allocator
-            .allocate_mmio(MMIO_WINDOW_SIZE)
-            .map_err(alloc_err)?;
-        let irq = allocator.allocate_irq().map_err(alloc_err)?;
+        let (base, irq) = allocate_window(&name, allocator)?;
         Ok(Self {
             name,
             device,
-            base: window.base,
+            kind,
+            base,
             irq,
         })
     }
@@ -67,6 +65,24 @@ impl PlannedDevice {
             irq: self.irq,
         }
     }
+}
+
+/// The next virtio-mmio window and interrupt line of `allocator`, for the
+/// device `name`: the build path and the restore path (which checks that a
+/// snapshot's layout is the one the allocator gives) share it.
+pub(crate) fn allocate_window(
+    name: &str,
+    allocator: &mut ResourceAllocator,
+) -> Result<(u64, u32), VmmError> {
+    let alloc_err = |source| VmmError::Allocate {
+        device: name.to_string(),
+        source,
+    };
+    let window = allocator
+        .allocate_mmio(MMIO_WINDOW_SIZE)
+        .map_err(alloc_err)?;
+    let irq = allocator.allocate_irq().map_err(alloc_err)?;
+    Ok((window.base, irq))
 }
 
 /// Opens disk `index` as described by `disk`. Disk images are opened
@@ -90,47 +106,76 @@ pub(crate) fn cmdline_with_devices(
     cmdline_with_mmio_devices(cmdline, kindling_memory::layout::CMDLINE_MAX_SIZE, &windows)
 }
 
-/// Puts each device behind a virtio-mmio transport on the MMIO bus, wires
-/// its interrupt (irqfd) and queue notifications (ioeventfds on
-/// QueueNotify, one per queue), and returns the event-loop subscribers that
-/// process the queues.
+/// Puts each device behind a new virtio-mmio transport on the MMIO bus
+/// (see [`attach_one`]) and returns the event-loop subscribers and the
+/// typed slots.
 pub(crate) fn attach(
     devices: Vec<PlannedDevice>,
     vm: &Vm,
     memory: &GuestMemoryMmap,
     mmio: &mut Bus,
-) -> Result<Vec<VirtioSubscriber>, VmmError> {
+) -> Result<(Vec<VirtioSubscriber>, Vec<VirtioSlot>), VmmError> {
     let mut subscribers = Vec::with_capacity(devices.len());
+    let mut slots = Vec::with_capacity(devices.len());
     for planned in devices {
-        let name = planned.name;
-        let line = EventFdLine::new(planned.irq).map_err(|source| VmmError::EventFd {
-            what: format!("interrupt line of the {name}"),
-            source,
-        })?;
-        vm.register_irqfd(line.event(), planned.irq)?;
-        let transport_err = |source| VmmError::Transport {
-            device: name.clone(),
-            source,
-        };
-        let transport = MmioTransport::new(memory.clone(), planned.device, Arc::new(line))
-            .map_err(transport_err)?;
-        for (index, event) in transport.queue_events().iter().enumerate() {
-            vm.register_mmio_ioevent_value(
-                event,
-                planned.base + QUEUE_NOTIFY_OFFSET,
-                index as u32,
-            )?;
-        }
-        subscribers.push(transport.subscriber().map_err(transport_err)?);
-        mmio.insert(
+        let device = planned.device;
+        let (subscriber, slot) = attach_one(
+            planned.name,
             planned.base,
-            MMIO_WINDOW_SIZE,
-            Arc::new(Mutex::new(transport)),
-        )
+            planned.irq,
+            planned.kind,
+            vm,
+            mmio,
+            |line| MmioTransport::new(memory.clone(), device, line),
+        )?;
+        subscribers.push(subscriber);
+        slots.push(slot);
+    }
+    Ok((subscribers, slots))
+}
+
+/// Wires one virtio device: an interrupt line for `irq` (an irqfd), the
+/// transport `make` builds around it (new, or restored from a snapshot),
+/// one ioeventfd per queue on QueueNotify, and the transport on the MMIO
+/// bus at `base`. Returns the subscriber that processes its queues and its
+/// typed slot.
+pub(crate) fn attach_one(
+    name: String,
+    base: u64,
+    irq: u32,
+    kind: VirtioKind,
+    vm: &Vm,
+    mmio: &mut Bus,
+    make: impl FnOnce(Arc<dyn InterruptLine>) -> Result<MmioTransport, TransportError>,
+) -> Result<(VirtioSubscriber, VirtioSlot), VmmError> {
+    let line = EventFdLine::new(irq).map_err(|source| VmmError::EventFd {
+        what: format!("interrupt line of the {name}"),
+        source,
+    })?;
+    vm.register_irqfd(line.event(), irq)?;
+    let transport_err = |source| VmmError::Transport {
+        device: name.clone(),
+        source,
+    };
+    let transport = make(Arc::new(line)).map_err(transport_err)?;
+    for (index, event) in transport.queue_events().iter().enumerate() {
+        vm.register_mmio_ioevent_value(event, base + QUEUE_NOTIFY_OFFSET, index as u32)?;
+    }
+    let subscriber = transport.subscriber().map_err(transport_err)?;
+    let transport = Arc::new(Mutex::new(transport));
+    mmio.insert(base, MMIO_WINDOW_SIZE, transport.clone())
         .map_err(|source| VmmError::Bus {
             device: name.clone(),
             source,
         })?;
-    }
-    Ok(subscribers)
+    Ok((
+        subscriber,
+        VirtioSlot {
+            name,
+            base,
+            irq,
+            transport,
+            kind,
+        },
+    ))
 }

@@ -37,6 +37,11 @@ pub(crate) struct Parts {
     pub(crate) vm: Arc<Vm>,
     pub(crate) kvm: Arc<Kvm>,
     pub(crate) memory: GuestRam,
+    /// Start with the vCPUs and the event loop parked (a restore with
+    /// `resume: false`).
+    pub(crate) start_paused: bool,
+    /// The userfaultfd of a VM restored with the `Uffd` backend.
+    pub(crate) uffd: Option<crate::snapshot::uffd::UffdSession>,
 }
 
 /// A built microVM, ready to run: [`Vmm::start`] runs it in the
@@ -57,6 +62,9 @@ pub struct Vmm {
     vm: Arc<Vm>,
     kvm: Arc<Kvm>,
     memory: GuestRam,
+    start_paused: bool,
+    // Kept open while the VM lives (a restore with the Uffd backend).
+    _uffd: Option<crate::snapshot::uffd::UffdSession>,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -94,8 +102,29 @@ impl Vmm {
     }
 
     pub(crate) fn assemble(parts: Parts) -> Result<Self, VmmError> {
+        let shared = Shared::new(parts.exit)?;
+        // A fresh Shared: the view is not set yet.
+        let _ = shared.view.set(VmView {
+            devices: parts.devices.clone(),
+            memory: parts.memory.clone(),
+            vm: parts.vm.clone(),
+            kvm: parts.kvm.clone(),
+            handler: parts.handler.clone(),
+            coalesced: parts.coalesced.clone(),
+            serial_flusher: parts.serial_flusher.clone(),
+            lazy_memory: parts.uffd.is_some(),
+        });
+        // A restored VM's memory is the base its first diff snapshot is
+        // relative to.
+        let restored = parts.memory.config.backing == kindling_memory::Backing::PrivateFile
+            || parts.uffd.is_some();
+        shared
+            .diff_base
+            .store(restored, std::sync::atomic::Ordering::SeqCst);
         Ok(Self {
-            shared: Shared::new(parts.exit)?,
+            shared,
+            start_paused: parts.start_paused,
+            _uffd: parts.uffd,
             vcpus: parts.vcpus,
             devices: parts.devices,
             handler: parts.handler,
@@ -157,24 +186,35 @@ impl Vmm {
     /// Starts the VM: one thread per vCPU and one for the device event
     /// loop. Returns at once with a [`RunningVmm`] to control it and wait
     /// for its end.
+    ///
+    /// A VM restored with `resume: false` starts paused: its vCPU threads
+    /// and the event loop park before they do anything, and
+    /// [`RunningVmm::resume`] lets them go.
     pub fn start(mut self) -> Result<RunningVmm, VmmError> {
         let manager = self.start_vcpus()?;
         let handle = self.handle();
-        let view = VmView {
-            devices: self.devices.clone(),
-            memory: self.memory.clone(),
-            vm: self.vm.clone(),
-            kvm: self.kvm.clone(),
-        };
+        let view = self.view().clone();
+        let start_paused = self.start_paused;
+        let shared = self.shared.clone();
         let thread = std::thread::Builder::new()
             .name("kindling-events".into())
             .spawn(move || self.event_loop(manager))
             .map_err(|e| VmmError::EventLoopThread(e.to_string()))?;
+        if start_paused {
+            // The loop parks at its first wake-up (asked for before the
+            // thread started); wait for it.
+            shared.control.wait_parked();
+        }
         Ok(RunningVmm {
             handle,
             view,
             thread,
         })
+    }
+
+    fn view(&self) -> &VmView {
+        // Set by `assemble`, the only constructor.
+        self.shared.view.get().expect("Vmm::assemble sets the view")
     }
 
     /// Runs the VM until the guest or a [`VmmHandle`] ends it: vCPUs on
@@ -230,7 +270,17 @@ impl Vmm {
             })?;
         }
         let vcpus: Vec<Vcpu> = self.vcpus.drain(..).collect();
-        self.shared.set_state(VmRunState::Running);
+        if self.start_paused {
+            self.shared.control.request_pause();
+            self.shared.set_state(VmRunState::Paused);
+        } else {
+            self.shared.set_state(VmRunState::Running);
+        }
+        let spawn = if self.start_paused {
+            VcpuHandle::spawn_paused
+        } else {
+            VcpuHandle::spawn
+        };
         for vcpu in vcpus {
             let vcpu_exit = exit.clone();
             let on_stop = Box::new(move |_id: u8, result: &Result<VcpuStopReason, _>| {
@@ -246,7 +296,7 @@ impl Vmm {
                 };
                 vcpu_exit.request(reason);
             });
-            match VcpuHandle::spawn(vcpu, self.handler.clone(), on_stop) {
+            match spawn(vcpu, self.handler.clone(), on_stop) {
                 Ok(handle) => self
                     .shared
                     .vcpus
@@ -323,13 +373,20 @@ impl Vmm {
     }
 }
 
-/// What stays reachable of a VM while it runs in the background.
+/// What stays reachable of a VM while it runs in the background (for the
+/// accessors and for snapshots).
 #[derive(Debug, Clone)]
-struct VmView {
-    devices: VmmDevices,
-    memory: GuestRam,
-    vm: Arc<Vm>,
-    kvm: Arc<Kvm>,
+pub(crate) struct VmView {
+    pub(crate) devices: VmmDevices,
+    pub(crate) memory: GuestRam,
+    pub(crate) vm: Arc<Vm>,
+    pub(crate) kvm: Arc<Kvm>,
+    pub(crate) handler: Arc<BusExitHandler>,
+    pub(crate) coalesced: Option<Arc<CoalescedSerial>>,
+    pub(crate) serial_flusher: OutputFlusher,
+    /// Guest memory is filled lazily by a userfaultfd handler: pages never
+    /// touched live only in the handler's file.
+    pub(crate) lazy_memory: bool,
 }
 
 /// A microVM running in the background (from [`Vmm::start`]).
@@ -384,6 +441,14 @@ impl RunningVmm {
     /// The checked KVM handle.
     pub fn kvm(&self) -> &Arc<Kvm> {
         &self.view.kvm
+    }
+
+    /// Snapshots the paused VM (see [`VmmHandle::snapshot`]).
+    pub fn snapshot(
+        &self,
+        request: &crate::snapshot::SnapshotRequest,
+    ) -> Result<crate::snapshot::SnapshotInfo, VmmError> {
+        self.handle.snapshot(request)
     }
 
     /// Waits until the VM ends and returns why, or the first vCPU or
