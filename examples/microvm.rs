@@ -4,7 +4,7 @@
 //! cargo run --release --example microvm -- [--kernel PATH] [--initrd PATH]
 //!     [--cmdline STR] [--cpus N] [--memory MIB] [--pvh]
 //!     [--disk PATH[,readonly][,engine=sync|io_uring]]...
-//!     [--entropy] [--serial stdout|off|file=PATH]
+//!     [--entropy] [--vsock cid=N,uds=PATH] [--serial stdout|off|file=PATH]
 //! ```
 //!
 //! With no `--kernel` it boots the embedded test guest. It exits with the
@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kindling::vmm::{
-    BootProtocol, DiskConfig, KernelSource, SerialConfig, StartTime, VmConfig, Vmm,
+    BootProtocol, DiskConfig, KernelSource, SerialConfig, StartTime, VmConfig, Vmm, VsockConfig,
     DEFAULT_LINUX_CMDLINE,
 };
 
@@ -61,6 +61,11 @@ struct Args {
     /// Add a virtio-rng entropy device.
     #[arg(long)]
     entropy: bool,
+    /// A virtio-vsock device: the guest's CID (3 or more) and the Unix
+    /// socket host programs connect to (`CONNECT <port>\n`); guest
+    /// connections to host port P go to PATH_P.
+    #[arg(long, value_name = "cid=N,uds=PATH")]
+    vsock: Option<VsockConfig>,
     /// Serial console output: stdout, off, or file=PATH.
     #[arg(long, default_value = "stdout", value_parser = parse_serial, value_name = "WHERE")]
     serial: SerialArg,
@@ -121,6 +126,7 @@ fn main() -> ExitCode {
         memory_mib: args.memory,
         disks: args.disk,
         entropy: args.entropy,
+        vsock: args.vsock,
         serial: match args.serial {
             SerialArg::Stdout => SerialConfig::Stdout,
             SerialArg::Off => SerialConfig::Off,

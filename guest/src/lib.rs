@@ -27,7 +27,7 @@
 //!   0xc000_0000, and [`BENCH_PORT`] for the `pio-loop` benchmark.
 //! - For the virtio actions: virtio-mmio devices (version 2, virtio 1.x)
 //!   named on the command line, and usable RAM (E820 type 1) over
-//!   [`VIRTIO_DRIVER_RAM`], 4..9 MiB, which the driver uses for its rings and
+//!   [`VIRTIO_DRIVER_RAM`], 4..10 MiB, which the driver uses for its rings and
 //!   buffers (any guest of 16 MiB or more has it). The image itself ends
 //!   below 4 MiB.
 //!
@@ -140,7 +140,7 @@
 //! acknowledged`, `no VIRTIO_F_VERSION_1`, `features not accepted`, `queue
 //! 0 already live`, `queue 0 unavailable`, `queue 0 too small` (a block
 //! device needs 4 entries), `device needs reset` (DEVICE_NEEDS_RESET or
-//! FAILED set after DRIVER_OK) and `no usable RAM at 0x400000..0x900000`.
+//! FAILED set after DRIVER_OK) and `no usable RAM at 0x400000..0xa00000`.
 //!
 //! In the `virtio` lines, `type` comes from the DeviceID register (read
 //! even when the magic is wrong) and `status` is one of `ok`, `bad magic`,
@@ -237,7 +237,7 @@ pub const EXIT_DEVICE_ERROR: u8 = 3;
 /// I/O buffer and the benchmark buffers), once a virtio action runs: it
 /// must be usable RAM in the E820 map, and nothing else (an initrd) should
 /// be loaded there. The image ends below it.
-pub const VIRTIO_DRIVER_RAM: std::ops::Range<u64> = 0x40_0000..0x90_0000;
+pub const VIRTIO_DRIVER_RAM: std::ops::Range<u64> = 0x40_0000..0xa0_0000;
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use kindling_virtio::block::Block;
 use kindling_virtio::rng::Entropy;
+use kindling_virtio::vsock::Vsock;
 
 use crate::LegacyDevices;
 
@@ -21,4 +22,6 @@ pub struct VmmDevices {
     pub disks: Vec<Arc<Mutex<Block>>>,
     /// The virtio-rng device, if configured.
     pub entropy: Option<Arc<Mutex<Entropy>>>,
+    /// The virtio-vsock device, if configured.
+    pub vsock: Option<Arc<Mutex<Vsock>>>,
 }

@@ -48,7 +48,8 @@ mod vmm;
 
 pub use builder::{UserSubscriber, VmmBuilder};
 pub use config::{
-    BootProtocol, DiskConfig, KernelSource, SerialConfig, VmConfig, DEFAULT_LINUX_CMDLINE,
+    BootProtocol, DiskConfig, KernelSource, SerialConfig, VmConfig, VsockConfig,
+    DEFAULT_LINUX_CMDLINE,
 };
 pub use device_manager::LegacyDevices;
 pub use devices::VmmDevices;

@@ -1,0 +1,479 @@
+//! The vsock [`VirtioDevice`]: moves packets between the virtqueues and
+//! the connection table ([`super::muxer`]), and puts the host sockets on
+//! the event loop.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+use event_manager::EventSet;
+use kindling_devices::{DeviceEvents, EventRegistry};
+use virtio_queue::{Queue, QueueT};
+use virtio_vsock::packet::VsockPacket;
+use vm_memory::Bytes;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::muxer::{port_path, Muxer, KICK_TOKEN, LISTENER_TOKEN};
+use super::packet::{Header, HEADER_SIZE};
+use super::{
+    VsockConfig, VsockError, EVENT_QUEUE, EVENT_TRANSPORT_RESET, MAX_PACKET_DATA, NUM_QUEUES,
+    QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
+};
+use crate::chain::collect_descriptors;
+use crate::device::{ActivateError, Activation, Active, DeviceType, QueueProgress, VirtioDevice};
+use crate::features;
+use crate::queue::{drain_queue, Handled, QueueError, MAX_QUEUE_SIZE};
+
+/// The longest path a Unix socket address holds (`sun_path` less its
+/// NUL), and the room kept for the `_<port>` suffix of guest connections.
+const SUN_PATH_MAX: usize = 107;
+const PORT_SUFFIX_MAX: usize = "_4294967295".len();
+
+/// What the device has seen, for tests and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VsockCounters {
+    /// Packets taken from the TX queue.
+    pub tx_packets: u64,
+    /// Packets put on the RX queue.
+    pub rx_packets: u64,
+    /// Payload bytes sent to the guest.
+    pub rx_bytes: u64,
+    /// Resets sent to the guest.
+    pub resets_sent: u64,
+    /// Resets not queued because too many were waiting for RX buffers.
+    pub dropped_resets: u64,
+    /// Guest packets dropped without an answer (not addressed to the
+    /// host, or from another CID).
+    pub dropped_packets: u64,
+    /// Guest packets that were malformed (descriptor layout, type,
+    /// operation, length) and answered with a reset.
+    pub malformed_packets: u64,
+    /// Guest connections refused (no host listener, or too many
+    /// connections).
+    pub refused_connections: u64,
+    /// Host connections closed before reaching the guest (a bad `CONNECT`
+    /// line, or too many connections).
+    pub rejected_host_connections: u64,
+    /// Connections reset because the guest sent more than its credit.
+    pub credit_overruns: u64,
+}
+
+/// A virtio-vsock device backed by Unix sockets (Firecracker's protocol;
+/// see the [module documentation](super)).
+///
+/// # Example
+///
+/// ```
+/// use kindling_virtio::vsock::{Vsock, VsockConfig};
+/// use kindling_virtio::{DeviceType, VirtioDevice};
+///
+/// let dir = std::env::temp_dir().join(format!("kindling-vsock-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let config = VsockConfig { guest_cid: 3, uds_path: dir.join("v.sock") };
+/// let vsock = Vsock::new(&config).unwrap();
+/// assert_eq!(vsock.device_type(), DeviceType::Vsock);
+/// assert_eq!(vsock.queue_max_sizes().len(), 3);
+/// // The path is taken while the device lives.
+/// assert!(Vsock::new(&config).is_err());
+/// drop(vsock);
+/// std::fs::remove_dir_all(&dir).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct Vsock {
+    config: VsockConfig,
+    queue_sizes: [u16; NUM_QUEUES],
+    muxer: Muxer,
+    /// Wakes [`DeviceEvents::handle_event`] when a queue handler changed
+    /// what the event loop must watch.
+    kick: EventFd,
+    active: Option<Active>,
+    /// A transport reset event is owed to the guest (after a restore).
+    reset_event_pending: bool,
+    scratch: Vec<u8>,
+}
+
+impl Vsock {
+    /// A device for `config` with queues of [`QUEUE_SIZE`]; it listens on
+    /// `config.uds_path` at once.
+    pub fn new(config: &VsockConfig) -> Result<Self, VsockError> {
+        Self::with_queue_sizes(config, [QUEUE_SIZE; NUM_QUEUES])
+    }
+
+    /// A device with the given queue sizes.
+    pub fn with_queue_sizes(
+        config: &VsockConfig,
+        queue_sizes: [u16; NUM_QUEUES],
+    ) -> Result<Self, VsockError> {
+        if let Some(&bad) = queue_sizes
+            .iter()
+            .find(|&&s| s == 0 || s > MAX_QUEUE_SIZE || !s.is_power_of_two())
+        {
+            return Err(VsockError::InvalidQueueSize(bad));
+        }
+        let listener = listen(config)?;
+        let kick = EventFd::new(EFD_NONBLOCK).map_err(VsockError::EventFd)?;
+        Ok(Self {
+            muxer: Muxer::new(config.guest_cid, config.uds_path.clone(), listener),
+            config: config.clone(),
+            queue_sizes,
+            kick,
+            active: None,
+            reset_event_pending: false,
+            scratch: vec![0; MAX_PACKET_DATA as usize],
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &VsockConfig {
+        &self.config
+    }
+
+    /// The queue sizes offered.
+    pub fn queue_sizes(&self) -> [u16; NUM_QUEUES] {
+        self.queue_sizes
+    }
+
+    /// What the device has seen so far.
+    pub fn counters(&self) -> VsockCounters {
+        self.muxer.counters
+    }
+
+    /// Open connections, including host connections that have not sent
+    /// their `CONNECT` line yet.
+    pub fn connection_count(&self) -> usize {
+        self.muxer.connection_count()
+    }
+
+    /// The path a guest connection to host `port` reaches:
+    /// `<uds_path>_<port>`.
+    pub fn host_port_path(&self, port: u32) -> PathBuf {
+        port_path(&self.config.uds_path, port)
+    }
+
+    /// Marks a transport reset event as owed to the guest (done by the
+    /// restore path).
+    pub(crate) fn owe_reset_event(&mut self) {
+        self.reset_event_pending = true;
+    }
+
+    /// Wakes the event handler, which applies fd changes.
+    fn wake(&self) {
+        if let Err(e) = self.kick.write(1) {
+            log::error!("vsock: cannot wake the event handler: {e}");
+        }
+    }
+
+    /// Fills RX buffers with what is waiting for the guest.
+    fn fill_rx(&mut self) -> Result<QueueProgress, QueueError> {
+        let Some(active) = self.active.as_mut() else {
+            return Ok(QueueProgress::Done);
+        };
+        let muxer = &mut self.muxer;
+        let scratch = &mut self.scratch;
+        active.run_queue(RX_QUEUE, |queue, memory| {
+            drain_queue(queue, memory, |queue, head, mut chain| {
+                if !muxer.has_rx() {
+                    return Ok(Handled::PutBack);
+                }
+                let packet =
+                    match VsockPacket::from_rx_virtq_chain(memory, &mut chain, MAX_PACKET_DATA) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            log::warn!("vsock: unusable RX buffer: {e}");
+                            muxer.counters.malformed_packets += 1;
+                            queue.add_used(memory, head, 0)?;
+                            return Ok(Handled::Returned);
+                        }
+                    };
+                let room = packet.data_slice().map_or(0, |s| s.len());
+                let room = room.min(scratch.len());
+                let Some((header, len)) = muxer.next_rx(&mut scratch[..room]) else {
+                    return Ok(Handled::PutBack);
+                };
+                let header = Header {
+                    len: len as u32,
+                    ..header
+                };
+                let mut written = packet
+                    .header_slice()
+                    .write_slice(&header.encode(), 0)
+                    .is_ok();
+                if len > 0 {
+                    written &= packet
+                        .data_slice()
+                        .is_some_and(|s| s.write_slice(&scratch[..len], 0).is_ok());
+                }
+                if !written {
+                    // The buffer checked out but could not be written:
+                    // the packet is lost; its stream is now corrupt.
+                    log::error!("vsock: cannot write an RX packet into guest memory");
+                }
+                muxer.counters.rx_packets += 1;
+                queue.add_used(memory, head, (HEADER_SIZE + len) as u32)?;
+                Ok(Handled::Returned)
+            })
+        })
+    }
+
+    /// Takes the guest's packets off the TX queue.
+    fn drain_tx(&mut self) -> Result<QueueProgress, QueueError> {
+        let Some(active) = self.active.as_mut() else {
+            return Ok(QueueProgress::Done);
+        };
+        let muxer = &mut self.muxer;
+        let scratch = &mut self.scratch;
+        active.run_queue(TX_QUEUE, |queue, memory| {
+            drain_queue(queue, memory, |queue, head, mut chain| {
+                match VsockPacket::from_tx_virtq_chain(memory, &mut chain, MAX_PACKET_DATA) {
+                    Ok(packet) => {
+                        let mut bytes = [0u8; HEADER_SIZE];
+                        let header = packet
+                            .header_slice()
+                            .read_slice(&mut bytes, 0)
+                            .ok()
+                            .and_then(|()| Header::decode(&bytes).ok());
+                        let len = header.map_or(0, |h| h.len as usize).min(scratch.len());
+                        let data_ok = len == 0
+                            || packet.data_slice().is_some_and(|s| {
+                                s.len() >= len && s.read_slice(&mut scratch[..len], 0).is_ok()
+                            });
+                        match header {
+                            Some(h) if data_ok => muxer.on_guest_packet(&h, &scratch[..len]),
+                            _ => muxer.counters.malformed_packets += 1,
+                        }
+                    }
+                    Err(e) => {
+                        log::debug!("vsock: malformed TX packet: {e}");
+                        muxer.counters.malformed_packets += 1;
+                    }
+                }
+                queue.add_used(memory, head, 0)?;
+                Ok(true)
+            })
+        })
+    }
+
+    /// Puts a transport reset event on the event queue, if one is owed
+    /// and the guest gave a buffer.
+    fn deliver_reset_event(&mut self) -> Result<QueueProgress, QueueError> {
+        if !self.reset_event_pending {
+            return Ok(QueueProgress::Done);
+        }
+        let Some(active) = self.active.as_mut() else {
+            return Ok(QueueProgress::Done);
+        };
+        let pending = &mut self.reset_event_pending;
+        let mut descriptors = Vec::new();
+        active.run_queue(EVENT_QUEUE, |queue, memory| {
+            drain_queue(queue, memory, |queue, head, chain| {
+                if !*pending {
+                    return Ok(Handled::PutBack);
+                }
+                let mut used = 0;
+                if collect_descriptors(chain, &mut descriptors).is_ok() {
+                    if let Some(d) = descriptors
+                        .first()
+                        .filter(|d| d.is_write_only() && d.len() >= 4)
+                    {
+                        if memory
+                            .write_slice(&EVENT_TRANSPORT_RESET.to_le_bytes(), d.addr())
+                            .is_ok()
+                        {
+                            used = 4;
+                            *pending = false;
+                        }
+                    }
+                }
+                queue.add_used(memory, head, used)?;
+                Ok(Handled::Returned)
+            })
+        })
+    }
+
+    /// After queue work: closes finished connections and wakes the event
+    /// handler if fds must change.
+    fn after_queue_work(&mut self, rx: Result<QueueProgress, QueueError>) {
+        self.muxer.reap_finished();
+        let more = match rx {
+            Ok(p) => p == QueueProgress::MoreWork,
+            Err(e) => {
+                log::error!("vsock: {e}");
+                false
+            }
+        };
+        if more || self.muxer.needs_sync() || (self.muxer.has_rx() && self.active.is_some()) {
+            self.wake();
+        }
+    }
+}
+
+/// Checks `config` and binds its listener.
+fn listen(config: &VsockConfig) -> Result<UnixListener, VsockError> {
+    let cid = config.guest_cid;
+    if cid < 3 || cid >= u64::from(u32::MAX) {
+        return Err(VsockError::InvalidCid(cid));
+    }
+    let path = &config.uds_path;
+    if path.as_os_str().len() + PORT_SUFFIX_MAX > SUN_PATH_MAX {
+        return Err(VsockError::PathTooLong(path.clone()));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => Path::new(".").to_path_buf(),
+    };
+    if !dir.is_dir() {
+        return Err(VsockError::MissingDirectory {
+            path: path.clone(),
+            dir,
+        });
+    }
+    if fs::symlink_metadata(path).is_ok() {
+        return Err(VsockError::AlreadyExists(path.clone()));
+    }
+    let listener = UnixListener::bind(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            VsockError::AlreadyExists(path.clone())
+        } else {
+            VsockError::Listen {
+                path: path.clone(),
+                source,
+            }
+        }
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| VsockError::Listen {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(listener)
+}
+
+impl Drop for Vsock {
+    fn drop(&mut self) {
+        // The socket file is ours: remove it so the path can be used again
+        // (by a restored VM, say).
+        let _ = fs::remove_file(&self.config.uds_path);
+    }
+}
+
+impl DeviceEvents for Vsock {
+    fn register_events(&mut self, ops: &mut EventRegistry<'_>) {
+        for (fd, token, what) in [
+            (self.muxer.listener.as_raw_fd(), LISTENER_TOKEN, "listener"),
+            (self.kick.as_raw_fd(), KICK_TOKEN, "eventfd"),
+        ] {
+            if let Err(e) = ops.add(fd, token, EventSet::IN) {
+                log::error!("vsock: cannot watch the {what}: {e}");
+            }
+        }
+        self.muxer.sync(ops);
+    }
+
+    fn handle_event(&mut self, token: u32, events: EventSet, ops: &mut EventRegistry<'_>) {
+        match token {
+            LISTENER_TOKEN => self.muxer.accept(),
+            KICK_TOKEN => {
+                let _ = self.kick.read();
+            }
+            _ => self.muxer.on_host_event(token, events),
+        }
+        let rx = self.fill_rx();
+        self.muxer.reap_finished();
+        self.muxer.sync(ops);
+        match rx {
+            Ok(QueueProgress::MoreWork) => self.wake(),
+            Ok(QueueProgress::Done) => {}
+            Err(e) => log::error!("vsock: {e}"),
+        }
+        // Resets of reaped connections, if any, go out on the next pass.
+        if self.active.is_some() && self.muxer.has_rx() && token != KICK_TOKEN {
+            self.wake();
+        }
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> DeviceType {
+        DeviceType::Vsock
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn device_features(&self) -> u64 {
+        features::COMMON
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_vsock_config { le64 guest_cid; }
+        let config = self.config.guest_cid.to_le_bytes();
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = offset
+                .checked_add(i as u64)
+                .and_then(|at| config.get(usize::try_from(at).ok()?))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // The guest CID is read-only.
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        if self.active.is_some() {
+            return Err(ActivateError::AlreadyActive(DeviceType::Vsock));
+        }
+        self.active = Some(Active::new(
+            DeviceType::Vsock,
+            activation,
+            NUM_QUEUES,
+            &[RX_QUEUE, TX_QUEUE],
+        )?);
+        if let Err(e) = self.deliver_reset_event() {
+            log::error!("vsock: {e}");
+        }
+        // Host connections may be waiting for the guest.
+        self.wake();
+        Ok(())
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.muxer.close_all();
+        self.wake();
+    }
+
+    fn process_queue(&mut self, index: usize) -> Result<QueueProgress, QueueError> {
+        if self.active.is_none() {
+            return Ok(QueueProgress::Done);
+        }
+        match index {
+            RX_QUEUE => {
+                // New RX buffers: the subscriber comes back on MoreWork.
+                let rx = self.fill_rx();
+                self.after_queue_work(Ok(QueueProgress::Done));
+                rx
+            }
+            TX_QUEUE => {
+                let tx = self.drain_tx();
+                let rx = self.fill_rx();
+                self.after_queue_work(rx);
+                tx
+            }
+            EVENT_QUEUE => self.deliver_reset_event(),
+            _ => Err(QueueError::NoSuchQueue { index }),
+        }
+    }
+
+    fn queues(&self) -> &[Queue] {
+        self.active.as_ref().map_or(&[], |a| a.queues.as_slice())
+    }
+}

@@ -1,0 +1,566 @@
+//! The host side of the device: the listener, host connections waiting
+//! for their `CONNECT` line, the connection table, and the packets the
+//! guest sends and receives, all without virtqueues (the device moves
+//! packets between them and this table).
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use event_manager::EventSet;
+use kindling_devices::{EventRegistry, MAX_DEVICE_TOKEN};
+
+use super::connect::{ok_line, parse_connect_line, ConnectLine, MAX_CONNECT_LINE};
+use super::connection::{Connection, Flush, State};
+use super::packet::{
+    classify, GuestPacket, Header, Op, Rejection, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND,
+    TYPE_STREAM,
+};
+use super::{VsockCounters, FIRST_HOST_PORT, MAX_CONNECTIONS, MAX_PACKET_DATA};
+
+/// The listener's token.
+pub(crate) const LISTENER_TOKEN: u32 = 0;
+/// The token of the device's wake-up eventfd.
+pub(crate) const KICK_TOKEN: u32 = 1;
+/// The first token given to a host stream.
+const FIRST_STREAM_TOKEN: u32 = 2;
+/// Resets queued for packets that belong to no connection; past this,
+/// more are dropped (a guest that posts no RX buffers while it sends junk
+/// cannot grow the queue).
+const MAX_QUEUED_RESETS: usize = 1024;
+/// Host connections accepted per listener event.
+const ACCEPTS_PER_EVENT: usize = 32;
+
+/// A host connection that has not sent its `CONNECT` line yet.
+#[derive(Debug)]
+struct Handshake {
+    stream: UnixStream,
+    line: Vec<u8>,
+}
+
+/// Key of a connection: (host port, guest port).
+type Key = (u32, u32);
+
+/// What a stream token stands for.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Handshake,
+    Connection(Key),
+}
+
+/// The connection table and the host sockets.
+#[derive(Debug)]
+pub(crate) struct Muxer {
+    guest_cid: u64,
+    uds_path: PathBuf,
+    pub(crate) listener: UnixListener,
+    conns: HashMap<Key, Connection>,
+    handshakes: HashMap<u32, Handshake>,
+    slots: HashMap<u32, Slot>,
+    /// Streams to take off the event loop and close.
+    closing: Vec<UnixStream>,
+    /// Resets for packets that belong to no connection.
+    resets: VecDeque<Header>,
+    next_token: u32,
+    next_host_port: u32,
+    round_robin: usize,
+    pub(crate) counters: VsockCounters,
+}
+
+/// The reset that answers `h` (a packet from the guest).
+fn reset_for(h: &Header) -> Header {
+    Header {
+        src_cid: HOST_CID,
+        dst_cid: h.src_cid,
+        src_port: h.dst_port,
+        dst_port: h.src_port,
+        type_: TYPE_STREAM,
+        op: Op::Rst.value(),
+        ..Header::default()
+    }
+}
+
+/// `<uds_path>_<port>`.
+pub(crate) fn port_path(uds_path: &Path, port: u32) -> PathBuf {
+    let mut bytes = uds_path.as_os_str().to_owned().into_vec();
+    bytes.extend(format!("_{port}").into_bytes());
+    PathBuf::from(OsString::from_vec(bytes))
+}
+
+impl Muxer {
+    pub(crate) fn new(guest_cid: u64, uds_path: PathBuf, listener: UnixListener) -> Self {
+        Self {
+            guest_cid,
+            uds_path,
+            listener,
+            conns: HashMap::new(),
+            handshakes: HashMap::new(),
+            slots: HashMap::new(),
+            closing: Vec::new(),
+            resets: VecDeque::new(),
+            next_token: FIRST_STREAM_TOKEN,
+            next_host_port: FIRST_HOST_PORT,
+            round_robin: 0,
+            counters: VsockCounters::default(),
+        }
+    }
+
+    /// Connections and pending host connections.
+    pub(crate) fn connection_count(&self) -> usize {
+        self.conns.len() + self.handshakes.len()
+    }
+
+    fn alloc_token(&mut self) -> u32 {
+        loop {
+            let token = self.next_token;
+            self.next_token = if token >= MAX_DEVICE_TOKEN {
+                FIRST_STREAM_TOKEN
+            } else {
+                token + 1
+            };
+            if !self.slots.contains_key(&token) {
+                return token;
+            }
+        }
+    }
+
+    fn alloc_host_port(&mut self, guest_port: u32) -> u32 {
+        loop {
+            let port = self.next_host_port;
+            self.next_host_port = port.checked_add(1).unwrap_or(FIRST_HOST_PORT);
+            if !self.conns.contains_key(&(port, guest_port))
+                && !self.conns.keys().any(|k| k.0 == port)
+            {
+                return port;
+            }
+        }
+    }
+
+    fn queue_reset(&mut self, h: &Header) {
+        if self.resets.len() < MAX_QUEUED_RESETS {
+            self.resets.push_back(reset_for(h));
+        } else {
+            self.counters.dropped_resets += 1;
+        }
+    }
+
+    /// Ends a connection: a reset to the guest, the stream closed.
+    fn reset_connection(&mut self, key: Key) {
+        if let Some(conn) = self.conns.remove(&key) {
+            self.slots.remove(&conn.token);
+            let h = Header {
+                src_cid: self.guest_cid,
+                dst_cid: HOST_CID,
+                src_port: conn.peer_port,
+                dst_port: conn.local_port,
+                ..Header::default()
+            };
+            self.queue_reset(&h);
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+            self.closing.push(conn.stream);
+        }
+    }
+
+    /// Drops a connection without telling the guest (it sent a reset).
+    fn drop_connection(&mut self, key: Key) {
+        if let Some(conn) = self.conns.remove(&key) {
+            self.slots.remove(&conn.token);
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+            self.closing.push(conn.stream);
+        }
+    }
+
+    /// Closes every connection (device reset or restore): host peers see
+    /// their socket closed; nothing is sent to the guest.
+    pub(crate) fn close_all(&mut self) {
+        let keys: Vec<Key> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.drop_connection(key);
+        }
+        for (token, hs) in self.handshakes.drain() {
+            self.slots.remove(&token);
+            let _ = hs.stream.shutdown(std::net::Shutdown::Both);
+            self.closing.push(hs.stream);
+        }
+        self.resets.clear();
+    }
+
+    /// Handles one packet from the guest, with its payload.
+    pub(crate) fn on_guest_packet(&mut self, header: &Header, data: &[u8]) {
+        self.counters.tx_packets += 1;
+        let GuestPacket { header: h, op } = match classify(header, self.guest_cid, MAX_PACKET_DATA)
+        {
+            Ok(p) => p,
+            Err(Rejection::Drop(e)) => {
+                log::debug!("vsock: dropping a guest packet: {e}");
+                self.counters.dropped_packets += 1;
+                return;
+            }
+            Err(Rejection::Reset(e)) => {
+                log::debug!("vsock: resetting a guest packet: {e}");
+                self.counters.malformed_packets += 1;
+                if header.op != Op::Rst.value() {
+                    self.queue_reset(header);
+                }
+                return;
+            }
+        };
+        let key = (h.dst_port, h.src_port);
+        if op == Op::Request {
+            self.guest_connect(&h);
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            if op != Op::Rst {
+                self.queue_reset(&h);
+            }
+            return;
+        };
+        conn.update_peer_credit(&h);
+        match op {
+            // Handled before the lookup.
+            Op::Request => {}
+            Op::Rst => self.drop_connection(key),
+            Op::Response => {
+                if conn.state != State::HostConnecting {
+                    self.reset_connection(key);
+                    return;
+                }
+                conn.state = State::Established;
+                let line = ok_line(conn.local_port);
+                if conn.queue_to_host_control(&line).is_err()
+                    || matches!(conn.flush_to_host(), Flush::Failed(_))
+                {
+                    self.reset_connection(key);
+                }
+            }
+            Op::Rw => {
+                if conn.state != State::Established || conn.guest_done_sending {
+                    self.reset_connection(key);
+                    return;
+                }
+                if conn
+                    .queue_to_host(&data[..data.len().min(h.len as usize)])
+                    .is_err()
+                {
+                    log::warn!(
+                        "vsock: guest port {} overran its credit to host port {}: reset",
+                        h.src_port,
+                        h.dst_port
+                    );
+                    self.counters.credit_overruns += 1;
+                    self.reset_connection(key);
+                    return;
+                }
+                if let Flush::Failed(kind) = conn.flush_to_host() {
+                    log::debug!("vsock: host socket write failed ({kind:?}): reset");
+                    self.reset_connection(key);
+                }
+            }
+            Op::CreditUpdate => {}
+            Op::CreditRequest => conn.pending.credit_update = true,
+            Op::Shutdown => {
+                conn.guest_shutdown(h.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND));
+                if let Flush::Failed(_) = conn.flush_to_host() {
+                    self.reset_connection(key);
+                }
+            }
+        }
+    }
+
+    /// A guest REQUEST to host port `h.dst_port`.
+    fn guest_connect(&mut self, h: &Header) {
+        let key = (h.dst_port, h.src_port);
+        if self.conns.contains_key(&key) {
+            // A second REQUEST on a live connection: the guest lost
+            // track of it; end both.
+            self.reset_connection(key);
+            self.queue_reset(h);
+            return;
+        }
+        if self.connection_count() >= MAX_CONNECTIONS {
+            self.counters.refused_connections += 1;
+            self.queue_reset(h);
+            return;
+        }
+        let path = port_path(&self.uds_path, h.dst_port);
+        let stream = match UnixStream::connect(&path) {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("vsock: guest connection to {}: {e}", path.display());
+                self.counters.refused_connections += 1;
+                self.queue_reset(h);
+                return;
+            }
+        };
+        if let Err(e) = stream.set_nonblocking(true) {
+            log::warn!("vsock: cannot make {} non-blocking: {e}", path.display());
+            self.queue_reset(h);
+            return;
+        }
+        let token = self.alloc_token();
+        let mut conn = Connection::new(stream, token, h.dst_port, h.src_port, State::Established);
+        conn.update_peer_credit(h);
+        conn.pending.response = true;
+        self.slots.insert(token, Slot::Connection(key));
+        self.conns.insert(key, conn);
+    }
+
+    /// Accepts host connections (at most a few per call).
+    pub(crate) fn accept(&mut self) {
+        for _ in 0..ACCEPTS_PER_EVENT {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("vsock: accept on {}: {e}", self.uds_path.display());
+                    return;
+                }
+            };
+            if self.connection_count() >= MAX_CONNECTIONS {
+                self.counters.rejected_host_connections += 1;
+                continue; // dropped: closed
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let token = self.alloc_token();
+            self.slots.insert(token, Slot::Handshake);
+            self.handshakes.insert(
+                token,
+                Handshake {
+                    stream,
+                    line: Vec::with_capacity(MAX_CONNECT_LINE),
+                },
+            );
+        }
+    }
+
+    /// An event on a host stream.
+    pub(crate) fn on_host_event(&mut self, token: u32, events: EventSet) {
+        match self.slots.get(&token).copied() {
+            None => log::debug!("vsock: event for unknown token {token}"),
+            Some(Slot::Handshake) => self.on_handshake_event(token),
+            Some(Slot::Connection(key)) => self.on_connection_event(key, events),
+        }
+    }
+
+    fn close_handshake(&mut self, token: u32) {
+        if let Some(hs) = self.handshakes.remove(&token) {
+            self.slots.remove(&token);
+            self.closing.push(hs.stream);
+        }
+    }
+
+    fn on_handshake_event(&mut self, token: u32) {
+        let Some(hs) = self.handshakes.get_mut(&token) else {
+            return;
+        };
+        // One byte at a time: nothing after the newline is consumed (the
+        // host must wait for `OK` before it sends data anyway).
+        let port = loop {
+            let mut byte = [0u8; 1];
+            match hs.stream.read(&mut byte) {
+                Ok(0) => {
+                    self.close_handshake(token);
+                    return;
+                }
+                Ok(_) => hs.line.push(byte[0]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.close_handshake(token);
+                    return;
+                }
+            }
+            match parse_connect_line(&hs.line) {
+                Ok(ConnectLine::Incomplete) => {}
+                Ok(ConnectLine::Connect { port, .. }) => break port,
+                Err(e) => {
+                    log::debug!("vsock: host connection closed: {e}");
+                    self.counters.rejected_host_connections += 1;
+                    self.close_handshake(token);
+                    return;
+                }
+            }
+        };
+        let Some(hs) = self.handshakes.remove(&token) else {
+            return;
+        };
+        let local_port = self.alloc_host_port(port);
+        let key = (local_port, port);
+        let mut conn = Connection::new(hs.stream, token, local_port, port, State::HostConnecting);
+        // Registered for IN as a handshake; the next sync adjusts it.
+        conn.interest = Some(EventSet::IN);
+        conn.pending.request = true;
+        self.slots.insert(token, Slot::Connection(key));
+        self.conns.insert(key, conn);
+    }
+
+    fn on_connection_event(&mut self, key: Key, events: EventSet) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if events.contains(EventSet::ERROR) {
+            self.reset_connection(key);
+            return;
+        }
+        if conn.state == State::HostConnecting {
+            // The host must wait for `OK`: data or a hang-up before it
+            // ends the attempt.
+            self.reset_connection(key);
+            return;
+        }
+        if events.contains(EventSet::HANG_UP) {
+            // Read what is left, then end of file; the stream stays off
+            // the event loop from now on (a hung-up socket is always
+            // ready).
+            conn.hung_up = true;
+            conn.readable = true;
+        }
+        if events.contains(EventSet::IN) {
+            conn.readable = true;
+        }
+        if events.contains(EventSet::OUT) || conn.hung_up {
+            if let Flush::Failed(_) = conn.flush_to_host() {
+                self.reset_connection(key);
+            }
+        }
+    }
+
+    /// Whether some packet is waiting for the guest.
+    pub(crate) fn has_rx(&self) -> bool {
+        !self.resets.is_empty() || self.conns.values().any(Connection::has_rx)
+    }
+
+    /// The next packet for the guest: its header, and for RW its payload
+    /// in `buf[..len]`. `buf` empty: control packets only.
+    pub(crate) fn next_rx(&mut self, buf: &mut [u8]) -> Option<(Header, usize)> {
+        if let Some(h) = self.resets.pop_front() {
+            self.counters.resets_sent += 1;
+            return Some((
+                Header {
+                    dst_cid: self.guest_cid,
+                    ..h
+                },
+                0,
+            ));
+        }
+        let mut keys: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.has_rx())
+            .map(|(k, _)| *k)
+            .collect();
+        keys.sort_unstable();
+        let n = keys.len();
+        for i in 0..n {
+            let key = keys[(self.round_robin + i) % n];
+            let cid = self.guest_cid;
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            if let Some((op, flags)) = conn.take_control() {
+                self.round_robin = self.round_robin.wrapping_add(1);
+                return Some((conn.header(cid, op, 0, flags), 0));
+            }
+            let shutdown = conn.take_shutdown();
+            if shutdown != 0 {
+                self.round_robin = self.round_robin.wrapping_add(1);
+                return Some((conn.header(cid, Op::Shutdown, 0, shutdown), 0));
+            }
+            if buf.is_empty() || !conn.readable || !conn.wants_host_data() {
+                continue;
+            }
+            match conn.read_host(buf) {
+                Ok(0) => {
+                    let flags = conn.take_shutdown();
+                    self.round_robin = self.round_robin.wrapping_add(1);
+                    return Some((conn.header(cid, Op::Shutdown, 0, flags), 0));
+                }
+                Ok(len) => {
+                    self.round_robin = self.round_robin.wrapping_add(1);
+                    self.counters.rx_bytes += len as u64;
+                    return Some((conn.header(cid, Op::Rw, len as u32, 0), len));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    log::debug!("vsock: host socket read failed: {e}: reset");
+                    self.reset_connection(key);
+                    return self.next_rx(buf);
+                }
+            }
+        }
+        None
+    }
+
+    /// Ends (with a reset) the connections both sides have shut down.
+    pub(crate) fn reap_finished(&mut self) {
+        let done: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.finished())
+            .map(|(k, _)| *k)
+            .collect();
+        for key in done {
+            self.reset_connection(key);
+        }
+    }
+
+    /// Whether [`Muxer::sync`] has something to do.
+    pub(crate) fn needs_sync(&self) -> bool {
+        !self.closing.is_empty() || self.conns.values().any(|c| c.interest != Self::wanted(c))
+    }
+
+    fn wanted(c: &Connection) -> Option<EventSet> {
+        (!c.hung_up).then(|| c.desired_interest())
+    }
+
+    /// Brings the event loop up to date: closed streams removed, new ones
+    /// added, interests changed.
+    pub(crate) fn sync(&mut self, ops: &mut EventRegistry<'_>) {
+        for stream in self.closing.drain(..) {
+            let fd = stream.as_raw_fd();
+            if ops.is_registered(fd) {
+                if let Err(e) = ops.remove(fd) {
+                    log::error!("vsock: {e}");
+                }
+            }
+        }
+        for (&token, hs) in &self.handshakes {
+            let fd = hs.stream.as_raw_fd();
+            if !ops.is_registered(fd) {
+                if let Err(e) = ops.add(fd, token, EventSet::IN) {
+                    log::error!("vsock: {e}");
+                }
+            }
+        }
+        let mut failed = Vec::new();
+        for (key, conn) in self.conns.iter_mut() {
+            let want = Self::wanted(conn);
+            let fd = conn.stream.as_raw_fd();
+            let registered = ops.is_registered(fd);
+            let result = match (registered, want) {
+                (false, Some(set)) => ops.add(fd, conn.token, set),
+                (true, Some(set)) if conn.interest != want => ops.modify(fd, conn.token, set),
+                (true, None) => ops.remove(fd),
+                _ => Ok(()),
+            };
+            match result {
+                Ok(()) => conn.interest = want,
+                Err(e) => {
+                    log::error!("vsock: {e}");
+                    failed.push(*key);
+                }
+            }
+        }
+        for key in failed {
+            self.reset_connection(key);
+        }
+    }
+}
