@@ -174,17 +174,21 @@ impl Muxer {
         }
     }
 
-    /// Closes every connection (device reset or restore): host peers see
-    /// their socket closed; nothing is sent to the guest.
+    /// Closes every connection the guest knows about (device reset or
+    /// restore): host peers see their socket closed; nothing is sent to
+    /// the guest. Host connections the guest has not heard of yet (still
+    /// sending their `CONNECT` line, or with their REQUEST not delivered)
+    /// stay: the driver resets the device when it starts, and a host
+    /// process may well have connected before that.
     pub(crate) fn close_all(&mut self) {
-        let keys: Vec<Key> = self.conns.keys().copied().collect();
+        let keys: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !(c.state == State::HostConnecting && c.pending.request))
+            .map(|(k, _)| *k)
+            .collect();
         for key in keys {
             self.drop_connection(key);
-        }
-        for (token, hs) in self.handshakes.drain() {
-            self.slots.remove(&token);
-            let _ = hs.stream.shutdown(std::net::Shutdown::Both);
-            self.closing.push(hs.stream);
         }
         self.resets.clear();
     }
