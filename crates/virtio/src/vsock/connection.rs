@@ -137,7 +137,6 @@ impl Connection {
     }
 
     /// Bytes buffered for the host.
-    #[cfg(test)]
     pub(crate) fn buffered(&self) -> usize {
         self.to_host.len()
     }

@@ -145,6 +145,13 @@ impl Vsock {
         self.muxer.connection_count()
     }
 
+    /// Guest data the device holds for host sockets that would block, over
+    /// all connections: at most [`super::CONN_BUFFER_SIZE`] (plus an `OK`
+    /// line) per connection.
+    pub fn buffered_bytes(&self) -> usize {
+        self.muxer.buffered_bytes()
+    }
+
     /// The path a guest connection to host `port` reaches:
     /// `<uds_path>_<port>`.
     pub fn host_port_path(&self, port: u32) -> PathBuf {

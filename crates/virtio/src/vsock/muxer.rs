@@ -114,6 +114,12 @@ impl Muxer {
         self.conns.len() + self.handshakes.len()
     }
 
+    /// Bytes held for host sockets that would block, over all
+    /// connections.
+    pub(crate) fn buffered_bytes(&self) -> usize {
+        self.conns.values().map(Connection::buffered).sum()
+    }
+
     fn alloc_token(&mut self) -> u32 {
         loop {
             let token = self.next_token;
