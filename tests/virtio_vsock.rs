@@ -343,7 +343,7 @@ fn bad_vsock_configurations_are_refused_before_the_vm_starts() {
     let with = |cid: u64, path: PathBuf| {
         let mut c = config("", &path, &serial);
         c.vsock.as_mut().unwrap().guest_cid = cid;
-        Vmm::build(c).err().expect("refused")
+        Vmm::build(c).expect_err("refused")
     };
     let err = with(2, dir.0.join("a.sock"));
     assert!(

@@ -484,3 +484,337 @@ impl VirtioDevice for Vsock {
         self.active.as_ref().map_or(&[], |a| a.queues.as_slice())
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::interrupt::tests::CountingLine;
+    use crate::queue::tests::memory;
+    use crate::vsock::packet::{Op, HOST_CID, TYPE_STREAM};
+    use crate::vsock::CONN_BUFFER_SIZE;
+    use crate::{GuestMemoryMmap, VirtioInterrupt};
+    use std::io::Read;
+    use std::sync::Arc;
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    pub(crate) const SIZE: u16 = 16;
+
+    /// The driver side of one queue.
+    pub(crate) struct Ring<'a> {
+        pub(crate) vq: MockSplitQueue<'a, GuestMemoryMmap>,
+        next_desc: u16,
+    }
+
+    impl<'a> Ring<'a> {
+        pub(crate) fn new(mem: &'a GuestMemoryMmap, base: u64) -> Self {
+            Self {
+                vq: MockSplitQueue::create(mem, GuestAddress(base), SIZE),
+                next_desc: 0,
+            }
+        }
+
+        /// Makes a chain of (address, length, device-writable) buffers
+        /// available; returns its head.
+        pub(crate) fn add(&mut self, buffers: &[(u64, u32, bool)]) -> u16 {
+            let head = self.next_desc;
+            for (i, &(addr, len, write)) in buffers.iter().enumerate() {
+                let index = (head + i as u16) % SIZE;
+                let last = i + 1 == buffers.len();
+                let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+                if !last {
+                    flags |= VRING_DESC_F_NEXT as u16;
+                }
+                let next = (index + 1) % SIZE;
+                self.vq
+                    .desc_table()
+                    .store(
+                        index,
+                        RawDescriptor::from(Descriptor::new(addr, len, flags, next)),
+                    )
+                    .unwrap();
+            }
+            self.next_desc = (head + buffers.len() as u16) % SIZE;
+            let idx = self.vq.avail().idx().load();
+            self.vq
+                .avail()
+                .ring()
+                .ref_at(usize::from(idx % SIZE))
+                .unwrap()
+                .store(head);
+            self.vq.avail().idx().store(idx.wrapping_add(1));
+            head
+        }
+
+        /// The used entries so far: (head, length).
+        pub(crate) fn used(&self) -> Vec<(u32, u32)> {
+            let n = self.vq.used().idx().load();
+            (0..n)
+                .map(|i| {
+                    let e = self
+                        .vq
+                        .used()
+                        .ring()
+                        .ref_at(usize::from(i % SIZE))
+                        .unwrap()
+                        .load();
+                    (e.id(), e.len())
+                })
+                .collect()
+        }
+    }
+
+    pub(crate) struct Fixture<'a> {
+        pub(crate) mem: &'a GuestMemoryMmap,
+        pub(crate) rx: Ring<'a>,
+        pub(crate) tx: Ring<'a>,
+        pub(crate) ev: Ring<'a>,
+        pub(crate) line: Arc<CountingLine>,
+    }
+
+    impl<'a> Fixture<'a> {
+        pub(crate) fn new(mem: &'a GuestMemoryMmap) -> Self {
+            Self {
+                mem,
+                rx: Ring::new(mem, 0x1000),
+                tx: Ring::new(mem, 0x4000),
+                ev: Ring::new(mem, 0x7000),
+                line: Arc::new(CountingLine::default()),
+            }
+        }
+
+        pub(crate) fn activation(&self) -> Activation {
+            Activation {
+                memory: self.mem.clone(),
+                interrupt: VirtioInterrupt::new(self.line.clone()),
+                queues: vec![
+                    self.rx.vq.create_queue().unwrap(),
+                    self.tx.vq.create_queue().unwrap(),
+                    self.ev.vq.create_queue().unwrap(),
+                ],
+                acked_features: features::COMMON,
+            }
+        }
+
+        /// Sends a packet from the guest (header at 0x10000, payload at
+        /// 0x20000).
+        fn send(&mut self, vsock: &mut Vsock, header: Header, data: &[u8]) {
+            let header = Header {
+                len: data.len() as u32,
+                ..header
+            };
+            self.mem
+                .write_slice(&header.encode(), GuestAddress(0x10000))
+                .unwrap();
+            if data.is_empty() {
+                self.tx.add(&[(0x10000, HEADER_SIZE as u32, false)]);
+            } else {
+                self.mem.write_slice(data, GuestAddress(0x20000)).unwrap();
+                self.tx.add(&[
+                    (0x10000, HEADER_SIZE as u32, false),
+                    (0x20000, data.len() as u32, false),
+                ]);
+            }
+            vsock.process_queue(TX_QUEUE).unwrap();
+        }
+
+        /// Posts an RX buffer (4 KiB at 0x40000 + 0x1000 * slot).
+        fn post_rx(&mut self, vsock: &mut Vsock, slot: u64) {
+            self.rx.add(&[(0x40000 + 0x1000 * slot, 0x1000, true)]);
+            vsock.process_queue(RX_QUEUE).unwrap();
+        }
+
+        /// The header in RX buffer `slot`.
+        fn rx_header(&self, slot: u64) -> Header {
+            let mut b = [0u8; HEADER_SIZE];
+            self.mem
+                .read_slice(&mut b, GuestAddress(0x40000 + 0x1000 * slot))
+                .unwrap();
+            Header::decode(&b).unwrap()
+        }
+    }
+
+    fn guest(op: Op, src_port: u32, dst_port: u32) -> Header {
+        Header {
+            src_cid: 3,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            type_: TYPE_STREAM,
+            op: op.value(),
+            buf_alloc: 0x10000,
+            ..Header::default()
+        }
+    }
+
+    pub(crate) fn device(tag: &str) -> (Vsock, PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("kindling-vsock-unit-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let config = VsockConfig {
+            guest_cid: 3,
+            uds_path: dir.join("v.sock"),
+        };
+        (Vsock::with_queue_sizes(&config, [SIZE; 3]).unwrap(), dir)
+    }
+
+    #[test]
+    fn config_space_holds_the_guest_cid() {
+        let (vsock, dir) = device("config");
+        let mut b = [0xffu8; 8];
+        vsock.read_config(0, &mut b);
+        assert_eq!(b, 3u64.to_le_bytes());
+        let mut b = [0xffu8; 4];
+        vsock.read_config(6, &mut b);
+        assert_eq!(b, [0; 4]);
+        vsock.read_config(u64::MAX, &mut b);
+        assert_eq!(b, [0; 4]);
+        assert_eq!(vsock.device_features(), features::COMMON);
+        assert_eq!(vsock.host_port_path(52), dir.join("v.sock_52"));
+        drop(vsock);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_queue_sizes_and_cids_are_refused() {
+        let config = VsockConfig {
+            guest_cid: u64::from(u32::MAX),
+            uds_path: "/nonexistent/v.sock".into(),
+        };
+        assert!(matches!(
+            Vsock::new(&config),
+            Err(VsockError::InvalidCid(0xffff_ffff))
+        ));
+        assert!(matches!(
+            Vsock::with_queue_sizes(&config, [16, 3, 16]),
+            Err(VsockError::InvalidQueueSize(3))
+        ));
+        let config = VsockConfig {
+            guest_cid: 3,
+            ..config
+        };
+        let e = Vsock::new(&config).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("directory /nonexistent does not exist"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_request_to_a_port_nobody_listens_on_is_reset() {
+        let mem = memory(0x10_0000);
+        let mut f = Fixture::new(&mem);
+        let (mut vsock, dir) = device("refused");
+        vsock.activate(f.activation()).unwrap();
+        assert!(vsock.activate(f.activation()).is_err());
+        f.send(&mut vsock, guest(Op::Request, 1234, 99), &[]);
+        assert_eq!(f.tx.used(), vec![(0, 0)]);
+        f.post_rx(&mut vsock, 0);
+        assert_eq!(f.rx.used(), vec![(0, HEADER_SIZE as u32)]);
+        let h = f.rx_header(0);
+        assert_eq!(
+            (h.op, h.src_cid, h.dst_cid, h.src_port, h.dst_port),
+            (Op::Rst.value(), HOST_CID, 3, 99, 1234)
+        );
+        let c = vsock.counters();
+        assert_eq!(
+            (c.refused_connections, c.resets_sent, c.rx_packets),
+            (1, 1, 1)
+        );
+        // Packets for no connection are reset too, RSTs are not answered,
+        // and misaddressed packets are dropped.
+        f.send(&mut vsock, guest(Op::Rw, 1234, 99), b"x");
+        f.send(&mut vsock, guest(Op::Rst, 1234, 99), &[]);
+        f.send(
+            &mut vsock,
+            Header {
+                src_cid: 9,
+                ..guest(Op::Request, 1, 2)
+            },
+            &[],
+        );
+        f.post_rx(&mut vsock, 1);
+        f.post_rx(&mut vsock, 2);
+        assert_eq!(f.rx.used().len(), 2, "one reset for the RW, none else");
+        assert_eq!(f.rx_header(1).op, Op::Rst.value());
+        assert_eq!(vsock.counters().dropped_packets, 1);
+        vsock.reset();
+        assert!(!vsock.is_activated());
+        drop(vsock);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn guest_data_reaches_the_host_and_an_overrun_resets_the_connection() {
+        let mem = memory(0x10_0000);
+        let mut f = Fixture::new(&mem);
+        let (mut vsock, dir) = device("data");
+        let listener = std::os::unix::net::UnixListener::bind(vsock.host_port_path(77)).unwrap();
+        vsock.activate(f.activation()).unwrap();
+        f.send(&mut vsock, guest(Op::Request, 5000, 77), &[]);
+        let (mut host, _) = listener.accept().unwrap();
+        f.post_rx(&mut vsock, 0);
+        let h = f.rx_header(0);
+        assert_eq!(
+            (h.op, h.buf_alloc, h.fwd_cnt),
+            (Op::Response.value(), CONN_BUFFER_SIZE, 0)
+        );
+        f.send(&mut vsock, guest(Op::Rw, 5000, 77), b"hello");
+        let mut buf = [0u8; 5];
+        host.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hello");
+        assert_eq!(vsock.connection_count(), 1);
+        // The host stops reading; a guest that ignores its credit is
+        // reset once the device's buffer is full, and no more is kept.
+        let chunk = vec![1u8; 0x8000];
+        for _ in 0..200 {
+            f.send(&mut vsock, guest(Op::Rw, 5000, 77), &chunk);
+            assert!(vsock.buffered_bytes() <= CONN_BUFFER_SIZE as usize);
+            if vsock.counters().credit_overruns > 0 {
+                break;
+            }
+        }
+        assert_eq!(vsock.counters().credit_overruns, 1);
+        assert_eq!(vsock.connection_count(), 0);
+        assert_eq!(vsock.buffered_bytes(), 0);
+        f.post_rx(&mut vsock, 1);
+        assert_eq!(f.rx_header(1).op, Op::Rst.value());
+        drop(vsock);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn shutdown_from_both_sides_ends_with_a_reset() {
+        let mem = memory(0x10_0000);
+        let mut f = Fixture::new(&mem);
+        let (mut vsock, dir) = device("shutdown");
+        let listener = std::os::unix::net::UnixListener::bind(vsock.host_port_path(78)).unwrap();
+        vsock.activate(f.activation()).unwrap();
+        f.send(&mut vsock, guest(Op::Request, 5001, 78), &[]);
+        let (mut host, _) = listener.accept().unwrap();
+        f.post_rx(&mut vsock, 0);
+        f.send(&mut vsock, guest(Op::CreditRequest, 5001, 78), &[]);
+        f.post_rx(&mut vsock, 1);
+        assert_eq!(f.rx_header(1).op, Op::CreditUpdate.value());
+        f.send(
+            &mut vsock,
+            Header {
+                flags: 3,
+                ..guest(Op::Shutdown, 5001, 78)
+            },
+            &[],
+        );
+        f.post_rx(&mut vsock, 2);
+        assert_eq!(f.rx_header(2).op, Op::Rst.value());
+        assert_eq!(vsock.connection_count(), 0);
+        let mut rest = Vec::new();
+        host.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+        drop(vsock);
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
