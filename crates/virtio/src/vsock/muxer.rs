@@ -91,6 +91,56 @@ pub(crate) fn port_path(uds_path: &Path, port: u32) -> PathBuf {
     PathBuf::from(OsString::from_vec(bytes))
 }
 
+/// Connects to the Unix socket at `path` without blocking: a listener
+/// whose backlog is full (it does not accept) refuses at once with
+/// `EAGAIN` instead of stalling the event loop.
+pub(crate) fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path does not fit a Unix socket address",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: plain system call; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a socket we just created and own; the stream closes
+    // it when dropped (on the error paths below too).
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: `addr` is a valid sockaddr_un and `len` covers the family
+    // and the NUL-terminated path inside it.
+    let r = unsafe {
+        libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_un).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
 impl Muxer {
     pub(crate) fn new(guest_cid: u64, uds_path: PathBuf, listener: UnixListener) -> Self {
         Self {
@@ -298,7 +348,7 @@ impl Muxer {
             return;
         }
         let path = port_path(&self.uds_path, h.dst_port);
-        let stream = match UnixStream::connect(&path) {
+        let stream = match connect_nonblocking(&path) {
             Ok(s) => s,
             Err(e) => {
                 log::debug!("vsock: guest connection to {}: {e}", path.display());
@@ -307,11 +357,6 @@ impl Muxer {
                 return;
             }
         };
-        if let Err(e) = stream.set_nonblocking(true) {
-            log::warn!("vsock: cannot make {} non-blocking: {e}", path.display());
-            self.queue_reset(h);
-            return;
-        }
         let token = self.alloc_token();
         let mut conn = Connection::new(stream, token, h.dst_port, h.src_port, State::Established);
         conn.update_peer_credit(h);
@@ -572,5 +617,49 @@ impl Muxer {
         for key in failed {
             self.reset_connection(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connecting_never_blocks() {
+        let dir =
+            std::env::temp_dir().join(format!("kindling-vsock-connect-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("l");
+        assert_eq!(
+            connect_nonblocking(&path).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        let listener = UnixListener::bind(&path).unwrap();
+        // A listener that never accepts: once its backlog is full,
+        // connecting fails at once instead of blocking.
+        let mut streams = Vec::new();
+        let err = loop {
+            match connect_nonblocking(&path) {
+                Ok(s) => streams.push(s),
+                Err(e) => break e,
+            }
+            assert!(streams.len() < 100_000);
+        };
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(!streams.is_empty());
+        let (accepted, _) = listener.accept().unwrap();
+        drop(accepted);
+        let long = dir.join("x".repeat(200));
+        assert_eq!(
+            connect_nonblocking(&long).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            port_path(Path::new("/run/v.sock"), 52),
+            PathBuf::from("/run/v.sock_52")
+        );
+        drop(streams);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
