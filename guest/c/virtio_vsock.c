@@ -11,7 +11,7 @@
  *   +0x00000  TX queue rings        +0x04000  event queue rings
  *   +0x08000  TX headers            +0x09000  event buffers
  *   +0x10000  RX buffers            +0x90000  TX payloads
- *   +0xa0000  the echo ring of vsock-listen
+ *   +0xe0000  the echo ring of vsock-listen
  *
  * Flow control follows §5.10.6.3: every packet carries our buf_alloc
  * (BUF_ALLOC) and fwd_cnt (bytes we have consumed); we send no more than
@@ -38,7 +38,7 @@
 #define RX_BUFS			64
 #define RX_BUF_SIZE		8192UL
 #define TX_SLOTS		16
-#define TX_DATA_MAX		4096UL
+#define TX_DATA_MAX		16384UL
 #define EVQ_BUFS		8
 #define BUF_ALLOC		0x10000U	/* = the echo ring */
 #define FIRST_LOCAL_PORT	49152
@@ -49,7 +49,7 @@
 #define EV_BUFS			(VSOCK_RAM_START + 0x09000UL)
 #define RX_BUFS_AT		(VSOCK_RAM_START + 0x10000UL)
 #define TX_DATA			(VSOCK_RAM_START + 0x90000UL)
-#define ECHO_RING		(VSOCK_RAM_START + 0xa0000UL)
+#define ECHO_RING		(VSOCK_RAM_START + 0xe0000UL)
 
 struct vsock_hdr {
 	uint64_t src_cid;
@@ -174,11 +174,9 @@ static __attribute__((noreturn)) void stalled(const char *what)
 	guest_exit(EXIT_DEVICE_ERROR);
 }
 
-/* Sends one packet, its payload copied from `data`. */
-static void send_packet(struct conn *c, uint16_t op, uint32_t flags, const uint8_t *data,
-			uint32_t len)
+/* Waits (bounded) for a free TX slot. */
+static int tx_reserve(void)
 {
-	volatile struct vsock_hdr *h;
 	unsigned long spins = 0;
 	int slot;
 
@@ -187,7 +185,21 @@ static void send_packet(struct conn *c, uint16_t op, uint32_t flags, const uint8
 			stalled("sending");
 		cpu_relax();
 	}
-	h = (volatile struct vsock_hdr *)(TX_HDRS + (uint64_t)slot * 64);
+	return slot;
+}
+
+/* The payload buffer of TX slot `slot`. */
+static uint8_t *tx_data(int slot)
+{
+	return (uint8_t *)(TX_DATA + (uint64_t)slot * TX_DATA_MAX);
+}
+
+/* Sends a packet from reserved slot `slot` whose payload (len bytes) is
+ * already in tx_data(slot). */
+static void tx_submit(struct conn *c, int slot, uint16_t op, uint32_t flags, uint32_t len)
+{
+	volatile struct vsock_hdr *h = (volatile struct vsock_hdr *)(TX_HDRS + (uint64_t)slot * 64);
+
 	h->src_cid = guest_cid;
 	h->dst_cid = HOST_CID;
 	h->src_port = c->local_port;
@@ -200,10 +212,9 @@ static void send_packet(struct conn *c, uint16_t op, uint32_t flags, const uint8
 	h->fwd_cnt = c->fwd_cnt;
 	c->fwd_cnt_told = c->fwd_cnt;
 	if (len) {
-		memcpy((void *)(TX_DATA + (uint64_t)slot * TX_DATA_MAX), data, len);
 		virtq_set_desc(&txq, (uint16_t)(2 * slot), (uint64_t)(uintptr_t)h,
 			       sizeof(struct vsock_hdr), VIRTQ_DESC_F_NEXT, (uint16_t)(2 * slot + 1));
-		virtq_set_desc(&txq, (uint16_t)(2 * slot + 1), TX_DATA + (uint64_t)slot * TX_DATA_MAX,
+		virtq_set_desc(&txq, (uint16_t)(2 * slot + 1), (uint64_t)(uintptr_t)tx_data(slot),
 			       len, 0, 0);
 		c->tx_cnt += len;
 	} else {
@@ -213,6 +224,12 @@ static void send_packet(struct conn *c, uint16_t op, uint32_t flags, const uint8
 	tx_busy[slot] = true;
 	virtq_push(&txq, (uint16_t)(2 * slot));
 	virtq_kick(&txq);
+}
+
+/* Sends a packet without payload. */
+static void send_control(struct conn *c, uint16_t op, uint32_t flags)
+{
+	tx_submit(c, tx_reserve(), op, flags, 0);
 }
 
 static uint32_t peer_credit(const struct conn *c)
@@ -226,7 +243,7 @@ static uint32_t peer_credit(const struct conn *c)
 static void maybe_credit_update(struct conn *c)
 {
 	if (c->fwd_cnt - c->fwd_cnt_told >= BUF_ALLOC / 2)
-		send_packet(c, OP_CREDIT_UPDATE, 0, NULL, 0);
+		send_control(c, OP_CREDIT_UPDATE, 0);
 }
 
 /* ---- receiving -------------------------------------------------------- */
@@ -257,13 +274,15 @@ static bool rx_take(struct virtio_dev *d, struct rx_packet *p)
 		}
 		return true;
 	}
+	virtq_kick(&d->vq);
 	return false;
 }
 
+/* Gives the buffer back; it is published (one notification at most) when
+ * rx_take finds nothing more to read. */
 static void rx_done(struct virtio_dev *d, const struct rx_packet *p)
 {
 	virtq_push(&d->vq, p->id);
-	virtq_kick(&d->vq);
 }
 
 /* Handles the control part of a packet for connection c: credit, RST,
@@ -282,7 +301,7 @@ static bool rx_control(struct conn *c, const struct rx_packet *p)
 	else if (h->op == OP_SHUTDOWN && (h->flags & SHUTDOWN_SEND))
 		c->peer_done_sending = true;
 	else if (h->op == OP_CREDIT_REQUEST)
-		send_packet(c, OP_CREDIT_UPDATE, 0, NULL, 0);
+		send_control(c, OP_CREDIT_UPDATE, 0);
 	return true;
 }
 
@@ -296,7 +315,7 @@ static void rx_stray(const struct rx_packet *p)
 	};
 
 	if (p->h->op != OP_RST)
-		send_packet(&other, OP_RST, 0, NULL, 0);
+		send_control(&other, OP_RST, 0);
 }
 
 /* Waits (bounded) for the RST that ends a connection we shut down. */
@@ -337,14 +356,13 @@ void vsock_connect(struct virtio_dev *d, uint32_t port, uint64_t bytes)
 		.local_port = next_local_port++,
 		.peer_port = port,
 	};
-	uint8_t chunk[TX_DATA_MAX];
 	uint64_t sent = 0, received = 0, mismatches = 0;
 	uint32_t crc = 0;
 	unsigned long idle = 0;
 	struct rx_packet p;
 	bool established = false;
 
-	send_packet(&c, OP_REQUEST, 0, NULL, 0);
+	send_control(&c, OP_REQUEST, 0);
 	while (!established && !c.reset) {
 		if (!rx_take(d, &p)) {
 			if (++idle == VIRTIO_WAIT_SPINS)
@@ -383,7 +401,9 @@ void vsock_connect(struct virtio_dev *d, uint32_t port, uint64_t bytes)
 			rx_done(d, &p);
 			maybe_credit_update(&c);
 		}
-		if (sent < bytes && peer_credit(&c) > 0 && free_slot() >= 0) {
+		while (sent < bytes && peer_credit(&c) > 0 && free_slot() >= 0) {
+			int slot = free_slot();
+			uint8_t *out = tx_data(slot);
 			uint64_t n = bytes - sent;
 
 			if (n > TX_DATA_MAX)
@@ -391,8 +411,8 @@ void vsock_connect(struct virtio_dev *d, uint32_t port, uint64_t bytes)
 			if (n > peer_credit(&c))
 				n = peer_credit(&c);
 			for (uint64_t i = 0; i < n; i++)
-				chunk[i] = pattern(sent + i);
-			send_packet(&c, OP_RW, 0, chunk, (uint32_t)n);
+				out[i] = pattern(sent + i);
+			tx_submit(&c, slot, OP_RW, 0, (uint32_t)n);
 			sent += n;
 			progress = true;
 		}
@@ -405,7 +425,7 @@ void vsock_connect(struct virtio_dev *d, uint32_t port, uint64_t bytes)
 		}
 	}
 	if (!c.reset) {
-		send_packet(&c, OP_SHUTDOWN, SHUTDOWN_BOTH, NULL, 0);
+		send_control(&c, OP_SHUTDOWN, SHUTDOWN_BOTH);
 		wait_reset(d, &c);
 	}
 	out_port_line("connect", port);
@@ -423,7 +443,6 @@ void vsock_connect(struct virtio_dev *d, uint32_t port, uint64_t bytes)
 void vsock_listen(struct virtio_dev *d, uint32_t port)
 {
 	volatile uint8_t *ring = (volatile uint8_t *)ECHO_RING;
-	uint8_t chunk[TX_DATA_MAX];
 	struct conn c = { .local_port = port };
 	uint64_t head = 0, tail = 0, overruns = 0;	/* ring positions */
 	uint32_t crc = 0;
@@ -449,7 +468,7 @@ void vsock_listen(struct virtio_dev *d, uint32_t port)
 		}
 		rx_done(d, &p);
 	}
-	send_packet(&c, OP_RESPONSE, 0, NULL, 0);
+	send_control(&c, OP_RESPONSE, 0);
 	idle = 0;
 	while (!c.reset && !(c.peer_done_sending && head == tail)) {
 		bool progress = false;
@@ -470,7 +489,9 @@ void vsock_listen(struct virtio_dev *d, uint32_t port)
 			}
 			rx_done(d, &p);
 		}
-		if (head != tail && peer_credit(&c) > 0 && free_slot() >= 0) {
+		while (head != tail && peer_credit(&c) > 0 && free_slot() >= 0) {
+			int slot = free_slot();
+			uint8_t *out = tx_data(slot);
 			uint64_t n = head - tail;
 
 			if (n > TX_DATA_MAX)
@@ -478,10 +499,10 @@ void vsock_listen(struct virtio_dev *d, uint32_t port)
 			if (n > peer_credit(&c))
 				n = peer_credit(&c);
 			for (uint64_t i = 0; i < n; i++)
-				chunk[i] = ring[(tail + i) % BUF_ALLOC];
+				out[i] = ring[(tail + i) % BUF_ALLOC];
 			tail += n;
 			c.fwd_cnt += (uint32_t)n;	/* consumed: room again */
-			send_packet(&c, OP_RW, 0, chunk, (uint32_t)n);
+			tx_submit(&c, slot, OP_RW, 0, (uint32_t)n);
 			maybe_credit_update(&c);
 			progress = true;
 		}
@@ -494,7 +515,7 @@ void vsock_listen(struct virtio_dev *d, uint32_t port)
 		}
 	}
 	if (!c.reset) {
-		send_packet(&c, OP_SHUTDOWN, SHUTDOWN_BOTH, NULL, 0);
+		send_control(&c, OP_SHUTDOWN, SHUTDOWN_BOTH);
 		wait_reset(d, &c);
 	}
 	out_port_line("listen", port);

@@ -182,14 +182,16 @@
 //! with its three queues: RX (queue 0, up to 64 buffers of 8 KiB, header
 //! and payload in one device-writable descriptor), TX (queue 1, 16 slots of
 //! a header descriptor and an optional payload descriptor of at most
-//! 4 KiB) and event (queue 2, 8 buffers of 8 bytes, reposted as events
+//! 16 KiB) and event (queue 2, 8 buffers of 8 bytes, reposted as events
 //! come). It reads its CID from the configuration space. It runs one
 //! stream connection at a time with the virtio credit scheme: it offers a
 //! 64 KiB receive buffer (`buf_alloc`), sends no more than the peer's
 //! credit allows, and sends a CREDIT_UPDATE once it has consumed half its
 //! buffer unannounced; it answers CREDIT_REQUEST, and packets for no
 //! connection of its own with RST. Both actions end a connection with a
-//! SHUTDOWN (both directions) and wait for the peer's RST.
+//! SHUTDOWN (both directions) and wait for the peer's RST. Received
+//! buffers go back to the device together, with one notification at most,
+//! when the driver finds no more to read.
 //!
 //! `vsock-connect` uses local ports from 49152 up. The vsock pattern is
 //! byte `i` = `(i * 31 + (i >> 12)) mod 256`. `vsock-listen` keeps what it

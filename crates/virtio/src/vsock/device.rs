@@ -386,17 +386,19 @@ impl DeviceEvents for Vsock {
             }
             _ => self.muxer.on_host_event(token, events),
         }
-        let rx = self.fill_rx();
         self.muxer.reap_finished();
+        let mut rx = self.fill_rx();
+        // Connections the pass finished (end of file met, shutdown sent)
+        // owe the guest a reset: send it now if buffers are left.
+        self.muxer.reap_finished();
+        if rx.as_ref().is_ok_and(|p| *p == QueueProgress::Done) && self.muxer.has_rx() {
+            rx = self.fill_rx();
+        }
         self.muxer.sync(ops);
         match rx {
             Ok(QueueProgress::MoreWork) => self.wake(),
             Ok(QueueProgress::Done) => {}
             Err(e) => log::error!("vsock: {e}"),
-        }
-        // Resets of reaped connections, if any, go out on the next pass.
-        if self.active.is_some() && self.muxer.has_rx() && token != KICK_TOKEN {
-            self.wake();
         }
     }
 }

@@ -204,10 +204,15 @@ impl Muxer {
         }
     }
 
-    /// Ends a connection: a reset to the guest, the stream closed.
+    /// Ends a connection: a reset to the guest (unless it never heard of
+    /// it), the stream closed.
     fn reset_connection(&mut self, key: Key) {
         if let Some(conn) = self.conns.remove(&key) {
             self.slots.remove(&conn.token);
+            if conn.state == State::HostConnecting && conn.pending.request {
+                self.closing.push(conn.stream);
+                return;
+            }
             let h = Header {
                 src_cid: self.guest_cid,
                 dst_cid: HOST_CID,
