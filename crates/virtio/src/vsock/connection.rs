@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::time::Instant;
 
 use event_manager::EventSet;
 
@@ -50,6 +51,9 @@ pub(crate) struct Connection {
     /// The guest's port.
     pub(crate) peer_port: u32,
     pub(crate) state: State,
+    /// When the REQUEST of a host-initiated connection reached the guest
+    /// (the host-connect timeout runs from then, as in Firecracker).
+    pub(crate) request_sent: Option<Instant>,
     pub(crate) pending: Pending,
     /// Guest data (and the `OK` line) not yet written to the host socket.
     to_host: VecDeque<u8>,
@@ -106,6 +110,7 @@ impl Connection {
             local_port,
             peer_port,
             state,
+            request_sent: None,
             pending: Pending::default(),
             to_host: VecDeque::new(),
             control_bytes: 0,
@@ -253,6 +258,7 @@ impl Connection {
     pub(crate) fn take_control(&mut self) -> Option<(Op, u32)> {
         let p = &mut self.pending;
         if std::mem::take(&mut p.request) {
+            self.request_sent = Some(Instant::now());
             return Some((Op::Request, 0));
         }
         if std::mem::take(&mut p.response) {

@@ -13,12 +13,13 @@ use virtio_queue::{Queue, QueueT};
 use virtio_vsock::packet::VsockPacket;
 use vm_memory::Bytes;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
 
-use super::muxer::{port_path, Muxer, KICK_TOKEN, LISTENER_TOKEN};
+use super::muxer::{port_path, Muxer, KICK_TOKEN, LISTENER_TOKEN, TIMER_TOKEN};
 use super::packet::{Header, HEADER_SIZE};
 use super::{
-    VsockConfig, VsockError, EVENT_QUEUE, EVENT_TRANSPORT_RESET, MAX_PACKET_DATA, NUM_QUEUES,
-    QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
+    VsockConfig, VsockError, CONNECT_TIMEOUT, EVENT_QUEUE, EVENT_TRANSPORT_RESET, MAX_PACKET_DATA,
+    NUM_QUEUES, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
 };
 use crate::chain::collect_descriptors;
 use crate::device::{ActivateError, Activation, Active, DeviceType, QueueProgress, VirtioDevice};
@@ -57,6 +58,9 @@ pub struct VsockCounters {
     pub rejected_host_connections: u64,
     /// Connections reset because the guest sent more than its credit.
     pub credit_overruns: u64,
+    /// Host connections closed because the guest did not accept them in
+    /// time.
+    pub connect_timeouts: u64,
 }
 
 /// A virtio-vsock device backed by Unix sockets (Firecracker's protocol;
@@ -87,6 +91,9 @@ pub struct Vsock {
     /// Wakes [`DeviceEvents::handle_event`] when a queue handler changed
     /// what the event loop must watch.
     kick: EventFd,
+    /// Ticks while host connections wait for the guest.
+    timer: TimerFd,
+    timer_armed: bool,
     active: Option<Active>,
     /// A transport reset event is owed to the guest (after a restore).
     reset_event_pending: bool,
@@ -113,11 +120,14 @@ impl Vsock {
         }
         let listener = listen(config)?;
         let kick = EventFd::new(EFD_NONBLOCK).map_err(VsockError::EventFd)?;
+        let timer = TimerFd::new().map_err(|e| VsockError::TimerFd(e.into()))?;
         Ok(Self {
             muxer: Muxer::new(config.guest_cid, config.uds_path.clone(), listener),
             config: config.clone(),
             queue_sizes,
             kick,
+            timer,
+            timer_armed: false,
             active: None,
             reset_event_pending: false,
             scratch: vec![0; MAX_PACKET_DATA as usize],
@@ -168,6 +178,25 @@ impl Vsock {
     fn wake(&self) {
         if let Err(e) = self.kick.write(1) {
             log::error!("vsock: cannot wake the event handler: {e}");
+        }
+    }
+
+    /// Runs the timer while host connections wait for the guest, stops
+    /// it otherwise.
+    fn update_timer(&mut self) {
+        let want = self.muxer.has_connecting();
+        if want == self.timer_armed {
+            return;
+        }
+        let tick = CONNECT_TIMEOUT / 4;
+        let result = if want {
+            self.timer.reset(tick, Some(tick))
+        } else {
+            self.timer.clear()
+        };
+        match result {
+            Ok(()) => self.timer_armed = want,
+            Err(e) => log::error!("vsock: cannot set the connect timer: {e}"),
         }
     }
 
@@ -312,6 +341,7 @@ impl Vsock {
         if more || self.muxer.needs_sync() || (self.muxer.has_rx() && self.active.is_some()) {
             self.wake();
         }
+        self.update_timer();
     }
 }
 
@@ -370,6 +400,7 @@ impl DeviceEvents for Vsock {
         for (fd, token, what) in [
             (self.muxer.listener.as_raw_fd(), LISTENER_TOKEN, "listener"),
             (self.kick.as_raw_fd(), KICK_TOKEN, "eventfd"),
+            (self.timer.as_raw_fd(), TIMER_TOKEN, "timer"),
         ] {
             if let Err(e) = ops.add(fd, token, EventSet::IN) {
                 log::error!("vsock: cannot watch the {what}: {e}");
@@ -384,6 +415,12 @@ impl DeviceEvents for Vsock {
             KICK_TOKEN => {
                 let _ = self.kick.read();
             }
+            TIMER_TOKEN => {
+                if let Err(e) = self.timer.wait() {
+                    log::warn!("vsock: connect timer: {e}");
+                }
+                self.muxer.expire_connecting(std::time::Instant::now());
+            }
             _ => self.muxer.on_host_event(token, events),
         }
         self.muxer.reap_finished();
@@ -395,6 +432,7 @@ impl DeviceEvents for Vsock {
             rx = self.fill_rx();
         }
         self.muxer.sync(ops);
+        self.update_timer();
         match rx {
             Ok(QueueProgress::MoreWork) => self.wake(),
             Ok(QueueProgress::Done) => {}

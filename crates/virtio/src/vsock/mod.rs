@@ -17,8 +17,10 @@
 //!   never makes the device buffer without bound.
 //! - Every socket is non-blocking on the event loop through
 //!   [`kindling_devices::DeviceEvents`]: the listener, each connection
-//!   (added and removed as connections come and go) and an eventfd the
-//!   queue handlers use to hand fd changes to the event handler.
+//!   (added and removed as connections come and go), an eventfd the
+//!   queue handlers use to hand fd changes to the event handler, and a
+//!   timer that closes host connections the guest has not accepted within
+//!   [`CONNECT_TIMEOUT`].
 //! - [`packet`]: the header codec and checks, and [`connect`]: the
 //!   `CONNECT` line parser, are pure functions (fuzz targets).
 //!
@@ -60,6 +62,9 @@ pub const MAX_PACKET_DATA: u32 = 64 * 1024;
 /// Firecracker, high enough not to collide with the ports guests connect
 /// to).
 pub const FIRST_HOST_PORT: u32 = 1 << 30;
+/// How long a host connection waits for the guest to accept it (as in
+/// Firecracker); then its socket is closed.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The event id of a transport reset (`VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`).
 pub const EVENT_TRANSPORT_RESET: u32 = 0;
 
@@ -109,6 +114,9 @@ pub enum VsockError {
     /// created.
     #[error("cannot create the vsock device's eventfd: {0}")]
     EventFd(#[source] io::Error),
+    /// The timer of the host-connect timeout could not be created.
+    #[error("cannot create the vsock device's timer: {0}")]
+    TimerFd(#[source] io::Error),
     /// A queue size is not a power of two between 1 and 32768.
     #[error("vsock queue size {0} is not a power of two between 1 and 32768")]
     InvalidQueueSize(u16),

@@ -10,6 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use event_manager::EventSet;
 use kindling_devices::{EventRegistry, MAX_DEVICE_TOKEN};
@@ -20,14 +21,16 @@ use super::packet::{
     classify, GuestPacket, Header, Op, Rejection, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND,
     TYPE_STREAM,
 };
-use super::{VsockCounters, FIRST_HOST_PORT, MAX_CONNECTIONS, MAX_PACKET_DATA};
+use super::{VsockCounters, CONNECT_TIMEOUT, FIRST_HOST_PORT, MAX_CONNECTIONS, MAX_PACKET_DATA};
 
 /// The listener's token.
 pub(crate) const LISTENER_TOKEN: u32 = 0;
 /// The token of the device's wake-up eventfd.
 pub(crate) const KICK_TOKEN: u32 = 1;
+/// The token of the device's timer (the host-connect timeout).
+pub(crate) const TIMER_TOKEN: u32 = 2;
 /// The first token given to a host stream.
-const FIRST_STREAM_TOKEN: u32 = 2;
+const FIRST_STREAM_TOKEN: u32 = 3;
 /// Resets queued for packets that belong to no connection; past this,
 /// more are dropped (a guest that posts no RX buffers while it sends junk
 /// cannot grow the queue).
@@ -559,6 +562,34 @@ impl Muxer {
         None
     }
 
+    /// Whether a host connection waits for the guest to answer its
+    /// REQUEST.
+    pub(crate) fn has_connecting(&self) -> bool {
+        self.conns
+            .values()
+            .any(|c| c.state == State::HostConnecting && c.request_sent.is_some())
+    }
+
+    /// Gives up on host connections the guest has not accepted within
+    /// [`CONNECT_TIMEOUT`] of `now`: the host socket is closed (and the
+    /// guest, if it got the REQUEST, a reset).
+    pub(crate) fn expire_connecting(&mut self, now: Instant) {
+        let late: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.state == State::HostConnecting
+                    && c.request_sent
+                        .is_some_and(|t| now.saturating_duration_since(t) >= CONNECT_TIMEOUT)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in late {
+            self.counters.connect_timeouts += 1;
+            self.reset_connection(key);
+        }
+    }
+
     /// Ends (with a reset) the connections both sides have shut down.
     pub(crate) fn reap_finished(&mut self) {
         let done: Vec<Key> = self
@@ -665,6 +696,91 @@ mod tests {
             PathBuf::from("/run/v.sock_52")
         );
         drop(streams);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn connections_are_limited() {
+        let dir = std::env::temp_dir().join(format!("kindling-vsock-limit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut muxer = Muxer::new(3, path.clone(), listener);
+        let extra = 10;
+        let clients: Vec<UnixStream> = (0..MAX_CONNECTIONS + extra)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        for _ in 0..(MAX_CONNECTIONS + extra) / ACCEPTS_PER_EVENT + 2 {
+            muxer.accept();
+        }
+        assert_eq!(muxer.connection_count(), MAX_CONNECTIONS);
+        assert_eq!(muxer.counters.rejected_host_connections, extra as u64);
+        // The last ones were closed.
+        let mut last = clients.last().unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(last.read(&mut buf).unwrap(), 0);
+        // A guest connection beyond the limit is refused with a reset.
+        let request = Header {
+            src_cid: 3,
+            dst_cid: HOST_CID,
+            src_port: 1,
+            dst_port: 2,
+            type_: TYPE_STREAM,
+            op: Op::Request.value(),
+            ..Header::default()
+        };
+        muxer.on_guest_packet(&request, &[]);
+        assert_eq!(muxer.counters.refused_connections, 1);
+        let (h, len) = muxer.next_rx(&mut []).unwrap();
+        assert_eq!(
+            (h.op, h.dst_port, h.src_port, len),
+            (Op::Rst.value(), 1, 2, 0)
+        );
+        // A reset closes everything the guest knew about; connections it
+        // never heard of stay.
+        muxer.close_all();
+        assert_eq!(muxer.connection_count(), MAX_CONNECTIONS);
+        drop(clients);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn host_connections_the_guest_does_not_accept_time_out() {
+        let dir =
+            std::env::temp_dir().join(format!("kindling-vsock-timeout-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut muxer = Muxer::new(3, path.clone(), listener);
+        let mut client = UnixStream::connect(&path).unwrap();
+        std::io::Write::write_all(&mut client, b"CONNECT 52\n").unwrap();
+        muxer.accept();
+        let token = *muxer.handshakes.keys().next().unwrap();
+        muxer.on_host_event(token, EventSet::IN);
+        // The timeout runs once the guest got the REQUEST.
+        assert!(!muxer.has_connecting());
+        muxer.expire_connecting(Instant::now() + 10 * CONNECT_TIMEOUT);
+        assert_eq!(muxer.connection_count(), 1);
+        let (h, _) = muxer.next_rx(&mut []).unwrap();
+        assert!(muxer.has_connecting());
+        assert_eq!((h.op, h.dst_port), (Op::Request.value(), 52));
+        assert!(h.src_port >= FIRST_HOST_PORT);
+        muxer.expire_connecting(Instant::now());
+        assert!(muxer.has_connecting(), "expired too early");
+        muxer.expire_connecting(Instant::now() + CONNECT_TIMEOUT);
+        assert!(!muxer.has_connecting());
+        assert_eq!(muxer.counters.connect_timeouts, 1);
+        // The guest got the REQUEST, so it gets a reset; the host socket
+        // is closed.
+        let (h, _) = muxer.next_rx(&mut []).unwrap();
+        assert_eq!(h.op, Op::Rst.value());
+        drop(muxer);
+        let mut buf = [0u8; 4];
+        assert_eq!(client.read(&mut buf).unwrap(), 0);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
