@@ -261,6 +261,7 @@ impl Vsock {
         let scratch = &mut self.scratch;
         active.run_queue(TX_QUEUE, |queue, memory| {
             drain_queue(queue, memory, |queue, head, mut chain| {
+                let mut first = chain.clone();
                 match VsockPacket::from_tx_virtq_chain(memory, &mut chain, MAX_PACKET_DATA) {
                     Ok(packet) => {
                         let mut bytes = [0u8; HEADER_SIZE];
@@ -276,12 +277,21 @@ impl Vsock {
                             });
                         match header {
                             Some(h) if data_ok => muxer.on_guest_packet(&h, &scratch[..len]),
-                            _ => muxer.counters.malformed_packets += 1,
+                            _ => muxer.on_malformed_packet(header.as_ref()),
                         }
                     }
                     Err(e) => {
+                        // A layout the device does not take (a payload
+                        // over several descriptors, say): the stream it
+                        // belongs to cannot go on.
                         log::debug!("vsock: malformed TX packet: {e}");
-                        muxer.counters.malformed_packets += 1;
+                        let mut bytes = [0u8; HEADER_SIZE];
+                        let header = first
+                            .next()
+                            .filter(|d| !d.is_write_only() && d.len() as usize >= HEADER_SIZE)
+                            .and_then(|d| memory.read_slice(&mut bytes, d.addr()).ok())
+                            .and_then(|()| Header::decode(&bytes).ok());
+                        muxer.on_malformed_packet(header.as_ref());
                     }
                 }
                 queue.add_used(memory, head, 0)?;
@@ -532,28 +542,50 @@ pub(crate) mod tests {
     use crate::queue::tests::memory;
     use crate::vsock::packet::{Op, HOST_CID, TYPE_STREAM};
     use crate::vsock::CONN_BUFFER_SIZE;
+    use crate::QueueConfig;
     use crate::{GuestMemoryMmap, VirtioInterrupt};
     use std::io::Read;
     use std::sync::Arc;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::mock::{AvailRing, DescriptorTable, UsedRing};
     use vm_memory::GuestAddress;
 
     pub(crate) const SIZE: u16 = 16;
 
-    /// The driver side of one queue.
+    /// The driver side of one queue: descriptors at `base`, the available
+    /// ring at `base + 0x400`, the used ring at `base + 0x800`
+    /// (`MockSplitQueue::create` lays the used ring over the available
+    /// one).
     pub(crate) struct Ring<'a> {
-        pub(crate) vq: MockSplitQueue<'a, GuestMemoryMmap>,
+        desc: DescriptorTable<'a, GuestMemoryMmap>,
+        avail: AvailRing<'a, GuestMemoryMmap>,
+        used: UsedRing<'a, GuestMemoryMmap>,
+        config: QueueConfig,
         next_desc: u16,
     }
 
     impl<'a> Ring<'a> {
         pub(crate) fn new(mem: &'a GuestMemoryMmap, base: u64) -> Self {
+            let config = QueueConfig {
+                max_size: SIZE,
+                size: SIZE,
+                ready: true,
+                desc_table: base,
+                avail_ring: base + 0x400,
+                used_ring: base + 0x800,
+            };
             Self {
-                vq: MockSplitQueue::create(mem, GuestAddress(base), SIZE),
+                desc: DescriptorTable::new(mem, GuestAddress(config.desc_table), SIZE),
+                avail: AvailRing::new(mem, GuestAddress(config.avail_ring), SIZE),
+                used: UsedRing::new(mem, GuestAddress(config.used_ring), SIZE),
+                config,
                 next_desc: 0,
             }
+        }
+
+        pub(crate) fn queue(&self, mem: &GuestMemoryMmap) -> Queue {
+            self.config.to_queue(mem, false).unwrap()
         }
 
         /// Makes a chain of (address, length, device-writable) buffers
@@ -568,8 +600,7 @@ pub(crate) mod tests {
                     flags |= VRING_DESC_F_NEXT as u16;
                 }
                 let next = (index + 1) % SIZE;
-                self.vq
-                    .desc_table()
+                self.desc
                     .store(
                         index,
                         RawDescriptor::from(Descriptor::new(addr, len, flags, next)),
@@ -577,25 +608,23 @@ pub(crate) mod tests {
                     .unwrap();
             }
             self.next_desc = (head + buffers.len() as u16) % SIZE;
-            let idx = self.vq.avail().idx().load();
-            self.vq
-                .avail()
+            let idx = self.avail.idx().load();
+            self.avail
                 .ring()
                 .ref_at(usize::from(idx % SIZE))
                 .unwrap()
                 .store(head);
-            self.vq.avail().idx().store(idx.wrapping_add(1));
+            self.avail.idx().store(idx.wrapping_add(1));
             head
         }
 
         /// The used entries so far: (head, length).
         pub(crate) fn used(&self) -> Vec<(u32, u32)> {
-            let n = self.vq.used().idx().load();
+            let n = self.used.idx().load();
             (0..n)
                 .map(|i| {
                     let e = self
-                        .vq
-                        .used()
+                        .used
                         .ring()
                         .ref_at(usize::from(i % SIZE))
                         .unwrap()
@@ -630,9 +659,9 @@ pub(crate) mod tests {
                 memory: self.mem.clone(),
                 interrupt: VirtioInterrupt::new(self.line.clone()),
                 queues: vec![
-                    self.rx.vq.create_queue().unwrap(),
-                    self.tx.vq.create_queue().unwrap(),
-                    self.ev.vq.create_queue().unwrap(),
+                    self.rx.queue(self.mem),
+                    self.tx.queue(self.mem),
+                    self.ev.queue(self.mem),
                 ],
                 acked_features: features::COMMON,
             }
@@ -811,18 +840,59 @@ pub(crate) mod tests {
         // The host stops reading; a guest that ignores its credit is
         // reset once the device's buffer is full, and no more is kept.
         let chunk = vec![1u8; 0x8000];
-        for _ in 0..200 {
+        for i in 0..200 {
             f.send(&mut vsock, guest(Op::Rw, 5000, 77), &chunk);
+            assert_eq!(vsock.counters().malformed_packets, 0, "packet {i}");
             assert!(vsock.buffered_bytes() <= CONN_BUFFER_SIZE as usize);
             if vsock.counters().credit_overruns > 0 {
                 break;
             }
         }
-        assert_eq!(vsock.counters().credit_overruns, 1);
+        assert_eq!(
+            vsock.counters().credit_overruns,
+            1,
+            "{:?}",
+            vsock.counters()
+        );
         assert_eq!(vsock.connection_count(), 0);
         assert_eq!(vsock.buffered_bytes(), 0);
         f.post_rx(&mut vsock, 1);
         assert_eq!(f.rx_header(1).op, Op::Rst.value());
+        drop(vsock);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_payload_the_device_cannot_read_resets_its_stream() {
+        let mem = memory(0x10_0000);
+        let mut f = Fixture::new(&mem);
+        let (mut vsock, dir) = device("fragmented");
+        let listener = std::os::unix::net::UnixListener::bind(vsock.host_port_path(79)).unwrap();
+        vsock.activate(f.activation()).unwrap();
+        f.send(&mut vsock, guest(Op::Request, 5002, 79), &[]);
+        let (_host, _) = listener.accept().unwrap();
+        f.post_rx(&mut vsock, 0);
+        assert_eq!(vsock.connection_count(), 1);
+        // The payload over two descriptors.
+        let h = Header {
+            len: 8,
+            ..guest(Op::Rw, 5002, 79)
+        };
+        mem.write_slice(&h.encode(), GuestAddress(0x10000)).unwrap();
+        f.tx.add(&[
+            (0x10000, HEADER_SIZE as u32, false),
+            (0x20000, 4, false),
+            (0x20004, 4, false),
+        ]);
+        vsock.process_queue(TX_QUEUE).unwrap();
+        assert_eq!(vsock.counters().malformed_packets, 1);
+        assert_eq!(vsock.connection_count(), 0);
+        f.post_rx(&mut vsock, 1);
+        assert_eq!(f.rx_header(1).op, Op::Rst.value());
+        // A chain without even a header is only counted.
+        f.tx.add(&[(0x10000, 8, false)]);
+        vsock.process_queue(TX_QUEUE).unwrap();
+        assert_eq!(vsock.counters().malformed_packets, 2);
         drop(vsock);
         fs::remove_dir_all(dir).unwrap();
     }

@@ -340,6 +340,25 @@ impl Muxer {
         }
     }
 
+    /// A guest packet the device could not read whole (its header, if
+    /// readable, says which stream it belonged to): that stream is reset.
+    pub(crate) fn on_malformed_packet(&mut self, header: Option<&Header>) {
+        self.counters.tx_packets += 1;
+        self.counters.malformed_packets += 1;
+        let Some(h) = header else {
+            return;
+        };
+        if h.src_cid != self.guest_cid || h.dst_cid != HOST_CID {
+            return;
+        }
+        let key = (h.dst_port, h.src_port);
+        if self.conns.contains_key(&key) {
+            self.reset_connection(key);
+        } else if h.op != Op::Rst.value() {
+            self.queue_reset(h);
+        }
+    }
+
     /// A guest REQUEST to host port `h.dst_port`.
     fn guest_connect(&mut self, h: &Header) {
         let key = (h.dst_port, h.src_port);
