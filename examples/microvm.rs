@@ -4,7 +4,7 @@
 //! cargo run --release --example microvm -- [--kernel PATH] [--initrd PATH]
 //!     [--cmdline STR] [--cpus N] [--memory MIB] [--pvh]
 //!     [--disk PATH[,readonly][,engine=sync|io_uring] | --disk [OPTION,]...path=PATH]...
-//!     [--entropy] [--serial stdout|off|file=PATH]
+//!     [--entropy] [--vsock cid=N,uds=PATH] [--serial stdout|off|file=PATH]
 //! cargo run --release --example microvm -- --restore STATE_FILE --restore-mem MEM_FILE
 //!     [--disk-override N=PATH]... [--serial stdout|off|file=PATH]
 //! ```
@@ -35,7 +35,7 @@ use kindling::vmm::snapshot::{
 };
 use kindling::vmm::{
     BootProtocol, DiskConfig, ExitReason, KernelSource, SerialConfig, StartTime, VmConfig, Vmm,
-    VmmError, DEFAULT_LINUX_CMDLINE,
+    VmmError, VsockConfig, DEFAULT_LINUX_CMDLINE,
 };
 
 /// Where the README explains hosts whose /dev/kvm cannot run Linux.
@@ -114,6 +114,11 @@ struct Args {
     /// Add a virtio-rng entropy device.
     #[arg(long)]
     entropy: bool,
+    /// A virtio-vsock device: the guest's CID (3 or more) and the Unix
+    /// socket host programs connect to (`CONNECT <port>\n`); guest
+    /// connections to host port P go to PATH_P.
+    #[arg(long, value_name = "cid=N,uds=PATH")]
+    vsock: Option<VsockConfig>,
     /// Serial console output: stdout, off, or file=PATH.
     #[arg(long, default_value = "stdout", value_parser = parse_serial, value_name = "WHERE")]
     serial: SerialArg,
@@ -258,6 +263,7 @@ fn main() -> ExitCode {
         memory_mib: args.memory,
         disks: args.disk,
         entropy: args.entropy,
+        vsock: args.vsock,
         serial,
         start_time,
         console_escape: interactive.then(|| escape.clone()),

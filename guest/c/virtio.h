@@ -13,7 +13,8 @@
  *   0x0040_0000  VIRTIO_DEV_AREA_SIZE per device (rings, request headers)
  *   0x0048_0000  the 64 KiB I/O buffer of the single-request actions
  *   0x0050_0000  the benchmark buffers, 64 x 64 KiB
- *   0x0090_0000  end
+ *   0x0090_0000  the vsock driver's queues 1 and 2 and its buffers, 1 MiB
+ *   0x00a0_0000  end
  *
  * link.ld checks that the image ends below VIRTIO_RAM_START.
  */
@@ -31,7 +32,9 @@
 #define BENCH_BUF_START		0x500000UL
 #define BENCH_BUF_SIZE		0x10000UL	/* per request slot */
 #define BENCH_MAX_QD		64
-#define VIRTIO_RAM_END		(BENCH_BUF_START + BENCH_MAX_QD * BENCH_BUF_SIZE)
+#define VSOCK_RAM_START		(BENCH_BUF_START + BENCH_MAX_QD * BENCH_BUF_SIZE)
+#define VSOCK_RAM_SIZE		0x100000UL
+#define VIRTIO_RAM_END		(VSOCK_RAM_START + VSOCK_RAM_SIZE)
 
 /* Inside a device's area. */
 #define VQ_DESC_OFFSET		0x0000	/* 16 * 256 bytes */
@@ -43,6 +46,7 @@
 /* Device ids (virtio 1.1 §5). */
 #define VIRTIO_ID_BLOCK		2
 #define VIRTIO_ID_RNG		4
+#define VIRTIO_ID_VSOCK		19
 
 /* Feature bits. */
 #define VIRTIO_F_VERSION_1		32
@@ -161,6 +165,13 @@ uint32_t virtio_config_read32(struct virtio_dev *d, unsigned offset);
 /* A 64-bit configuration field, read consistently (ConfigGeneration). */
 uint64_t virtio_config_read64(struct virtio_dev *d, unsigned offset);
 
+/* Sets up queue `index` of `d` with its rings in the (RAM) area at `area`
+ * (the VQ_*_OFFSET layout, 12 KiB); NULL or why it failed. Queue 0 is set
+ * up by the probe; drivers of devices with more queues call this from
+ * their setup hook, before DRIVER_OK. */
+const char *virtio_setup_queue(struct virtio_dev *d, uint16_t index, struct virtq *vq,
+			       uint64_t area, uint16_t min_size);
+
 /* ---- virtio_blk.c ----------------------------------------------------- */
 
 #define VIRTIO_BLK_T_IN			0
@@ -229,6 +240,24 @@ struct virtio_dev *rng_first(void);
 /* One request for len bytes at buf: bytes written (>= 0), BLK_TIMEOUT or
  * BLK_BAD_DEVICE. */
 int64_t rng_read(struct virtio_dev *d, uint64_t buf, uint32_t len);
+
+/* ---- virtio_vsock.c --------------------------------------------------- */
+
+/* Queue 0 (RX) must hold the receive buffers. */
+#define VSOCK_MIN_QUEUE		16
+
+void virtio_vsock_count_device(struct virtio_dev *d);
+/* Sets up queues 1 (TX) and 2 (event) during initialisation. */
+const char *virtio_vsock_setup_queues(struct virtio_dev *d);
+/* Posts the receive and event buffers once the device is live. */
+void virtio_vsock_attach(struct virtio_dev *d);
+/* The first vsock device, initialised or not (NULL: none). */
+struct virtio_dev *vsock_first(void);
+/* The actions `vsock-connect:PORT:N` and `vsock-listen:PORT` on an
+ * initialised device: they print their line, or end the VM with
+ * EXIT_DEVICE_ERROR when the device stalls. */
+void vsock_connect(struct virtio_dev *d, uint32_t port, uint64_t bytes);
+void vsock_listen(struct virtio_dev *d, uint32_t port);
 
 /* ---- bench.c ---------------------------------------------------------- */
 

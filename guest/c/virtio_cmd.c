@@ -1,6 +1,6 @@
 /*
  * virtio_cmd.c: the virtio actions of `kindling.test=`: `virtio`, the
- * `blk-*` family, `rng` and `blk-bench`. An action's arguments follow its
+ * `blk-*` family, `rng`, `blk-bench` and the `vsock-*` family. An action's arguments follow its
  * name, separated by ':' (decimal numbers). This file parses them, calls
  * the drivers and prints the lines documented in src/lib.rs.
  */
@@ -129,6 +129,8 @@ static const char *type_name(const struct virtio_dev *d)
 		return "blk";
 	if (d->device_id == VIRTIO_ID_RNG)
 		return "rng";
+	if (d->device_id == VIRTIO_ID_VSOCK)
+		return "vsock";
 	return NULL;
 }
 
@@ -342,6 +344,40 @@ static void act_rng(const struct args *a)
 	out_line();
 }
 
+/* The first vsock device, or the end of the VM. */
+static struct virtio_dev *vsock_arg(const struct args *a)
+{
+	struct virtio_dev *d;
+
+	virtio_probe_all(a->zero_page);
+	d = vsock_first();
+	if (!d || d->state != VIRTIO_OK) {
+		out_str(d ? "vsock: not ready" : "vsock: no device");
+		out_line();
+		guest_exit(EXIT_DEVICE_ERROR);
+	}
+	return d;
+}
+
+static void act_vsock_connect(const struct args *a)
+{
+	uint64_t port = arg_num(a, 0, 0, UINT32_MAX);
+	uint64_t bytes = arg_num(a, 1, 0, UINT32_MAX);
+
+	if (a->n != 2)
+		bad_arguments(a);
+	vsock_connect(vsock_arg(a), (uint32_t)port, bytes);
+}
+
+static void act_vsock_listen(const struct args *a)
+{
+	uint64_t port = arg_num(a, 0, 0, UINT32_MAX);
+
+	if (a->n != 1)
+		bad_arguments(a);
+	vsock_listen(vsock_arg(a), (uint32_t)port);
+}
+
 static void act_blk_bench(const struct args *a)
 {
 	static const char *const modes[] = {
@@ -473,6 +509,8 @@ static const struct {
 	{ "rng", act_rng },
 	{ "blk-bench", act_blk_bench },
 	{ "count", act_count },
+	{ "vsock-connect", act_vsock_connect },
+	{ "vsock-listen", act_vsock_listen },
 };
 
 bool virtio_action(struct span action, uint64_t zero_page)

@@ -184,31 +184,37 @@ static uint16_t pow2_floor(uint32_t n)
 	return (uint16_t)p;
 }
 
-static const char *setup_queue(struct virtio_dev *d, uint16_t min_size)
+const char *virtio_setup_queue(struct virtio_dev *d, uint16_t index, struct virtq *vq,
+			       uint64_t area, uint16_t min_size)
 {
 	uint32_t max;
 	uint16_t size;
-	uint64_t area = d->area;
 
-	reg_write(d, REG_QUEUE_SEL, 0);
+	reg_write(d, REG_QUEUE_SEL, index);
 	if (reg_read(d, REG_QUEUE_READY) != 0)
-		return "queue 0 already live";
+		return index ? "queue already live" : "queue 0 already live";
 	max = reg_read(d, REG_QUEUE_NUM_MAX);
 	if (max == 0)
-		return "queue 0 unavailable";
+		return index ? "queue unavailable" : "queue 0 unavailable";
 	size = pow2_floor(max < VQ_MAX_SIZE ? max : VQ_MAX_SIZE);
 	if (size < min_size)
-		return "queue 0 too small";
-	memset((void *)(uintptr_t)area, 0, VIRTIO_DEV_AREA_SIZE);
-	virtq_init(&d->vq, area, size,
+		return index ? "queue too small" : "queue 0 too small";
+	memset((void *)(uintptr_t)area, 0, VQ_USED_OFFSET + 0x1000);
+	virtq_init(vq, area, size,
 		   (d->features & FEATURE(VIRTIO_RING_F_EVENT_IDX)) != 0,
-		   reg(d, REG_QUEUE_NOTIFY), 0);
+		   reg(d, REG_QUEUE_NOTIFY), index);
 	reg_write(d, REG_QUEUE_NUM, size);
 	write_addr(d, REG_QUEUE_DESC_LOW, area + VQ_DESC_OFFSET);
 	write_addr(d, REG_QUEUE_DRIVER_LOW, area + VQ_AVAIL_OFFSET);
 	write_addr(d, REG_QUEUE_DEVICE_LOW, area + VQ_USED_OFFSET);
 	reg_write(d, REG_QUEUE_READY, 1);
 	return NULL;
+}
+
+static const char *setup_queue(struct virtio_dev *d, uint16_t min_size)
+{
+	memset((void *)(uintptr_t)d->area, 0, VIRTIO_DEV_AREA_SIZE);
+	return virtio_setup_queue(d, 0, &d->vq, d->area, min_size);
 }
 
 /* §3.1.1, with queue 0 only. Returns NULL or why it failed. */
@@ -246,6 +252,8 @@ static const char *init_device(struct virtio_dev *d, uint64_t accepted,
 		return "features not accepted";
 
 	err = setup_queue(d, min_queue_size);
+	if (!err && d->device_id == VIRTIO_ID_VSOCK)
+		err = virtio_vsock_setup_queues(d);
 	if (err)
 		return err;
 	set_status(d, STATUS_DRIVER_OK);
@@ -315,12 +323,16 @@ void virtio_probe_all(uint64_t zero_page)
 			virtio_rng_count_device(d);
 			accepted = FEATURE(VIRTIO_RING_F_EVENT_IDX);
 			min_queue = 1;
+		} else if (d->device_id == VIRTIO_ID_VSOCK) {
+			virtio_vsock_count_device(d);
+			accepted = FEATURE(VIRTIO_RING_F_EVENT_IDX);
+			min_queue = VSOCK_MIN_QUEUE;
 		} else {
 			d->state = VIRTIO_NO_DRIVER;
 			continue;
 		}
 		err = ram_ok ? init_device(d, accepted, min_queue)
-			     : "no usable RAM at 0x400000..0x900000";
+			     : "no usable RAM at 0x400000..0xa00000";
 		if (err) {
 			init_failed(d, i, err);
 			continue;
@@ -328,5 +340,7 @@ void virtio_probe_all(uint64_t zero_page)
 		d->state = VIRTIO_OK;
 		if (d->device_id == VIRTIO_ID_BLOCK)
 			virtio_blk_attach(d);
+		if (d->device_id == VIRTIO_ID_VSOCK)
+			virtio_vsock_attach(d);
 	}
 }

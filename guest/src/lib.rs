@@ -27,7 +27,7 @@
 //!   0xc000_0000, and [`BENCH_PORT`] for the `pio-loop` benchmark.
 //! - For the virtio actions: virtio-mmio devices (version 2, virtio 1.x)
 //!   named on the command line, and usable RAM (E820 type 1) over
-//!   [`VIRTIO_DRIVER_RAM`], 4..9 MiB, which the driver uses for its rings and
+//!   [`VIRTIO_DRIVER_RAM`], 4..10 MiB, which the driver uses for its rings and
 //!   buffers (any guest of 16 MiB or more has it). The image itself ends
 //!   below 4 MiB.
 //!
@@ -78,7 +78,7 @@
 //! | `smp` | `smp: <A> of <M> cpus online` or `smp: no MP table` | see below |
 //! | `timer` | `boot-timer: signalled` | first writes the byte 123 to MMIO 0xc000_0000, which makes the VMM log the boot time |
 //! | `pio-loop` | none | writes the byte 0 to [`BENCH_PORT`] in an endless loop (a VM-exit benchmark); never returns |
-//! | `virtio` | `virtio: <N> devices`, then N × `virtio<i>: base=0x<hex> irq=<decimal> type=<blk\|rng\|other(<id>)> status=<state>` | see [Virtio](#virtio) |
+//! | `virtio` | `virtio: <N> devices`, then N × `virtio<i>: base=0x<hex> irq=<decimal> type=<blk\|rng\|vsock\|other(<id>)> status=<state>` | see [Virtio](#virtio) |
 //! | `blk-info:D` | `blk<D>: capacity=<sectors> ro=<0\|1> flush=<0\|1> discard=<0\|1> write-zeroes=<0\|1> event-idx=<0\|1> queue=<size>` | the negotiated features; capacity in 512-byte sectors; the queue size in use |
 //! | `blk-id:D` | `blk<D>: get-id status=<S>` + ` id=<id>` when `S` is `OK` | a `GET_ID` request; `<id>` is the 20-byte id up to its first NUL, bytes outside 0x20..0x7e printed as `.` |
 //! | `blk-read:D:SECTOR:COUNT` | `blk<D>: read sector=<SECTOR> count=<COUNT> status=<S>` + ` crc32=0x<8 hex>` when `S` is `OK` | CRC-32/IEEE (Python's `zlib.crc32`) of the `COUNT * 512` bytes read |
@@ -90,6 +90,8 @@
 //! | `blk-bench:D:MODE:BS:QD:OPS` | `blk-bench: start`, then `blk-bench: done ops=<OPS> errors=<E>` | see [Block benchmark](#block-benchmark) |
 //! | `count` | `count: <N>` for N = 0, 1, 2, ... | never returns; one line every 2×10^7 TSC cycles (a few ms); the counter lives in guest memory, so a restored snapshot goes on where it was |
 //! | `count:D` | the same | before each line, writes sector `N % 64` of block device `D`, every byte `N & 0xff` (a `blk<D>: write sector=.. count=1 status=<S>` line and exit status 3 if that fails) |
+//! | `vsock-connect:PORT:N` | `vsock: connect port=<PORT> sent=<s> received=<r> crc32=0x<8 hex> mismatches=<m>`, or `vsock: connect port=<PORT> refused` | connects to host port `PORT` (0..2^32-1) on the first vsock device, sends `N` (0..2^32-1) bytes of the [vsock pattern](#vsock) while reading what comes back; `crc32` of the `r` bytes received, `m` of them differ from the pattern; see [Vsock](#vsock) |
+//! | `vsock-listen:PORT` | `vsock: listen port=<PORT> echoed=<e> crc32=0x<8 hex> overruns=<o>` + ` reset` when the peer reset the connection | accepts one host connection to guest port `PORT` and echoes what it receives until the host shuts down its sending side; `crc32` of everything received |
 //! | anything else | `unknown action: <name>` | then exits at once with status 2 ([`EXIT_BAD_ARGUMENTS`]) through [`DEBUG_EXIT_PORT`] |
 //!
 //! `smp`: `M` is the number of enabled processor entries in the MP table;
@@ -129,25 +131,28 @@
 //! `kindling.test=virtio,blk-read:0:0:8,rng:32`.
 //!
 //! The first virtio action probes every device of the command line and
-//! initialises each one the guest has a driver for (block and entropy),
+//! initialises each one the guest has a driver for (block, entropy and vsock),
 //! once, as virtio 1.1 §3.1.1 says: reset (waiting for Status to read 0),
 //! ACKNOWLEDGE, DRIVER, features (it requires `VIRTIO_F_VERSION_1`; it also
 //! accepts `VIRTIO_RING_F_EVENT_IDX`, and for block `VIRTIO_BLK_F_RO`,
 //! `_FLUSH`, `_DISCARD` and `_WRITE_ZEROES`, when offered), FEATURES_OK
 //! (read back), queue 0 (size `min(QueueNumMax, 256)` rounded down to a
 //! power of two; descriptor table, driver and device areas as 64-bit
-//! addresses; QueueReady), DRIVER_OK. Each device that fails prints
+//! addresses; QueueReady; for vsock also queues 1 and 2, which must offer
+//! at least 32 and 8 entries), DRIVER_OK. Each device that fails prints
 //! `virtio<i>: init failed: <reason>` right then (before the action's own
 //! lines) and gets FAILED; the VM goes on. The reasons: `reset not
 //! acknowledged`, `no VIRTIO_F_VERSION_1`, `features not accepted`, `queue
 //! 0 already live`, `queue 0 unavailable`, `queue 0 too small` (a block
-//! device needs 4 entries), `device needs reset` (DEVICE_NEEDS_RESET or
-//! FAILED set after DRIVER_OK) and `no usable RAM at 0x400000..0x900000`.
+//! device needs 4 entries, a vsock device 16), `queue already live`,
+//! `queue unavailable`, `queue too small` (vsock queues 1 and 2), `a second
+//! vsock device` (the driver serves one), `device needs reset` (DEVICE_NEEDS_RESET or
+//! FAILED set after DRIVER_OK) and `no usable RAM at 0x400000..0xa00000`.
 //!
 //! In the `virtio` lines, `type` comes from the DeviceID register (read
 //! even when the magic is wrong) and `status` is one of `ok`, `bad magic`,
-//! `bad version` (not 2), `no driver` (a device type other than block and
-//! entropy; nothing is written to it) and `init failed`.
+//! `bad version` (not 2), `no driver` (a device type other than block,
+//! entropy and vsock; nothing is written to it) and `init failed`.
 //!
 //! The driver runs in ring 3 with interrupts off. It notifies a queue with
 //! one 32-bit write of the queue index (0) to QueueNotify, only when the
@@ -168,8 +173,33 @@
 //! | `<name>: bad arguments` (e.g. `blk-read: bad arguments`) | [`EXIT_BAD_ARGUMENTS`] | a missing, extra or malformed argument, a number out of range (`COUNT` 0, `SECTOR + COUNT` past 2^64, a discard of 2^32 sectors or more), no block device `D`, or for `blk-bench` a `QD` above a third of the queue size or a disk smaller than `BS` |
 //! | `blk<D>: not ready` / `rng: not ready` | [`EXIT_DEVICE_ERROR`] | the device did not initialise |
 //! | `rng: no device` | [`EXIT_DEVICE_ERROR`] | `rng` without an entropy device |
+//! | `vsock: no device` / `vsock: not ready` | [`EXIT_DEVICE_ERROR`] | a `vsock-*` action without a (working) vsock device |
+//! | `vsock: timeout <what>` (`connecting`, `transferring`, `listening`, `echoing`, `sending`) | [`EXIT_DEVICE_ERROR`] | no progress for about 10^8 `pause` loops (10^9 while `listening` for a connection) |
 //! | `blk<D>: timeout` / `rng: timeout` | [`EXIT_DEVICE_ERROR`] | no completion within about 10^8 `pause` loops (about 3 s on the development hosts) |
 //! | `blk<D>: bad used element` / `rng: bad used element` | [`EXIT_DEVICE_ERROR`] | the device completed a descriptor chain that was not in flight |
+//!
+//! # Vsock
+//!
+//! The vsock driver (device id 19) initialises the device like the others,
+//! with its three queues: RX (queue 0, up to 64 buffers of 8 KiB, header
+//! and payload in one device-writable descriptor), TX (queue 1, 16 slots of
+//! a header descriptor and an optional payload descriptor of at most
+//! 16 KiB) and event (queue 2, 8 buffers of 8 bytes, reposted as events
+//! come). It reads its CID from the configuration space. It runs one
+//! stream connection at a time with the virtio credit scheme: it offers a
+//! 64 KiB receive buffer (`buf_alloc`), sends no more than the peer's
+//! credit allows, and sends a CREDIT_UPDATE once it has consumed half its
+//! buffer unannounced; it answers CREDIT_REQUEST, and packets for no
+//! connection of its own with RST. Both actions end a connection with a
+//! SHUTDOWN (both directions) and wait for the peer's RST. Received
+//! buffers go back to the device together, with one notification at most,
+//! when the driver finds no more to read.
+//!
+//! `vsock-connect` uses local ports from 49152 up. The vsock pattern is
+//! byte `i` = `(i * 31 + (i >> 12)) mod 256`. `vsock-listen` keeps what it
+//! received in a 64 KiB ring until the host's credit lets it send it back
+//! (`overruns` counts bytes a peer sent beyond the credit it was given,
+//! which are dropped).
 //!
 //! # Block benchmark
 //!
@@ -239,7 +269,7 @@ pub const EXIT_DEVICE_ERROR: u8 = 3;
 /// I/O buffer and the benchmark buffers), once a virtio action runs: it
 /// must be usable RAM in the E820 map, and nothing else (an initrd) should
 /// be loaded there. The image ends below it.
-pub const VIRTIO_DRIVER_RAM: std::ops::Range<u64> = 0x40_0000..0x90_0000;
+pub const VIRTIO_DRIVER_RAM: std::ops::Range<u64> = 0x40_0000..0xa0_0000;
 
 #[cfg(test)]
 mod tests {

@@ -22,8 +22,8 @@
 //!   [`kindling_devices::DeviceEvents`]: the block device's io_uring
 //!   completion eventfd, say) and hands their events to the device.
 //! - [`chain`]: walking a guest's descriptor chain as hostile input.
-//! - Devices, each behind a cargo feature: [`block`] (feature `block`) and
-//!   [`rng`] (feature `rng`).
+//! - Devices, each behind a cargo feature: [`block`] (feature `block`),
+//!   [`rng`] (feature `rng`) and [`vsock`] (feature `vsock`).
 //!
 //! Guest-visible state lives in plain serde-serialisable structs
 //! ([`MmioTransportState`], [`QueueSnapshot`], [`InterruptState`] and each
@@ -73,6 +73,8 @@ mod queue;
 pub mod rng;
 mod subscriber;
 pub mod transport;
+#[cfg(feature = "vsock")]
+pub mod vsock;
 
 pub use device::{ActivateError, Activation, DeviceType, QueueProgress, VirtioDevice};
 pub use interrupt::{InterruptState, InterruptStateError, VirtioInterrupt, INT_CONFIG, INT_VRING};

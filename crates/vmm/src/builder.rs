@@ -13,6 +13,7 @@ use kindling_memory::{create_guest_memory, GuestRam, MemoryConfig, MmioWindow, R
 use kindling_vcpu::{Kvm, Vm, VmOptions};
 use kindling_virtio::block::Block;
 use kindling_virtio::rng::Entropy;
+use kindling_virtio::vsock::Vsock;
 use kindling_virtio::VirtioDevice;
 
 use crate::boot_setup::{load_guest, BootSources};
@@ -76,6 +77,7 @@ pub struct VmmBuilder {
     virtio: Vec<PlannedDevice>,
     disks: Vec<Arc<Mutex<Block>>>,
     entropy: Option<Arc<Mutex<Entropy>>>,
+    vsock: Option<Arc<Mutex<Vsock>>>,
     pio: Vec<(String, u64, u64, SharedDevice)>,
     mmio: Vec<(String, u64, u64, SharedDevice)>,
     irq_lines: Vec<(u32, EventFdLine)>,
@@ -153,6 +155,7 @@ impl VmmBuilder {
             virtio: Vec::new(),
             disks: Vec::new(),
             entropy: None,
+            vsock: None,
             pio: Vec::new(),
             mmio: Vec::new(),
             irq_lines: Vec::new(),
@@ -173,6 +176,10 @@ impl VmmBuilder {
         if builder.config.entropy {
             let entropy = builder.add_virtio_device("entropy device", Entropy::new())?;
             builder.entropy = Some(entropy);
+        }
+        if let Some(vsock) = &builder.config.vsock {
+            let device = virtio_devices::open_vsock(vsock)?;
+            builder.vsock = Some(builder.add_virtio_device("vsock device", device)?);
         }
         Ok(builder)
     }
@@ -387,6 +394,7 @@ impl VmmBuilder {
                 disks: self.disks,
                 entropy: self.entropy,
                 virtio: virtio_slots,
+                vsock: self.vsock,
             },
             handler: Arc::new(BusExitHandler { pio, mmio }),
             serial_flusher,

@@ -127,6 +127,67 @@ fn key_form_path(s: &str) -> Option<(&str, &str)> {
     Some((&s[..at], &s[at + ",path=".len()..]))
 }
 
+/// A virtio-vsock device (Firecracker's `vsock` object without its
+/// `vsock_id`): the guest's CID and the host Unix socket it is reached
+/// through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context id (3 or more).
+    pub guest_cid: u64,
+    /// The Unix socket the device listens on for host connections
+    /// (`CONNECT <port>\n`); guest connections to host port `P` go to
+    /// `<uds_path>_<P>`. It must not exist yet and its directory must.
+    pub uds_path: PathBuf,
+}
+
+/// The vsock syntax, for errors.
+const VSOCK_SYNTAX: &str = "cid=N,uds=PATH";
+
+impl std::str::FromStr for VsockConfig {
+    type Err = String;
+
+    /// Parses `cid=N,uds=PATH` (in either order; the path may contain
+    /// commas when it comes last).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut cid = None;
+        let mut uds = None;
+        let mut rest = s;
+        while !rest.is_empty() {
+            if let Some(path) = rest.strip_prefix("uds=") {
+                // The path runs to the end unless a `,cid=` follows.
+                let (path, tail) = match path.rfind(",cid=") {
+                    Some(at) => (&path[..at], &path[at + 1..]),
+                    None => (path, ""),
+                };
+                uds = Some(PathBuf::from(path));
+                rest = tail;
+            } else if let Some(value) = rest.strip_prefix("cid=") {
+                let (value, tail) = value.split_once(',').unwrap_or((value, ""));
+                cid = Some(value.parse::<u64>().map_err(|_| {
+                    format!(
+                        "vsock cid '{value}' is not a number in '{s}' (expected {VSOCK_SYNTAX})"
+                    )
+                })?);
+                rest = tail;
+            } else {
+                let option = rest.split(',').next().unwrap_or(rest);
+                return Err(format!(
+                    "unknown vsock option '{option}' in '{s}' (expected {VSOCK_SYNTAX})"
+                ));
+            }
+        }
+        match (cid, uds) {
+            (Some(guest_cid), Some(uds_path)) if !uds_path.as_os_str().is_empty() => Ok(Self {
+                guest_cid,
+                uds_path,
+            }),
+            _ => Err(format!(
+                "'{s}' needs both cid= and uds= (expected {VSOCK_SYNTAX})"
+            )),
+        }
+    }
+}
+
 /// Where the serial console's output goes.
 pub enum SerialConfig {
     /// The VMM's standard output (input comes from standard input).
@@ -168,6 +229,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Whether to add a virtio-rng (entropy) device.
     pub entropy: bool,
+    /// A virtio-vsock device.
+    pub vsock: Option<VsockConfig>,
     /// What backs guest RAM.
     pub memory_backing: Backing,
     /// Register guest RAM with KVM's dirty logging, so the guest's own
@@ -206,6 +269,7 @@ impl std::fmt::Debug for VmConfig {
             .field("memory_mib", &self.memory_mib)
             .field("disks", &self.disks)
             .field("entropy", &self.entropy)
+            .field("vsock", &self.vsock)
             .field("memory_backing", &self.memory_backing)
             .field("track_dirty_pages", &self.track_dirty_pages)
             .field("serial", &self.serial)
@@ -226,6 +290,7 @@ impl Default for VmConfig {
             memory_mib: 128,
             disks: Vec::new(),
             entropy: false,
+            vsock: None,
             memory_backing: Backing::Anonymous,
             track_dirty_pages: false,
             serial: SerialConfig::Stdout,
@@ -315,5 +380,37 @@ mod tests {
         // A comma in a plain path without '/' after it points to path=.
         let e = "a,b.img".parse::<DiskConfig>().unwrap_err();
         assert!(e.contains("path=PATH"), "{e}");
+    }
+
+    #[test]
+    fn vsock_options_parse() {
+        let v: VsockConfig = "cid=3,uds=/tmp/v.sock".parse().unwrap();
+        assert_eq!(v.guest_cid, 3);
+        assert_eq!(v.uds_path, PathBuf::from("/tmp/v.sock"));
+        let v: VsockConfig = "uds=/tmp/a,b.sock,cid=42".parse().unwrap();
+        assert_eq!(
+            (v.guest_cid, v.uds_path),
+            (42, PathBuf::from("/tmp/a,b.sock"))
+        );
+        let v: VsockConfig = "cid=5,uds=/tmp/a,b".parse().unwrap();
+        assert_eq!(v.uds_path, PathBuf::from("/tmp/a,b"));
+        assert_eq!(
+            "cid=x,uds=/a".parse::<VsockConfig>().unwrap_err(),
+            "vsock cid 'x' is not a number in 'cid=x,uds=/a' (expected cid=N,uds=PATH)"
+        );
+        assert!("cid=3"
+            .parse::<VsockConfig>()
+            .unwrap_err()
+            .contains("needs both"));
+        assert!("uds=/a"
+            .parse::<VsockConfig>()
+            .unwrap_err()
+            .contains("needs both"));
+        assert!("cid=3,uds=".parse::<VsockConfig>().is_err());
+        assert!("".parse::<VsockConfig>().is_err());
+        assert!("cid=3,port=4,uds=/a"
+            .parse::<VsockConfig>()
+            .unwrap_err()
+            .contains("unknown vsock option 'port=4'"));
     }
 }

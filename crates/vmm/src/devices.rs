@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use kindling_virtio::block::Block;
 use kindling_virtio::rng::Entropy;
+use kindling_virtio::vsock::Vsock;
 use kindling_virtio::MmioTransport;
 
 use crate::LegacyDevices;
@@ -23,6 +24,8 @@ pub struct VmmDevices {
     pub disks: Vec<Arc<Mutex<Block>>>,
     /// The virtio-rng device, if configured.
     pub entropy: Option<Arc<Mutex<Entropy>>>,
+    /// The virtio-vsock device, if configured.
+    pub vsock: Option<Arc<Mutex<Vsock>>>,
     /// Every virtio device (the configured ones and those added with
     /// [`VmmBuilder::add_virtio_device`](crate::VmmBuilder::add_virtio_device)),
     /// in MMIO window order, with its transport.

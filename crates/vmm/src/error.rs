@@ -96,6 +96,10 @@ pub enum VmmError {
         /// What the block device said.
         source: kindling_virtio::block::BlockError,
     },
+    /// The vsock device could not be created (a bad CID, or a socket path
+    /// that is taken or in a missing directory).
+    #[error("vsock: {0}")]
+    Vsock(#[source] kindling_virtio::vsock::VsockError),
     /// A virtio device could not be put behind its transport.
     #[error("cannot set up the virtio transport of the {device}: {source}")]
     Transport {

@@ -50,7 +50,8 @@ mod vmm;
 
 pub use builder::{UserSubscriber, VmmBuilder};
 pub use config::{
-    BootProtocol, DiskConfig, KernelSource, SerialConfig, VmConfig, DEFAULT_LINUX_CMDLINE,
+    BootProtocol, DiskConfig, KernelSource, SerialConfig, VmConfig, VsockConfig,
+    DEFAULT_LINUX_CMDLINE,
 };
 pub use device_manager::LegacyDevices;
 pub use devices::{VirtioKind, VirtioSlot, VmmDevices};

@@ -8,12 +8,13 @@ use kindling_devices::{Bus, EventFdLine, InterruptLine};
 use kindling_memory::{GuestMemoryMmap, ResourceAllocator};
 use kindling_vcpu::Vm;
 use kindling_virtio::block::{Block, BlockConfig};
+use kindling_virtio::vsock::Vsock;
 use kindling_virtio::{
     cmdline_with_mmio_devices, CmdlineError, MmioTransport, TransportError, VirtioDevice,
     VirtioSubscriber, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
 
-use crate::config::DiskConfig;
+use crate::config::{DiskConfig, VsockConfig};
 use crate::devices::{VirtioKind, VirtioSlot};
 use crate::VmmError;
 
@@ -94,6 +95,16 @@ pub(crate) fn open_disk(index: usize, disk: &DiskConfig) -> Result<Block, VmmErr
         ..BlockConfig::new(&disk.path)
     };
     Block::new(&config).map_err(|source| VmmError::Block { index, source })
+}
+
+/// Creates the vsock device (it binds its socket at once, so a taken path
+/// is reported at configuration time).
+pub(crate) fn open_vsock(config: &VsockConfig) -> Result<Vsock, VmmError> {
+    Vsock::new(&kindling_virtio::vsock::VsockConfig {
+        guest_cid: config.guest_cid,
+        uds_path: config.uds_path.clone(),
+    })
+    .map_err(VmmError::Vsock)
 }
 
 /// `cmdline` with the `virtio_mmio.device=` kernel parameters that

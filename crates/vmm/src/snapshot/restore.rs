@@ -485,6 +485,9 @@ impl Vmm {
                 legacy,
                 disks,
                 entropy,
+                // A VM with a vsock device is refused at snapshot time
+                // (its kind is not one a snapshot saves yet).
+                vsock: None,
                 virtio: slots,
             },
             handler: Arc::new(BusExitHandler { pio, mmio }),
