@@ -20,6 +20,7 @@
 
 mod bus;
 mod exit;
+mod exit_counters;
 mod exit_handler;
 mod interrupt;
 pub mod legacy;
@@ -27,6 +28,7 @@ mod timer;
 
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};
 pub use exit::{ExitReason, VmExitHandle};
+pub use exit_counters::{ExitCounters, ExitCounts};
 pub use exit_handler::BusExitHandler;
 pub use interrupt::{EventFdLine, InterruptLine};
 pub use timer::nonblocking_timer;

@@ -339,7 +339,11 @@ impl VmmBuilder {
                 disks: self.disks,
                 entropy: self.entropy,
             },
-            handler: Arc::new(BusExitHandler { pio, mmio }),
+            handler: Arc::new(BusExitHandler {
+                pio,
+                mmio,
+                counters: Default::default(),
+            }),
             serial_flusher,
             coalesced: coalesced.map(Arc::new),
             subscribers,

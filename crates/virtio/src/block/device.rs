@@ -456,5 +456,8 @@ impl VirtioDevice for Block {
     }
 }
 
+mod swap;
+pub use swap::{BackendSwap, ReplaceBackendError};
+
 #[cfg(test)]
 mod tests;

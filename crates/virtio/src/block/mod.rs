@@ -18,10 +18,12 @@
 pub mod backend;
 pub mod config;
 mod device;
+pub mod metrics;
 pub mod request;
 
 pub use backend::{BackendError, BlockBackend, BlockOp, Completion, SyncFileBackend};
-pub use device::{Block, BlockConfig, BlockState};
+pub use device::{BackendSwap, Block, BlockConfig, BlockState, ReplaceBackendError};
+pub use metrics::{BlockCounts, BlockMetrics, MeteredBackend};
 pub use request::{parse, GuestBuffer, Limits, ParseError, Request, RequestError, RequestKind};
 
 use std::io;
