@@ -61,6 +61,16 @@ struct Args {
     /// Serial console output: stdout, off, or file=PATH.
     #[arg(long, default_value = "stdout", value_parser = parse_serial, value_name = "WHERE")]
     serial: SerialArg,
+    /// Serve Firecracker's API on this Unix socket; the VM boots at
+    /// InstanceStart (the flags above pre-configure it).
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
+    /// Configure from a Firecracker config file and boot at once.
+    #[arg(long, value_name = "PATH")]
+    config_file: Option<PathBuf>,
+    /// No API socket (with --config-file).
+    #[arg(long, conflicts_with = "api_sock", requires = "config_file")]
+    no_api: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +108,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if args.api_sock.is_some() || args.config_file.is_some() {
+        return api_mode(args, start_time);
+    }
     let (kernel, default_cmdline) = match args.kernel {
         Some(path) => (KernelSource::Path(path), DEFAULT_LINUX_CMDLINE),
         None => (
@@ -118,15 +131,58 @@ fn main() -> ExitCode {
         memory_mib: args.memory,
         disks: args.disk,
         entropy: args.entropy,
-        serial: match args.serial {
-            SerialArg::Stdout => SerialConfig::Stdout,
-            SerialArg::Off => SerialConfig::Off,
-            SerialArg::File(path) => SerialConfig::File(path),
-        },
+        serial: args.serial.into(),
         start_time,
         ..VmConfig::default()
     };
     match Vmm::build(config).and_then(Vmm::run) {
+        Ok(reason) => ExitCode::from(reason.exit_code() as u8),
+        Err(e) => {
+            eprintln!("microvm: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+impl From<SerialArg> for SerialConfig {
+    fn from(arg: SerialArg) -> Self {
+        match arg {
+            SerialArg::Stdout => SerialConfig::Stdout,
+            SerialArg::Off => SerialConfig::Off,
+            SerialArg::File(path) => SerialConfig::File(path),
+        }
+    }
+}
+
+/// `--api-sock` / `--config-file`: Firecracker's control plane
+/// (`kindling_api::server::serve`), the other flags as its pre-configuration.
+fn api_mode(args: Args, start_time: StartTime) -> ExitCode {
+    use kindling::api::server::{serve, Preset, ServeOptions};
+    let preset = Preset {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        pvh: args.pvh,
+        vcpus: args.cpus,
+        memory_mib: args.memory,
+        disks: args.disk,
+        entropy: args.entropy,
+    };
+    let resources = match preset.into_resources() {
+        Ok(resources) => resources,
+        Err(e) => {
+            eprintln!("microvm: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let options = ServeOptions {
+        api_socket: args.api_sock,
+        config_file: args.config_file,
+        resources,
+        serial: args.serial.into(),
+        ..ServeOptions::new(start_time)
+    };
+    match serve(options) {
         Ok(reason) => ExitCode::from(reason.exit_code() as u8),
         Err(e) => {
             eprintln!("microvm: {e}");

@@ -7,8 +7,10 @@
 //! - [`vcpu`]: the KVM VM, vCPU set-up and the run loop;
 //! - [`boot`]: kernel, initrd and command-line loading, zero page, MP table;
 //! - [`devices`]: PIO/MMIO buses, interrupt lines and legacy devices;
-//! - [`vmm`]: the reference composition used by the `microvm` example.
+//! - [`vmm`]: the reference composition used by the `microvm` example;
+//! - [`api`]: the Firecracker-compatible control plane (`microvm --api-sock`).
 
+pub use kindling_api as api;
 pub use kindling_boot as boot;
 pub use kindling_devices as devices;
 pub use kindling_memory as memory;
