@@ -69,7 +69,7 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     config_file: Option<PathBuf>,
     /// No API socket (with --config-file).
-    #[arg(long, conflicts_with = "api_sock", requires = "config_file")]
+    #[arg(long, conflicts_with = "api_sock")]
     no_api: bool,
 }
 
@@ -108,7 +108,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if args.api_sock.is_some() || args.config_file.is_some() {
+    if args.api_sock.is_some() || args.config_file.is_some() || args.no_api {
         return api_mode(args, start_time);
     }
     let (kernel, default_cmdline) = match args.kernel {
