@@ -90,6 +90,25 @@ struct ConfigFile {
 /// (logger and metrics first, so the rest is logged and counted), without
 /// the final `InstanceStart`.
 pub fn parse_config(text: &[u8]) -> Result<Vec<ApiRequest>, ConfigFileError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(text).map_err(|e| ConfigFileError::Invalid(e.to_string()))?;
+    // Each resource is held to the shapes the API takes.
+    if let Some(map) = value.as_object() {
+        for (key, resource) in map {
+            match (key.as_str(), resource) {
+                ("drives", serde_json::Value::Array(drives)) => {
+                    for (i, drive) in drives.iter().enumerate() {
+                        crate::request::check_shape(drive, &format!("drives[{i}]"))
+                            .map_err(ConfigFileError::Invalid)?;
+                    }
+                }
+                (_, serde_json::Value::Null | serde_json::Value::Array(_)) => {}
+                (key, resource) => {
+                    crate::request::check_shape(resource, key).map_err(ConfigFileError::Invalid)?
+                }
+            }
+        }
+    }
     let file: ConfigFile =
         serde_json::from_slice(text).map_err(|e| ConfigFileError::Invalid(e.to_string()))?;
     let refuse_list = |v: &Option<Vec<serde_json::Value>>, what| match v {
@@ -213,6 +232,19 @@ mod tests {
         .unwrap_err();
         assert!(matches!(e, ConfigFileError::DriveId { .. }), "{e}");
         assert!(parse_config(b"\xff").is_err());
+        let e =
+            parse_config(br#"{"boot-source": {"kernel_image_path": "/k", "initrd_path": null}}"#)
+                .unwrap_err();
+        assert!(
+            e.to_string().contains("boot-source.initrd_path is null"),
+            "{e}"
+        );
+        let e = parse_config(br#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [["d"]]}"#)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("drives[0] must be a JSON object"),
+            "{e}"
+        );
         let e = read_config(std::path::Path::new("/nonexistent/config.json")).unwrap_err();
         assert!(
             e.to_string()

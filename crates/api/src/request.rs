@@ -192,10 +192,41 @@ fn body<T: DeserializeOwned>(method: Method, path: &str, bytes: &[u8]) -> Result
             path: truncate(path),
         });
     }
-    serde_json::from_slice(bytes).map_err(|e| RequestError::InvalidBody {
+    let invalid = |message: String| RequestError::InvalidBody {
         path: truncate(path),
-        message: e.to_string(),
-    })
+        message,
+    };
+    // Parsed once as a plain value to hold it to the document's shapes
+    // (serde would take `null` for an absent field and an array for a
+    // struct), then into the type (which also refuses duplicate fields).
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+    check_shape(&value, "body").map_err(invalid)?;
+    serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))
+}
+
+/// Checks that a request body is an object whose values are strings,
+/// numbers, booleans or objects of those: no API body has an array or a
+/// `null` (an absent optional field is left out).
+pub fn check_shape(value: &serde_json::Value, at: &str) -> Result<(), String> {
+    use serde_json::Value;
+    fn walk(value: &Value, at: &str, depth: usize) -> Result<(), String> {
+        match value {
+            Value::Null => Err(format!("{at} is null: leave optional fields out instead")),
+            Value::Array(_) => Err(format!("{at} is an array, which no field of the API takes")),
+            Value::Object(map) if depth > 8 => {
+                Err(format!("{at} is nested too deeply ({:?})", map.len()))
+            }
+            Value::Object(map) => map
+                .iter()
+                .try_for_each(|(k, v)| walk(v, &format!("{at}.{k}"), depth + 1)),
+            _ => Ok(()),
+        }
+    }
+    match value {
+        serde_json::Value::Object(_) => walk(value, at, 0),
+        _ => Err(format!("the {at} must be a JSON object")),
+    }
 }
 
 /// Parses one request. `path` is the request target without the query
