@@ -488,6 +488,25 @@ fn hostile_clients_get_clear_errors_and_the_server_keeps_going() {
         ("PUT", "/pmem/p", "{}", "pmem"),
         ("PATCH", "/hotplug/memory", "{}", "hotplug"),
         ("GET", "/", "{}", "takes no body"),
+        (
+            "PUT",
+            "/boot-source",
+            &"[".repeat(50_000),
+            "recursion limit exceeded",
+        ),
+        (
+            "PUT",
+            "/metrics",
+            &"{\"a\":".repeat(10_000),
+            "recursion limit exceeded",
+        ),
+        ("PUT", "/boot-source", "\u{feff}{}", "invalid body"),
+        (
+            "PUT",
+            "/boot-source",
+            r#"{"kernel_image_path": "\u0000"}"#,
+            "cannot open kernel image",
+        ),
     ];
     for (method, path, body, needle) in cases {
         let r = c.request(method, path, body);

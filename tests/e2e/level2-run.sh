@@ -1,8 +1,11 @@
 #!/bin/sh
 # Runs the second level: microvm boots the Debian kernel three times, as the
 # bzImage (vmlinuz as Debian ships it), as the extracted ELF vmlinux through
-# the 64-bit Linux entry, and as that vmlinux through its PVH entry, each
-# under a timeout, and prints the transcript for the harness to assert:
+# the 64-bit Linux entry, and as that vmlinux through its PVH entry, and,
+# when microvm has Firecracker's control plane, a fourth time: the bzImage
+# configured through a Firecracker config file (`--no-api --config-file`,
+# the same requests the API socket takes). Each run is under a timeout, and
+# prints the transcript for the harness to assert:
 #
 #   E2E-L2-BEGIN <variant>
 #   E2E-L2[<variant>] serial| <guest console line>
@@ -26,7 +29,9 @@ uptime_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
 prefix() { awk -v p="$1" '{ sub(/\r$/, ""); print p $0; fflush() }'; }
 
 mkdir -p "$OUT_DIR"
-for variant in bzimage vmlinux pvh; do
+variants="bzimage vmlinux pvh"
+"$MICROVM" --help 2>/dev/null | grep -q -- '--config-file' && variants="$variants api"
+for variant in $variants; do
     entry=""
     # The pvh run ends with `reboot -f` and no reboot=k, so Linux resets
     # through the ACPI reset register; the others power off.
@@ -36,6 +41,7 @@ for variant in bzimage vmlinux pvh; do
         bzimage) kernel=$L2_DIR/vmlinuz ;;
         vmlinux) kernel=$L2_DIR/vmlinux; reboot=""; end=reboot ;;
         pvh) kernel=$L2_DIR/vmlinux; entry=--pvh ;;
+        api) kernel=$L2_DIR/vmlinuz ;;
     esac
     stderr=$OUT_DIR/$variant.stderr
     status_file=$OUT_DIR/$variant.status
@@ -49,6 +55,19 @@ for variant in bzimage vmlinux pvh; do
     [ -n "$entry" ] && set -- "$@" "$entry"
     [ "$L2_DISK" = 1 ] && set -- "$@" --disk "$L2_DIR/disk.img"
     [ "$L2_RNG" = 1 ] && set -- "$@" --entropy
+    if [ "$variant" = api ]; then
+        # The same machine as a Firecracker config file: the API's bodies
+        # keyed by resource.
+        config=$OUT_DIR/api-config.json
+        drives=""
+        [ "$L2_DISK" = 1 ] && drives="{\"drive_id\": \"data\", \"path_on_host\": \"$L2_DIR/disk.img\", \"is_root_device\": false, \"is_read_only\": false}"
+        entropy=""
+        [ "$L2_RNG" = 1 ] && entropy=', "entropy": {}'
+        printf '{"boot-source": {"kernel_image_path": "%s", "initrd_path": "%s", "boot_args": "%s"}, "machine-config": {"vcpu_count": %s, "mem_size_mib": %s}, "drives": [%s]%s}\n' \
+            "$kernel" "$L2_DIR/initramfs.cpio" "$cmdline" "$L2_CPUS" "$L2_MEM_MIB" "$drives" "$entropy" > "$config"
+        set -- --no-api --config-file "$config"
+        echo "E2E-L2[$variant] vmm| config: $(cat "$config")"
+    fi
     echo "E2E-L2-BEGIN $variant"
     echo "E2E-L2[$variant] vmm| \$ microvm $*"
     t0=$(uptime_ms)

@@ -567,6 +567,8 @@ HAS_DISK=0
 HAS_ENTROPY=0
 grep -q -- '--disk' <<< "$help" && HAS_DISK=1
 grep -q -- '--entropy' <<< "$help" && HAS_ENTROPY=1
+# Firecracker's control plane: a fourth run configured by a config file.
+grep -q -- '--config-file' <<< "$help" && VARIANTS="$VARIANTS api"
 say "microvm: $MICROVM (--disk: $([ $HAS_DISK = 1 ] && echo yes || echo 'not yet'), --entropy: $([ $HAS_ENTROPY = 1 ] && echo yes || echo 'not yet'))"
 
 TOKEN=kindling-e2e-$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')

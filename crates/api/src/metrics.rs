@@ -80,6 +80,9 @@ pub struct Metrics {
     previous: Mutex<BTreeMap<String, u64>>,
     missed: AtomicU64,
     flushes: AtomicU64,
+    /// Held across a whole flush, so lines go out in the order their
+    /// increases were computed (FlushMetrics and the periodic writer).
+    flushing: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -100,6 +103,7 @@ impl Metrics {
             previous: Mutex::new(BTreeMap::new()),
             missed: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            flushing: Mutex::new(()),
         })
     }
 
@@ -288,6 +292,7 @@ impl Metrics {
 
     /// Writes one line now (`FlushMetrics`).
     pub fn flush(&self) -> Result<(), MetricsError> {
+        let _flushing = lock(&self.flushing);
         if !self.is_configured() {
             return Err(MetricsError::NotConfigured);
         }

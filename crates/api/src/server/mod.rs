@@ -217,7 +217,9 @@ fn accept_loop(
             (controller.clone(), metrics.clone(), active.clone());
         let spawned = std::thread::Builder::new()
             .name("kindling-api-conn".into())
-            .stack_size(256 * 1024)
+            // Untouched stack costs no RSS; JSON nesting (serde_json stops
+            // at 128 levels) needs room in debug builds.
+            .stack_size(1024 * 1024)
             .spawn(move || {
                 serve_connection(stream, timeouts, |req| dispatch(&controller, &metrics, req));
                 active_conn.fetch_sub(1, Ordering::SeqCst);
