@@ -224,8 +224,10 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// The API and config-file paths, `runs` times each, interleaved.
-fn api_runs(binary: &PathBuf, runs: usize) {
+/// The API and config-file paths, `runs` times each, interleaved with
+/// the flag path (`flag_args`), so the differences are measured under the
+/// same conditions.
+fn api_runs(binary: &PathBuf, flag_args: &[String], runs: usize) {
     let dir = std::env::temp_dir().join(format!("kindling-startup-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kernel = dir.join("guest.elf");
@@ -242,7 +244,9 @@ fn api_runs(binary: &PathBuf, runs: usize) {
     run_api_once(binary, &dir, &kernel);
     let mut api = Vec::with_capacity(runs);
     let mut file = Vec::with_capacity(runs);
+    let mut flags = Vec::with_capacity(runs);
     for _ in 0..runs {
+        flags.push(run_once(binary, flag_args));
         api.push(run_api_once(binary, &dir, &kernel));
         file.push(run_config_file_once(binary, &config));
     }
@@ -253,7 +257,21 @@ fn api_runs(binary: &PathBuf, runs: usize) {
     let mut rss: Vec<i64> = api.iter().map(|s| s.max_rss_kib).collect();
     let mut file_hello: Vec<Duration> = file.iter().map(|s| s.hello).collect();
     let mut file_rss: Vec<i64> = file.iter().map(|s| s.max_rss_kib).collect();
-    println!("startup: {runs} runs through the API (--api-sock) and a config file, interleaved");
+    let mut flag_hello: Vec<Duration> = flags.iter().map(|s| s.hello).collect();
+    let mut flag_rss: Vec<i64> = flags.iter().map(|s| s.max_rss_kib).collect();
+    println!(
+        "startup: {runs} runs each of the flags, the API (--api-sock) and a config file, interleaved"
+    );
+    println!(
+        "startup: flags: start -> hello           median {:>8.3} ms   p90 {:>8.3} ms",
+        ms(percentile(&mut flag_hello, 50)),
+        ms(percentile(&mut flag_hello, 90))
+    );
+    println!(
+        "startup: flags: peak RSS                 median {:>8.2} MiB  max {:>8.2} MiB",
+        percentile(&mut flag_rss, 50) as f64 / 1024.0,
+        percentile(&mut flag_rss, 100) as f64 / 1024.0
+    );
     println!(
         "startup: api: start -> socket accepting  median {:>8.3} ms   p90 {:>8.3} ms",
         ms(percentile(&mut accepting, 50)),
@@ -349,6 +367,6 @@ fn main() {
         percentile(&mut rss, 100) as f64 / 1024.0
     );
     if !custom {
-        api_runs(&binary, runs);
+        api_runs(&binary, &args, runs);
     }
 }
