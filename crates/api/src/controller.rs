@@ -13,20 +13,19 @@
 //! | `FlushMetrics` | with `PUT /metrics` first | same |
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
-use kindling_virtio::block::Block;
-use kindling_virtio::block::{BlockMetrics, MeteredBackend, ReplaceBackendError, SyncFileBackend};
+use kindling_virtio::block::ReplaceBackendError;
 use kindling_vmm::{
-    RunningVmm, SerialConfig, StartTime, VmRunState, VmmBuilder, VmmDevices, VmmError, VmmHandle,
+    RunningVmm, SerialConfig, StartTime, VmRunState, VmmDevices, VmmError, VmmHandle,
 };
+
+use crate::launch::{launch, LiveDrive};
 
 use crate::logger::LoggerError;
 use crate::metrics::{Metrics, MetricsError};
-use crate::models::{
-    limits, ActionType, Drive, InstanceInfo, PartialDrive, VersionInfo, VmStateRequest,
-};
+use crate::models::{limits, ActionType, InstanceInfo, PartialDrive, VersionInfo, VmStateRequest};
 use crate::request::ApiRequest;
 use crate::resources::{ResourceError, VmResources};
 
@@ -95,15 +94,6 @@ pub enum ControllerError {
     /// The logger refused.
     #[error(transparent)]
     Logger(#[from] LoggerError),
-}
-
-/// A drive of the running VM.
-#[derive(Debug)]
-struct LiveDrive {
-    id: String,
-    read_only: bool,
-    block: Arc<Mutex<Block>>,
-    metrics: Arc<BlockMetrics>,
 }
 
 /// The running VM's handles.
@@ -323,23 +313,7 @@ impl Controller {
         if path.is_empty() {
             return Err(ResourceError::EmptyPath("path_on_host").into());
         }
-        let backend =
-            SyncFileBackend::open(Path::new(&path), live.read_only).map_err(|source| {
-                ResourceError::Block {
-                    id: live.id.clone(),
-                    source,
-                }
-            })?;
-        let backend = MeteredBackend::new(backend, live.metrics.clone());
-        let swap = live
-            .block
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace_backend(Box::new(backend))
-            .map_err(|source| ControllerError::ReplaceBackend {
-                id: live.id.clone(),
-                source,
-            })?;
+        let swap = live.replace_image(Path::new(&path))?;
         log::info!(
             "drive {}: now backed by {path} ({} sectors, was {})",
             live.id,
@@ -378,28 +352,14 @@ impl Controller {
             return Err(ControllerError::NoBootSource);
         }
         let serial = self.next_serial();
-        let Some(mut config) = self.resources.vm_config(serial, self.start_time) else {
+        let Some(config) = self.resources.vm_config(serial, self.start_time) else {
             return Err(ControllerError::NoBootSource);
         };
-        let entropy = self.resources.entropy.is_some();
-        config.entropy = false;
-        let start_err = ControllerError::Start;
-        let mut builder = VmmBuilder::new(config).map_err(start_err)?;
-        let mut drives = Vec::with_capacity(self.resources.drives.len());
-        for (index, drive) in self.resources.drives.iter().enumerate() {
-            drives.push(add_drive(&mut builder, index, drive)?);
-        }
-        if entropy {
-            builder
-                .add_virtio_device("entropy device", kindling_virtio::rng::Entropy::new())
-                .map_err(start_err)?;
-        }
-        let vmm = builder.build().map_err(start_err)?;
-        let exits = vmm.exit_handler().clone();
-        let running = vmm.start().map_err(start_err)?;
+        let launched = launch(&self.resources, config).map_err(ControllerError::Start)?;
         self.metrics.set_vm_sources(
-            exits,
-            drives
+            launched.exits,
+            launched
+                .drives
                 .iter()
                 .map(|d| (d.id.clone(), d.metrics.clone()))
                 .collect(),
@@ -410,45 +370,14 @@ impl Controller {
             began.elapsed().as_micros() as u64,
         );
         self.started = Some(Started {
-            handle: running.handle(),
-            devices: running.devices().clone(),
-            drives,
+            handle: launched.running.handle(),
+            devices: launched.running.devices().clone(),
+            drives: launched.drives,
         });
         log::info!("microVM started in {} us", began.elapsed().as_micros());
-        (self.on_start)(running);
+        (self.on_start)(launched.running);
         Ok(())
     }
-}
-
-/// Opens a drive with a metered backend and adds it to the builder.
-fn add_drive(
-    builder: &mut VmmBuilder,
-    index: usize,
-    drive: &Drive,
-) -> Result<LiveDrive, ControllerError> {
-    let read_only = drive.is_read_only.unwrap_or(false);
-    let path = drive.path_on_host.as_deref().unwrap_or("");
-    let config = kindling_virtio::block::BlockConfig {
-        read_only,
-        ..kindling_virtio::block::BlockConfig::new(path)
-    };
-    let block_err = |source| ControllerError::Start(VmmError::Block { index, source });
-    let metrics = BlockMetrics::new();
-    let backend = SyncFileBackend::open(Path::new(path), read_only).map_err(block_err)?;
-    let block = Block::with_backend(
-        Box::new(MeteredBackend::new(backend, metrics.clone())),
-        &config,
-    )
-    .map_err(block_err)?;
-    let block = builder
-        .add_virtio_device(&format!("drive {}", drive.drive_id), block)
-        .map_err(ControllerError::Start)?;
-    Ok(LiveDrive {
-        id: drive.drive_id.clone(),
-        read_only,
-        block,
-        metrics,
-    })
 }
 
 #[cfg(test)]

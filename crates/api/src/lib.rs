@@ -21,6 +21,7 @@
 
 pub mod config_file;
 pub mod controller;
+mod launch;
 pub mod logger;
 pub mod metrics;
 pub mod models;
