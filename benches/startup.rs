@@ -18,7 +18,11 @@
 //! Run with `cargo bench --bench startup` (it builds the release example
 //! first). `KINDLING_STARTUP_VMM=/path/to/binary` and
 //! `KINDLING_STARTUP_ARGS="..."` benchmark another command line (the API
-//! runs are skipped then).
+//! runs are skipped then, unless `KINDLING_STARTUP_API=1`: another VMM
+//! with Firecracker's API, such as Firecracker itself);
+//! `KINDLING_STARTUP_BOOT_ARGS` is the guest command line of the API and
+//! config-file runs (default `kindling.test=hello`; Firecracker needs
+//! `kindling.exit=reset` to end).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -144,7 +148,12 @@ fn reap(child: std::process::Child) -> i64 {
 
 // The child is reaped with wait4 (for its rusage), which clippy cannot see.
 #[allow(clippy::zombie_processes)]
-fn run_api_once(binary: &PathBuf, dir: &std::path::Path, kernel: &str) -> ApiSample {
+fn run_api_once(
+    binary: &PathBuf,
+    dir: &std::path::Path,
+    kernel: &str,
+    boot_args: &str,
+) -> ApiSample {
     let socket = dir.join("api.sock");
     let _ = std::fs::remove_file(&socket);
     let start = Instant::now();
@@ -170,7 +179,7 @@ fn run_api_once(binary: &PathBuf, dir: &std::path::Path, kernel: &str) -> ApiSam
         &mut stream,
         "PUT",
         "/boot-source",
-        &format!(r#"{{"kernel_image_path": "{kernel}", "boot_args": "kindling.test=hello"}}"#),
+        &format!(r#"{{"kernel_image_path": "{kernel}", "boot_args": "{boot_args}"}}"#),
     );
     api_request(
         &mut stream,
@@ -233,21 +242,23 @@ fn api_runs(binary: &PathBuf, flag_args: &[String], runs: usize) {
     let kernel = dir.join("guest.elf");
     std::fs::write(&kernel, kindling_test_guest::TEST_GUEST_ELF).unwrap();
     let kernel = kernel.to_str().unwrap().to_string();
+    let boot_args = std::env::var("KINDLING_STARTUP_BOOT_ARGS")
+        .unwrap_or_else(|_| "kindling.test=hello".into());
     let config = dir.join("vm.json");
     std::fs::write(
         &config,
         format!(
-            r#"{{"boot-source": {{"kernel_image_path": "{kernel}", "boot_args": "kindling.test=hello"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}}}"#
+            r#"{{"boot-source": {{"kernel_image_path": "{kernel}", "boot_args": "{boot_args}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}, "drives": []}}"#
         ),
     )
     .unwrap();
-    run_api_once(binary, &dir, &kernel);
+    run_api_once(binary, &dir, &kernel, &boot_args);
     let mut api = Vec::with_capacity(runs);
     let mut file = Vec::with_capacity(runs);
     let mut flags = Vec::with_capacity(runs);
     for _ in 0..runs {
         flags.push(run_once(binary, flag_args));
-        api.push(run_api_once(binary, &dir, &kernel));
+        api.push(run_api_once(binary, &dir, &kernel, &boot_args));
         file.push(run_config_file_once(binary, &config));
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -366,7 +377,7 @@ fn main() {
         percentile(&mut rss, 50) as f64 / 1024.0,
         percentile(&mut rss, 100) as f64 / 1024.0
     );
-    if !custom {
+    if !custom || std::env::var("KINDLING_STARTUP_API").as_deref() == Ok("1") {
         api_runs(&binary, &args, runs);
     }
 }
