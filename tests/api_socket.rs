@@ -101,6 +101,11 @@ fn firecracker_go_sdk_boot_sequence() {
     assert_eq!(last["put_api_requests"]["actions_count"], 1);
     assert_eq!(last["put_api_requests"]["drive_count"], 1);
     assert!(last["vcpu"]["exit_io_out"].as_u64().unwrap() > 0, "{last}");
+    // The serial lines' bytes went out as exits or through the coalesced
+    // ring, never both.
+    let out_writes = last["vcpu"]["exit_io_out"].as_u64().unwrap()
+        + last["vcpu"]["coalesced_writes"].as_u64().unwrap();
+    assert!(out_writes >= out.len() as u64, "{last}");
     assert!(last["latencies_us"]["instance_start"].as_u64().unwrap() > 0);
     assert!(last["block_rootfs"].is_object(), "{last}");
     let log = std::fs::read_to_string(&log).unwrap();

@@ -213,6 +213,7 @@ impl Metrics {
             put("vcpu", "exit_io_out", c.pio_out, true);
             put("vcpu", "exit_mmio_read", c.mmio_read, true);
             put("vcpu", "exit_mmio_write", c.mmio_write, true);
+            put("vcpu", "coalesced_writes", c.coalesced, true);
         }
         let mut total = BlockCounts::default();
         let block = |group: &str, c: &BlockCounts, put: &mut dyn FnMut(&str, &str, u64, bool)| {

@@ -13,6 +13,7 @@ pub struct ExitCounters {
     pio_out: AtomicU64,
     mmio_read: AtomicU64,
     mmio_write: AtomicU64,
+    coalesced: AtomicU64,
 }
 
 /// The exits counted so far.
@@ -26,6 +27,9 @@ pub struct ExitCounts {
     pub mmio_read: u64,
     /// MMIO writes (`KVM_EXIT_MMIO`).
     pub mmio_write: u64,
+    /// Writes KVM buffered in a coalesced ring instead of exiting,
+    /// replayed to their device.
+    pub coalesced: u64,
 }
 
 impl ExitCounters {
@@ -45,6 +49,10 @@ impl ExitCounters {
         self.mmio_write.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn count_coalesced(&self) {
+        self.coalesced.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counts so far.
     pub fn counts(&self) -> ExitCounts {
         ExitCounts {
@@ -52,6 +60,7 @@ impl ExitCounters {
             pio_out: self.pio_out.load(Ordering::Relaxed),
             mmio_read: self.mmio_read.load(Ordering::Relaxed),
             mmio_write: self.mmio_write.load(Ordering::Relaxed),
+            coalesced: self.coalesced.load(Ordering::Relaxed),
         }
     }
 }
@@ -70,13 +79,15 @@ mod tests {
         c.count_mmio_write();
         c.count_mmio_write();
         c.count_mmio_write();
+        c.count_coalesced();
         assert_eq!(
             c.counts(),
             ExitCounts {
                 pio_in: 1,
                 pio_out: 2,
                 mmio_read: 1,
-                mmio_write: 3
+                mmio_write: 3,
+                coalesced: 1
             }
         );
     }

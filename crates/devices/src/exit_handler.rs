@@ -69,6 +69,16 @@ impl VcpuExitHandler for BusExitHandler {
         self.counters.count_mmio_write();
         let _ = self.mmio.write(addr, data);
     }
+
+    fn coalesced_pio_write(&self, port: u16, data: &[u8]) {
+        self.counters.count_coalesced();
+        let _ = self.pio.write(u64::from(port), data);
+    }
+
+    fn coalesced_mmio_write(&self, addr: u64, data: &[u8]) {
+        self.counters.count_coalesced();
+        let _ = self.mmio.write(addr, data);
+    }
 }
 
 #[cfg(test)]
