@@ -655,3 +655,54 @@ fn api_mode_command_line_errors() {
     assert!(err.contains("--cmdline needs --kernel"), "{err}");
     assert!(!dir.0.join("s").exists());
 }
+
+#[test]
+fn serial_file_and_entropy_through_the_api() {
+    if !kvm_available("serial_file_and_entropy_through_the_api") {
+        return;
+    }
+    let dir = TempDir::new("api-serial");
+    let kernel = guest_kernel(&dir);
+    let console = dir.0.join("console.log");
+    let mut vm = ApiVm::start(&microvm_binary(), &dir.0, &[]);
+    let mut c = vm.client();
+    c.ok(
+        "PUT",
+        "/boot-source",
+        &boot_source(&kernel, "kindling.test=hello,virtio,rng:16 kindling.exit=9"),
+    );
+    c.ok("PUT", "/entropy", "{}");
+    c.ok(
+        "PUT",
+        "/serial",
+        &serde_json::json!({"serial_out_path": console}).to_string(),
+    );
+    let r = c.put(
+        "/serial",
+        r#"{"rate_limiter": {"size": 1, "refill_time": 1}}"#,
+    );
+    assert!(
+        r.fault().contains("rate limiting the serial console"),
+        "{r:?}"
+    );
+    let r = c.put(
+        "/entropy",
+        r#"{"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}"#,
+    );
+    assert!(
+        r.fault().contains("rate limiters on the entropy device"),
+        "{r:?}"
+    );
+    let cfg = c.get("/vm/config").json();
+    assert!(cfg["entropy"].is_object(), "{cfg}");
+    c.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    assert_eq!(vm.wait(), 9);
+    let text = std::fs::read_to_string(&console).unwrap();
+    assert!(text.contains(HELLO), "{text}");
+    assert!(text.contains("type=rng status=ok"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("rng: ")), "{text}");
+    assert!(
+        !vm.stdout.lock().unwrap().iter().any(|l| l.contains(HELLO)),
+        "the console went to the file, not stdout"
+    );
+}
