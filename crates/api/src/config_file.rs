@@ -38,6 +38,10 @@ pub enum ConfigFileError {
     /// The JSON does not match the format.
     #[error("invalid config file: {0}")]
     Invalid(String),
+    /// A resource has a `null`, an array or another shape the API does
+    /// not take.
+    #[error("invalid config file: {0}")]
+    Shape(#[from] crate::request::ShapeError),
     /// A drive id is invalid.
     #[error("invalid config file: drive id {id:?}: {source}")]
     DriveId {
@@ -98,14 +102,11 @@ pub fn parse_config(text: &[u8]) -> Result<Vec<ApiRequest>, ConfigFileError> {
             match (key.as_str(), resource) {
                 ("drives", serde_json::Value::Array(drives)) => {
                     for (i, drive) in drives.iter().enumerate() {
-                        crate::request::check_shape(drive, &format!("drives[{i}]"))
-                            .map_err(ConfigFileError::Invalid)?;
+                        crate::request::check_shape(drive, &format!("drives[{i}]"))?;
                     }
                 }
                 (_, serde_json::Value::Null | serde_json::Value::Array(_)) => {}
-                (key, resource) => {
-                    crate::request::check_shape(resource, key).map_err(ConfigFileError::Invalid)?
-                }
+                (key, resource) => crate::request::check_shape(resource, key)?,
             }
         }
     }

@@ -32,6 +32,8 @@ pub mod server;
 mod unsupported;
 
 pub use controller::{ApiResponse, Controller, ControllerError, VERSION};
-pub use request::{parse_request, ApiRequest, Method, RequestError, MAX_BODY_BYTES};
+pub use request::{
+    check_shape, parse_request, ApiRequest, Method, RequestError, ShapeError, MAX_BODY_BYTES,
+};
 pub use resources::{ResourceError, VmResources};
 pub use unsupported::Unsupported;

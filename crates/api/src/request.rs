@@ -201,31 +201,51 @@ fn body<T: DeserializeOwned>(method: Method, path: &str, bytes: &[u8]) -> Result
     // struct), then into the type (which also refuses duplicate fields).
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
-    check_shape(&value, "body").map_err(invalid)?;
+    check_shape(&value, "body").map_err(|e| invalid(e.to_string()))?;
     serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))
 }
 
+/// How a body breaks the shapes of the API's documents.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    /// The body (or a resource in a config file) is not a JSON object.
+    #[error("the {0} must be a JSON object")]
+    NotAnObject(String),
+    /// A field is `null`.
+    #[error("{0} is null: leave optional fields out instead")]
+    Null(String),
+    /// A field is an array.
+    #[error("{0} is an array, which no field of the API takes")]
+    Array(String),
+    /// Objects nested deeper than any body of the API.
+    #[error("{0} is nested too deeply")]
+    TooDeep(String),
+}
+
+/// The deepest object nesting in an API body (a drive's rate limiter's
+/// bucket is 2 deep).
+const MAX_DEPTH: usize = 8;
+
 /// Checks that a request body is an object whose values are strings,
 /// numbers, booleans or objects of those: no API body has an array or a
-/// `null` (an absent optional field is left out).
-pub fn check_shape(value: &serde_json::Value, at: &str) -> Result<(), String> {
+/// `null` (an absent optional field is left out). `at` names the body in
+/// messages.
+pub fn check_shape(value: &serde_json::Value, at: &str) -> Result<(), ShapeError> {
     use serde_json::Value;
-    fn walk(value: &Value, at: &str, depth: usize) -> Result<(), String> {
+    fn walk(value: &Value, at: &str, depth: usize) -> Result<(), ShapeError> {
         match value {
-            Value::Null => Err(format!("{at} is null: leave optional fields out instead")),
-            Value::Array(_) => Err(format!("{at} is an array, which no field of the API takes")),
-            Value::Object(map) if depth > 8 => {
-                Err(format!("{at} is nested too deeply ({:?})", map.len()))
-            }
+            Value::Null => Err(ShapeError::Null(at.to_string())),
+            Value::Array(_) => Err(ShapeError::Array(at.to_string())),
+            Value::Object(_) if depth > MAX_DEPTH => Err(ShapeError::TooDeep(at.to_string())),
             Value::Object(map) => map
                 .iter()
-                .try_for_each(|(k, v)| walk(v, &format!("{at}.{k}"), depth + 1)),
+                .try_for_each(|(k, v)| walk(v, &format!("{at}.{}", truncate(k)), depth + 1)),
             _ => Ok(()),
         }
     }
     match value {
-        serde_json::Value::Object(_) => walk(value, at, 0),
-        _ => Err(format!("the {at} must be a JSON object")),
+        Value::Object(_) => walk(value, at, 0),
+        _ => Err(ShapeError::NotAnObject(at.to_string())),
     }
 }
 
