@@ -144,6 +144,16 @@ struct Args {
     /// The memory file --snapshot-on-line writes.
     #[arg(long, value_name = "MEM_FILE", requires = "snapshot_on_line")]
     snapshot_mem: Option<PathBuf>,
+    /// Serve Firecracker's API on this Unix socket; the VM boots at
+    /// InstanceStart (the flags above pre-configure it).
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
+    /// Configure from a Firecracker config file and boot at once.
+    #[arg(long, value_name = "PATH")]
+    config_file: Option<PathBuf>,
+    /// No API socket (with --config-file).
+    #[arg(long, conflicts_with = "api_sock")]
+    no_api: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -187,6 +197,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if args.api_sock.is_some() || args.config_file.is_some() || args.no_api {
+        return api_mode(args, start_time);
+    }
     let stdout_serial = matches!(args.serial, SerialArg::Stdout);
     let mut serial = match args.serial {
         SerialArg::Stdout => SerialConfig::Stdout,
@@ -338,4 +351,64 @@ fn run_interactive(vmm: Vmm, interactive: bool) -> Result<ExitReason, VmmError> 
     let result = vmm.run();
     drop(raw);
     result
+}
+
+impl From<SerialArg> for SerialConfig {
+    fn from(arg: SerialArg) -> Self {
+        match arg {
+            SerialArg::Stdout => SerialConfig::Stdout,
+            SerialArg::Off => SerialConfig::Off,
+            SerialArg::File(path) => SerialConfig::File(path),
+        }
+    }
+}
+
+/// `--api-sock` / `--config-file`: Firecracker's control plane
+/// (`kindling_api::server::serve`), the other flags as its pre-configuration.
+fn api_mode(args: Args, start_time: StartTime) -> ExitCode {
+    use kindling::api::server::{serve, Preset, ServeOptions};
+    if args.vsock.is_some() || args.restore.is_some() || args.snapshot_on_line.is_some() {
+        eprintln!(
+            "microvm: --vsock, --restore and --snapshot-on-line are not available with \
+             --api-sock/--config-file yet"
+        );
+        return ExitCode::from(1);
+    }
+    // The API path does not stop the VM in order on signals yet: leave
+    // them their default action rather than ignoring them.
+    if let Err(e) = kindling::vmm::signals::unblock_termination_signals() {
+        eprintln!("microvm: cannot unblock termination signals: {e}");
+        return ExitCode::from(1);
+    }
+    let preset = Preset {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        pvh: args.pvh,
+        vcpus: args.cpus,
+        memory_mib: args.memory,
+        disks: args.disk,
+        entropy: args.entropy,
+    };
+    let resources = match preset.into_resources() {
+        Ok(resources) => resources,
+        Err(e) => {
+            eprintln!("microvm: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let options = ServeOptions {
+        api_socket: args.api_sock,
+        config_file: args.config_file,
+        resources,
+        serial: args.serial.into(),
+        ..ServeOptions::new(start_time)
+    };
+    match serve(options) {
+        Ok(reason) => ExitCode::from(reason.exit_code() as u8),
+        Err(e) => {
+            eprintln!("microvm: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

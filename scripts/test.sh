@@ -36,6 +36,21 @@ step "cargo test"
 # run (with --all-targets they would be built as test harnesses instead).
 cargo test --workspace --locked
 
+step "the API against Firecracker's OpenAPI document (schemathesis, a few minutes at most)"
+# Pinned: a new release may add checks; update deliberately.
+SCHEMATHESIS_VERSION=4.32.5
+venv=target/schemathesis-venv
+if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+        apt-get update -qq && apt-get install -y -qq python3-venv
+        python3 -m venv "$venv"
+    fi
+    "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+SCHEMATHESIS="$venv/bin/schemathesis" \
+    KINDLING_API_MICROVM=target/x86_64-unknown-linux-gnu/debug/examples/microvm \
+    bash tests/api/schemathesis.sh
+
 step "benchmarks in test mode (one quick iteration each)"
 cargo test --workspace --benches --locked
 

@@ -9,7 +9,8 @@
 //! - [`devices`]: PIO/MMIO buses, interrupt lines and legacy devices;
 //! - [`virtio`]: the virtio device trait, the virtio-mmio transport and the
 //!   virtio devices (block, entropy);
-//! - [`vmm`]: the reference composition used by the `microvm` example.
+//! - [`vmm`]: the reference composition used by the `microvm` example;
+//! - [`api`]: the Firecracker-compatible control plane (`microvm --api-sock`).
 //!
 //! It also re-exports the rust-vmm crates whose types appear in those
 //! crates' public APIs, at the versions the crates were built with, so that
@@ -30,6 +31,7 @@
 //! assert_eq!(ram.memory.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0x1234_5678);
 //! ```
 
+pub use kindling_api as api;
 pub use kindling_boot as boot;
 pub use kindling_devices as devices;
 pub use kindling_memory as memory;

@@ -1,10 +1,13 @@
 #!/bin/sh
 # Runs the second level: microvm boots the Debian kernel three times, as the
 # bzImage (vmlinuz as Debian ships it), as the extracted ELF vmlinux through
-# the 64-bit Linux entry, and as that vmlinux through its PVH entry (and,
-# with L2_SNAPSHOT=1, a fourth time as the bzImage snapshotted mid-way and
-# restored in a new microvm process), each under a timeout, and prints the
-# transcript for the harness to assert:
+# the 64-bit Linux entry, and as that vmlinux through its PVH entry; with
+# L2_SNAPSHOT=1 a fourth time as the bzImage snapshotted mid-way and
+# restored in a new microvm process; and, when microvm has Firecracker's
+# control plane, once more: the bzImage configured through a Firecracker
+# config file (`--no-api --config-file`, the same requests the API socket
+# takes). Each run is under a timeout, and prints the transcript for the
+# harness to assert:
 #
 #   E2E-L2-BEGIN <variant>
 #   E2E-L2[<variant>] serial| <guest console line>
@@ -46,6 +49,7 @@ prefix() { awk -v p="$1" '{ sub(/\r$/, ""); print p $0; fflush() }'; }
 mkdir -p "$OUT_DIR"
 variants="bzimage vmlinux pvh"
 [ "${L2_SNAPSHOT:-0}" = 1 ] && variants="$variants snapshot"
+"$MICROVM" --help 2>/dev/null | grep -q -- '--config-file' && variants="$variants api"
 for variant in $variants; do
     entry=""
     snapshot=0
@@ -62,6 +66,7 @@ for variant in $variants; do
             ;;
         pvh) kernel=$L2_DIR/vmlinux; entry=--pvh ;;
         snapshot) kernel=$L2_DIR/vmlinuz; snapshot=1 ;;
+        api) kernel=$L2_DIR/vmlinuz ;;
     esac
     snap_state=$OUT_DIR/snapshot.state
     snap_mem=$OUT_DIR/snapshot.mem
@@ -80,6 +85,17 @@ for variant in $variants; do
     set -- "$@" --disk "path=$L2_DISK_IMG" --entropy
     [ "$snapshot" = 1 ] && set -- "$@" --snapshot-on-line E2E-SNAPSHOT-NOW \
         --snapshot-state "$snap_state" --snapshot-mem "$snap_mem"
+    if [ "$variant" = api ]; then
+        # The same machine as a Firecracker config file: the API's bodies
+        # keyed by resource (the root filesystem is named on the command
+        # line already, so the drive is not the "root device").
+        config=$OUT_DIR/api-config.json
+        drives="{\"drive_id\": \"rootfs\", \"path_on_host\": \"$L2_DISK_IMG\", \"is_root_device\": false, \"is_read_only\": false}"
+        printf '{"boot-source": {"kernel_image_path": "%s", "initrd_path": "%s", "boot_args": "%s"}, "machine-config": {"vcpu_count": %s, "mem_size_mib": %s}, "drives": [%s], "entropy": {}}\n' \
+            "$kernel" "$L2_DIR/initrd.cpio" "$cmdline" "$L2_CPUS" "$L2_MEM_MIB" "$drives" > "$config"
+        set -- --no-api --config-file "$config"
+        echo "E2E-L2[$variant] vmm| config: $(cat "$config")"
+    fi
     echo "E2E-L2-BEGIN $variant"
     echo "E2E-L2[$variant] vmm| \$ microvm $*"
     t0=$(uptime_ms)

@@ -460,6 +460,8 @@ HAS_SNAPSHOT=0
 grep -q -- '--snapshot-on-line' <<< "$help" && HAS_SNAPSHOT=1
 [ "$HAS_SNAPSHOT" = 1 ] && VARIANTS="$VARIANTS snapshot"
 say "microvm: $MICROVM (snapshot variant: $([ $HAS_SNAPSHOT = 1 ] && echo yes || echo no))"
+# Firecracker's control plane: one more run configured by a config file.
+grep -q -- '--config-file' <<< "$help" && VARIANTS="$VARIANTS api"
 
 TOKEN=kindling-e2e-$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')
 build_guest

@@ -2,7 +2,7 @@
 
 use kindling_vcpu::VcpuExitHandler;
 
-use crate::Bus;
+use crate::{Bus, ExitCounters};
 
 /// Dispatches port-I/O and MMIO exits to the devices on two buses.
 ///
@@ -41,26 +41,42 @@ pub struct BusExitHandler {
     pub pio: Bus,
     /// The MMIO bus.
     pub mmio: Bus,
+    /// How many exits of each kind were dispatched.
+    pub counters: ExitCounters,
 }
 
 impl VcpuExitHandler for BusExitHandler {
     fn pio_read(&self, port: u16, data: &mut [u8]) {
+        self.counters.count_pio_in();
         if self.pio.read(u64::from(port), data).is_err() {
             data.fill(0xff);
         }
     }
 
     fn pio_write(&self, port: u16, data: &[u8]) {
+        self.counters.count_pio_out();
         let _ = self.pio.write(u64::from(port), data);
     }
 
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        self.counters.count_mmio_read();
         if self.mmio.read(addr, data).is_err() {
             data.fill(0xff);
         }
     }
 
     fn mmio_write(&self, addr: u64, data: &[u8]) {
+        self.counters.count_mmio_write();
+        let _ = self.mmio.write(addr, data);
+    }
+
+    fn coalesced_pio_write(&self, port: u16, data: &[u8]) {
+        self.counters.count_coalesced();
+        let _ = self.pio.write(u64::from(port), data);
+    }
+
+    fn coalesced_mmio_write(&self, addr: u64, data: &[u8]) {
+        self.counters.count_coalesced();
         let _ = self.mmio.write(addr, data);
     }
 }
@@ -92,6 +108,16 @@ mod tests {
         h.mmio_read(0xd000_0000, &mut m);
         assert_eq!(m, [0xff; 4]);
         h.mmio_write(0xd000_0000, &[1; 4]);
+        let counts = h.counters.counts();
+        assert_eq!(
+            (
+                counts.pio_in,
+                counts.pio_out,
+                counts.mmio_read,
+                counts.mmio_write
+            ),
+            (1, 1, 1, 1)
+        );
     }
 
     #[test]

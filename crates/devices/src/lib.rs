@@ -25,6 +25,7 @@
 mod bus;
 mod events;
 mod exit;
+mod exit_counters;
 mod exit_handler;
 mod interrupt;
 pub mod legacy;
@@ -36,6 +37,7 @@ pub use events::{
     EventRegistryError, DEVICE_TOKEN_BASE, MAX_DEVICE_TOKEN,
 };
 pub use exit::{ExitReason, VmExitHandle};
+pub use exit_counters::{ExitCounters, ExitCounts};
 pub use exit_handler::BusExitHandler;
 pub use interrupt::{EventFdLine, InterruptLine};
 pub use timer::nonblocking_timer;

@@ -132,9 +132,9 @@ impl CoalescedRing {
             // plain u32s, so any bytes are a valid value).
             let is_pio = unsafe { entry.__bindgen_anon_1.pio } != 0;
             if is_pio {
-                handler.pio_write(entry.phys_addr as u16, &entry.data[..len]);
+                handler.coalesced_pio_write(entry.phys_addr as u16, &entry.data[..len]);
             } else {
-                handler.mmio_write(entry.phys_addr, &entry.data[..len]);
+                handler.coalesced_mmio_write(entry.phys_addr, &entry.data[..len]);
             }
             first.store((head + 1) % capacity, Ordering::Release);
             count += 1;

@@ -14,6 +14,19 @@ pub trait VcpuExitHandler: Send + Sync {
     fn mmio_read(&self, addr: u64, data: &mut [u8]);
     /// A guest write to MMIO address `addr`.
     fn mmio_write(&self, addr: u64, data: &[u8]);
+
+    /// A guest `out` that KVM buffered in a coalesced ring (no exit of its
+    /// own), replayed now. The default handles it like [`Self::pio_write`];
+    /// a handler that counts exits tells the two apart.
+    fn coalesced_pio_write(&self, port: u16, data: &[u8]) {
+        self.pio_write(port, data);
+    }
+
+    /// A guest MMIO write that KVM buffered in a coalesced ring, replayed
+    /// now. The default handles it like [`Self::mmio_write`].
+    fn coalesced_mmio_write(&self, addr: u64, data: &[u8]) {
+        self.mmio_write(addr, data);
+    }
 }
 
 /// Why a vCPU stopped running.

@@ -396,7 +396,11 @@ impl VmmBuilder {
                 virtio: virtio_slots,
                 vsock: self.vsock,
             },
-            handler: Arc::new(BusExitHandler { pio, mmio }),
+            handler: Arc::new(BusExitHandler {
+                pio,
+                mmio,
+                counters: Default::default(),
+            }),
             serial_flusher,
             coalesced: coalesced.map(Arc::new),
             subscribers,

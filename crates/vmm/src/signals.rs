@@ -46,6 +46,20 @@ pub fn block_termination_signals() -> io::Result<()> {
     Ok(())
 }
 
+/// Undoes [`block_termination_signals`] for the calling thread (and the
+/// threads it starts from now on): the signals get their default action
+/// again.
+pub fn unblock_termination_signals() -> io::Result<()> {
+    let set = termination_set();
+    // SAFETY: `set` is an initialised signal set; the old mask is not
+    // wanted.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
 /// The name of a signal, for the line a VMM prints.
 pub fn signal_name(signo: i32) -> &'static str {
     match signo {

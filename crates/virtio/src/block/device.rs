@@ -568,6 +568,9 @@ impl VirtioDevice for Block {
 
 mod persist;
 mod shutdown;
+mod swap;
+pub use swap::{BackendSwap, ReplaceBackendError};
+
 #[cfg(test)]
 mod tests;
 

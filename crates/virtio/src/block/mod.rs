@@ -25,13 +25,17 @@ mod engine;
 mod image;
 #[cfg(feature = "io-uring")]
 mod io_uring;
+pub mod metrics;
 pub mod request;
 
 pub use backend::{BackendError, BlockBackend, BlockOp, Completion, SyncFileBackend};
-pub use device::{Block, BlockConfig, BlockRestoreArgs, BlockState};
+pub use device::{
+    BackendSwap, Block, BlockConfig, BlockRestoreArgs, BlockState, ReplaceBackendError,
+};
 pub use engine::{BlockEngine, UnknownEngine};
 #[cfg(feature = "io-uring")]
 pub use io_uring::{IoUringBackend, MAX_IOVECS};
+pub use metrics::{BlockCounts, BlockMetrics, MeteredBackend};
 pub use request::{parse, GuestBuffer, Limits, ParseError, Request, RequestError, RequestKind};
 
 use std::io;

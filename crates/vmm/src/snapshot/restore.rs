@@ -490,7 +490,11 @@ impl Vmm {
                 vsock: None,
                 virtio: slots,
             },
-            handler: Arc::new(BusExitHandler { pio, mmio }),
+            handler: Arc::new(BusExitHandler {
+                pio,
+                mmio,
+                counters: Default::default(),
+            }),
             serial_flusher,
             coalesced: coalesced.map(Arc::new),
             subscribers,
