@@ -162,7 +162,10 @@ pub trait VirtioDevice: DeviceEvents + Send {
 
 /// The resources of an active device, with the queue-processing logic
 /// every device shares.
-#[cfg_attr(not(any(feature = "block", feature = "rng")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "block", feature = "net", feature = "rng")),
+    allow(dead_code)
+)]
 #[derive(Debug)]
 pub(crate) struct Active {
     pub(crate) memory: GuestMemoryMmap,
@@ -174,7 +177,10 @@ pub(crate) struct Active {
     pub(crate) broken: bool,
 }
 
-#[cfg_attr(not(any(feature = "block", feature = "rng")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "block", feature = "net", feature = "rng")),
+    allow(dead_code)
+)]
 impl Active {
     /// Takes over the resources of an activation after checking that
     /// the `required` queues are there and enabled.

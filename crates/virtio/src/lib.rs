@@ -22,8 +22,10 @@
 //!   [`kindling_devices::DeviceEvents`]: the block device's io_uring
 //!   completion eventfd, say) and hands their events to the device.
 //! - [`chain`]: walking a guest's descriptor chain as hostile input.
-//! - Devices, each behind a cargo feature: [`block`] (feature `block`) and
-//!   [`rng`] (feature `rng`).
+//! - Devices, each behind a cargo feature: [`block`] (feature `block`),
+//!   [`net`] (feature `net`, on a TAP device) and [`rng`] (feature `rng`).
+//! - [`rate_limiter`]: token buckets (Firecracker's `bandwidth`/`ops`
+//!   shape) that the block and network devices apply to their queues.
 //!
 //! Guest-visible state lives in plain serde-serialisable structs
 //! ([`MmioTransportState`], [`QueueSnapshot`], [`InterruptState`] and each
@@ -68,7 +70,10 @@ pub mod chain;
 mod device;
 pub mod features;
 mod interrupt;
+#[cfg(feature = "net")]
+pub mod net;
 mod queue;
+pub mod rate_limiter;
 #[cfg(feature = "rng")]
 pub mod rng;
 mod subscriber;

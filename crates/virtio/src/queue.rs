@@ -276,7 +276,10 @@ impl QueueSnapshot {
 
 /// Takes the next available descriptor chain. An error means the driver
 /// broke the ring protocol.
-#[cfg_attr(not(any(feature = "block", feature = "rng")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "block", feature = "net", feature = "rng")),
+    allow(dead_code)
+)]
 pub(crate) fn pop_chain<'m>(
     queue: &mut Queue,
     memory: &'m GuestMemoryMmap,
@@ -288,7 +291,10 @@ pub(crate) fn pop_chain<'m>(
 /// Whether the driver wants an interrupt for the buffers used since the
 /// last call: `used_event` with VIRTIO_RING_F_EVENT_IDX, otherwise the
 /// available ring's NO_INTERRUPT flag.
-#[cfg_attr(not(any(feature = "block", feature = "rng")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "block", feature = "net", feature = "rng")),
+    allow(dead_code)
+)]
 pub(crate) fn needs_interrupt(
     queue: &mut Queue,
     memory: &GuestMemoryMmap,
@@ -305,7 +311,10 @@ pub(crate) fn needs_interrupt(
 }
 
 /// What one pass over a queue did.
-#[cfg_attr(not(any(feature = "block", feature = "rng")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "block", feature = "net", feature = "rng")),
+    allow(dead_code)
+)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Drained {
     /// The driver should be interrupted.
@@ -315,7 +324,10 @@ pub(crate) struct Drained {
 }
 
 /// What a queue handler did with a chain.
-#[cfg_attr(not(any(feature = "block", feature = "rng")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "block", feature = "net", feature = "rng")),
+    allow(dead_code)
+)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Handled {
     /// The chain is in flight; the device returns it later.
@@ -348,7 +360,10 @@ impl From<bool> for Handled {
 /// own writes look like new work) cannot hold the event loop. When the
 /// budget runs out the pass stops with `more` set and notifications still
 /// off; the caller comes back later.
-#[cfg_attr(not(any(feature = "block", feature = "rng")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "block", feature = "net", feature = "rng")),
+    allow(dead_code)
+)]
 pub(crate) fn drain_queue<F, R>(
     queue: &mut Queue,
     memory: &GuestMemoryMmap,
