@@ -22,7 +22,10 @@
 //! debt, so the long-run rate stays the configured one and no operation
 //! waits forever.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
+
+use vmm_sys_util::timerfd::TimerFd;
 
 /// One bucket's configuration, in Firecracker's field names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -238,6 +241,96 @@ impl Default for RateLimiter {
     }
 }
 
+/// A [`RateLimiter`] with the timerfd that takes a stopped queue up again:
+/// what a device keeps for one limited queue.
+///
+/// The device registers [`Throttle::as_raw_fd`] on its event loop; when
+/// [`Throttle::admit`] refuses an operation the queue stops (the
+/// operation stays in the available ring) and the timer is armed; when
+/// the timer fires the device calls [`Throttle::on_timer`] and processes
+/// the queue again.
+#[derive(Debug)]
+pub struct Throttle {
+    limiter: RateLimiter,
+    timer: TimerFd,
+    throttled: bool,
+    refusals: u64,
+}
+
+impl Throttle {
+    /// A throttle with `config` (none: no limit).
+    pub fn new(config: Option<&RateLimiterConfig>) -> std::io::Result<Self> {
+        let timer = TimerFd::new().map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        Ok(Self {
+            limiter: config.map_or_else(RateLimiter::unlimited, |c| {
+                RateLimiter::new(c, Instant::now())
+            }),
+            timer,
+            throttled: false,
+            refusals: 0,
+        })
+    }
+
+    /// Whether the queue is stopped until the timer fires.
+    pub fn is_throttled(&self) -> bool {
+        self.throttled
+    }
+
+    /// How many times an operation was refused.
+    pub fn refusals(&self) -> u64 {
+        self.refusals
+    }
+
+    /// The limits in force (`None` for no limit).
+    pub fn config(&self) -> Option<RateLimiterConfig> {
+        Some(self.limiter.config()).filter(|c| c.is_limit())
+    }
+
+    /// Takes an operation of `bytes` bytes, or stops the queue and arms
+    /// the timer; says whether the operation may go.
+    pub fn admit(&mut self, bytes: u64) -> bool {
+        if self.throttled {
+            return false;
+        }
+        match self.limiter.consume(bytes, Instant::now()) {
+            Ok(()) => true,
+            Err(wait) => {
+                self.throttled = true;
+                self.refusals += 1;
+                self.arm(wait.max(Duration::from_millis(1)));
+                false
+            }
+        }
+    }
+
+    fn arm(&mut self, wait: Duration) {
+        if let Err(e) = self.timer.reset(wait, None) {
+            log::error!("rate limiter: cannot arm the timer: {e}");
+        }
+    }
+
+    /// The timer fired: the queue may go again.
+    pub fn on_timer(&mut self) {
+        let _ = self.timer.wait();
+        self.throttled = false;
+    }
+
+    /// Changes the limits ([`RateLimiter::update`]). A stopped queue is
+    /// taken up through the timer, which fires at once.
+    pub fn update(&mut self, update: &RateLimiterConfig) {
+        self.limiter.update(update, Instant::now());
+        if self.throttled {
+            self.arm(Duration::from_nanos(1));
+        }
+    }
+}
+
+impl AsRawFd for Throttle {
+    fn as_raw_fd(&self) -> RawFd {
+        self.timer.as_raw_fd()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,6 +490,30 @@ mod tests {
         let empty: RateLimiterConfig = serde_json::from_str("{}").unwrap();
         assert!(!empty.is_limit());
         assert_eq!(serde_json::to_string(&empty).unwrap(), "{}");
+    }
+
+    #[test]
+    fn a_throttle_stops_arms_its_timer_and_resumes() {
+        let mut t = Throttle::new(Some(&RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(bucket(1, 0, 60_000)),
+        }))
+        .unwrap();
+        assert!(t.admit(100));
+        assert!(!t.admit(100));
+        assert!(t.is_throttled() && t.timer.is_armed().unwrap());
+        assert_eq!(t.refusals(), 1);
+        // Lifting the limit fires the timer at once.
+        t.update(&RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(TokenBucketConfig::default()),
+        });
+        std::thread::sleep(ms(5));
+        t.on_timer();
+        assert!(!t.is_throttled());
+        assert!(t.admit(100));
+        assert_eq!(t.config(), None);
+        assert!(Throttle::new(None).unwrap().admit(u64::MAX));
     }
 
     #[test]
