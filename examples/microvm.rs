@@ -4,6 +4,7 @@
 //! cargo run --release --example microvm -- [--kernel PATH] [--initrd PATH]
 //!     [--cmdline STR] [--cpus N] [--memory MIB] [--pvh]
 //!     [--disk PATH[,readonly][,engine=sync|io_uring]]...
+//!     [--net tap=NAME[,mac=aa:bb:cc:dd:ee:ff]]...
 //!     [--entropy] [--serial stdout|off|file=PATH]
 //! ```
 //!
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kindling::vmm::{
-    BootProtocol, DiskConfig, KernelSource, SerialConfig, StartTime, VmConfig, Vmm,
+    BootProtocol, DiskConfig, KernelSource, NetConfig, SerialConfig, StartTime, VmConfig, Vmm,
     DEFAULT_LINUX_CMDLINE,
 };
 
@@ -58,6 +59,10 @@ struct Args {
     /// and writes on the event loop).
     #[arg(long, value_name = "PATH[,readonly][,engine=sync|io_uring]")]
     disk: Vec<DiskConfig>,
+    /// A virtio-net interface on an existing TAP device (repeatable;
+    /// create it first: ip tuntap add NAME mode tap).
+    #[arg(long, value_name = "tap=NAME[,mac=aa:bb:cc:dd:ee:ff]")]
+    net: Vec<NetConfig>,
     /// Add a virtio-rng entropy device.
     #[arg(long)]
     entropy: bool,
@@ -120,6 +125,7 @@ fn main() -> ExitCode {
         vcpus: args.cpus,
         memory_mib: args.memory,
         disks: args.disk,
+        net: args.net,
         entropy: args.entropy,
         serial: match args.serial {
             SerialArg::Stdout => SerialConfig::Stdout,
