@@ -6,8 +6,8 @@
  * (Linux's syntax), in command-line order. The first virtio action probes
  * them all and initialises each one it has a driver for, once, following
  * §3.1.1: reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK (checked),
- * queue 0, DRIVER_OK. Registers are read and written 32 bits at a time,
- * each access one VM exit.
+ * queue 0 (and queue 1 for a network device), DRIVER_OK. Registers are
+ * read and written 32 bits at a time, each access one VM exit.
  */
 #include "virtio.h"
 
@@ -184,25 +184,25 @@ static uint16_t pow2_floor(uint32_t n)
 	return (uint16_t)p;
 }
 
-static const char *setup_queue(struct virtio_dev *d, uint16_t min_size)
+static const char *setup_queue(struct virtio_dev *d, uint16_t index, struct virtq *vq,
+			       uint64_t area, uint16_t min_size)
 {
 	uint32_t max;
 	uint16_t size;
-	uint64_t area = d->area;
 
-	reg_write(d, REG_QUEUE_SEL, 0);
+	reg_write(d, REG_QUEUE_SEL, index);
 	if (reg_read(d, REG_QUEUE_READY) != 0)
-		return "queue 0 already live";
+		return index ? "queue 1 already live" : "queue 0 already live";
 	max = reg_read(d, REG_QUEUE_NUM_MAX);
 	if (max == 0)
-		return "queue 0 unavailable";
+		return index ? "queue 1 unavailable" : "queue 0 unavailable";
 	size = pow2_floor(max < VQ_MAX_SIZE ? max : VQ_MAX_SIZE);
 	if (size < min_size)
-		return "queue 0 too small";
+		return index ? "queue 1 too small" : "queue 0 too small";
 	memset((void *)(uintptr_t)area, 0, VIRTIO_DEV_AREA_SIZE);
-	virtq_init(&d->vq, area, size,
+	virtq_init(vq, area, size,
 		   (d->features & FEATURE(VIRTIO_RING_F_EVENT_IDX)) != 0,
-		   reg(d, REG_QUEUE_NOTIFY), 0);
+		   reg(d, REG_QUEUE_NOTIFY), index);
 	reg_write(d, REG_QUEUE_NUM, size);
 	write_addr(d, REG_QUEUE_DESC_LOW, area + VQ_DESC_OFFSET);
 	write_addr(d, REG_QUEUE_DRIVER_LOW, area + VQ_AVAIL_OFFSET);
@@ -211,9 +211,10 @@ static const char *setup_queue(struct virtio_dev *d, uint16_t min_size)
 	return NULL;
 }
 
-/* §3.1.1, with queue 0 only. Returns NULL or why it failed. */
+/* §3.1.1, with queue 0 (and queue 1 if `queues` is 2). Returns NULL or
+ * why it failed. */
 static const char *init_device(struct virtio_dev *d, uint64_t accepted,
-			       uint16_t min_queue_size)
+			       uint16_t min_queue_size, unsigned queues)
 {
 	uint64_t offered;
 	const char *err;
@@ -245,7 +246,11 @@ static const char *init_device(struct virtio_dev *d, uint64_t accepted,
 	if (!(reg_read(d, REG_STATUS) & STATUS_FEATURES_OK))
 		return "features not accepted";
 
-	err = setup_queue(d, min_queue_size);
+	err = setup_queue(d, 0, &d->vq, d->area, min_queue_size);
+	if (!err && queues > 1)
+		err = setup_queue(d, 1, &d->vq1,
+				  VIRTIO_DEV_AREA1 + (d->area - VIRTIO_RAM_START),
+				  min_queue_size);
 	if (err)
 		return err;
 	set_status(d, STATUS_DRIVER_OK);
@@ -295,6 +300,7 @@ void virtio_probe_all(uint64_t zero_page)
 		uint32_t version = reg_read(d, REG_VERSION);
 		uint64_t accepted;
 		uint16_t min_queue;
+		unsigned queues = 1;
 		const char *err;
 
 		d->device_id = reg_read(d, REG_DEVICE_ID);
@@ -315,11 +321,16 @@ void virtio_probe_all(uint64_t zero_page)
 			virtio_rng_count_device(d);
 			accepted = FEATURE(VIRTIO_RING_F_EVENT_IDX);
 			min_queue = 1;
+		} else if (d->device_id == VIRTIO_ID_NET) {
+			virtio_net_count_device(d);
+			accepted = virtio_net_features();
+			min_queue = 2;
+			queues = 2;
 		} else {
 			d->state = VIRTIO_NO_DRIVER;
 			continue;
 		}
-		err = ram_ok ? init_device(d, accepted, min_queue)
+		err = ram_ok ? init_device(d, accepted, min_queue, queues)
 			     : "no usable RAM at 0x400000..0x900000";
 		if (err) {
 			init_failed(d, i, err);
@@ -328,5 +339,7 @@ void virtio_probe_all(uint64_t zero_page)
 		d->state = VIRTIO_OK;
 		if (d->device_id == VIRTIO_ID_BLOCK)
 			virtio_blk_attach(d);
+		if (d->device_id == VIRTIO_ID_NET)
+			virtio_net_attach(d);
 	}
 }
