@@ -3,7 +3,6 @@
 
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
 
 use event_manager::EventSet;
 use kindling_devices::{DeviceEvents, EventRegistry};
@@ -11,7 +10,6 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmm_sys_util::timerfd::TimerFd;
 
 use super::rx::{has_buffers, needs_rx_interrupt, place_frame, Placement, RxScratch};
 use super::tap::{offload, Tap};
@@ -21,7 +19,7 @@ use super::{
 };
 use crate::device::{ActivateError, Activation, Active, DeviceType, QueueProgress, VirtioDevice};
 use crate::queue::{drain_queue, Handled, QueueError, MAX_QUEUE_SIZE};
-use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
+use crate::rate_limiter::{RateLimiterConfig, Throttle};
 use crate::{features, GuestMemoryMmap};
 
 /// Frames received per pass before the device lets other events run.
@@ -99,7 +97,6 @@ struct RxState {
     held: Option<(usize, bool)>,
     /// The TAP may have frames (it was readable and not read to EAGAIN).
     tap_readable: bool,
-    throttled: bool,
     scratch: RxScratch,
 }
 
@@ -126,13 +123,10 @@ pub struct Net {
     queue_sizes: [u16; 2],
     active: Option<Active>,
     rx: RxState,
-    tx_throttled: bool,
     tx_frame: TxFrame,
     tx_scratch: Vec<Descriptor>,
-    rx_limiter: RateLimiter,
-    tx_limiter: RateLimiter,
-    rx_timer: TimerFd,
-    tx_timer: TimerFd,
+    rx_throttle: Throttle,
+    tx_throttle: Throttle,
     kick: EventFd,
     counters: NetCounters,
 }
@@ -184,13 +178,9 @@ impl Net {
     /// recorded.
     pub fn with_tap(tap: Tap, config: &NetConfig) -> Result<Self, NetError> {
         check_queue_size(config.queue_size)?;
-        let timer = |what| {
-            TimerFd::new().map_err(|e| NetError::EventFd {
-                what,
-                source: io::Error::from_raw_os_error(e.errno()),
-            })
+        let throttle = |config: Option<&RateLimiterConfig>, what| {
+            Throttle::new(config).map_err(|source| NetError::EventFd { what, source })
         };
-        let now = Instant::now();
         Ok(Self {
             tap,
             features: offered_features(config.mac.is_some()),
@@ -200,20 +190,18 @@ impl Net {
                 buf: vec![0u8; VNET_HDR_LEN + MAX_FRAME_LEN],
                 held: None,
                 tap_readable: true,
-                throttled: false,
                 scratch: RxScratch::default(),
             },
-            tx_throttled: false,
             tx_frame: TxFrame::default(),
             tx_scratch: Vec::new(),
-            rx_limiter: config
-                .rx_rate_limiter
-                .map_or_else(RateLimiter::unlimited, |c| RateLimiter::new(&c, now)),
-            tx_limiter: config
-                .tx_rate_limiter
-                .map_or_else(RateLimiter::unlimited, |c| RateLimiter::new(&c, now)),
-            rx_timer: timer("receive rate-limiter timerfd")?,
-            tx_timer: timer("transmit rate-limiter timerfd")?,
+            rx_throttle: throttle(
+                config.rx_rate_limiter.as_ref(),
+                "receive rate-limiter timerfd",
+            )?,
+            tx_throttle: throttle(
+                config.tx_rate_limiter.as_ref(),
+                "transmit rate-limiter timerfd",
+            )?,
             kick: EventFd::new(EFD_NONBLOCK).map_err(|source| NetError::EventFd {
                 what: "receive eventfd",
                 source,
@@ -227,8 +215,8 @@ impl Net {
     /// force now).
     pub fn config(&self) -> NetConfig {
         NetConfig {
-            rx_rate_limiter: Some(self.rx_limiter.config()).filter(|c| c.is_limit()),
-            tx_rate_limiter: Some(self.tx_limiter.config()).filter(|c| c.is_limit()),
+            rx_rate_limiter: self.rx_throttle.config(),
+            tx_rate_limiter: self.tx_throttle.config(),
             ..self.config.clone()
         }
     }
@@ -240,65 +228,56 @@ impl Net {
 
     /// The counters so far.
     pub fn counters(&self) -> NetCounters {
-        self.counters
+        NetCounters {
+            rx_throttled: self.rx_throttle.refusals(),
+            tx_throttled: self.tx_throttle.refusals(),
+            ..self.counters
+        }
     }
 
     /// Changes the rate limits while running (Firecracker's
     /// `PATCH /network-interfaces/{id}`): a bucket given replaces the
     /// current one (a bucket of size 0 removes it), one not given stays.
-    /// A queue stopped by the old limits is taken up again at once.
+    /// A queue stopped by the old limits is taken up again at once
+    /// (through its timer, on the event loop).
     pub fn update_rate_limiters(
         &mut self,
         rx: Option<&RateLimiterConfig>,
         tx: Option<&RateLimiterConfig>,
     ) {
-        let now = Instant::now();
         if let Some(rx) = rx {
-            self.rx_limiter.update(rx, now);
-            self.config.rx_rate_limiter = Some(self.rx_limiter.config()).filter(|c| c.is_limit());
-            if self.rx.throttled {
-                self.disarm(RX_TIMER_TOKEN);
-                self.rx.throttled = false;
-                self.wake_rx();
-            }
+            self.rx_throttle.update(rx);
         }
         if let Some(tx) = tx {
-            self.tx_limiter.update(tx, now);
-            self.config.tx_rate_limiter = Some(self.tx_limiter.config()).filter(|c| c.is_limit());
-            if self.tx_throttled {
-                self.disarm(TX_TIMER_TOKEN);
-                self.tx_throttled = false;
-                // The transmit queue is taken up on the next pass through
-                // the kick eventfd.
-                self.wake_rx();
-            }
-        }
-    }
-
-    fn disarm(&mut self, token: u32) {
-        let timer = if token == RX_TIMER_TOKEN {
-            &mut self.rx_timer
-        } else {
-            &mut self.tx_timer
-        };
-        if let Err(e) = timer.clear() {
-            log::error!("virtio-net: cannot disarm a rate-limiter timer: {e}");
+            self.tx_throttle.update(tx);
         }
     }
 
     /// Asks the event loop to come back to the device (kick eventfd).
-    fn wake_rx(&self) {
+    fn wake(&self) {
         if let Err(e) = self.kick.write(1) {
-            log::error!("virtio-net: cannot signal the receive eventfd: {e}");
+            log::error!("virtio-net: cannot signal the device's eventfd: {e}");
         }
     }
 
-    fn arm(timer: &mut TimerFd, wait: Duration) {
-        // At least a millisecond: waking up sooner only finds the bucket
-        // still empty.
-        let wait = wait.max(Duration::from_millis(1));
-        if let Err(e) = timer.reset(wait, None) {
-            log::error!("virtio-net: cannot arm a rate-limiter timer: {e}");
+    /// A rate limiter's timer fired: take its queue up again.
+    fn on_timer(&mut self, token: u32) {
+        if token == RX_TIMER_TOKEN {
+            self.rx_throttle.on_timer();
+            self.process_rx();
+        } else {
+            self.tx_throttle.on_timer();
+            self.run_tx();
+        }
+    }
+
+    /// [`Net::process_tx`] from the device's own events: more work comes
+    /// back through the kick eventfd.
+    fn run_tx(&mut self) {
+        match self.process_tx() {
+            Ok(QueueProgress::MoreWork) => self.wake(),
+            Ok(QueueProgress::Done) => {}
+            Err(e) => log::error!("virtio-net: {e}"),
         }
     }
 
@@ -309,7 +288,7 @@ impl Net {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        if active.broken || self.rx.throttled {
+        if active.broken || self.rx_throttle.is_throttled() {
             return;
         }
         let mergeable = active.acked_features & net::MRG_RXBUF != 0;
@@ -326,8 +305,7 @@ impl Net {
             memory,
             &self.tap,
             &mut self.rx,
-            &mut self.rx_limiter,
-            &mut self.rx_timer,
+            &mut self.rx_throttle,
             &mut self.counters,
             mergeable,
         );
@@ -358,13 +336,13 @@ impl Net {
             Err(e) => log::warn!("virtio-net: cannot read used_event: {e}"),
         }
         if more {
-            self.wake_rx();
+            self.wake();
         }
     }
 
     /// Sends what the driver queued for transmission.
     fn process_tx(&mut self) -> Result<QueueProgress, QueueError> {
-        if self.tx_throttled {
+        if self.tx_throttle.is_throttled() {
             return Ok(QueueProgress::Done);
         }
         let Some(active) = self.active.as_mut() else {
@@ -374,9 +352,7 @@ impl Net {
         let tap = &self.tap;
         let frame = &mut self.tx_frame;
         let scratch = &mut self.tx_scratch;
-        let limiter = &mut self.tx_limiter;
-        let timer = &mut self.tx_timer;
-        let throttled = &mut self.tx_throttled;
+        let throttle = &mut self.tx_throttle;
         let counters = &mut self.counters;
         active.run_queue(TX_QUEUE, |queue, memory| {
             drain_queue(queue, memory, |queue, head, chain| {
@@ -386,10 +362,7 @@ impl Net {
                     queue.add_used(memory, head, 0)?;
                     return Ok(Handled::Returned);
                 }
-                if let Err(wait) = limiter.consume(frame.frame_len as u64, Instant::now()) {
-                    counters.tx_throttled += 1;
-                    *throttled = true;
-                    Self::arm(timer, wait);
+                if !throttle.admit(frame.frame_len as u64) {
                     return Ok(Handled::PutBack);
                 }
                 match write_frame(tap, memory, frame) {
@@ -445,8 +418,7 @@ fn rx_pass(
     memory: &GuestMemoryMmap,
     tap: &Tap,
     rx: &mut RxState,
-    limiter: &mut RateLimiter,
-    timer: &mut TimerFd,
+    throttle: &mut Throttle,
     counters: &mut NetCounters,
     mergeable: bool,
 ) -> Result<bool, virtio_queue::Error> {
@@ -486,10 +458,7 @@ fn rx_pass(
         };
         rx.held = Some((len, paid));
         if !paid {
-            if let Err(wait) = limiter.consume((len - VNET_HDR_LEN) as u64, Instant::now()) {
-                counters.rx_throttled += 1;
-                rx.throttled = true;
-                Net::arm(timer, wait);
+            if !throttle.admit((len - VNET_HDR_LEN) as u64) {
                 return Ok(false);
             }
             rx.held = Some((len, true));
@@ -542,8 +511,8 @@ impl DeviceEvents for Net {
                 EventSet::IN | EventSet::EDGE_TRIGGERED,
             ),
             (self.kick.as_raw_fd(), KICK_TOKEN, EventSet::IN),
-            (self.rx_timer.as_raw_fd(), RX_TIMER_TOKEN, EventSet::IN),
-            (self.tx_timer.as_raw_fd(), TX_TIMER_TOKEN, EventSet::IN),
+            (self.rx_throttle.as_raw_fd(), RX_TIMER_TOKEN, EventSet::IN),
+            (self.tx_throttle.as_raw_fd(), TX_TIMER_TOKEN, EventSet::IN),
         ];
         for (fd, token, events) in fds {
             if let Err(e) = ops.add(fd, token, events) {
@@ -564,26 +533,9 @@ impl DeviceEvents for Net {
             KICK_TOKEN => {
                 let _ = self.kick.read();
                 self.process_rx();
-                match self.process_tx() {
-                    Ok(QueueProgress::MoreWork) => self.wake_rx(),
-                    Ok(QueueProgress::Done) => {}
-                    Err(e) => log::error!("virtio-net: {e}"),
-                }
+                self.run_tx();
             }
-            RX_TIMER_TOKEN => {
-                let _ = self.rx_timer.wait();
-                self.rx.throttled = false;
-                self.process_rx();
-            }
-            TX_TIMER_TOKEN => {
-                let _ = self.tx_timer.wait();
-                self.tx_throttled = false;
-                match self.process_tx() {
-                    Ok(QueueProgress::MoreWork) => self.wake_rx(),
-                    Ok(QueueProgress::Done) => {}
-                    Err(e) => log::error!("virtio-net: {e}"),
-                }
-            }
+            RX_TIMER_TOKEN | TX_TIMER_TOKEN => self.on_timer(token),
             _ => log::warn!("virtio-net: event for token {token}, which is not registered"),
         }
     }
@@ -633,7 +585,7 @@ impl VirtioDevice for Net {
         self.active = Some(active);
         // Frames may be waiting in the TAP already.
         self.rx.tap_readable = true;
-        self.wake_rx();
+        self.wake();
         Ok(())
     }
 
