@@ -61,15 +61,11 @@ pub fn create_tap(name: &str) -> io::Result<i32> {
     let flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
     req[16..18].copy_from_slice(&flags.to_ne_bytes());
     // SAFETY: `req` is a 40-byte `struct ifreq`.
-    check(
-        unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, req.as_mut_ptr()) },
-        "TUNSETIFF",
-    )?;
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, req.as_mut_ptr()) };
+    check(r, "TUNSETIFF")?;
     // SAFETY: TUNSETPERSIST takes an integer argument.
-    check(
-        unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) },
-        "TUNSETPERSIST",
-    )?;
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) };
+    check(r, "TUNSETPERSIST")?;
     drop(fd);
     // SAFETY: a plain socket call.
     let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -78,10 +74,8 @@ pub fn create_tap(name: &str) -> io::Result<i32> {
     let sock = unsafe { OwnedFd::from_raw_fd(sock) };
     req[16..18].copy_from_slice(&(libc::IFF_UP as i16).to_ne_bytes());
     // SAFETY: `req` is a 40-byte `struct ifreq` with the flags set.
-    check(
-        unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, req.as_mut_ptr()) },
-        "SIOCSIFFLAGS",
-    )?;
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, req.as_mut_ptr()) };
+    check(r, "SIOCSIFFLAGS")?;
     let c_name = std::ffi::CString::new(name).unwrap();
     // SAFETY: a NUL-terminated name.
     Ok(unsafe { libc::if_nametoindex(c_name.as_ptr()) } as i32)
@@ -145,18 +139,16 @@ impl PacketSocket {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let set = |level, name, value: &[u8], what| {
             // SAFETY: `value` is valid for reads of its length.
-            check(
-                unsafe {
-                    libc::setsockopt(
-                        fd.as_raw_fd(),
-                        level,
-                        name,
-                        value.as_ptr().cast(),
-                        value.len() as u32,
-                    )
-                },
-                what,
-            )
+            let r = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    level,
+                    name,
+                    value.as_ptr().cast(),
+                    value.len() as u32,
+                )
+            };
+            check(r, what)
         };
         set(
             libc::SOL_PACKET,
@@ -188,16 +180,14 @@ impl PacketSocket {
         addr.sll_protocol = proto;
         addr.sll_ifindex = ifindex;
         // SAFETY: `addr` is a sockaddr_ll of the size given.
-        check(
-            unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&addr as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            },
-            "bind",
-        )?;
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        check(r, "bind")?;
         Ok(Self(fd))
     }
 
@@ -238,7 +228,7 @@ impl PacketSocket {
             if n < 10 {
                 return None;
             }
-            if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if from.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
             return Some((Vnet::from_bytes(&buf[..10]), buf[10..n as usize].to_vec()));

@@ -59,16 +59,12 @@ pub(crate) fn netns_tap(name: &str, persistent: bool) -> TestTap {
     let flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
     req[16..18].copy_from_slice(&flags.to_ne_bytes());
     // SAFETY: `req` is a 40-byte `struct ifreq`.
-    check(
-        unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, req.as_mut_ptr()) },
-        "TUNSETIFF",
-    );
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, req.as_mut_ptr()) };
+    check(r, "TUNSETIFF");
     if persistent {
         // SAFETY: TUNSETPERSIST takes an integer argument.
-        check(
-            unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) },
-            "TUNSETPERSIST",
-        );
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) };
+        check(r, "TUNSETPERSIST");
     }
     // SAFETY: a plain socket call.
     let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -78,10 +74,8 @@ pub(crate) fn netns_tap(name: &str, persistent: bool) -> TestTap {
     let up = (libc::IFF_UP as i16).to_ne_bytes();
     req[16..18].copy_from_slice(&up);
     // SAFETY: `req` is a 40-byte `struct ifreq` with the flags set.
-    check(
-        unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, req.as_mut_ptr()) },
-        "SIOCSIFFLAGS",
-    );
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, req.as_mut_ptr()) };
+    check(r, "SIOCSIFFLAGS");
     let c_name = std::ffi::CString::new(name).unwrap();
     // SAFETY: a NUL-terminated name.
     let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) } as i32;
@@ -113,51 +107,45 @@ impl PacketSocket {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let one: libc::c_int = 1;
         // SAFETY: PACKET_VNET_HDR takes an int.
-        check(
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_PACKET,
-                    libc::PACKET_VNET_HDR,
-                    (&one as *const libc::c_int).cast(),
-                    4,
-                )
-            },
-            "PACKET_VNET_HDR",
-        );
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_VNET_HDR,
+                (&one as *const libc::c_int).cast(),
+                4,
+            )
+        };
+        check(r, "PACKET_VNET_HDR");
         let tv = libc::timeval {
             tv_sec: 0,
             tv_usec: 200_000,
         };
         // SAFETY: SO_RCVTIMEO takes a timeval.
-        check(
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    (&tv as *const libc::timeval).cast(),
-                    std::mem::size_of::<libc::timeval>() as u32,
-                )
-            },
-            "SO_RCVTIMEO",
-        );
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        check(r, "SO_RCVTIMEO");
         // SAFETY: all-zero is a valid sockaddr_ll.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
         addr.sll_protocol = proto;
         addr.sll_ifindex = ifindex;
         // SAFETY: `addr` is a sockaddr_ll of the size given.
-        check(
-            unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&addr as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            },
-            "bind",
-        );
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        check(r, "bind");
         Self(fd)
     }
 
@@ -192,7 +180,7 @@ impl PacketSocket {
             if n < 0 {
                 return None;
             }
-            if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if from.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
             let mut h = [0u8; VNET_HDR_LEN];
