@@ -275,13 +275,16 @@ void net_mac(uint8_t mac[6]);
 /* The next free transmit buffer (header first), after reclaiming sent
  * ones; NULL on timeout. */
 uint8_t *net_tx_buffer(void);
-/* Sends the buffer net_tx_buffer returned, `len` bytes with the header. */
-void net_tx_submit(uint32_t len);
+/* Queues the buffer net_tx_buffer returned, `len` bytes with the header;
+ * publishes it to the device now if `kick` (otherwise at the next kick,
+ * net_tx_drain, or when the queue is full). */
+void net_tx_submit(uint32_t len, bool kick);
 /* Waits (bounded) for a received frame and copies it, header first, to
  * `dst` (at most `cap` bytes): its length, 0 if it did not fit (dropped),
  * BLK_TIMEOUT or BLK_BAD_DEVICE. */
 int64_t net_recv(uint8_t *dst, uint32_t cap);
-/* Waits (bounded) until every frame sent was returned; false on timeout. */
+/* Publishes what was queued and waits (bounded) until every frame sent
+ * was returned; false on timeout. */
 bool net_tx_drain(void);
 
 /* ---- bench.c ---------------------------------------------------------- */

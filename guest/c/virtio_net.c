@@ -92,6 +92,8 @@ uint8_t *net_tx_buffer(void)
 
 	if (tx_reclaim() < 0)
 		return NULL;
+	if (tx_in_flight == tx->size)
+		virtq_kick(tx);	/* the device must see what waits */
 	while (tx_in_flight == tx->size) {
 		if (!virtq_wait_used(tx) || tx_reclaim() < 0)
 			return NULL;
@@ -99,7 +101,7 @@ uint8_t *net_tx_buffer(void)
 	return (uint8_t *)(uintptr_t)tx_buf(tx_next);
 }
 
-void net_tx_submit(uint32_t len)
+void net_tx_submit(uint32_t len, bool kick)
 {
 	struct virtq *tx = &first_net->vq1;
 
@@ -107,11 +109,13 @@ void net_tx_submit(uint32_t len)
 	virtq_push(tx, tx_next);
 	tx_in_flight++;
 	tx_next = (uint16_t)((tx_next + 1) % tx->size);
-	virtq_kick(tx);
+	if (kick)
+		virtq_kick(tx);
 }
 
 bool net_tx_drain(void)
 {
+	virtq_kick(&first_net->vq1);
 	while (tx_in_flight) {
 		if (!virtq_wait_used(&first_net->vq1) || tx_reclaim() < 0)
 			return false;

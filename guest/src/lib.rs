@@ -194,7 +194,9 @@
 //! their frame is copied out. Each transmitted frame is one
 //! device-readable descriptor of 2048 bytes at most, header first; the
 //! driver keeps up to a queue's worth in flight and waits for all of them
-//! before its `done` line. `<mac>` is the device's (`mac-feature=1`) or
+//! before its `done` line. `net-send` publishes its frames 32 at a time
+//! (one kick, if the device asks for it, per 32 frames, and one when the
+//! queue is full); `net-echo` and `net-csum` publish each frame at once. `<mac>` is the device's (`mac-feature=1`) or
 //! `02:00:00:00:00:01`.
 //!
 //! - `net-send` frames: destination `ff:ff:ff:ff:ff:ff`, source `<mac>`,

@@ -422,6 +422,11 @@ fn rx_pass(
     counters: &mut NetCounters,
     mergeable: bool,
 ) -> Result<bool, virtio_queue::Error> {
+    // While buffers last the driver need not notify the queue (each
+    // notification is a VM exit); they are asked for again when the
+    // buffers run out. (A no-op with event-idx, where `avail_event` is only
+    // moved when they run out.)
+    queue.disable_notification(memory)?;
     for _ in 0..RX_FRAMES_PER_PASS {
         let (len, paid) = match rx.held {
             Some(held) => held,
