@@ -274,3 +274,24 @@ fn one_file_for_two_uses_is_refused_and_left_untouched() {
     assert_error(&["--serial", &serial], "symbolic link");
     assert_eq!(std::fs::read(disk).unwrap(), vec![0x5a; 4096]);
 }
+
+#[test]
+fn bad_network_interfaces() {
+    assert_error(
+        &["--net", "tap=kdl-name-too-long0"],
+        "TAP interface name \"kdl-name-too-long0\" is 18 bytes, longer than the 15 Linux allows",
+    );
+    assert_error(
+        &["--net", "tap=kdl-absent7"],
+        "there is no network interface \"kdl-absent7\" (create the TAP device first",
+    );
+    assert_error(
+        &["--net", "tap=x,mac=06:00"],
+        "invalid MAC address \"06:00\"",
+    );
+    assert_error(&["--net", "mac=06:00:00:00:00:01"], "names no TAP device");
+    assert_error(
+        &["--net", "tap=a", "--net", "tap=a"],
+        "network interfaces 0 and 1 both use iface_id \"a\"",
+    );
+}

@@ -146,6 +146,46 @@ fn the_guest_echoes_frames_written_to_the_tap() {
 }
 
 #[test]
+fn the_guest_receives_what_the_tap_is_given() {
+    if !available("the_guest_receives_what_the_tap_is_given") {
+        return;
+    }
+    let ifindex = create_tap("kdl5").unwrap();
+    let sock = PacketSocket::new(ifindex, 500).unwrap();
+    let serial = Capture::default();
+    let vmm = Vmm::build(config(
+        "kindling.test=virtio,net-recv:300,net-recv:20:0",
+        &serial,
+        vec![interface("kdl5")],
+    ))
+    .unwrap();
+    // More than the guest's 256 buffers: it posts them again as it goes.
+    let frames: Vec<Vec<u8>> = (0..320)
+        .map(|i| host_frame(i, 60 + (i as usize * 13) % 1400))
+        .collect();
+    for f in &frames {
+        sock.send(Vnet::default(), f).unwrap();
+    }
+    let reason = vmm.run().unwrap();
+    let serial = serial.text();
+    assert_eq!(reason, ExitReason::Status(0), "{serial}");
+    let first: Vec<u8> = frames[..300].concat();
+    assert_eq!(
+        line(&serial, "net-recv: done frames=300"),
+        format!(
+            "net-recv: done frames=300 bytes={} crc32={:#010x}",
+            first.len(),
+            common::crc32(&first)
+        )
+    );
+    let rest: usize = frames[300..].iter().map(Vec::len).sum();
+    assert_eq!(
+        line(&serial, "net-recv: done frames=20"),
+        format!("net-recv: done frames=20 bytes={rest}")
+    );
+}
+
+#[test]
 fn partial_checksums_cross_the_tap_both_ways() {
     if !available("partial_checksums_cross_the_tap_both_ways") {
         return;

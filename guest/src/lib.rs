@@ -91,7 +91,7 @@
 //! | `net-info` | `net0: mac=<mac> mac-feature=<0\|1> mrg-rxbuf=<0\|1> csum=<0\|1> guest-csum=<0\|1> event-idx=<0\|1> rxq=<size> txq=<size>` | the first network device; see [Network](#network) |
 //! | `net-send:N:LEN` | `net-send: start`, then `net-send: done frames=<N> bytes=<N*LEN>` | sends `N` (at least 1) frames of `LEN` (18..=2036) bytes |
 //! | `net-echo:N` | `net-echo: start`, then `net-echo: done frames=<n> bytes=<B> csum=<C> dropped=<D>` | receives `N` frames and sends each back unchanged |
-//! | `net-recv:N` | `net-recv: start`, then `net-recv: done frames=<n> bytes=<B> crc32=0x<8 hex>` | receives `N` frames |
+//! | `net-recv:N[:CRC]` | `net-recv: start`, then `net-recv: done frames=<n> bytes=<B>` + ` crc32=0x<8 hex>` unless `CRC` is 0 | receives `N` frames (`CRC` 0 or 1, default 1: whether to checksum them) |
 //! | `net-csum` | `net-csum: sent` | one UDP/IPv4 frame whose checksum is left to the device |
 //! | anything else | `unknown action: <name>` | then exits at once with status 2 ([`EXIT_BAD_ARGUMENTS`]) through [`DEBUG_EXIT_PORT`] |
 //!
