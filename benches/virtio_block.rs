@@ -109,6 +109,7 @@ fn run(
             path: disk.to_path_buf(),
             read_only: false,
             engine,
+            rate_limiter: None,
         }],
         serial: SerialConfig::Writer(Box::new(stamper.clone())),
         ..VmConfig::default()

@@ -4,6 +4,7 @@
 //! cargo run --release --example microvm -- [--kernel PATH] [--initrd PATH]
 //!     [--cmdline STR] [--cpus N] [--memory MIB] [--pvh]
 //!     [--disk PATH[,readonly][,engine=sync|io_uring] | --disk [OPTION,]...path=PATH]...
+//!     [--net tap=NAME[,mac=aa:bb:cc:dd:ee:ff]]...
 //!     [--entropy] [--vsock cid=N,uds=PATH] [--serial stdout|off|file=PATH]
 //! cargo run --release --example microvm -- --restore STATE_FILE --restore-mem MEM_FILE
 //!     [--disk-override N=PATH]... [--serial stdout|off|file=PATH]
@@ -34,8 +35,8 @@ use kindling::vmm::snapshot::{
     DiskOverride, MemBackend, RestoreConfig, SnapshotKind, SnapshotRequest,
 };
 use kindling::vmm::{
-    BootProtocol, DiskConfig, ExitReason, KernelSource, SerialConfig, StartTime, VmConfig, Vmm,
-    VmmError, VsockConfig, DEFAULT_LINUX_CMDLINE,
+    BootProtocol, DiskConfig, ExitReason, KernelSource, NetConfig, SerialConfig, StartTime,
+    VmConfig, Vmm, VmmError, VsockConfig, DEFAULT_LINUX_CMDLINE,
 };
 
 /// Where the README explains hosts whose /dev/kvm cannot run Linux.
@@ -111,6 +112,10 @@ struct Args {
     /// verbatim.
     #[arg(long, value_name = "PATH[,readonly][,engine=sync|io_uring]")]
     disk: Vec<DiskConfig>,
+    /// A virtio-net interface on an existing TAP device (repeatable;
+    /// create it first: ip tuntap add NAME mode tap).
+    #[arg(long, value_name = "tap=NAME[,mac=aa:bb:cc:dd:ee:ff]")]
+    net: Vec<NetConfig>,
     /// Add a virtio-rng entropy device.
     #[arg(long)]
     entropy: bool,
@@ -275,6 +280,7 @@ fn main() -> ExitCode {
         vcpus: args.cpus,
         memory_mib: args.memory,
         disks: args.disk,
+        net: args.net,
         entropy: args.entropy,
         vsock: args.vsock,
         serial,

@@ -307,3 +307,24 @@ fn a_disk_locked_by_another_process_is_refused() {
         "only regular files and block devices",
     );
 }
+
+#[test]
+fn bad_network_interfaces() {
+    assert_error(
+        &["--net", "tap=kdl-name-too-long0"],
+        "TAP interface name \"kdl-name-too-long0\" is 18 bytes, longer than the 15 Linux allows",
+    );
+    assert_error(
+        &["--net", "tap=kdl-absent7"],
+        "there is no network interface \"kdl-absent7\" (create the TAP device first",
+    );
+    assert_error(
+        &["--net", "tap=x,mac=06:00"],
+        "invalid MAC address \"06:00\"",
+    );
+    assert_error(&["--net", "mac=06:00:00:00:00:01"], "names no TAP device");
+    assert_error(
+        &["--net", "tap=a", "--net", "tap=a"],
+        "network interfaces 0 and 1 both use iface_id \"a\"",
+    );
+}

@@ -33,6 +33,7 @@ fn run_on(
             path: path.clone(),
             read_only: *read_only,
             engine,
+            rate_limiter: None,
         })
         .collect();
     run_test_guest_with(cmdline, 1, 128, |config| {
@@ -264,6 +265,7 @@ fn a_missing_disk_image_is_a_clear_error() {
             path: "/nonexistent/disk.img".into(),
             read_only: false,
             engine: BlockEngine::Sync,
+            rate_limiter: None,
         }],
         serial: kindling::vmm::SerialConfig::Off,
         ..Default::default()

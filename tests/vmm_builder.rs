@@ -121,6 +121,7 @@ fn typed_errors_keep_their_source() {
         path: image,
         read_only: false,
         engine: Default::default(),
+        rate_limiter: None,
     }];
     let err = Vmm::build(config).unwrap_err();
     assert!(

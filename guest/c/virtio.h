@@ -1,7 +1,8 @@
 /*
  * virtio.h: the test guest's virtio-mmio driver (virtio 1.1, MMIO version 2,
  * split virtqueues), shared by virtio_mmio.c (transport), virtqueue.c,
- * virtio_blk.c, virtio_rng.c, bench.c and virtio_cmd.c (the actions).
+ * virtio_blk.c, virtio_rng.c, virtio_net.c, bench.c and virtio_cmd.c (the
+ * actions).
  *
  * Everything runs in ring 3 with interrupts off: the driver notifies a
  * queue by writing QueueNotify (one VM exit) and polls the used ring for
@@ -11,8 +12,11 @@
  * part of the image, so that booting the guest touches none of it:
  *
  *   0x0040_0000  VIRTIO_DEV_AREA_SIZE per device (rings, request headers)
+ *   0x0042_0000  VIRTIO_DEV_AREA_SIZE per device for queue 1 (net transmit)
  *   0x0048_0000  the 64 KiB I/O buffer of the single-request actions
- *   0x0050_0000  the benchmark buffers, 64 x 64 KiB
+ *   0x0050_0000  the benchmark buffers, 64 x 64 KiB; the network driver
+ *                uses the first 1 MiB of them (receive, then transmit
+ *                buffers, 256 x 2 KiB each)
  *   0x0090_0000  the vsock driver's queues 1 and 2 and its buffers, 1 MiB
  *   0x00a0_0000  end
  *
@@ -27,6 +31,7 @@
 
 #define VIRTIO_RAM_START	0x400000UL
 #define VIRTIO_DEV_AREA_SIZE	0x4000UL	/* 16 KiB per device */
+#define VIRTIO_DEV_AREA1	0x420000UL	/* queue 1's areas */
 #define VIRTIO_IO_BUF		0x480000UL
 #define VIRTIO_IO_BUF_SIZE	0x10000UL
 #define BENCH_BUF_START		0x500000UL
@@ -35,6 +40,9 @@
 #define VSOCK_RAM_START		(BENCH_BUF_START + BENCH_MAX_QD * BENCH_BUF_SIZE)
 #define VSOCK_RAM_SIZE		0x100000UL
 #define VIRTIO_RAM_END		(VSOCK_RAM_START + VSOCK_RAM_SIZE)
+#define NET_BUF_SIZE		2048UL
+#define NET_RX_BUFS		BENCH_BUF_START
+#define NET_TX_BUFS		(BENCH_BUF_START + VQ_MAX_SIZE * NET_BUF_SIZE)
 
 /* Inside a device's area. */
 #define VQ_DESC_OFFSET		0x0000	/* 16 * 256 bytes */
@@ -44,6 +52,7 @@
 #define VQ_MAX_SIZE		256
 
 /* Device ids (virtio 1.1 §5). */
+#define VIRTIO_ID_NET		1
 #define VIRTIO_ID_BLOCK		2
 #define VIRTIO_ID_RNG		4
 #define VIRTIO_ID_VSOCK		19
@@ -55,6 +64,11 @@
 #define VIRTIO_BLK_F_FLUSH		9
 #define VIRTIO_BLK_F_DISCARD		13
 #define VIRTIO_BLK_F_WRITE_ZEROES	14
+#define VIRTIO_NET_F_CSUM		0
+#define VIRTIO_NET_F_GUEST_CSUM		1
+#define VIRTIO_NET_F_MAC		5
+#define VIRTIO_NET_F_HOST_TSO4		11
+#define VIRTIO_NET_F_MRG_RXBUF		15
 #define FEATURE(bit)			(1ULL << (bit))
 
 /* Wait bound for a device: `pause` iterations (about 3 s on the
@@ -149,7 +163,8 @@ struct virtio_dev {
 	uint32_t status;	/* device status bits we last wrote */
 	uint64_t features;	/* negotiated */
 	uint64_t area;		/* its VIRTIO_DEV_AREA_SIZE bytes of RAM */
-	struct virtq vq;	/* queue 0, the only one used */
+	struct virtq vq;	/* queue 0 */
+	struct virtq vq1;	/* queue 1 (network devices: transmit) */
 };
 
 /* Probes and initialises every device of the command line, once; prints
@@ -258,6 +273,48 @@ struct virtio_dev *vsock_first(void);
  * EXIT_DEVICE_ERROR when the device stalls. */
 void vsock_connect(struct virtio_dev *d, uint32_t port, uint64_t bytes);
 void vsock_listen(struct virtio_dev *d, uint32_t port);
+
+/* ---- virtio_net.c ----------------------------------------------------- */
+
+#define VIRTIO_NET_HDR_F_NEEDS_CSUM	1
+#define VIRTIO_NET_HDR_GSO_TCPV4	1
+#define NET_HDR_LEN			12
+#define NET_MAX_FRAME			(NET_BUF_SIZE - NET_HDR_LEN)
+
+struct virtio_net_hdr {
+	uint8_t flags;
+	uint8_t gso_type;
+	uint16_t hdr_len;
+	uint16_t gso_size;
+	uint16_t csum_start;
+	uint16_t csum_offset;
+	uint16_t num_buffers;
+};
+
+/* Feature bits the network driver accepts. */
+uint64_t virtio_net_features(void);
+/* Whether the device needs queue 1 (a network device). */
+void virtio_net_count_device(struct virtio_dev *d);
+/* Posts every receive buffer of the first network device. */
+void virtio_net_attach(struct virtio_dev *d);
+/* The first network device, initialised or not (NULL: none). */
+struct virtio_dev *net_first(void);
+/* The MAC address: the device's (VIRTIO_NET_F_MAC) or 02:00:00:00:00:01. */
+void net_mac(uint8_t mac[6]);
+/* The next free transmit buffer (header first), after reclaiming sent
+ * ones; NULL on timeout. */
+uint8_t *net_tx_buffer(void);
+/* Queues the buffer net_tx_buffer returned, `len` bytes with the header;
+ * publishes it to the device now if `kick` (otherwise at the next kick,
+ * net_tx_drain, or when the queue is full). */
+void net_tx_submit(uint32_t len, bool kick);
+/* Waits (bounded) for a received frame and copies it, header first, to
+ * `dst` (at most `cap` bytes): its length, 0 if it did not fit (dropped),
+ * BLK_TIMEOUT or BLK_BAD_DEVICE. */
+int64_t net_recv(uint8_t *dst, uint32_t cap);
+/* Publishes what was queued and waits (bounded) until every frame sent
+ * was returned; false on timeout. */
+bool net_tx_drain(void);
 
 /* ---- bench.c ---------------------------------------------------------- */
 

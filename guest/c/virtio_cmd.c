@@ -1,6 +1,6 @@
 /*
  * virtio_cmd.c: the virtio actions of `kindling.test=`: `virtio`, the
- * `blk-*` family, `rng`, `blk-bench` and the `vsock-*` family. An action's arguments follow its
+ * `blk-*` family, `rng`, `blk-bench`, the `vsock-*` and the `net-*` families. An action's arguments follow its
  * name, separated by ':' (decimal numbers). This file parses them, calls
  * the drivers and prints the lines documented in src/lib.rs.
  */
@@ -131,6 +131,8 @@ static const char *type_name(const struct virtio_dev *d)
 		return "rng";
 	if (d->device_id == VIRTIO_ID_VSOCK)
 		return "vsock";
+	if (d->device_id == VIRTIO_ID_NET)
+		return "net";
 	return NULL;
 }
 
@@ -412,6 +414,269 @@ static void act_blk_bench(const struct args *a)
 	blk_bench(b, (unsigned)d, &p);
 }
 
+/* ---- network ---------------------------------------------------------- */
+
+#define NET_ETHERTYPE_TEST	0x88b5	/* IEEE local experimental */
+#define NET_TX_BATCH		32	/* net-send frames per kick */
+
+/* Probes the devices and returns the first network device, or ends the
+ * VM with "net: no device" / "net: not ready" (status 3). */
+static struct virtio_dev *net_arg(const struct args *a)
+{
+	struct virtio_dev *d;
+
+	virtio_probe_all(a->zero_page);
+	d = net_first();
+	if (!d || d->state != VIRTIO_OK) {
+		out_str(d ? "net: not ready" : "net: no device");
+		out_line();
+		guest_exit(EXIT_DEVICE_ERROR);
+	}
+	return d;
+}
+
+static __attribute__((noreturn)) void net_failed(int64_t result)
+{
+	device_error_line("net", (int)result);
+	guest_exit(EXIT_DEVICE_ERROR);
+}
+
+static uint8_t *net_buffer(void)
+{
+	uint8_t *buf = net_tx_buffer();
+
+	if (!buf)
+		net_failed(BLK_TIMEOUT);
+	return buf;
+}
+
+static void act_net_info(const struct args *a)
+{
+	struct virtio_dev *d;
+	uint8_t mac[6];
+
+	if (a->n)
+		bad_arguments(a);
+	d = net_arg(a);
+	net_mac(mac);
+	out_str("net0: mac=");
+	for (unsigned i = 0; i < 6; i++) {
+		static const char hex[] = "0123456789abcdef";
+		char b[3] = { hex[mac[i] >> 4], hex[mac[i] & 15], ':' };
+
+		out_mem(b, i < 5 ? 3 : 2);
+	}
+	out_flag(" mac-feature=", d->features, VIRTIO_NET_F_MAC);
+	out_flag(" mrg-rxbuf=", d->features, VIRTIO_NET_F_MRG_RXBUF);
+	out_flag(" csum=", d->features, VIRTIO_NET_F_CSUM);
+	out_flag(" guest-csum=", d->features, VIRTIO_NET_F_GUEST_CSUM);
+	out_flag(" event-idx=", d->features, VIRTIO_RING_F_EVENT_IDX);
+	out_str(" rxq=");
+	out_dec(d->vq.size);
+	out_str(" txq=");
+	out_dec(d->vq1.size);
+	out_line();
+}
+
+/* net-send:N:LEN: N broadcast frames of LEN bytes from our MAC, EtherType
+ * 0x88b5; payload: the frame number (le32), then byte k = (number + k). */
+static void act_net_send(const struct args *a)
+{
+	uint64_t n = arg_num(a, 0, 1, UINT32_MAX);
+	uint64_t len = arg_num(a, 1, 18, NET_MAX_FRAME);
+	uint8_t mac[6];
+	uint64_t bytes = 0;
+
+	if (a->n != 2)
+		bad_arguments(a);
+	net_arg(a);
+	net_mac(mac);
+	out_str("net-send: start");
+	out_line();
+	for (uint64_t i = 0; i < n; i++) {
+		uint8_t *buf = net_buffer();
+		uint8_t *f = buf + NET_HDR_LEN;
+		uint32_t seq = (uint32_t)i;
+
+		memset(buf, 0, NET_HDR_LEN);
+		memset(f, 0xff, 6);
+		memcpy(f + 6, mac, 6);
+		f[12] = NET_ETHERTYPE_TEST >> 8;
+		f[13] = NET_ETHERTYPE_TEST & 0xff;
+		memcpy(f + 14, &seq, 4);
+		for (uint64_t k = 18; k < len; k++)
+			f[k] = (uint8_t)(seq + k);
+		/* Publish in batches, as a driver with more to send would. */
+		net_tx_submit((uint32_t)(NET_HDR_LEN + len), i % NET_TX_BATCH == NET_TX_BATCH - 1);
+		bytes += len;
+	}
+	if (!net_tx_drain())
+		net_failed(BLK_TIMEOUT);
+	out_str("net-send: done frames=");
+	out_dec(n);
+	out_str(" bytes=");
+	out_dec(bytes);
+	out_line();
+}
+
+/* net-echo:N: receives N frames and sends each back unchanged (with its
+ * partial-checksum request, if any). */
+static void act_net_echo(const struct args *a)
+{
+	uint64_t n = arg_num(a, 0, 1, UINT32_MAX);
+	uint64_t bytes = 0, csum = 0, dropped = 0;
+	struct virtio_dev *d;
+
+	if (a->n != 1)
+		bad_arguments(a);
+	d = net_arg(a);
+	out_str("net-echo: start");
+	out_line();
+	for (uint64_t i = 0; i < n; i++) {
+		uint8_t *buf = net_buffer();
+		int64_t len = net_recv(buf, NET_BUF_SIZE);
+		struct virtio_net_hdr *h = (struct virtio_net_hdr *)buf;
+
+		if (len < 0)
+			net_failed(len);
+		if (len == 0) {
+			dropped++;
+			continue;
+		}
+		if (h->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM)
+			csum++;
+		if (!(d->features & FEATURE(VIRTIO_NET_F_CSUM)))
+			h->flags = 0;
+		h->flags &= VIRTIO_NET_HDR_F_NEEDS_CSUM;
+		h->gso_type = 0;
+		h->num_buffers = 0;
+		net_tx_submit((uint32_t)len, true);
+		bytes += (uint64_t)len - NET_HDR_LEN;
+	}
+	if (!net_tx_drain())
+		net_failed(BLK_TIMEOUT);
+	out_str("net-echo: done frames=");
+	out_dec(n - dropped);
+	out_str(" bytes=");
+	out_dec(bytes);
+	out_str(" csum=");
+	out_dec(csum);
+	out_str(" dropped=");
+	out_dec(dropped);
+	out_line();
+}
+
+/* net-recv:N[:CRC]: receives N frames; CRC-32 of the frames without
+ * headers unless CRC is 0. */
+static void act_net_recv(const struct args *a)
+{
+	uint64_t n = arg_num(a, 0, 1, UINT32_MAX);
+	bool check = a->n < 2 || arg_num(a, 1, 0, 1) == 1;
+	uint8_t *buf = (uint8_t *)VIRTIO_IO_BUF;
+	uint64_t bytes = 0, dropped = 0;
+	uint32_t crc = 0;
+
+	if (a->n != 1 && a->n != 2)
+		bad_arguments(a);
+	net_arg(a);
+	out_str("net-recv: start");
+	out_line();
+	for (uint64_t i = 0; i < n; i++) {
+		int64_t len = net_recv(buf, VIRTIO_IO_BUF_SIZE);
+
+		if (len < 0)
+			net_failed(len);
+		if (len == 0) {
+			dropped++;
+			continue;
+		}
+		if (check)
+			crc = crc32_update(crc, buf + NET_HDR_LEN, (size_t)len - NET_HDR_LEN);
+		bytes += (uint64_t)len - NET_HDR_LEN;
+	}
+	out_str("net-recv: done frames=");
+	out_dec(n - dropped);
+	out_str(" bytes=");
+	out_dec(bytes);
+	if (check) {
+		out_str(" crc32=");
+		out_hex(crc, 8);
+	}
+	out_line();
+}
+
+static uint16_t be16(uint16_t v)
+{
+	return (uint16_t)(v >> 8 | v << 8);
+}
+
+/* One's-complement sum of n bytes (n even), not folded. */
+static uint32_t sum16(const uint8_t *p, size_t n, uint32_t sum)
+{
+	for (size_t i = 0; i + 1 < n; i += 2)
+		sum += (uint32_t)p[i] << 8 | p[i + 1];
+	return sum;
+}
+
+static uint16_t fold(uint32_t sum)
+{
+	while (sum >> 16)
+		sum = (sum & 0xffff) + (sum >> 16);
+	return (uint16_t)sum;
+}
+
+/* net-csum: one UDP/IPv4 frame (169.254.1.2:1234 -> 169.254.1.1:5678, 32
+ * bytes of payload) whose UDP checksum is left to the device
+ * (VIRTIO_NET_HDR_F_NEEDS_CSUM, csum_start 34, csum_offset 6): the
+ * checksum field holds the pseudo-header sum, as Linux leaves it. */
+static void act_net_csum(const struct args *a)
+{
+	static const uint8_t ips[8] = { 169, 254, 1, 2, 169, 254, 1, 1 };
+	struct virtio_net_hdr *h;
+	uint8_t mac[6], *buf, *f, *ip, *udp;
+	uint16_t v;
+
+	if (a->n)
+		bad_arguments(a);
+	net_arg(a);
+	net_mac(mac);
+	buf = net_buffer();
+	memset(buf, 0, NET_HDR_LEN + 74);
+	h = (struct virtio_net_hdr *)buf;
+	h->flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+	h->csum_start = 34;
+	h->csum_offset = 6;
+	f = buf + NET_HDR_LEN;
+	memset(f, 0xff, 6);
+	memcpy(f + 6, mac, 6);
+	f[12] = 0x08;
+	ip = f + 14;
+	ip[0] = 0x45;
+	v = be16(20 + 8 + 32);
+	memcpy(ip + 2, &v, 2);
+	ip[8] = 64;
+	ip[9] = 17;
+	memcpy(ip + 12, ips, 8);
+	v = be16((uint16_t)~fold(sum16(ip, 20, 0)));
+	memcpy(ip + 10, &v, 2);
+	udp = ip + 20;
+	v = be16(1234);
+	memcpy(udp, &v, 2);
+	v = be16(5678);
+	memcpy(udp + 2, &v, 2);
+	v = be16(8 + 32);
+	memcpy(udp + 4, &v, 2);
+	for (unsigned k = 0; k < 32; k++)
+		udp[8 + k] = (uint8_t)k;
+	v = be16(fold(sum16(ips, 8, 17 + 8 + 32)));
+	memcpy(udp + 6, &v, 2);
+	net_tx_submit(NET_HDR_LEN + 74, true);
+	if (!net_tx_drain())
+		net_failed(BLK_TIMEOUT);
+	out_str("net-csum: sent");
+	out_line();
+}
+
 /* ---- dispatch --------------------------------------------------------- */
 
 static void act_blk_read(const struct args *a)
@@ -511,6 +776,11 @@ static const struct {
 	{ "count", act_count },
 	{ "vsock-connect", act_vsock_connect },
 	{ "vsock-listen", act_vsock_listen },
+	{ "net-info", act_net_info },
+	{ "net-send", act_net_send },
+	{ "net-echo", act_net_echo },
+	{ "net-recv", act_net_recv },
+	{ "net-csum", act_net_csum },
 };
 
 bool virtio_action(struct span action, uint64_t zero_page)

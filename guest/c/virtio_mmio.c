@@ -6,8 +6,8 @@
  * (Linux's syntax), in command-line order. The first virtio action probes
  * them all and initialises each one it has a driver for, once, following
  * §3.1.1: reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK (checked),
- * queue 0, DRIVER_OK. Registers are read and written 32 bits at a time,
- * each access one VM exit.
+ * queue 0 (and queue 1 for a network device), DRIVER_OK. Registers are
+ * read and written 32 bits at a time, each access one VM exit.
  */
 #include "virtio.h"
 
@@ -217,9 +217,10 @@ static const char *setup_queue(struct virtio_dev *d, uint16_t min_size)
 	return virtio_setup_queue(d, 0, &d->vq, d->area, min_size);
 }
 
-/* §3.1.1, with queue 0 only. Returns NULL or why it failed. */
+/* §3.1.1, with queue 0 (and queue 1 if `queues` is 2; a vsock device sets
+ * up its own queues 1 and 2). Returns NULL or why it failed. */
 static const char *init_device(struct virtio_dev *d, uint64_t accepted,
-			       uint16_t min_queue_size)
+			       uint16_t min_queue_size, unsigned queues)
 {
 	uint64_t offered;
 	const char *err;
@@ -252,6 +253,10 @@ static const char *init_device(struct virtio_dev *d, uint64_t accepted,
 		return "features not accepted";
 
 	err = setup_queue(d, min_queue_size);
+	if (!err && queues > 1)
+		err = virtio_setup_queue(d, 1, &d->vq1,
+					 VIRTIO_DEV_AREA1 + (d->area - VIRTIO_RAM_START),
+					 min_queue_size);
 	if (!err && d->device_id == VIRTIO_ID_VSOCK)
 		err = virtio_vsock_setup_queues(d);
 	if (err)
@@ -303,6 +308,7 @@ void virtio_probe_all(uint64_t zero_page)
 		uint32_t version = reg_read(d, REG_VERSION);
 		uint64_t accepted;
 		uint16_t min_queue;
+		unsigned queues = 1;
 		const char *err;
 
 		d->device_id = reg_read(d, REG_DEVICE_ID);
@@ -327,11 +333,16 @@ void virtio_probe_all(uint64_t zero_page)
 			virtio_vsock_count_device(d);
 			accepted = FEATURE(VIRTIO_RING_F_EVENT_IDX);
 			min_queue = VSOCK_MIN_QUEUE;
+		} else if (d->device_id == VIRTIO_ID_NET) {
+			virtio_net_count_device(d);
+			accepted = virtio_net_features();
+			min_queue = 2;
+			queues = 2;
 		} else {
 			d->state = VIRTIO_NO_DRIVER;
 			continue;
 		}
-		err = ram_ok ? init_device(d, accepted, min_queue)
+		err = ram_ok ? init_device(d, accepted, min_queue, queues)
 			     : "no usable RAM at 0x400000..0xa00000";
 		if (err) {
 			init_failed(d, i, err);
@@ -342,5 +353,7 @@ void virtio_probe_all(uint64_t zero_page)
 			virtio_blk_attach(d);
 		if (d->device_id == VIRTIO_ID_VSOCK)
 			virtio_vsock_attach(d);
+		if (d->device_id == VIRTIO_ID_NET)
+			virtio_net_attach(d);
 	}
 }

@@ -79,6 +79,7 @@
 //! | `timer` | `boot-timer: signalled` | first writes the byte 123 to MMIO 0xc000_0000, which makes the VMM log the boot time |
 //! | `pio-loop` | none | writes the byte 0 to [`BENCH_PORT`] in an endless loop (a VM-exit benchmark); never returns |
 //! | `virtio` | `virtio: <N> devices`, then N × `virtio<i>: base=0x<hex> irq=<decimal> type=<blk\|rng\|vsock\|other(<id>)> status=<state>` | see [Virtio](#virtio) |
+//! | `virtio` | `virtio: <N> devices`, then N × `virtio<i>: base=0x<hex> irq=<decimal> type=<blk\|rng\|net\|other(<id>)> status=<state>` | see [Virtio](#virtio) |
 //! | `blk-info:D` | `blk<D>: capacity=<sectors> ro=<0\|1> flush=<0\|1> discard=<0\|1> write-zeroes=<0\|1> event-idx=<0\|1> queue=<size>` | the negotiated features; capacity in 512-byte sectors; the queue size in use |
 //! | `blk-id:D` | `blk<D>: get-id status=<S>` + ` id=<id>` when `S` is `OK` | a `GET_ID` request; `<id>` is the 20-byte id up to its first NUL, bytes outside 0x20..0x7e printed as `.` |
 //! | `blk-read:D:SECTOR:COUNT` | `blk<D>: read sector=<SECTOR> count=<COUNT> status=<S>` + ` crc32=0x<8 hex>` when `S` is `OK` | CRC-32/IEEE (Python's `zlib.crc32`) of the `COUNT * 512` bytes read |
@@ -92,6 +93,11 @@
 //! | `count:D` | the same | before each line, writes sector `N % 64` of block device `D`, every byte `N & 0xff` (a `blk<D>: write sector=.. count=1 status=<S>` line and exit status 3 if that fails) |
 //! | `vsock-connect:PORT:N` | `vsock: connect port=<PORT> sent=<s> received=<r> crc32=0x<8 hex> mismatches=<m>`, or `vsock: connect port=<PORT> refused` | connects to host port `PORT` (0..2^32-1) on the first vsock device, sends `N` (0..2^32-1) bytes of the [vsock pattern](#vsock) while reading what comes back; `crc32` of the `r` bytes received, `m` of them differ from the pattern; see [Vsock](#vsock) |
 //! | `vsock-listen:PORT` | `vsock: listen port=<PORT> echoed=<e> crc32=0x<8 hex> overruns=<o>` + ` reset` when the peer reset the connection | accepts one host connection to guest port `PORT` and echoes what it receives until the host shuts down its sending side; `crc32` of everything received |
+//! | `net-info` | `net0: mac=<mac> mac-feature=<0\|1> mrg-rxbuf=<0\|1> csum=<0\|1> guest-csum=<0\|1> event-idx=<0\|1> rxq=<size> txq=<size>` | the first network device; see [Network](#network) |
+//! | `net-send:N:LEN` | `net-send: start`, then `net-send: done frames=<N> bytes=<N*LEN>` | sends `N` (at least 1) frames of `LEN` (18..=2036) bytes |
+//! | `net-echo:N` | `net-echo: start`, then `net-echo: done frames=<n> bytes=<B> csum=<C> dropped=<D>` | receives `N` frames and sends each back unchanged |
+//! | `net-recv:N[:CRC]` | `net-recv: start`, then `net-recv: done frames=<n> bytes=<B>` + ` crc32=0x<8 hex>` unless `CRC` is 0 | receives `N` frames (`CRC` 0 or 1, default 1: whether to checksum them) |
+//! | `net-csum` | `net-csum: sent` | one UDP/IPv4 frame whose checksum is left to the device |
 //! | anything else | `unknown action: <name>` | then exits at once with status 2 ([`EXIT_BAD_ARGUMENTS`]) through [`DEBUG_EXIT_PORT`] |
 //!
 //! `smp`: `M` is the number of enabled processor entries in the MP table;
@@ -133,10 +139,14 @@
 //! The first virtio action probes every device of the command line and
 //! initialises each one the guest has a driver for (block, entropy and vsock),
 //! once, as virtio 1.1 §3.1.1 says: reset (waiting for Status to read 0),
+//! initialises each one the guest has a driver for (block, entropy and
+//! network), once, as virtio 1.1 §3.1.1 says: reset (waiting for Status to
+//! read 0),
 //! ACKNOWLEDGE, DRIVER, features (it requires `VIRTIO_F_VERSION_1`; it also
 //! accepts `VIRTIO_RING_F_EVENT_IDX`, and for block `VIRTIO_BLK_F_RO`,
 //! `_FLUSH`, `_DISCARD` and `_WRITE_ZEROES`, when offered), FEATURES_OK
-//! (read back), queue 0 (size `min(QueueNumMax, 256)` rounded down to a
+//! (read back), queue 0 (and queue 1 for a network device; size
+//! `min(QueueNumMax, 256)` rounded down to a
 //! power of two; descriptor table, driver and device areas as 64-bit
 //! addresses; QueueReady; for vsock also queues 1 and 2, which must offer
 //! at least 32 and 8 entries), DRIVER_OK. Each device that fails prints
@@ -148,14 +158,20 @@
 //! `queue unavailable`, `queue too small` (vsock queues 1 and 2), `a second
 //! vsock device` (the driver serves one), `device needs reset` (DEVICE_NEEDS_RESET or
 //! FAILED set after DRIVER_OK) and `no usable RAM at 0x400000..0xa00000`.
+//! 0 already live`, `queue 0 unavailable`, `queue 0 too small` (and the same
+//! three for queue 1 of a network device; a block device needs 4
+//! entries, a network device 2), `device needs reset` (DEVICE_NEEDS_RESET or
+//! FAILED set after DRIVER_OK) and `no usable RAM at 0x400000..0x900000`.
 //!
 //! In the `virtio` lines, `type` comes from the DeviceID register (read
 //! even when the magic is wrong) and `status` is one of `ok`, `bad magic`,
 //! `bad version` (not 2), `no driver` (a device type other than block,
 //! entropy and vsock; nothing is written to it) and `init failed`.
+//! entropy and network; nothing is written to it) and `init failed`.
 //!
 //! The driver runs in ring 3 with interrupts off. It notifies a queue with
-//! one 32-bit write of the queue index (0) to QueueNotify, only when the
+//! one 32-bit write of the queue index (0, or 1 for a network device's
+//! transmit queue) to QueueNotify, only when the
 //! device asks for it (`avail_event` with `VIRTIO_RING_F_EVENT_IDX`,
 //! otherwise `VIRTQ_USED_F_NO_NOTIFY`), and polls the used ring. It asks
 //! for no interrupts (`VIRTQ_AVAIL_F_NO_INTERRUPT`, or a `used_event` kept
@@ -200,6 +216,47 @@
 //! received in a 64 KiB ring until the host's credit lets it send it back
 //! (`overruns` counts bytes a peer sent beyond the credit it was given,
 //! which are dropped).
+//! | `net: no device` / `net: not ready` / `net: timeout` / `net: bad used element` | [`EXIT_DEVICE_ERROR`] | see [Network](#network) |
+//! | `blk<D>: timeout` / `rng: timeout` | [`EXIT_DEVICE_ERROR`] | no completion within about 10^8 `pause` loops (about 3 s on the development hosts) |
+//! | `blk<D>: bad used element` / `rng: bad used element` | [`EXIT_DEVICE_ERROR`] | the device completed a descriptor chain that was not in flight |
+//!
+//! # Network
+//!
+//! The network actions use the first network device (device id 1) in
+//! command-line order. The driver accepts `VIRTIO_NET_F_MAC`,
+//! `_MRG_RXBUF`, `_CSUM`, `_GUEST_CSUM`, `_HOST_TSO4` and
+//! `VIRTIO_RING_F_EVENT_IDX` when offered, sets up queue 0 (receive) and
+//! queue 1 (transmit), and right after DRIVER_OK posts every receive
+//! buffer: one device-writable descriptor of 2048 bytes each (the 12-byte
+//! virtio header, then the frame). A frame spanning several buffers
+//! (`num_buffers` with `_MRG_RXBUF`) is gathered; one that does not fit the
+//! action's buffer (2048 bytes for `net-echo`, 64 KiB for `net-recv`) is
+//! counted in `dropped` and not echoed. Buffers are posted again as soon as
+//! their frame is copied out. Each transmitted frame is one
+//! device-readable descriptor of 2048 bytes at most, header first; the
+//! driver keeps up to a queue's worth in flight and waits for all of them
+//! before its `done` line. `net-send` publishes its frames 32 at a time
+//! (one kick, if the device asks for it, per 32 frames, and one when the
+//! queue is full); `net-echo` and `net-csum` publish each frame at once. `<mac>` is the device's (`mac-feature=1`) or
+//! `02:00:00:00:00:01`.
+//!
+//! - `net-send` frames: destination `ff:ff:ff:ff:ff:ff`, source `<mac>`,
+//!   EtherType 0x88b5 (IEEE local experimental), then frame number `i`
+//!   (from 0) as a little-endian u32, then byte `k` (`k` from 18) equal to
+//!   `(i + k) mod 256`; the header is all zeroes.
+//! - `net-echo` sends each frame back with its header's
+//!   `VIRTIO_NET_HDR_F_NEEDS_CSUM` request, `csum_start` and `csum_offset`
+//!   (kept only when `_CSUM` was negotiated; every other field zeroed);
+//!   `C` counts frames that arrived with that flag.
+//! - `net-recv`'s CRC-32 covers the frames without their headers, in order.
+//! - `net-csum` sends destination broadcast, source `<mac>`, IPv4
+//!   169.254.1.2 → 169.254.1.1, UDP 1234 → 5678 with 32 payload bytes
+//!   0, 1, ..., 31 (74 bytes), header flags `NEEDS_CSUM`, `csum_start` 34,
+//!   `csum_offset` 6, the UDP checksum field holding the pseudo-header sum.
+//!
+//! Errors: `net: no device` and `net: not ready` (status 3), `net: timeout`
+//! when a frame or a transmit completion does not come within the bounded
+//! wait (about 3 s), `net: bad used element`.
 //!
 //! # Block benchmark
 //!

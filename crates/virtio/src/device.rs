@@ -163,7 +163,7 @@ pub trait VirtioDevice: DeviceEvents + Send {
 /// The resources of an active device, with the queue-processing logic
 /// every device shares.
 #[cfg_attr(
-    not(any(feature = "block", feature = "rng", feature = "vsock")),
+    not(any(feature = "block", feature = "net", feature = "rng", feature = "vsock")),
     allow(dead_code)
 )]
 #[derive(Debug)]
@@ -178,7 +178,7 @@ pub(crate) struct Active {
 }
 
 #[cfg_attr(
-    not(any(feature = "block", feature = "rng", feature = "vsock")),
+    not(any(feature = "block", feature = "net", feature = "rng", feature = "vsock")),
     allow(dead_code)
 )]
 impl Active {

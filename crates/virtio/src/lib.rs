@@ -23,7 +23,10 @@
 //!   completion eventfd, say) and hands their events to the device.
 //! - [`chain`]: walking a guest's descriptor chain as hostile input.
 //! - Devices, each behind a cargo feature: [`block`] (feature `block`),
-//!   [`rng`] (feature `rng`) and [`vsock`] (feature `vsock`).
+//!   [`net`] (feature `net`, on a TAP device), [`rng`] (feature `rng`) and
+//!   [`vsock`] (feature `vsock`).
+//! - [`rate_limiter`]: token buckets (Firecracker's `bandwidth`/`ops`
+//!   shape) that the block and network devices apply to their queues.
 //!
 //! Guest-visible state lives in plain serde-serialisable structs
 //! ([`MmioTransportState`], [`QueueSnapshot`], [`InterruptState`] and each
@@ -68,7 +71,10 @@ pub mod chain;
 mod device;
 pub mod features;
 mod interrupt;
+#[cfg(feature = "net")]
+pub mod net;
 mod queue;
+pub mod rate_limiter;
 #[cfg(feature = "rng")]
 pub mod rng;
 mod subscriber;

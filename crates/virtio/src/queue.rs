@@ -277,7 +277,7 @@ impl QueueSnapshot {
 /// Takes the next available descriptor chain. An error means the driver
 /// broke the ring protocol.
 #[cfg_attr(
-    not(any(feature = "block", feature = "rng", feature = "vsock")),
+    not(any(feature = "block", feature = "net", feature = "rng", feature = "vsock")),
     allow(dead_code)
 )]
 pub(crate) fn pop_chain<'m>(
@@ -292,7 +292,7 @@ pub(crate) fn pop_chain<'m>(
 /// last call: `used_event` with VIRTIO_RING_F_EVENT_IDX, otherwise the
 /// available ring's NO_INTERRUPT flag.
 #[cfg_attr(
-    not(any(feature = "block", feature = "rng", feature = "vsock")),
+    not(any(feature = "block", feature = "net", feature = "rng", feature = "vsock")),
     allow(dead_code)
 )]
 pub(crate) fn needs_interrupt(
@@ -312,7 +312,7 @@ pub(crate) fn needs_interrupt(
 
 /// What one pass over a queue did.
 #[cfg_attr(
-    not(any(feature = "block", feature = "rng", feature = "vsock")),
+    not(any(feature = "block", feature = "net", feature = "rng", feature = "vsock")),
     allow(dead_code)
 )]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,7 +325,7 @@ pub(crate) struct Drained {
 
 /// What a queue handler did with a chain.
 #[cfg_attr(
-    not(any(feature = "block", feature = "rng", feature = "vsock")),
+    not(any(feature = "block", feature = "net", feature = "rng", feature = "vsock")),
     allow(dead_code)
 )]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,7 +361,7 @@ impl From<bool> for Handled {
 /// budget runs out the pass stops with `more` set and notifications still
 /// off; the caller comes back later.
 #[cfg_attr(
-    not(any(feature = "block", feature = "rng", feature = "vsock")),
+    not(any(feature = "block", feature = "net", feature = "rng", feature = "vsock")),
     allow(dead_code)
 )]
 pub(crate) fn drain_queue<F, R>(

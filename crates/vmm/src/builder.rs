@@ -12,6 +12,7 @@ use kindling_devices::{Bus, BusExitHandler, EventFdLine, SharedDevice, VmExitHan
 use kindling_memory::{create_guest_memory, GuestRam, MemoryConfig, MmioWindow, ResourceAllocator};
 use kindling_vcpu::{Kvm, Vm, VmOptions};
 use kindling_virtio::block::Block;
+use kindling_virtio::net::Net;
 use kindling_virtio::rng::Entropy;
 use kindling_virtio::vsock::Vsock;
 use kindling_virtio::VirtioDevice;
@@ -76,6 +77,7 @@ pub struct VmmBuilder {
     allocator: ResourceAllocator,
     virtio: Vec<PlannedDevice>,
     disks: Vec<Arc<Mutex<Block>>>,
+    net: Vec<(String, Arc<Mutex<Net>>)>,
     entropy: Option<Arc<Mutex<Entropy>>>,
     vsock: Option<Arc<Mutex<Vsock>>>,
     pio: Vec<(String, u64, u64, SharedDevice)>,
@@ -98,7 +100,7 @@ impl std::fmt::Debug for VmmBuilder {
 
 impl VmmBuilder {
     /// Checks `config`, creates guest memory and opens every file it
-    /// names (kernel, initrd, disks), so bad input is reported before
+    /// names (kernel, initrd, disks, TAP devices), so bad input is reported before
     /// anything touches KVM.
     pub fn new(config: VmConfig) -> Result<Self, VmmError> {
         if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
@@ -138,6 +140,7 @@ impl VmmBuilder {
             }
             in_use.push((id, "a disk image", disk.path.clone()));
         }
+        virtio_devices::check_nets(&config.net)?;
         let mut config = config;
         if let SerialConfig::File(path) = &config.serial {
             let file = open_serial_file(path, &in_use)?;
@@ -154,6 +157,7 @@ impl VmmBuilder {
             allocator,
             virtio: Vec::new(),
             disks: Vec::new(),
+            net: Vec::new(),
             entropy: None,
             vsock: None,
             pio: Vec::new(),
@@ -172,6 +176,12 @@ impl VmmBuilder {
             };
             builder.plan_virtio(&format!("disk {index}"), block.clone(), kind)?;
             builder.disks.push(block);
+        }
+        for index in 0..builder.config.net.len() {
+            let net = virtio_devices::open_net(index, &builder.config.net[index])?;
+            let iface_id = builder.config.net[index].iface_id.clone();
+            let net = builder.add_virtio_device(&format!("network interface {iface_id}"), net)?;
+            builder.net.push((iface_id, net));
         }
         if builder.config.entropy {
             let entropy = builder.add_virtio_device("entropy device", Entropy::new())?;
@@ -392,6 +402,7 @@ impl VmmBuilder {
             devices: VmmDevices {
                 legacy,
                 disks: self.disks,
+                net: self.net,
                 entropy: self.entropy,
                 virtio: virtio_slots,
                 vsock: self.vsock,

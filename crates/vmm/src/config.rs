@@ -9,6 +9,8 @@ use crate::console::ConsoleEscape;
 use kindling_devices::legacy::StartTime;
 use kindling_memory::Backing;
 use kindling_virtio::block::BlockEngine;
+use kindling_virtio::net::MacAddr;
+use kindling_virtio::rate_limiter::RateLimiterConfig;
 
 /// The command line given to a Linux kernel when the user gives none.
 pub const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
@@ -43,6 +45,8 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// The I/O engine (synchronous by default).
     pub engine: BlockEngine,
+    /// Limits on the guest's requests (Firecracker's `rate_limiter`).
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// The `--disk` syntax, for error messages.
@@ -113,6 +117,85 @@ impl std::str::FromStr for DiskConfig {
             path: path.into(),
             read_only,
             engine,
+            rate_limiter: None,
+        })
+    }
+}
+
+/// A virtio-net interface on a host TAP device, with Firecracker's field
+/// names (`PUT /network-interfaces/{iface_id}`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The interface's name for the API.
+    pub iface_id: String,
+    /// The host TAP interface, created beforehand
+    /// (`ip tuntap add NAME mode tap`).
+    pub host_dev_name: String,
+    /// The guest's MAC address; without one the guest picks its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<MacAddr>,
+    /// Limits on what the guest receives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Limits on what the guest sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+}
+
+impl NetConfig {
+    /// An interface `iface_id` on TAP `host_dev_name`, no fixed MAC, no
+    /// limits.
+    pub fn new(iface_id: impl Into<String>, host_dev_name: impl Into<String>) -> Self {
+        Self {
+            iface_id: iface_id.into(),
+            host_dev_name: host_dev_name.into(),
+            guest_mac: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        }
+    }
+}
+
+/// The network interface syntax, for errors.
+const NET_SYNTAX: &str = "tap=NAME[,mac=aa:bb:cc:dd:ee:ff][,id=IFACE_ID]";
+
+impl std::str::FromStr for NetConfig {
+    type Err = String;
+
+    /// Parses `tap=NAME[,mac=aa:bb:cc:dd:ee:ff][,id=IFACE_ID]`; the
+    /// `iface_id` is the TAP name unless `id=` gives one.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (mut tap, mut mac, mut id) = (None, None, None);
+        for opt in s.split(',') {
+            let (key, value) = opt.split_once('=').ok_or_else(|| {
+                format!("network option '{opt}' in '{s}' is not KEY=VALUE (expected {NET_SYNTAX})")
+            })?;
+            match key {
+                "tap" if !value.is_empty() => tap = Some(value.to_string()),
+                "mac" => {
+                    mac = Some(
+                        value
+                            .parse::<MacAddr>()
+                            .map_err(|e| format!("{e} in '{s}'"))?,
+                    )
+                }
+                "id" if !value.is_empty() => id = Some(value.to_string()),
+                _ => {
+                    return Err(format!(
+                        "unknown or empty network option '{opt}' in '{s}' (expected {NET_SYNTAX})"
+                    ))
+                }
+            }
+        }
+        let tap =
+            tap.ok_or_else(|| format!("'{s}' names no TAP device (expected {NET_SYNTAX})"))?;
+        Ok(Self {
+            iface_id: id.unwrap_or_else(|| tap.clone()),
+            host_dev_name: tap,
+            guest_mac: mac,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
         })
     }
 }
@@ -227,6 +310,9 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// virtio-block disks, in the order the guest sees them.
     pub disks: Vec<DiskConfig>,
+    /// virtio-net interfaces, in the order the guest sees them (after the
+    /// disks).
+    pub net: Vec<NetConfig>,
     /// Whether to add a virtio-rng (entropy) device.
     pub entropy: bool,
     /// A virtio-vsock device.
@@ -268,6 +354,7 @@ impl std::fmt::Debug for VmConfig {
             .field("vcpus", &self.vcpus)
             .field("memory_mib", &self.memory_mib)
             .field("disks", &self.disks)
+            .field("net", &self.net)
             .field("entropy", &self.entropy)
             .field("vsock", &self.vsock)
             .field("memory_backing", &self.memory_backing)
@@ -289,6 +376,7 @@ impl Default for VmConfig {
             vcpus: 1,
             memory_mib: 128,
             disks: Vec::new(),
+            net: Vec::new(),
             entropy: false,
             vsock: None,
             memory_backing: Backing::Anonymous,
@@ -412,5 +500,47 @@ mod tests {
             .parse::<VsockConfig>()
             .unwrap_err()
             .contains("unknown vsock option 'port=4'"));
+    }
+
+    #[test]
+    fn net_options_parse() {
+        let n: NetConfig = "tap=tap0".parse().unwrap();
+        assert_eq!(n, NetConfig::new("tap0", "tap0"));
+        let n: NetConfig = "mac=06:00:00:00:00:01,tap=t1,id=eth0".parse().unwrap();
+        assert_eq!(
+            (n.iface_id.as_str(), n.host_dev_name.as_str()),
+            ("eth0", "t1")
+        );
+        assert_eq!(n.guest_mac.unwrap().to_string(), "06:00:00:00:00:01");
+        for (bad, why) in [
+            ("", "not KEY=VALUE"),
+            ("tap=", "unknown or empty"),
+            ("mac=06:00:00:00:00:01", "names no TAP"),
+            ("tap=a,mac=zz", "invalid MAC address"),
+            (
+                "tap=a,speed=10",
+                "unknown or empty network option 'speed=10'",
+            ),
+        ] {
+            let e = bad.parse::<NetConfig>().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn net_config_uses_firecracker_field_names() {
+        let n: NetConfig = serde_json::from_str(
+            r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02",
+                "rx_rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}},
+                "tx_rate_limiter": {"ops": {"size": 10, "one_time_burst": 5, "refill_time": 1000}}}"#,
+        )
+        .unwrap();
+        assert_eq!(n.iface_id, "eth0");
+        assert_eq!(n.rx_rate_limiter.unwrap().bandwidth.unwrap().size, 1000);
+        assert_eq!(n.tx_rate_limiter.unwrap().ops.unwrap().one_time_burst, 5);
+        assert!(serde_json::from_str::<NetConfig>(
+            r#"{"iface_id": "a", "host_dev_name": "b", "mtu": 1}"#
+        )
+        .is_err());
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use kindling_virtio::block::Block;
+use kindling_virtio::net::Net;
 use kindling_virtio::rng::Entropy;
 use kindling_virtio::vsock::Vsock;
 use kindling_virtio::MmioTransport;
@@ -22,6 +23,10 @@ pub struct VmmDevices {
     /// The virtio-block disks, in configuration order (the guest's vda,
     /// vdb, ...).
     pub disks: Vec<Arc<Mutex<Block>>>,
+    /// The virtio-net interfaces, in configuration order, each with its
+    /// `iface_id` (for the API's `PATCH /network-interfaces/{iface_id}`:
+    /// [`Net::update_rate_limiters`]).
+    pub net: Vec<(String, Arc<Mutex<Net>>)>,
     /// The virtio-rng device, if configured.
     pub entropy: Option<Arc<Mutex<Entropy>>>,
     /// The virtio-vsock device, if configured.

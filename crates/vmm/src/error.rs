@@ -100,6 +100,28 @@ pub enum VmmError {
     /// that is taken or in a missing directory).
     #[error("vsock: {0}")]
     Vsock(#[source] kindling_virtio::vsock::VsockError),
+    /// A network interface could not be opened or set up.
+    #[error("network interface {index} ({iface_id}): {source}")]
+    Net {
+        /// The interface's position in the configuration.
+        index: usize,
+        /// Its `iface_id`.
+        iface_id: String,
+        /// What the network device said.
+        source: kindling_virtio::net::NetError,
+    },
+    /// Two network interfaces have the same `iface_id` or TAP device.
+    #[error("network interfaces {first} and {second} both use {what} {value:?}")]
+    NetDuplicate {
+        /// The first interface's position.
+        first: usize,
+        /// The second one's.
+        second: usize,
+        /// "iface_id" or "host_dev_name".
+        what: &'static str,
+        /// The value they share.
+        value: String,
+    },
     /// A virtio device could not be put behind its transport.
     #[error("cannot set up the virtio transport of the {device}: {source}")]
     Transport {

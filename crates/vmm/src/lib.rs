@@ -50,7 +50,7 @@ mod vmm;
 
 pub use builder::{UserSubscriber, VmmBuilder};
 pub use config::{
-    BootProtocol, DiskConfig, KernelSource, SerialConfig, VmConfig, VsockConfig,
+    BootProtocol, DiskConfig, KernelSource, NetConfig, SerialConfig, VmConfig, VsockConfig,
     DEFAULT_LINUX_CMDLINE,
 };
 pub use device_manager::LegacyDevices;
@@ -60,6 +60,11 @@ pub use kindling_devices::legacy::StartTime;
 pub use kindling_devices::{BusExitHandler, ExitReason};
 /// A disk's I/O engine ([`DiskConfig::engine`]).
 pub use kindling_virtio::block::BlockEngine;
+/// A guest MAC address ([`NetConfig::guest_mac`]).
+pub use kindling_virtio::net::MacAddr;
+/// A rate limiter's buckets ([`NetConfig::rx_rate_limiter`],
+/// [`DiskConfig::rate_limiter`]), in Firecracker's JSON shape.
+pub use kindling_virtio::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 pub use lifecycle::{VmRunState, VmmHandle};
 pub use vmm::{RunningVmm, Vmm, MAX_VCPUS};
 

@@ -8,13 +8,14 @@ use kindling_devices::{Bus, EventFdLine, InterruptLine};
 use kindling_memory::{GuestMemoryMmap, ResourceAllocator};
 use kindling_vcpu::Vm;
 use kindling_virtio::block::{Block, BlockConfig};
+use kindling_virtio::net::{Net, NetConfig as DeviceNetConfig};
 use kindling_virtio::vsock::Vsock;
 use kindling_virtio::{
     cmdline_with_mmio_devices, CmdlineError, MmioTransport, TransportError, VirtioDevice,
     VirtioSubscriber, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
 
-use crate::config::{DiskConfig, VsockConfig};
+use crate::config::{DiskConfig, NetConfig, VsockConfig};
 use crate::devices::{VirtioKind, VirtioSlot};
 use crate::VmmError;
 
@@ -92,6 +93,7 @@ pub(crate) fn open_disk(index: usize, disk: &DiskConfig) -> Result<Block, VmmErr
     let config = BlockConfig {
         read_only: disk.read_only,
         engine: disk.engine,
+        rate_limiter: disk.rate_limiter,
         ..BlockConfig::new(&disk.path)
     };
     Block::new(&config).map_err(|source| VmmError::Block { index, source })
@@ -105,6 +107,50 @@ pub(crate) fn open_vsock(config: &VsockConfig) -> Result<Vsock, VmmError> {
         uds_path: config.uds_path.clone(),
     })
     .map_err(VmmError::Vsock)
+}
+
+/// The network device's configuration for interface `net`.
+pub(crate) fn net_device_config(net: &NetConfig) -> DeviceNetConfig {
+    DeviceNetConfig {
+        mac: net.guest_mac,
+        rx_rate_limiter: net.rx_rate_limiter,
+        tx_rate_limiter: net.tx_rate_limiter,
+        ..DeviceNetConfig::new(&net.host_dev_name)
+    }
+}
+
+/// Checks that no two interfaces share an `iface_id` or a TAP.
+pub(crate) fn check_nets(nets: &[NetConfig]) -> Result<(), VmmError> {
+    for (second, b) in nets.iter().enumerate() {
+        for (first, a) in nets[..second].iter().enumerate() {
+            let clash = if a.iface_id == b.iface_id {
+                Some(("iface_id", &b.iface_id))
+            } else if a.host_dev_name == b.host_dev_name {
+                Some(("host_dev_name", &b.host_dev_name))
+            } else {
+                None
+            };
+            if let Some((what, value)) = clash {
+                return Err(VmmError::NetDuplicate {
+                    first,
+                    second,
+                    what,
+                    value: value.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens the TAP of interface `index`; like disks, before anything
+/// touches KVM.
+pub(crate) fn open_net(index: usize, net: &NetConfig) -> Result<Net, VmmError> {
+    Net::new(&net_device_config(net)).map_err(|source| VmmError::Net {
+        index,
+        iface_id: net.iface_id.clone(),
+        source,
+    })
 }
 
 /// `cmdline` with the `virtio_mmio.device=` kernel parameters that

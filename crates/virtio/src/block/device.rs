@@ -18,6 +18,7 @@ use super::request::{parse, GuestBuffer, Limits, ParseError, Request, RequestKin
 use super::{features as blk, status, BlockError, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
 use crate::device::{ActivateError, Activation, Active, DeviceType, QueueProgress, VirtioDevice};
 use crate::queue::{drain_queue, needs_interrupt, Drained, Handled, QueueError, MAX_QUEUE_SIZE};
+use crate::rate_limiter::{RateLimiterConfig, Throttle};
 use crate::{features, GuestMemoryMmap};
 
 /// How to create a block device.
@@ -35,6 +36,9 @@ pub struct BlockConfig {
     /// The I/O engine.
     #[serde(default)]
     pub engine: BlockEngine,
+    /// Limits on the guest's requests (bytes and operations).
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 impl BlockConfig {
@@ -47,6 +51,7 @@ impl BlockConfig {
             serial: None,
             queue_size: QUEUE_SIZE,
             engine: BlockEngine::Sync,
+            rate_limiter: None,
         }
     }
 }
@@ -105,6 +110,8 @@ pub struct Block {
     /// The backend was full: a request waits in the available ring until
     /// completions free space.
     stalled: bool,
+    /// The rate limiter, and its timer.
+    throttle: Throttle,
 }
 
 fn check_queue_size(q: u16) -> Result<(), BlockError> {
@@ -116,6 +123,8 @@ fn check_queue_size(q: u16) -> Result<(), BlockError> {
 
 /// The token of the backend's completion eventfd on the event loop.
 const COMPLETION_TOKEN: u32 = 0;
+/// The token of the rate limiter's timerfd.
+const LIMITER_TOKEN: u32 = 1;
 
 impl Block {
     /// Opens `config.path` with the engine `config.engine`.
@@ -155,6 +164,11 @@ impl Block {
         };
         // Room for the header and the status descriptors.
         let seg_max = u32::from(q) - 2;
+        let throttle =
+            Throttle::new(config.rate_limiter.as_ref()).map_err(|source| BlockError::Timer {
+                path: config.path.clone(),
+                source,
+            })?;
         Ok(Self {
             backend,
             read_only: config.read_only,
@@ -167,7 +181,26 @@ impl Block {
             scratch: Vec::new(),
             pending: Vec::new(),
             stalled: false,
+            throttle,
         })
+    }
+
+    /// The rate limits in force (`None`: no limit).
+    pub fn rate_limiter(&self) -> Option<RateLimiterConfig> {
+        self.throttle.config()
+    }
+
+    /// Changes the rate limits while running (Firecracker's
+    /// `PATCH /drives/{id}`): a bucket given replaces the current one (a
+    /// bucket of size 0 removes it), one not given stays. A queue stopped
+    /// by the old limits is taken up again through the timer.
+    pub fn update_rate_limiter(&mut self, update: &RateLimiterConfig) {
+        self.throttle.update(update);
+    }
+
+    /// How many times the rate limiter stopped the queue.
+    pub fn throttled_count(&self) -> u64 {
+        self.throttle.refusals()
     }
 
     /// The device's state (what [`Persist::save`](kindling_memory::Persist::save)
@@ -206,12 +239,21 @@ impl Block {
                 scratch: &mut self.scratch,
                 pending: &mut self.pending,
                 stalled: &mut self.stalled,
+                throttle: &mut self.throttle,
                 serial: &self.serial,
                 read_only: self.read_only,
                 acked,
                 limits: Limits::new(self.capacity),
             },
         ))
+    }
+
+    /// The rate limiter's timer fired: take the queue up where the limiter
+    /// stopped it.
+    fn on_limiter_timer(&mut self) {
+        self.throttle.on_timer();
+        self.stalled = true;
+        self.complete_requests();
     }
 
     /// Returns the requests the backend finished to the driver, and takes
@@ -262,9 +304,16 @@ impl DeviceEvents for Block {
                 log::error!("virtio-blk: cannot watch the I/O engine's completions: {e}");
             }
         }
+        if let Err(e) = ops.add(self.throttle.as_raw_fd(), LIMITER_TOKEN, EventSet::IN) {
+            log::error!("virtio-blk: cannot watch the rate limiter's timer: {e}");
+        }
     }
 
     fn handle_event(&mut self, token: u32, _events: EventSet, _ops: &mut EventRegistry<'_>) {
+        if token == LIMITER_TOKEN {
+            self.on_limiter_timer();
+            return;
+        }
         if token != COMPLETION_TOKEN {
             log::warn!("virtio-blk: event for token {token}, which is not registered");
             return;
@@ -284,6 +333,7 @@ struct Worker<'a> {
     scratch: &'a mut Vec<Descriptor>,
     pending: &'a mut [Option<Pending>],
     stalled: &'a mut bool,
+    throttle: &'a mut Throttle,
     serial: &'a [u8; ID_BYTES],
     read_only: bool,
     acked: u64,
@@ -307,6 +357,14 @@ fn finish(
         );
     }
     queue.add_used(memory, head, used_len)
+}
+
+/// The bytes a request moves, for the rate limiter's bandwidth bucket.
+fn request_bytes(request: &Request) -> u64 {
+    match &request.kind {
+        RequestKind::Read { len, .. } | RequestKind::Write { len, .. } => u64::from(*len),
+        _ => 0,
+    }
 }
 
 fn write_id(
@@ -398,6 +456,11 @@ impl Worker<'_> {
             log::debug!("virtio-blk: request {head} refused with status {code}");
             finish(queue, memory, head, request.status, code, 1)?;
             return Ok(Some(true));
+        }
+        // The rate limiter: a refused request waits in the available ring
+        // until the limiter's timer fires.
+        if !self.throttle.admit(request_bytes(&request)) {
+            return Ok(None);
         }
         let op = match &request.kind {
             RequestKind::Read {
@@ -555,6 +618,10 @@ impl VirtioDevice for Block {
     }
 
     fn process_queue(&mut self, index: usize) -> Result<QueueProgress, QueueError> {
+        if self.throttle.is_throttled() {
+            // The limiter's timer takes the queue up again.
+            return Ok(QueueProgress::Done);
+        }
         let Some((active, mut worker)) = self.worker() else {
             return Ok(QueueProgress::Done);
         };

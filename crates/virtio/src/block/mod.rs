@@ -187,6 +187,15 @@ pub enum BlockError {
         /// Sectors in the image now.
         actual: u64,
     },
+    /// The rate limiter's timerfd could not be created.
+    #[error("disk image {path}: cannot create the rate limiter's timerfd: {source}")]
+    Timer {
+        /// The image.
+        path: PathBuf,
+        /// The error from the kernel.
+        #[source]
+        source: io::Error,
+    },
     /// A snapshot was asked for while requests were still with the I/O
     /// engine; their completions would be lost.
     #[error("cannot save the block device: {requests} requests are still in flight")]

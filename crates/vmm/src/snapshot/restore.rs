@@ -488,6 +488,7 @@ impl Vmm {
                 // A VM with a vsock device is refused at snapshot time
                 // (its kind is not one a snapshot saves yet).
                 vsock: None,
+                net: Vec::new(),
                 virtio: slots,
             },
             handler: Arc::new(BusExitHandler {

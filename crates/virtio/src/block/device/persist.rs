@@ -69,6 +69,8 @@ impl Persist<'_> for Block {
             // The engine is host configuration, not guest state: a restore
             // that wants io_uring passes that backend in.
             engine: super::super::BlockEngine::Sync,
+            // Host configuration too: set it again after the restore.
+            rate_limiter: None,
         };
         let mut block = Block::with_backend(backend, &config)?;
         block.serial = state.serial;

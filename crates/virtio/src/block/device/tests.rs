@@ -198,6 +198,41 @@ impl Fixture {
 }
 
 #[test]
+fn the_rate_limiter_holds_requests_until_its_timer_fires() {
+    use crate::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
+    let limit = RateLimiterConfig {
+        bandwidth: Some(TokenBucketConfig {
+            size: 1024,
+            one_time_burst: 0,
+            refill_time: 60_000,
+        }),
+        ops: None,
+    };
+    let mut f = fixture_with(|c| c.rate_limiter = Some(limit), u64::MAX);
+    assert_eq!(f.block.rate_limiter(), Some(limit));
+    assert_eq!(f.read(0, 1024).0, status::OK);
+    // The next read waits in the ring: not returned, not failed.
+    f.header(t::IN, 2);
+    f.push(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]);
+    f.block.process_queue(0).unwrap();
+    let used: u16 = f.mem.read_obj(f.used.unchecked_add(2)).unwrap();
+    assert_eq!(used, 1);
+    assert_eq!(f.block.throttled_count(), 1);
+    // Notifications meanwhile change nothing.
+    f.block.process_queue(0).unwrap();
+    assert_eq!(f.block.throttled_count(), 1);
+    // Lifting the limit fires the timer, which takes the queue up.
+    f.block.update_rate_limiter(&RateLimiterConfig {
+        bandwidth: Some(TokenBucketConfig::default()),
+        ops: None,
+    });
+    assert_eq!(f.block.rate_limiter(), None);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    f.block.on_limiter_timer();
+    assert_eq!(f.last_used().1, 513);
+}
+
+#[test]
 fn read_returns_the_file_contents() {
     let mut f = fixture();
     assert_eq!(f.read(1, 1024), (status::OK, 1025));

@@ -1,0 +1,188 @@
+//! Guest-driven virtio-net throughput (not a criterion benchmark: one
+//! guest run per workload), on a TAP device in a network namespace of the
+//! benchmark's own (nothing reaches the host's network).
+//!
+//! Transmit: the test guest's `net-send:N:LEN` loop (ring 3) sends `N`
+//! frames of `LEN` bytes; the VMM writes them to the TAP, where the
+//! kernel drops them (nothing listens for EtherType 0x88b5). Receive: a
+//! host thread writes `N` frames into the TAP through an `AF_PACKET`
+//! socket, keeping at most 256 ahead of what the device has delivered (a
+//! TAP drops what overflows its queue), and the guest's `net-recv:N:0`
+//! takes them (without checksumming them: the guest's bytewise CRC-32
+//! would cost more than the device). The host timestamps the guest's `start` and `done` lines
+//! and samples the process's CPU time (all threads) then; for receive the
+//! sender thread's own CPU time is taken out, so "host CPU per frame" is
+//! the VMM's (vCPU thread, event loop, and the kernel work they do in the
+//! TAP).
+//!
+//! `cargo bench -p kindling-benches --bench virtio_net` (as root);
+//! `KINDLING_NET_BENCH_FRAMES` sets the frames per workload (default
+//! 200000). Under `cargo test` it runs each workload with a few frames,
+//! as a smoke test.
+
+#[path = "../tests/common/tap.rs"]
+mod tap;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kindling::vmm::{ExitReason, KernelSource, NetConfig, SerialConfig, VmConfig, Vmm};
+use tap::{create_tap, PacketSocket, Vnet};
+
+fn rusage_time(who: libc::c_int) -> Duration {
+    // SAFETY: an all-zero rusage is valid; getrusage only writes into it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage.
+    unsafe { libc::getrusage(who, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Process CPU time (user + system, all threads).
+fn cpu_time() -> Duration {
+    rusage_time(libc::RUSAGE_SELF)
+}
+
+/// The calling thread's CPU time.
+fn thread_cpu_time() -> Duration {
+    rusage_time(libc::RUSAGE_THREAD)
+}
+
+/// Records when each serial line arrived, with the CPU time then.
+#[derive(Clone, Default)]
+struct Stamper {
+    pending: Arc<Mutex<Vec<u8>>>,
+    lines: Arc<Mutex<Vec<(String, Instant, Duration)>>>,
+}
+
+impl Write for Stamper {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (now, cpu) = (Instant::now(), cpu_time());
+        let mut pending = self.pending.lock().unwrap();
+        pending.extend_from_slice(buf);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&line).trim_end().to_string();
+            self.lines.lock().unwrap().push((text, now, cpu));
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Transmit,
+    Receive,
+}
+
+/// Frames the host keeps in flight ahead of the device.
+const WINDOW: u64 = 256;
+
+/// Runs one workload: (elapsed, VMM CPU time) between the guest's
+/// `start` and `done` lines.
+fn run(tap: &str, ifindex: i32, dir: Direction, len: usize, frames: u64) -> (Duration, Duration) {
+    let stamper = Stamper::default();
+    let (action, prefix) = match dir {
+        Direction::Transmit => (format!("net-send:{frames}:{len}"), "net-send"),
+        Direction::Receive => (format!("net-recv:{frames}:0"), "net-recv"),
+    };
+    let vmm = Vmm::build(VmConfig {
+        kernel: KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF.into()),
+        cmdline: format!("kindling.test=virtio,{action}"),
+        memory_mib: 64,
+        net: vec![NetConfig::new("eth0", tap)],
+        serial: SerialConfig::Writer(Box::new(stamper.clone())),
+        ..VmConfig::default()
+    })
+    .expect("building the benchmark VM");
+    let net = vmm.devices().net[0].1.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = matches!(dir, Direction::Receive).then(|| {
+        let sock = PacketSocket::new(ifindex, 100).expect("packet socket");
+        let (net, stop) = (net.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut frame = vec![0u8; len];
+            frame[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+            frame[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+            frame[12..14].copy_from_slice(&[0x88, 0xb5]);
+            let mut sent = 0u64;
+            let mut delivered = 0u64;
+            while sent < frames && !stop.load(Ordering::Relaxed) {
+                if sent - delivered >= WINDOW {
+                    delivered = net.lock().unwrap().counters().rx_frames;
+                    if sent - delivered >= WINDOW {
+                        std::thread::yield_now();
+                    }
+                    continue;
+                }
+                frame[14..22].copy_from_slice(&sent.to_le_bytes());
+                sock.send(Vnet::default(), &frame).expect("sending a frame");
+                sent += 1;
+            }
+            thread_cpu_time()
+        })
+    });
+    let reason = vmm.run().expect("running the benchmark guest");
+    stop.store(true, Ordering::Relaxed);
+    let sender_cpu = sender.map_or(Duration::ZERO, |s| s.join().unwrap());
+    let lines = stamper.lines.lock().unwrap();
+    let find = |p: &str| lines.iter().find(|(l, _, _)| l.starts_with(p)).cloned();
+    let (Some(start), Some(done)) = (
+        find(&format!("{prefix}: start")),
+        find(&format!("{prefix}: done")),
+    ) else {
+        panic!("the guest did not finish ({reason:?}): {:?}", *lines);
+    };
+    assert_eq!(reason, ExitReason::Status(0), "{:?}", *lines);
+    assert!(
+        done.0
+            .starts_with(&format!("{prefix}: done frames={frames} ")),
+        "{}",
+        done.0
+    );
+    let c = net.lock().unwrap().counters();
+    match dir {
+        Direction::Transmit => assert_eq!(c.tx_frames, frames),
+        Direction::Receive => assert_eq!((c.rx_frames, c.rx_dropped), (frames, 0)),
+    }
+    (
+        done.1 - start.1,
+        done.2.saturating_sub(start.2).saturating_sub(sender_cpu),
+    )
+}
+
+fn main() {
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    // SAFETY: geteuid has no preconditions.
+    if !std::path::Path::new("/dev/kvm").exists() || unsafe { libc::geteuid() } != 0 {
+        println!("virtio_net: skipped: needs /dev/kvm and root (for a TAP in a namespace)");
+        return;
+    }
+    let frames: u64 = if smoke {
+        500
+    } else {
+        std::env::var("KINDLING_NET_BENCH_FRAMES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200_000)
+    };
+    let ifindex = create_tap("kdlbench0").expect("creating the TAP");
+    println!("virtio_net: {frames} frames per workload, TAP in a private network namespace");
+    for (dir, name) in [(Direction::Transmit, "TX"), (Direction::Receive, "RX")] {
+        for len in [64usize, 1500] {
+            let (elapsed, cpu) = run("kdlbench0", ifindex, dir, len, frames);
+            let secs = elapsed.as_secs_f64();
+            println!(
+                "virtio_net: {name} {len:>4} B {:>10.0} frames/s {:>8.1} MiB/s {:>6.2} µs host CPU/frame",
+                frames as f64 / secs,
+                frames as f64 * len as f64 / secs / (1 << 20) as f64,
+                cpu.as_secs_f64() * 1e6 / frames as f64
+            );
+        }
+    }
+}
