@@ -261,14 +261,6 @@ impl Vmm {
             }));
         }
 
-        if self.stop_on_signals {
-            crate::signals::spawn_signal_watcher(&self.shared).map_err(|source| {
-                VmmError::EventFd {
-                    what: "termination-signal watcher".into(),
-                    source,
-                }
-            })?;
-        }
         let vcpus: Vec<Vcpu> = self.vcpus.drain(..).collect();
         if self.start_paused {
             self.shared.control.request_pause();
@@ -310,6 +302,20 @@ impl Vmm {
                         .set_state(VmRunState::Stopped(ExitReason::Stopped));
                     return Err(e.into());
                 }
+            }
+        }
+        // After the vCPUs, off the path to the guest's first instruction:
+        // a signal that comes meanwhile waits, blocked, for the watcher.
+        if self.stop_on_signals {
+            if let Err(source) = crate::signals::spawn_signal_watcher(&self.shared) {
+                exit.request(ExitReason::Stopped);
+                let _ = self.stop_vcpus();
+                self.shared
+                    .set_state(VmRunState::Stopped(ExitReason::Stopped));
+                return Err(VmmError::EventFd {
+                    what: "termination-signal watcher".into(),
+                    source,
+                });
             }
         }
         Ok(manager)
