@@ -77,16 +77,15 @@ fn firecracker_go_sdk_boot_sequence() {
         "/drives/rootfs",
         &serde_json::json!({"drive_id": "rootfs", "path_on_host": disk, "is_root_device": true, "is_read_only": false}).to_string(),
     );
+    // No TAP is created here: a missing one is refused at PUT.
     let r = c.put(
         "/network-interfaces/eth0",
-        r#"{"iface_id": "eth0", "host_dev_name": "tap0"}"#,
+        r#"{"iface_id": "eth0", "host_dev_name": "kdlnotap0"}"#,
     );
     assert_eq!(
         r.fault(),
-        "Kindling does not support network interfaces (/network-interfaces) yet"
+        "network interface eth0: there is no network interface \"kdlnotap0\" (create the TAP device first: ip tuntap add kdlnotap0 mode tap)"
     );
-    let r = c.put("/vsock", r#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#);
-    assert!(r.fault().contains("does not support vsock"), "{r:?}");
     let r = c.put("/mmds/config", r#"{"network_interfaces": ["eth0"]}"#);
     assert!(r.fault().contains("metadata service"), "{r:?}");
     c.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
@@ -638,13 +637,23 @@ fn api_mode_command_line_errors() {
         err.starts_with("microvm: config file, boot_source: cannot open kernel image /nonexistent"),
         "{err}"
     );
+    let kernel = guest_kernel(&dir);
     let nets = dir.file(
         "nets.json",
-        br#"{"boot-source": {"kernel_image_path": "/k"}, "network-interfaces": [{"iface_id": "eth0"}]}"#,
+        serde_json::json!({
+            "boot-source": {"kernel_image_path": kernel},
+            "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "kdlnotap0"}]
+        })
+        .to_string()
+        .as_bytes(),
     );
     let (code, err) = run(&["--config-file", nets.to_str().unwrap()]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("does not support network interfaces"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("network interface eth0: there is no network interface \"kdlnotap0\""),
+        "{err}"
+    );
     let (code, err) = run(&[
         "--api-sock",
         dir.0.join("s").to_str().unwrap(),
@@ -654,6 +663,95 @@ fn api_mode_command_line_errors() {
     assert_eq!(code, Some(1));
     assert!(err.contains("--cmdline needs --kernel"), "{err}");
     assert!(!dir.0.join("s").exists());
+}
+
+#[test]
+fn vsock_and_rate_limiters_through_the_api() {
+    if !kvm_available("vsock_and_rate_limiters_through_the_api") {
+        return;
+    }
+    let dir = TempDir::new("api-vsock");
+    let kernel = guest_kernel(&dir);
+    let disk = dir.file("disk.img", &[0u8; 64 * 512]);
+    let uds = dir.0.join("v.sock");
+    let vm = ApiVm::start(&microvm_binary(), &dir.0, &["--memory", "64"]);
+    let mut c = vm.client();
+    c.ok(
+        "PUT",
+        "/boot-source",
+        &boot_source(&kernel, "kindling.test=hello,pio-loop"),
+    );
+    let r = c.put(
+        "/vsock",
+        &serde_json::json!({"guest_cid": 1, "uds_path": uds}).to_string(),
+    );
+    assert!(r.fault().contains("guest_cid 1 is out of range"), "{r:?}");
+    let r = c.put(
+        "/vsock",
+        &serde_json::json!({"guest_cid": 3, "uds_path": dir.0.join("no/v.sock")}).to_string(),
+    );
+    assert!(r.fault().contains("does not exist"), "{r:?}");
+    c.ok(
+        "PUT",
+        "/vsock",
+        &serde_json::json!({"vsock_id": "vsock0", "guest_cid": 3, "uds_path": uds}).to_string(),
+    );
+    c.ok(
+        "PUT",
+        "/drives/data",
+        &serde_json::json!({
+            "drive_id": "data", "path_on_host": disk, "is_root_device": false, "is_read_only": true,
+            "rate_limiter": {"ops": {"size": 1000, "refill_time": 100}}
+        })
+        .to_string(),
+    );
+    let r = c.patch(
+        "/network-interfaces/eth0",
+        r#"{"iface_id": "eth0", "rx_rate_limiter": {}}"#,
+    );
+    assert!(
+        r.fault().contains("only allowed after InstanceStart"),
+        "{r:?}"
+    );
+    let cfg = c.get("/vm/config").json();
+    assert_eq!(cfg["vsock"]["guest_cid"], 3, "{cfg}");
+    assert_eq!(cfg["network-interfaces"], serde_json::json!([]), "{cfg}");
+    assert!(!uds.exists());
+    c.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    vm.wait_for_line(HELLO);
+    // The device listens on its socket while the VM runs.
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(&uds).expect("the vsock socket exists");
+    assert!(meta.file_type().is_socket(), "{meta:?}");
+    UnixStream::connect(&uds).expect("the vsock socket takes connections");
+    let r = c.put(
+        "/vsock",
+        &serde_json::json!({"guest_cid": 4, "uds_path": dir.0.join("w.sock")}).to_string(),
+    );
+    assert!(
+        r.fault().contains("not allowed after InstanceStart"),
+        "{r:?}"
+    );
+    let r = c.put(
+        "/network-interfaces/eth0",
+        r#"{"iface_id": "eth0", "host_dev_name": "kdlnotap0"}"#,
+    );
+    assert!(
+        r.fault().contains("not allowed after InstanceStart"),
+        "{r:?}"
+    );
+    let r = c.patch(
+        "/network-interfaces/eth0",
+        r#"{"iface_id": "eth0", "rx_rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}"#,
+    );
+    assert_eq!(r.fault(), "no network interface with iface_id \"eth0\"");
+    // A running drive's limits change.
+    c.ok(
+        "PATCH",
+        "/drives/data",
+        r#"{"drive_id": "data", "rate_limiter": {"ops": {"size": 0, "refill_time": 0}}}"#,
+    );
+    assert_eq!(c.get("/").json()["state"], "Running");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The API's request parser: any method, path and body. Accepted requests
-//! must be consistent with their input (a drive's id is the one in the
-//! path) and round-trip through their JSON form; the config-file parser
-//! gets the same bytes.
+//! must be consistent with their input (a drive's or a network
+//! interface's id is the one in the path) and round-trip through their
+//! JSON form; the config-file parser gets the same bytes.
 
 #![no_main]
 
@@ -42,6 +42,26 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(ApiRequest::PatchDrive(drive)) => {
             assert_eq!(path.strip_prefix("/drives/"), Some(drive.drive_id.as_str()));
+        }
+        Ok(ApiRequest::PutNetworkInterface(iface)) => {
+            assert_eq!(
+                path.strip_prefix("/network-interfaces/"),
+                Some(iface.iface_id.as_str())
+            );
+            let json = serde_json::to_vec(&iface).unwrap();
+            let again = parse_request(method, &path, &json).unwrap();
+            assert_eq!(again, ApiRequest::PutNetworkInterface(iface));
+        }
+        Ok(ApiRequest::PatchNetworkInterface(iface)) => {
+            assert_eq!(
+                path.strip_prefix("/network-interfaces/"),
+                Some(iface.iface_id.as_str())
+            );
+        }
+        Ok(ApiRequest::PutVsock(vsock)) => {
+            let json = serde_json::to_vec(&vsock).unwrap();
+            let again = parse_request(method, &path, &json).unwrap();
+            assert_eq!(again, ApiRequest::PutVsock(vsock));
         }
         Ok(ApiRequest::PutMachineConfig(config)) => {
             let json = serde_json::to_vec(&config).unwrap();

@@ -6,7 +6,8 @@
 use serde::Deserialize;
 
 use crate::models::{
-    BootSource, Drive, EntropyDevice, LoggerConfig, MachineConfig, MetricsConfig, SerialDevice,
+    BootSource, Drive, EntropyDevice, LoggerConfig, MachineConfig, MetricsConfig, NetworkInterface,
+    SerialDevice, VsockDevice,
 };
 use crate::request::ApiRequest;
 use crate::unsupported::Unsupported;
@@ -50,6 +51,14 @@ pub enum ConfigFileError {
         /// What is wrong with it.
         source: crate::models::IdError,
     },
+    /// A network interface's id is invalid.
+    #[error("invalid config file: iface_id {id:?}: {source}")]
+    IfaceId {
+        /// The id.
+        id: String,
+        /// What is wrong with it.
+        source: crate::models::IdError,
+    },
     /// A resource Kindling does not support yet, with a non-empty value.
     #[error("invalid config file: {0}")]
     Unsupported(Unsupported),
@@ -75,9 +84,9 @@ struct ConfigFile {
     #[serde(default)]
     serial: Option<SerialDevice>,
     #[serde(rename = "network-interfaces", default)]
-    network_interfaces: Option<Vec<serde_json::Value>>,
+    network_interfaces: Vec<NetworkInterface>,
     #[serde(default)]
-    vsock: Option<serde_json::Value>,
+    vsock: Option<VsockDevice>,
     #[serde(default)]
     balloon: Option<serde_json::Value>,
     #[serde(rename = "mmds-config", default)]
@@ -100,9 +109,9 @@ pub fn parse_config(text: &[u8]) -> Result<Vec<ApiRequest>, ConfigFileError> {
     if let Some(map) = value.as_object() {
         for (key, resource) in map {
             match (key.as_str(), resource) {
-                ("drives", serde_json::Value::Array(drives)) => {
-                    for (i, drive) in drives.iter().enumerate() {
-                        crate::request::check_shape(drive, &format!("drives[{i}]"))?;
+                (key @ ("drives" | "network-interfaces"), serde_json::Value::Array(list)) => {
+                    for (i, item) in list.iter().enumerate() {
+                        crate::request::check_shape(item, &format!("{key}[{i}]"))?;
                     }
                 }
                 (_, serde_json::Value::Null | serde_json::Value::Array(_)) => {}
@@ -120,9 +129,7 @@ pub fn parse_config(text: &[u8]) -> Result<Vec<ApiRequest>, ConfigFileError> {
         Some(value) if !value.is_null() => Err(ConfigFileError::Unsupported(what)),
         _ => Ok(()),
     };
-    refuse_list(&file.network_interfaces, Unsupported::NetworkInterfaces)?;
     refuse_list(&file.pmem, Unsupported::Pmem)?;
-    refuse(&file.vsock, Unsupported::Vsock)?;
     refuse(&file.balloon, Unsupported::Balloon)?;
     refuse(&file.mmds_config, Unsupported::Mmds)?;
     refuse(&file.cpu_config, Unsupported::CpuConfig)?;
@@ -144,6 +151,16 @@ pub fn parse_config(text: &[u8]) -> Result<Vec<ApiRequest>, ConfigFileError> {
             source,
         })?;
         requests.push(ApiRequest::PutDrive(drive));
+    }
+    for iface in file.network_interfaces {
+        crate::models::check_id(&iface.iface_id).map_err(|source| ConfigFileError::IfaceId {
+            id: iface.iface_id.clone(),
+            source,
+        })?;
+        requests.push(ApiRequest::PutNetworkInterface(iface));
+    }
+    if let Some(vsock) = file.vsock {
+        requests.push(ApiRequest::PutVsock(vsock));
     }
     if let Some(entropy) = file.entropy {
         requests.push(ApiRequest::PutEntropy(entropy));
@@ -188,8 +205,9 @@ mod tests {
             "logger": {"level": "Info"},
             "metrics": {"metrics_path": "/m"},
             "entropy": {},
-            "network-interfaces": [],
-            "vsock": null
+            "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0",
+                                    "tx_rate_limiter": {"ops": {"size": 10, "refill_time": 100}}}],
+            "vsock": {"guest_cid": 3, "uds_path": "/v.sock"}
         }"#;
         let requests = parse_config(text).unwrap();
         let names: Vec<_> = requests.iter().map(|r| r.metric_name().1).collect();
@@ -201,6 +219,8 @@ mod tests {
                 "machine_cfg",
                 "boot_source",
                 "drive",
+                "network",
+                "vsock",
                 "entropy"
             ]
         );
@@ -218,15 +238,33 @@ mod tests {
         )
         .unwrap_err();
         assert!(
+            e.to_string().contains("missing field `host_dev_name`"),
+            "{e}"
+        );
+        let e = parse_config(
+            br#"{"boot-source": {"kernel_image_path": "/k"}, "network-interfaces": [{"iface_id": "eth 0", "host_dev_name": "t"}]}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(e, ConfigFileError::IfaceId { .. }), "{e}");
+        let e = parse_config(
+            br#"{"boot-source": {"kernel_image_path": "/k"}, "network-interfaces": [{"iface_id": "e", "host_dev_name": null}]}"#,
+        )
+        .unwrap_err();
+        assert!(
             e.to_string()
-                .contains("does not support network interfaces"),
+                .contains("network-interfaces[0].host_dev_name is null"),
             "{e}"
         );
         let e = parse_config(
             br#"{"boot-source": {"kernel_image_path": "/k"}, "vsock": {"uds_path": "/v"}}"#,
         )
         .unwrap_err();
-        assert!(e.to_string().contains("vsock"), "{e}");
+        assert!(e.to_string().contains("missing field `guest_cid`"), "{e}");
+        let e = parse_config(
+            br#"{"boot-source": {"kernel_image_path": "/k"}, "balloon": {"amount_mib": 1}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("balloon"), "{e}");
         let e = parse_config(
             br#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "a b", "is_root_device": false}]}"#,
         )

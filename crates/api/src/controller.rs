@@ -5,8 +5,9 @@
 //! | request | before InstanceStart | after |
 //! | --- | --- | --- |
 //! | `GET /`, `/version`, `/machine-config`, `/vm/config` | yes | yes |
-//! | `PUT /boot-source`, `/machine-config`, `/drives/{id}`, `/entropy`, `/serial`, `/logger`, `/metrics`; `PATCH /machine-config` | yes | no |
-//! | `PATCH /drives/{id}` (swap the image) | no | yes |
+//! | `PUT /boot-source`, `/machine-config`, `/drives/{id}`, `/network-interfaces/{id}`, `/vsock`, `/entropy`, `/serial`, `/logger`, `/metrics`; `PATCH /machine-config` | yes | no |
+//! | `PATCH /drives/{id}` (swap the image, change the rate limiter) | no | yes |
+//! | `PATCH /network-interfaces/{id}` (change the rate limiters) | no | yes |
 //! | `PATCH /vm` (`Paused`, `Resumed`) | no | yes |
 //! | `InstanceStart` | once, with a boot source | no |
 //! | `SendCtrlAltDel` | no | yes |
@@ -25,7 +26,9 @@ use crate::launch::{launch, LiveDrive};
 
 use crate::logger::LoggerError;
 use crate::metrics::{Metrics, MetricsError};
-use crate::models::{limits, ActionType, InstanceInfo, PartialDrive, VersionInfo, VmStateRequest};
+use crate::models::{
+    ActionType, InstanceInfo, PartialDrive, PartialNetworkInterface, VersionInfo, VmStateRequest,
+};
 use crate::request::ApiRequest;
 use crate::resources::{ResourceError, VmResources};
 
@@ -71,6 +74,9 @@ pub enum ControllerError {
         /// What the VMM said.
         source: VmmError,
     },
+    /// `PATCH /network-interfaces/{id}` for an unknown interface.
+    #[error("no network interface with iface_id {0:?}")]
+    NoSuchInterface(String),
     /// `PATCH /drives/{id}` for an unknown drive.
     #[error("no drive with id {0:?}")]
     NoSuchDrive(String),
@@ -82,9 +88,6 @@ pub enum ControllerError {
         /// What the block device said.
         source: ReplaceBackendError,
     },
-    /// `PATCH /drives/{id}` with a limiting rate limiter.
-    #[error("Kindling does not support rate limiters on drives yet")]
-    RateLimiter,
     /// Ctrl-Alt-Del could not be delivered.
     #[error("cannot send Ctrl-Alt-Del: {0}")]
     CtrlAltDel(#[source] std::io::Error),
@@ -237,6 +240,21 @@ impl Controller {
                 self.patch_drive(patch)?;
                 NoContent
             }
+            ApiRequest::PutNetworkInterface(iface) => {
+                self.preboot("PUT /network-interfaces")?;
+                self.resources.put_network_interface(iface)?;
+                NoContent
+            }
+            ApiRequest::PatchNetworkInterface(patch) => {
+                self.running("PATCH /network-interfaces")?;
+                self.patch_network_interface(patch)?;
+                NoContent
+            }
+            ApiRequest::PutVsock(vsock) => {
+                self.preboot("PUT /vsock")?;
+                self.resources.set_vsock(vsock)?;
+                NoContent
+            }
             ApiRequest::PutEntropy(entropy) => {
                 self.preboot("PUT /entropy")?;
                 self.resources.set_entropy(entropy)?;
@@ -295,10 +313,43 @@ impl Controller {
         })
     }
 
-    fn patch_drive(&mut self, patch: PartialDrive) -> Result<(), ControllerError> {
-        if limits(&patch.rate_limiter) {
-            return Err(ControllerError::RateLimiter);
+    fn patch_network_interface(
+        &mut self,
+        patch: PartialNetworkInterface,
+    ) -> Result<(), ControllerError> {
+        let started = self.running("PATCH /network-interfaces")?;
+        let (_, net) = started
+            .devices
+            .net
+            .iter()
+            .find(|(id, _)| *id == patch.iface_id)
+            .ok_or_else(|| ControllerError::NoSuchInterface(patch.iface_id.clone()))?;
+        let rx = patch.rx_rate_limiter.as_ref().map(|r| r.to_config());
+        let tx = patch.tx_rate_limiter.as_ref().map(|r| r.to_config());
+        net.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .update_rate_limiters(rx.as_ref(), tx.as_ref());
+        log::info!(
+            "network interface {}: rate limiters updated",
+            patch.iface_id
+        );
+        if let Some(iface) = self
+            .resources
+            .network_interfaces
+            .iter_mut()
+            .find(|n| n.iface_id == patch.iface_id)
+        {
+            if let Some(rx) = patch.rx_rate_limiter {
+                iface.rx_rate_limiter = Some(rx);
+            }
+            if let Some(tx) = patch.tx_rate_limiter {
+                iface.tx_rate_limiter = Some(tx);
+            }
         }
+        Ok(())
+    }
+
+    fn patch_drive(&mut self, patch: PartialDrive) -> Result<(), ControllerError> {
         let Some(started) = self.started.as_ref() else {
             return Err(ControllerError::BeforeStart("PATCH /drives"));
         };
@@ -307,6 +358,21 @@ impl Controller {
             .iter()
             .find(|d| d.id == patch.drive_id)
             .ok_or_else(|| ControllerError::NoSuchDrive(patch.drive_id.clone()))?;
+        if let Some(limiter) = &patch.rate_limiter {
+            live.block
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .update_rate_limiter(&limiter.to_config());
+            log::info!("drive {}: rate limiter updated", live.id);
+            if let Some(drive) = self
+                .resources
+                .drives
+                .iter_mut()
+                .find(|d| d.drive_id == patch.drive_id)
+            {
+                drive.rate_limiter = Some(limiter.clone());
+            }
+        }
         let Some(path) = patch.path_on_host else {
             return Ok(());
         };
@@ -441,6 +507,36 @@ mod tests {
         assert!(e.contains("only allowed after InstanceStart"), "{e}");
         let e = run(
             &mut c,
+            Method::Patch,
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "rx_rate_limiter": {}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "PATCH /network-interfaces is only allowed after InstanceStart: the microVM is not started"
+        );
+        let e = run(
+            &mut c,
+            Method::Put,
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "host_dev_name": "kdlnotap9"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("network interface eth0: there is no network interface \"kdlnotap9\""),
+            "{e}"
+        );
+        let e = run(
+            &mut c,
+            Method::Put,
+            "/vsock",
+            r#"{"guest_cid": 2, "uds_path": "/tmp/kindling-v.sock"}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("guest_cid 2 is out of range"), "{e}");
+        let e = run(
+            &mut c,
             Method::Put,
             "/actions",
             r#"{"action_type": "FlushMetrics"}"#,
@@ -493,6 +589,8 @@ mod tests {
         // Failed requests count as fails.
         let line = c.metrics.next_line();
         assert_eq!(line["put_api_requests"]["actions_fails"], 3);
+        assert_eq!(line["put_api_requests"]["network_fails"], 1);
+        assert_eq!(line["patch_api_requests"]["network_fails"], 1);
         assert_eq!(line["patch_api_requests"]["machine_cfg_count"], 2);
         let _ = MachineConfigUpdate::default();
     }

@@ -60,8 +60,9 @@ pub(crate) struct Launched {
     pub(crate) drives: Vec<LiveDrive>,
 }
 
-/// Builds the VM from `config` (made by [`VmResources::vm_config`]) and
-/// the drives and entropy device of `resources`, and starts it.
+/// Builds the VM from `config` (made by [`VmResources::vm_config`], which
+/// holds the network interfaces and the vsock device) and the drives and
+/// entropy device of `resources`, and starts it.
 pub(crate) fn launch(resources: &VmResources, mut config: VmConfig) -> Result<Launched, VmmError> {
     // Disks and the entropy device are added here: disks on metered
     // backends, in the guest's order, then the entropy device.
@@ -90,6 +91,7 @@ fn add_drive(builder: &mut VmmBuilder, index: usize, drive: &Drive) -> Result<Li
     let path = drive.path_on_host.as_deref().unwrap_or("");
     let config = BlockConfig {
         read_only,
+        rate_limiter: drive.rate_limiter.as_ref().map(|r| r.to_config()),
         ..BlockConfig::new(path)
     };
     let block_err = |source| VmmError::Block { index, source };

@@ -6,8 +6,8 @@ use serde::de::DeserializeOwned;
 
 use crate::models::{
     check_id, ActionType, BootSource, Drive, EntropyDevice, IdError, InstanceActionInfo,
-    LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig, PartialDrive, SerialDevice,
-    VmPatch, VmStateRequest,
+    LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig, NetworkInterface,
+    PartialDrive, PartialNetworkInterface, SerialDevice, VmPatch, VmStateRequest, VsockDevice,
 };
 use crate::unsupported::Unsupported;
 
@@ -68,6 +68,12 @@ pub enum ApiRequest {
     PutDrive(Drive),
     /// `PATCH /drives/{drive_id}`.
     PatchDrive(PartialDrive),
+    /// `PUT /network-interfaces/{iface_id}`.
+    PutNetworkInterface(NetworkInterface),
+    /// `PATCH /network-interfaces/{iface_id}`.
+    PatchNetworkInterface(PartialNetworkInterface),
+    /// `PUT /vsock`.
+    PutVsock(VsockDevice),
     /// `PUT /entropy`.
     PutEntropy(EntropyDevice),
     /// `PUT /serial`.
@@ -96,6 +102,9 @@ impl ApiRequest {
             ApiRequest::PatchMachineConfig(_) => ("patch_api_requests", "machine_cfg"),
             ApiRequest::PutDrive(_) => ("put_api_requests", "drive"),
             ApiRequest::PatchDrive(_) => ("patch_api_requests", "drive"),
+            ApiRequest::PutNetworkInterface(_) => ("put_api_requests", "network"),
+            ApiRequest::PatchNetworkInterface(_) => ("patch_api_requests", "network"),
+            ApiRequest::PutVsock(_) => ("put_api_requests", "vsock"),
             ApiRequest::PutEntropy(_) => ("put_api_requests", "entropy"),
             ApiRequest::PutSerial(_) => ("put_api_requests", "serial"),
             ApiRequest::PutLogger(_) => ("put_api_requests", "logger"),
@@ -257,8 +266,8 @@ pub fn check_shape(value: &serde_json::Value, at: &str) -> Result<(), ShapeError
 ///
 /// let request = parse_request(Method::Put, "/actions", br#"{"action_type": "InstanceStart"}"#);
 /// assert!(matches!(request, Ok(ApiRequest::Action(_))));
-/// let err = parse_request(Method::Put, "/vsock", b"{}").unwrap_err();
-/// assert_eq!(err.to_string(), "Kindling does not support vsock devices (/vsock) yet");
+/// let err = parse_request(Method::Put, "/balloon", b"{}").unwrap_err();
+/// assert_eq!(err.to_string(), "Kindling does not support the memory balloon (/balloon) yet");
 /// ```
 pub fn parse_request(method: Method, path: &str, bytes: &[u8]) -> Result<ApiRequest, RequestError> {
     if bytes.len() > MAX_BODY_BYTES {
@@ -315,6 +324,21 @@ pub fn parse_request(method: Method, path: &str, bytes: &[u8]) -> Result<ApiRequ
             ApiRequest::PatchDrive(drive)
         }
         (["drives", _], _) => return Err(not_allowed("PUT, PATCH")),
+        (["network-interfaces", id], Method::Put) => {
+            check_path_id(path, id)?;
+            let iface: NetworkInterface = body(method, path, bytes)?;
+            check_same_id(id, &iface.iface_id)?;
+            ApiRequest::PutNetworkInterface(iface)
+        }
+        (["network-interfaces", id], Method::Patch) => {
+            check_path_id(path, id)?;
+            let iface: PartialNetworkInterface = body(method, path, bytes)?;
+            check_same_id(id, &iface.iface_id)?;
+            ApiRequest::PatchNetworkInterface(iface)
+        }
+        (["network-interfaces", _], _) => return Err(not_allowed("PUT, PATCH")),
+        (["vsock"], Method::Put) => ApiRequest::PutVsock(body(method, path, bytes)?),
+        (["vsock"], _) => return Err(not_allowed("PUT")),
         (["entropy"], Method::Put) => ApiRequest::PutEntropy(body(method, path, bytes)?),
         (["entropy"], _) => return Err(not_allowed("PUT")),
         (["serial"], Method::Put) => ApiRequest::PutSerial(body(method, path, bytes)?),
@@ -424,6 +448,30 @@ mod tests {
             ok(Put, "/metrics", r#"{"metrics_path": "/m"}"#),
             ApiRequest::PutMetrics(_)
         ));
+        assert!(matches!(
+            ok(
+                Put,
+                "/network-interfaces/eth0",
+                r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:00:00:00:01"}"#
+            ),
+            ApiRequest::PutNetworkInterface(_)
+        ));
+        assert!(matches!(
+            ok(
+                Patch,
+                "/network-interfaces/eth0",
+                r#"{"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 10, "refill_time": 100}}}"#
+            ),
+            ApiRequest::PatchNetworkInterface(_)
+        ));
+        assert!(matches!(
+            ok(Put, "/vsock", r#"{"guest_cid": 3, "uds_path": "/v.sock"}"#),
+            ApiRequest::PutVsock(VsockDevice { guest_cid: 3, .. })
+        ));
+        assert_eq!(
+            ok(Put, "/vsock", r#"{"guest_cid": 3, "uds_path": "/v"}"#).metric_name(),
+            ("put_api_requests", "vsock")
+        );
         assert_eq!(
             ok(Put, "/actions", r#"{"action_type": "SendCtrlAltDel"}"#),
             ApiRequest::Action(ActionType::SendCtrlAltDel)
@@ -500,8 +548,6 @@ mod tests {
     #[test]
     fn unsupported_resources_say_so() {
         for (path, needle) in [
-            ("/network-interfaces/eth0", "network interfaces"),
-            ("/vsock", "vsock"),
             ("/snapshot/create", "snapshots"),
             ("/snapshot/load", "snapshots"),
             ("/balloon", "balloon"),
@@ -630,5 +676,70 @@ mod tests {
             err(Patch, "/drives/%41", "{}"),
             RequestError::InvalidId { .. }
         ));
+    }
+
+    #[test]
+    fn network_interfaces_and_vsock() {
+        let n = r#"{"iface_id": "eth1", "host_dev_name": "tap0"}"#;
+        assert_eq!(
+            err(Put, "/network-interfaces/eth0", n),
+            RequestError::IdMismatch {
+                path_id: "eth0".into(),
+                body_id: "eth1".into()
+            }
+        );
+        assert!(matches!(
+            err(Patch, "/network-interfaces/eth0", r#"{"iface_id": "eth1"}"#),
+            RequestError::IdMismatch { .. }
+        ));
+        assert!(matches!(
+            err(Put, "/network-interfaces/eth-0", n),
+            RequestError::InvalidId { .. }
+        ));
+        assert!(matches!(
+            err(Put, "/network-interfaces", n),
+            RequestError::UnknownPath(_)
+        ));
+        assert!(matches!(
+            err(Get, "/network-interfaces/eth0", ""),
+            RequestError::MethodNotAllowed { .. }
+        ));
+        for bad in [
+            r#"{"iface_id": "eth0"}"#,
+            r#"{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 1500}"#,
+            r#"{"iface_id": "eth0", "host_dev_name": null}"#,
+            r#"{"iface_id": "eth0", "host_dev_name": "tap0", "rx_rate_limiter": {"ops": {"size": 1}}}"#,
+        ] {
+            assert!(
+                matches!(
+                    err(Put, "/network-interfaces/eth0", bad),
+                    RequestError::InvalidBody { .. }
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            err(
+                Patch,
+                "/network-interfaces/eth0",
+                r#"{"iface_id": "eth0", "host_dev_name": "tap1"}"#
+            ),
+            RequestError::InvalidBody { .. }
+        ));
+        assert!(matches!(
+            err(Patch, "/vsock", r#"{"guest_cid": 3, "uds_path": "/v"}"#),
+            RequestError::MethodNotAllowed { .. }
+        ));
+        for bad in [
+            "{}",
+            r#"{"guest_cid": 3}"#,
+            r#"{"guest_cid": "3", "uds_path": "/v"}"#,
+            r#"{"guest_cid": 3, "uds_path": "/v", "port": 1}"#,
+        ] {
+            assert!(
+                matches!(err(Put, "/vsock", bad), RequestError::InvalidBody { .. }),
+                "{bad}"
+            );
+        }
     }
 }

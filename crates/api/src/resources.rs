@@ -8,15 +8,21 @@ use std::path::{Path, PathBuf};
 
 use kindling_memory::Backing;
 use kindling_virtio::block::{Block, BlockConfig, BlockError};
+use kindling_virtio::net::{MacAddr, MacAddrError, Tap, TapError};
 use kindling_vmm::{
-    BootProtocol, KernelSource, SerialConfig, StartTime, VmConfig, DEFAULT_LINUX_CMDLINE,
+    BootProtocol, KernelSource, NetConfig, SerialConfig, StartTime, VmConfig, VsockConfig,
+    DEFAULT_LINUX_CMDLINE,
 };
 use serde::Serialize;
 
 use crate::models::{
     limits, BootSource, Drive, EntropyDevice, HugePages, IoEngine, LoggerConfig, MachineConfig,
-    MachineConfigError, MetricsConfig, SerialDevice,
+    MachineConfigError, MetricsConfig, NetworkInterface, SerialDevice, VsockDevice,
 };
+
+/// The lowest context id a guest may have (0 to 2 are the hypervisor's,
+/// the loopback's and the host's).
+pub const MIN_GUEST_CID: u64 = 3;
 
 /// Why a resource is refused.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +74,45 @@ pub enum ResourceError {
     /// `partuuid` with characters that would change the command line.
     #[error("drive {0}: partuuid may only hold ASCII letters, digits and '-'")]
     BadPartuuid(String),
+    /// A network interface's TAP device cannot be used.
+    #[error("network interface {id}: {source}")]
+    Tap {
+        /// The `iface_id`.
+        id: String,
+        /// What opening the TAP said.
+        source: TapError,
+    },
+    /// A network interface's `guest_mac` does not parse.
+    #[error("network interface {id}: {source}")]
+    GuestMac {
+        /// The `iface_id`.
+        id: String,
+        /// What is wrong with the address.
+        source: MacAddrError,
+    },
+    /// Two network interfaces share a TAP device or a MAC address.
+    #[error(
+        "network interface {new}: {what} {value} is already used by network interface {existing}"
+    )]
+    NetClash {
+        /// The interface already configured.
+        existing: String,
+        /// The interface being put.
+        new: String,
+        /// `host_dev_name` or `guest_mac`.
+        what: &'static str,
+        /// The shared value.
+        value: String,
+    },
+    /// A vsock `guest_cid` below [`MIN_GUEST_CID`] (or beyond 32 bits).
+    #[error("vsock: guest_cid {0} is out of range: it must be between {MIN_GUEST_CID} and {max}", max = u32::MAX)]
+    GuestCid(u64),
+    /// A vsock `uds_path` whose directory does not exist.
+    #[error("vsock: the directory of uds_path {0} does not exist")]
+    UdsDirectory(PathBuf),
+    /// A vsock `uds_path` that already exists.
+    #[error("vsock: uds_path {0} already exists (the device creates the socket; remove it first)")]
+    UdsExists(PathBuf),
     /// A setting Kindling does not support yet.
     #[error("Kindling does not support {0} yet")]
     Unsupported(&'static str),
@@ -86,6 +131,10 @@ pub struct VmResources {
     /// `PUT /drives/{id}`, root device first, the others in the order
     /// they were first put (the guest's vda, vdb, ...).
     pub drives: Vec<Drive>,
+    /// `PUT /network-interfaces/{id}`, in the order they were first put.
+    pub network_interfaces: Vec<NetworkInterface>,
+    /// `PUT /vsock`.
+    pub vsock: Option<VsockDevice>,
     /// `PUT /entropy`.
     pub entropy: Option<EntropyDevice>,
     /// `PUT /serial`.
@@ -151,9 +200,6 @@ impl VmResources {
                 "vhost-user block devices (socket)",
             ));
         }
-        if limits(&drive.rate_limiter) {
-            return Err(ResourceError::Unsupported("rate limiters on drives"));
-        }
         if drive.io_engine == Some(IoEngine::Async) {
             return Err(ResourceError::Unsupported(
                 "the Async (io_uring) block engine (use io_engine \"Sync\")",
@@ -198,6 +244,85 @@ impl VmResources {
             let root = self.drives.remove(i);
             self.drives.insert(0, root);
         }
+        Ok(())
+    }
+
+    /// Adds or replaces a network interface after checking that its TAP
+    /// device exists and can be opened (it is opened again at
+    /// `InstanceStart`), that its MAC parses, and that no other interface
+    /// has the same TAP or MAC.
+    pub fn put_network_interface(&mut self, iface: NetworkInterface) -> Result<(), ResourceError> {
+        let id = iface.iface_id.clone();
+        let mac = iface
+            .guest_mac
+            .as_deref()
+            .map(str::parse::<MacAddr>)
+            .transpose()
+            .map_err(|source| ResourceError::GuestMac {
+                id: id.clone(),
+                source,
+            })?;
+        for other in self.network_interfaces.iter().filter(|n| n.iface_id != id) {
+            let clash = if other.host_dev_name == iface.host_dev_name {
+                Some(("host_dev_name", iface.host_dev_name.clone()))
+            } else {
+                let other_mac = other
+                    .guest_mac
+                    .as_deref()
+                    .and_then(|m| m.parse::<MacAddr>().ok());
+                match (mac, other_mac) {
+                    (Some(a), Some(b)) if a == b => Some(("guest_mac", a.to_string())),
+                    _ => None,
+                }
+            };
+            if let Some((what, value)) = clash {
+                return Err(ResourceError::NetClash {
+                    existing: other.iface_id.clone(),
+                    new: id,
+                    what,
+                    value,
+                });
+            }
+        }
+        // Opened and closed at once: a missing, misnamed or busy TAP is
+        // refused now rather than at InstanceStart.
+        Tap::open(&iface.host_dev_name).map_err(|source| ResourceError::Tap {
+            id: id.clone(),
+            source,
+        })?;
+        match self
+            .network_interfaces
+            .iter()
+            .position(|n| n.iface_id == id)
+        {
+            Some(i) => self.network_interfaces[i] = iface,
+            None => self.network_interfaces.push(iface),
+        }
+        Ok(())
+    }
+
+    /// Sets the vsock device after checking its CID and that its socket
+    /// can be created (its directory exists, the path does not).
+    pub fn set_vsock(&mut self, vsock: VsockDevice) -> Result<(), ResourceError> {
+        if vsock.guest_cid < MIN_GUEST_CID || vsock.guest_cid > u64::from(u32::MAX) {
+            return Err(ResourceError::GuestCid(vsock.guest_cid));
+        }
+        if vsock.uds_path.is_empty() {
+            return Err(ResourceError::EmptyPath("uds_path"));
+        }
+        let path = Path::new(&vsock.uds_path);
+        let dir = match path.parent() {
+            Some(dir) if dir.as_os_str().is_empty() => Path::new("."),
+            Some(dir) => dir,
+            None => return Err(ResourceError::UdsDirectory(path.into())),
+        };
+        if !dir.is_dir() {
+            return Err(ResourceError::UdsDirectory(path.into()));
+        }
+        if path.symlink_metadata().is_ok() {
+            return Err(ResourceError::UdsExists(path.into()));
+        }
+        self.vsock = Some(vsock);
         Ok(())
     }
 
@@ -280,6 +405,21 @@ impl VmResources {
                 None => serial,
             },
             start_time,
+            net: self
+                .network_interfaces
+                .iter()
+                .map(|n| NetConfig {
+                    iface_id: n.iface_id.clone(),
+                    host_dev_name: n.host_dev_name.clone(),
+                    guest_mac: n.guest_mac.as_deref().and_then(|m| m.parse().ok()),
+                    rx_rate_limiter: n.rx_rate_limiter.as_ref().map(|r| r.to_config()),
+                    tx_rate_limiter: n.tx_rate_limiter.as_ref().map(|r| r.to_config()),
+                })
+                .collect(),
+            vsock: self.vsock.as_ref().map(|v| VsockConfig {
+                guest_cid: v.guest_cid,
+                uds_path: v.uds_path.clone().into(),
+            }),
             ..VmConfig::default()
         })
     }
@@ -294,6 +434,10 @@ impl VmResources {
             drives: Vec<Drive>,
             #[serde(rename = "machine-config")]
             machine: &'a MachineConfig,
+            #[serde(rename = "network-interfaces")]
+            network_interfaces: &'a [NetworkInterface],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            vsock: Option<&'a VsockDevice>,
             #[serde(skip_serializing_if = "Option::is_none")]
             entropy: Option<&'a EntropyDevice>,
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -314,6 +458,8 @@ impl VmResources {
             boot_source: self.boot_source.as_ref(),
             drives,
             machine: &self.machine,
+            network_interfaces: &self.network_interfaces,
+            vsock: self.vsock.as_ref(),
             entropy: self.entropy.as_ref(),
             logger: self.logger.as_ref(),
             metrics: self.metrics.as_ref(),
@@ -455,11 +601,7 @@ mod tests {
             }),
             ops: None,
         });
-        assert!(r
-            .put_drive(d)
-            .unwrap_err()
-            .to_string()
-            .contains("rate limiters"));
+        r.put_drive(d).unwrap();
         let mut d = drive("x", &a, false);
         d.rate_limiter = Some(RateLimiter::default());
         r.put_drive(d).unwrap();
@@ -544,5 +686,128 @@ mod tests {
         assert!(c.track_dirty_pages);
         assert!(matches!(c.serial, SerialConfig::File(_)));
         assert_eq!(c.cmdline, "");
+    }
+
+    fn iface(id: &str, tap: &str, mac: Option<&str>) -> NetworkInterface {
+        NetworkInterface {
+            iface_id: id.into(),
+            host_dev_name: tap.into(),
+            guest_mac: mac.map(str::to_string),
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        }
+    }
+
+    #[test]
+    fn network_interfaces_are_checked() {
+        let mut r = VmResources::default();
+        let e = r
+            .put_network_interface(iface("eth0", "kdlnotap0", None))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("there is no network interface \"kdlnotap0\""),
+            "{e}"
+        );
+        let e = r
+            .put_network_interface(iface("eth0", "", None))
+            .unwrap_err();
+        assert!(matches!(e, ResourceError::Tap { .. }), "{e}");
+        let e = r
+            .put_network_interface(iface("eth0", &"t".repeat(40), None))
+            .unwrap_err();
+        assert!(e.to_string().contains("longer than"), "{e}");
+        let e = r
+            .put_network_interface(iface("eth0", "kdlnotap0", Some("06:00:zz:00:00:01")))
+            .unwrap_err();
+        assert!(matches!(e, ResourceError::GuestMac { .. }), "{e}");
+        // Clashes are found before the TAP is opened.
+        r.network_interfaces
+            .push(iface("eth0", "kdlnotap0", Some("06:00:00:00:00:01")));
+        let e = r
+            .put_network_interface(iface("eth1", "kdlnotap0", None))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("host_dev_name kdlnotap0 is already used by network interface eth0"),
+            "{e}"
+        );
+        let e = r
+            .put_network_interface(iface("eth1", "kdlnotap1", Some("06:00:00:00:00:01")))
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ResourceError::NetClash {
+                    what: "guest_mac",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let kernel_dir = Files::new("net");
+        let kernel = kernel_dir.file("k", 10);
+        r.set_boot_source(BootSource {
+            kernel_image_path: kernel,
+            initrd_path: None,
+            boot_args: None,
+        })
+        .unwrap();
+        r.network_interfaces[0].tx_rate_limiter = Some(RateLimiter {
+            bandwidth: None,
+            ops: Some(crate::models::TokenBucket {
+                size: 5,
+                one_time_burst: Some(2),
+                refill_time: 10,
+            }),
+        });
+        let c = r.vm_config(SerialConfig::Off, StartTime::now()).unwrap();
+        assert_eq!(c.net.len(), 1);
+        assert_eq!(c.net[0].host_dev_name, "kdlnotap0");
+        assert_eq!(c.net[0].guest_mac.unwrap().to_string(), "06:00:00:00:00:01");
+        assert_eq!(
+            c.net[0]
+                .tx_rate_limiter
+                .unwrap()
+                .ops
+                .unwrap()
+                .one_time_burst,
+            2
+        );
+        assert_eq!(c.net[0].rx_rate_limiter, None);
+        let full = r.full_config();
+        assert_eq!(full["network-interfaces"][0]["iface_id"], "eth0");
+    }
+
+    #[test]
+    fn vsock_is_checked() {
+        let f = Files::new("vsock");
+        let existing = f.file("taken.sock", 0);
+        let dir = f.0.to_str().unwrap().to_string();
+        let mut r = VmResources::default();
+        let v = |cid: u64, path: &str| VsockDevice {
+            vsock_id: None,
+            guest_cid: cid,
+            uds_path: path.into(),
+        };
+        for cid in [0, 1, 2, 1 << 32] {
+            assert!(matches!(
+                r.set_vsock(v(cid, &format!("{dir}/v.sock"))),
+                Err(ResourceError::GuestCid(_))
+            ));
+        }
+        assert!(matches!(
+            r.set_vsock(v(3, "")),
+            Err(ResourceError::EmptyPath("uds_path"))
+        ));
+        let e = r.set_vsock(v(3, "/nonexistent/dir/v.sock")).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        let e = r.set_vsock(v(3, &existing)).unwrap_err();
+        assert!(e.to_string().contains("already exists"), "{e}");
+        assert!(r.vsock.is_none());
+        r.set_vsock(v(3, &format!("{dir}/v.sock"))).unwrap();
+        r.set_vsock(v(42, &format!("{dir}/w.sock"))).unwrap();
+        assert_eq!(r.vsock.as_ref().unwrap().guest_cid, 42);
+        assert_eq!(r.full_config()["vsock"]["guest_cid"], 42);
     }
 }

@@ -5,10 +5,6 @@
 /// A Firecracker resource Kindling does not support yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unsupported {
-    /// `/network-interfaces/{id}`.
-    NetworkInterfaces,
-    /// `/vsock`.
-    Vsock,
     /// `/snapshot/create` and `/snapshot/load`.
     Snapshots,
     /// `/balloon` and its sub-resources.
@@ -27,8 +23,6 @@ impl Unsupported {
     /// The resource a request path names, if it is one of these.
     pub fn from_path(segments: &[&str]) -> Option<Self> {
         Some(match segments.first().copied()? {
-            "network-interfaces" => Unsupported::NetworkInterfaces,
-            "vsock" => Unsupported::Vsock,
             "snapshot" => Unsupported::Snapshots,
             "balloon" => Unsupported::Balloon,
             "mmds" => Unsupported::Mmds,
@@ -42,8 +36,6 @@ impl Unsupported {
     /// What the resource is, for messages.
     pub fn describe(self) -> &'static str {
         match self {
-            Unsupported::NetworkInterfaces => "network interfaces (/network-interfaces)",
-            Unsupported::Vsock => "vsock devices (/vsock)",
             Unsupported::Snapshots => "snapshots (/snapshot/create, /snapshot/load)",
             Unsupported::Balloon => "the memory balloon (/balloon)",
             Unsupported::Mmds => "the microVM metadata service (/mmds)",
@@ -68,8 +60,9 @@ mod tests {
     fn paths() {
         assert_eq!(
             Unsupported::from_path(&["network-interfaces", "eth0"]),
-            Some(Unsupported::NetworkInterfaces)
+            None
         );
+        assert_eq!(Unsupported::from_path(&["vsock"]), None);
         assert_eq!(
             Unsupported::from_path(&["snapshot", "load"]),
             Some(Unsupported::Snapshots)

@@ -50,7 +50,7 @@ pub struct Drive {
     /// The raw image on the host (required for virtio-block).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_on_host: Option<String>,
-    /// A rate limiter: refused when it limits anything.
+    /// Limits on the guest's requests (bytes and operations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiter>,
     /// The I/O engine: `Sync` only for now.
@@ -70,7 +70,8 @@ pub struct PartialDrive {
     /// A new backing image.
     #[serde(default)]
     pub path_on_host: Option<String>,
-    /// A new rate limiter: refused when it limits anything.
+    /// New limits for the running drive (a bucket given replaces the
+    /// current one, a bucket of size 0 removes it).
     #[serde(default)]
     pub rate_limiter: Option<RateLimiter>,
 }

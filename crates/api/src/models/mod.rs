@@ -6,6 +6,7 @@ mod boot;
 mod devices;
 mod drive;
 mod machine;
+mod net;
 mod observability;
 mod rate_limiter;
 mod vm;
@@ -16,6 +17,7 @@ pub use drive::{check_id, CacheType, Drive, IdError, IoEngine, PartialDrive, MAX
 pub use machine::{
     HugePages, MachineConfig, MachineConfigError, MachineConfigUpdate, MAX_API_VCPUS, MAX_MEM_MIB,
 };
+pub use net::{NetworkInterface, PartialNetworkInterface, VsockDevice};
 pub use observability::{LogLevel, LoggerConfig, MetricsConfig};
 pub use rate_limiter::{limits, RateLimiter, TokenBucket};
 pub use vm::{ActionType, InstanceActionInfo, InstanceInfo, VersionInfo, VmPatch, VmStateRequest};

@@ -1,7 +1,8 @@
 //! Firecracker's rate limiters: parsed so that bodies are checked exactly,
-//! then refused when they ask for a limit (Kindling has no rate limiting
-//! yet).
+//! then turned into the devices' [`RateLimiterConfig`] (drives and network
+//! interfaces) or refused when they ask for a limit (the entropy device).
 
+use kindling_virtio::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 use serde::{Deserialize, Serialize};
 
 /// Firecracker's `TokenBucket`.
@@ -37,6 +38,27 @@ impl RateLimiter {
     }
 }
 
+impl TokenBucket {
+    /// The device's bucket configuration.
+    pub fn to_config(&self) -> TokenBucketConfig {
+        TokenBucketConfig {
+            size: self.size,
+            one_time_burst: self.one_time_burst.unwrap_or(0),
+            refill_time: self.refill_time,
+        }
+    }
+}
+
+impl RateLimiter {
+    /// The devices' limiter configuration.
+    pub fn to_config(&self) -> RateLimiterConfig {
+        RateLimiterConfig {
+            bandwidth: self.bandwidth.as_ref().map(TokenBucket::to_config),
+            ops: self.ops.as_ref().map(TokenBucket::to_config),
+        }
+    }
+}
+
 /// Whether an optional limiter limits anything.
 pub fn limits(limiter: &Option<RateLimiter>) -> bool {
     limiter.as_ref().is_some_and(RateLimiter::limits)
@@ -61,5 +83,10 @@ mod tests {
                 .is_err()
         );
         assert!(serde_json::from_str::<RateLimiter>(r#"{"iops": {}}"#).is_err());
+        let c = r.to_config();
+        assert!(c.is_limit());
+        assert_eq!(c.ops.unwrap().size, 10);
+        assert_eq!(c.ops.unwrap().one_time_burst, 0);
+        assert_eq!(c.bandwidth, None);
     }
 }
