@@ -24,6 +24,7 @@ mod snapshot_hook;
 
 use std::io::{IsTerminal, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc;
@@ -218,7 +219,14 @@ fn main() -> ExitCode {
         args.snapshot_mem,
     ) {
         let inner: Box<dyn Write + Send> = match serial {
-            SerialConfig::File(path) => match std::fs::File::create(&path) {
+            SerialConfig::File(path) => match std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                // Never through a symbolic link (as the VMM's own serial file).
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&path)
+            {
                 Ok(file) => Box::new(file),
                 Err(e) => {
                     eprintln!("microvm: cannot create {}: {e}", path.display());
