@@ -1,5 +1,5 @@
 #!/bin/sh
-# Runs the second level: microvm boots the Debian kernel three times, as the
+# Runs the second level: microvm boots the Debian kernel, as the
 # bzImage (vmlinuz as Debian ships it), as the extracted ELF vmlinux through
 # the 64-bit Linux entry, and as that vmlinux through its PVH entry; with
 # L2_SNAPSHOT=1 a fourth time as the bzImage snapshotted mid-way and

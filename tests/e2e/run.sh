@@ -4,15 +4,17 @@
 # Makes the guest with scripts/guest-image.sh (Debian's cloud kernel as
 # vmlinuz and vmlinux, its initramfs, an ext4 root filesystem whose
 # /etc/rc.local is guest-checks.sh) and boots it under the release `microvm`
-# example three times (the vmlinuz bzImage as shipped, the extracted ELF
-# vmlinux through the 64-bit entry, and that vmlinux through PVH), each with
+# example five times (the vmlinuz bzImage as shipped, the extracted ELF
+# vmlinux through the 64-bit entry, that vmlinux through PVH, the bzImage
+# snapshotted mid-way and restored in a new process, and the bzImage from a
+# Firecracker config file; the last two when microvm has them), each with
 # 2 vCPUs, 256 MiB, the root filesystem as its virtio disk and an entropy
 # device; the guest checks itself and the harness asserts the transcript,
 # microvm's exit status, the files the guests wrote and the time bound, and
 # reports the boot times.
 #
 # Where /dev/kvm cannot run a stock Linux guest (nested KVM that emulates
-# guest ring 0, such as kvm_pvm: docs/nested-kvm.md) the three runs happen
+# guest ring 0, such as kvm_pvm: docs/nested-kvm.md) the runs happen
 # inside a first level, through scripts/nested-run.sh (QEMU TCG with
 # -cpu EPYC,+svm booting the same kernel with the kvm modules). With real
 # hardware virtualization they run directly on the host.
@@ -193,7 +195,7 @@ timestamp() {
     done > "$1"
 }
 
-# The three runs inside the first level: scripts/nested-run.sh with
+# The runs inside the first level: scripts/nested-run.sh with
 # level2-run.sh as its --script; the first level's own log is separate.
 run_nested() {
     mkdir -p "$WORK/l1"
