@@ -163,11 +163,13 @@ impl ApiVm {
         let stdout = collect(child.stdout.take().unwrap());
         let stderr = collect(child.stderr.take().unwrap());
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
+        // The socket file appears at bind(), a moment before listen():
+        // wait until a connection is accepted, not only for the file.
+        while UnixStream::connect(&socket).is_err() {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("microvm ended with {status}: {:?}", stderr.lock().unwrap());
             }
-            assert!(Instant::now() < deadline, "the API socket never appeared");
+            assert!(Instant::now() < deadline, "the API socket never accepted");
             std::thread::sleep(Duration::from_millis(1));
         }
         ApiVm {
