@@ -36,8 +36,8 @@ use kindling::vmm::snapshot::{
     DiskOverride, MemBackend, RestoreConfig, SnapshotKind, SnapshotRequest,
 };
 use kindling::vmm::{
-    BootProtocol, DiskConfig, ExitReason, KernelSource, NetConfig, SerialConfig, StartTime,
-    VmConfig, Vmm, VmmError, VsockConfig, DEFAULT_LINUX_CMDLINE,
+    BootProtocol, DiskConfig, ExitReason, KernelSource, NetConfig, SeccompPolicy, SerialConfig,
+    StartTime, VmConfig, Vmm, VmmError, VsockConfig, DEFAULT_LINUX_CMDLINE,
 };
 
 /// Where the README explains hosts whose /dev/kvm cannot run Linux.
@@ -160,6 +160,10 @@ struct Args {
     /// No API socket (with --config-file).
     #[arg(long, conflicts_with = "api_sock")]
     no_api: bool,
+    /// Run without the seccomp filters (on by default: each VMM thread may
+    /// make only the system calls it needs; see "Security" in the README).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -203,8 +207,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let seccomp = if args.no_seccomp {
+        SeccompPolicy::Off
+    } else {
+        SeccompPolicy::Builtin
+    };
     if args.api_sock.is_some() || args.config_file.is_some() || args.no_api {
-        return api_mode(args, start_time);
+        return api_mode(args, start_time, seccomp);
     }
     let stdout_serial = matches!(args.serial, SerialArg::Stdout);
     let mut serial = match args.serial {
@@ -256,10 +265,13 @@ fn main() -> ExitCode {
             serial,
             start_time,
             stop_on_signals: true,
+            seccomp: seccomp.clone(),
             ..RestoreConfig::new(state, MemBackend::File(mem))
         };
         let result = Vmm::restore(config).and_then(|vmm| match snapshot_at_marker {
-            Some((found, request)) => snapshot_hook::run_with_snapshot(vmm, found, request),
+            Some((found, request)) => {
+                snapshot_hook::run_with_snapshot(vmm, found, request, &seccomp)
+            }
             None => vmm.run(),
         });
         return exit_with(result, &ConsoleEscape::new());
@@ -295,6 +307,7 @@ fn main() -> ExitCode {
         start_time,
         console_escape: interactive.then(|| escape.clone()),
         stop_on_signals: true,
+        seccomp: seccomp.clone(),
         ..VmConfig::default()
     };
     let ring0_emulated = user_kernel && Path::new(KVM_PVM_MODULE).exists();
@@ -308,7 +321,9 @@ fn main() -> ExitCode {
             );
         }
         match snapshot_at_marker {
-            Some((found, request)) => snapshot_hook::run_with_snapshot(vmm, found, request),
+            Some((found, request)) => {
+                snapshot_hook::run_with_snapshot(vmm, found, request, &seccomp)
+            }
             None => run_interactive(vmm, interactive),
         }
     });
@@ -379,7 +394,7 @@ impl From<SerialArg> for SerialConfig {
 
 /// `--api-sock` / `--config-file`: Firecracker's control plane
 /// (`kindling_api::server::serve`), the other flags as its pre-configuration.
-fn api_mode(args: Args, start_time: StartTime) -> ExitCode {
+fn api_mode(args: Args, start_time: StartTime, seccomp: SeccompPolicy) -> ExitCode {
     use kindling::api::server::{serve, Preset, ServeOptions};
     if args.vsock.is_some() || args.restore.is_some() || args.snapshot_on_line.is_some() {
         eprintln!(
@@ -416,6 +431,7 @@ fn api_mode(args: Args, start_time: StartTime) -> ExitCode {
         config_file: args.config_file,
         resources,
         serial: args.serial.into(),
+        seccomp,
         ..ServeOptions::new(start_time)
     };
     match serve(options) {

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::sync::mpsc;
 
+use kindling::vmm::seccomp::{SeccompPolicy, ThreadKind};
 use kindling::vmm::snapshot::SnapshotRequest;
 use kindling::vmm::{ExitReason, Vmm, VmmError};
 
@@ -45,11 +46,18 @@ pub(crate) fn run_with_snapshot(
     vmm: Vmm,
     found: mpsc::Receiver<()>,
     request: SnapshotRequest,
+    seccomp: &SeccompPolicy,
 ) -> Result<ExitReason, VmmError> {
     let running = vmm.start()?;
     let handle = running.handle();
     let state_path = request.state_path.clone();
+    let policy = seccomp.clone();
     let snapshotter = std::thread::spawn(move || -> Option<Result<(), VmmError>> {
+        // Pausing and snapshotting is what the API threads do.
+        if let Err(e) = policy.install(ThreadKind::Api) {
+            handle.stop();
+            return Some(Err(e.into()));
+        }
         // The sender goes away with the VM when it ends first.
         found.recv().ok()?;
         let result = handle
@@ -59,6 +67,13 @@ pub(crate) fn run_with_snapshot(
         handle.stop();
         Some(result)
     });
+    // This thread only waits from here on.
+    if let Err(e) = seccomp.install(ThreadKind::Api) {
+        running.stop();
+        let _ = running.wait();
+        let _ = snapshotter.join();
+        return Err(e.into());
+    }
     let reason = running.wait();
     match snapshotter.join() {
         Ok(Some(Ok(()))) => {

@@ -13,6 +13,7 @@
 //! | `SendCtrlAltDel` | no | yes |
 //! | `FlushMetrics` | with `PUT /metrics` first | same |
 
+use kindling_vmm::SeccompPolicy;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -120,6 +121,7 @@ pub struct Controller {
     default_serial: Option<SerialConfig>,
     start_time: StartTime,
     on_start: OnStart,
+    seccomp: SeccompPolicy,
 }
 
 impl std::fmt::Debug for Controller {
@@ -152,7 +154,15 @@ impl Controller {
             default_serial: Some(default_serial),
             start_time,
             on_start,
+            seccomp: SeccompPolicy::Off,
         }
+    }
+
+    /// The seccomp filters of the VM `InstanceStart` builds
+    /// ([`VmConfig::seccomp`](kindling_vmm::VmConfig::seccomp)); off by
+    /// default.
+    pub fn set_seccomp(&mut self, policy: SeccompPolicy) {
+        self.seccomp = policy;
     }
 
     /// The pre-boot configuration.
@@ -418,9 +428,10 @@ impl Controller {
             return Err(ControllerError::NoBootSource);
         }
         let serial = self.next_serial();
-        let Some(config) = self.resources.vm_config(serial, self.start_time) else {
+        let Some(mut config) = self.resources.vm_config(serial, self.start_time) else {
             return Err(ControllerError::NoBootSource);
         };
+        config.seccomp = self.seccomp.clone();
         let launched = launch(&self.resources, config).map_err(ControllerError::Start)?;
         self.metrics.set_vm_sources(
             launched.exits,

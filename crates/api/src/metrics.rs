@@ -9,6 +9,7 @@
 //! `block_{drive_id}` each drive. Latencies (`latencies_us`) and
 //! `api_server.process_startup_time_us` are values, not increases.
 
+use kindling_vmm::seccomp::{SeccompPolicy, ThreadKind};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -83,6 +84,8 @@ pub struct Metrics {
     /// Held across a whole flush, so lines go out in the order their
     /// increases were computed (FlushMetrics and the periodic writer).
     flushing: Mutex<()>,
+    /// The filter of the periodic writer's thread.
+    seccomp: Mutex<SeccompPolicy>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -104,7 +107,14 @@ impl Metrics {
             missed: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             flushing: Mutex::new(()),
+            seccomp: Mutex::new(SeccompPolicy::Off),
         })
+    }
+
+    /// The seccomp filters to use: the periodic writer's thread installs
+    /// the [`ThreadKind::Metrics`] one when it starts.
+    pub fn set_seccomp(&self, policy: SeccompPolicy) {
+        *lock(&self.seccomp) = policy;
     }
 
     /// Applies `PUT /metrics`: opens the file (which must exist, as in
@@ -130,20 +140,26 @@ impl Metrics {
         });
         let weak: Weak<Self> = Arc::downgrade(self);
         let interval = self.interval;
+        let seccomp = lock(&self.seccomp).clone();
         // Without the thread, metrics are still written on FlushMetrics
         // and at exit.
         let _ = std::thread::Builder::new()
             .name("kindling-metrics".into())
             .stack_size(64 * 1024)
-            .spawn(move || loop {
-                std::thread::sleep(interval);
-                match weak.upgrade() {
-                    Some(metrics) => {
-                        if let Err(e) = metrics.flush() {
-                            log::warn!("periodic metrics: {e}");
+            .spawn(move || {
+                if let Err(e) = seccomp.install(ThreadKind::Metrics) {
+                    log::warn!("periodic metrics: {e}");
+                }
+                loop {
+                    std::thread::sleep(interval);
+                    match weak.upgrade() {
+                        Some(metrics) => {
+                            if let Err(e) = metrics.flush() {
+                                log::warn!("periodic metrics: {e}");
+                            }
                         }
+                        None => return,
                     }
-                    None => return,
                 }
             });
         Ok(())

@@ -205,6 +205,16 @@ pub enum VcpuError {
         /// The error.
         source: std::io::Error,
     },
+    /// The set-up a vCPU thread runs first (see
+    /// [`VcpuHandle::spawn_with_init`](crate::VcpuHandle::spawn_with_init),
+    /// for example installing a seccomp filter) failed; the vCPU never ran.
+    #[error("vCPU {id}: thread set-up failed: {reason}")]
+    ThreadInit {
+        /// vCPU index.
+        id: u8,
+        /// What failed.
+        reason: String,
+    },
     /// The kick signal handler could not be installed.
     #[error("cannot install the vCPU kick signal handler: {0}")]
     KickHandler(errno::Error),

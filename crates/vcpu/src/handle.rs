@@ -58,6 +58,12 @@ impl Control {
 /// Called once when a vCPU thread ends, with the vCPU id and its result.
 pub type OnVcpuStop = Box<dyn FnOnce(u8, &Result<VcpuStopReason, VcpuError>) + Send>;
 
+/// Called first thing on a new vCPU thread, with the vCPU id, before the
+/// vCPU enters the guest (for example to install a seccomp filter once the
+/// thread's own set-up is done). An error ends the thread with
+/// [`VcpuError::ThreadInit`].
+pub type OnVcpuStart = Box<dyn FnOnce(u8) -> Result<(), String> + Send>;
+
 /// A vCPU running on its own thread.
 #[derive(Debug)]
 pub struct VcpuHandle {
@@ -74,7 +80,7 @@ impl VcpuHandle {
         handler: Arc<dyn VcpuExitHandler>,
         on_stop: OnVcpuStop,
     ) -> Result<Self, VcpuError> {
-        Self::spawn_with(vcpu, handler, on_stop, false)
+        Self::spawn_with(vcpu, handler, on_stop, false, None)
     }
 
     /// Like [`VcpuHandle::spawn`], but the thread parks before it first
@@ -85,7 +91,22 @@ impl VcpuHandle {
         handler: Arc<dyn VcpuExitHandler>,
         on_stop: OnVcpuStop,
     ) -> Result<Self, VcpuError> {
-        Self::spawn_with(vcpu, handler, on_stop, true)
+        Self::spawn_with(vcpu, handler, on_stop, true, None)
+    }
+
+    /// Like [`VcpuHandle::spawn`] (or [`VcpuHandle::spawn_paused`] when
+    /// `paused`), but the new thread first runs `init` with the vCPU id,
+    /// before it parks or enters the guest; if `init` fails the thread
+    /// ends with [`VcpuError::ThreadInit`] (and `on_stop` sees it). The
+    /// Kindling VMM installs the vCPU seccomp filter this way.
+    pub fn spawn_with_init(
+        vcpu: Vcpu,
+        handler: Arc<dyn VcpuExitHandler>,
+        on_stop: OnVcpuStop,
+        paused: bool,
+        init: OnVcpuStart,
+    ) -> Result<Self, VcpuError> {
+        Self::spawn_with(vcpu, handler, on_stop, paused, Some(init))
     }
 
     fn spawn_with(
@@ -93,6 +114,7 @@ impl VcpuHandle {
         handler: Arc<dyn VcpuExitHandler>,
         on_stop: OnVcpuStop,
         paused: bool,
+        init: Option<OnVcpuStart>,
     ) -> Result<Self, VcpuError> {
         install_kick_handler()?;
         let id = vcpu.id();
@@ -106,7 +128,10 @@ impl VcpuHandle {
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                let result = run_loop(&mut vcpu, &*handler, &thread_control);
+                let result = match init.map_or(Ok(()), |init| init(id)) {
+                    Ok(()) => run_loop(&mut vcpu, &*handler, &thread_control),
+                    Err(reason) => Err(VcpuError::ThreadInit { id, reason }),
+                };
                 // A task given too late is dropped: its caller sees
                 // `ThreadGone`.
                 drop(

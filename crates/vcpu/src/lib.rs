@@ -34,7 +34,7 @@ pub mod x86_64;
 pub use coalesced::CoalescedRing;
 pub use error::{KvmError, VcpuError, VmError};
 pub use exit::{VcpuExitHandler, VcpuStopReason};
-pub use handle::{VcpuHandle, VcpuRunState};
+pub use handle::{OnVcpuStart, OnVcpuStop, VcpuHandle, VcpuRunState};
 pub use kick::{install_kick_handler, kick_signal};
 pub use kvm::{Kvm, REQUIRED_CAPABILITIES};
 #[cfg(target_arch = "x86_64")]

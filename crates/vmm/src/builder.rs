@@ -418,6 +418,7 @@ impl VmmBuilder {
             exit,
             stdin_input,
             stop_on_signals: config.stop_on_signals,
+            seccomp: config.seccomp.clone(),
             console_escape: config.console_escape.take(),
             vm: Arc::new(vm),
             kvm: Arc::new(kvm),

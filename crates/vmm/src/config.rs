@@ -1,5 +1,6 @@
 //! What a microVM is made of.
 
+use crate::seccomp::SeccompPolicy;
 use std::borrow::Cow;
 use std::io::Write;
 use std::path::PathBuf;
@@ -342,6 +343,10 @@ pub struct VmConfig {
     /// only looked at with [`SerialConfig::Stdout`]. `None` (the default)
     /// passes standard input to the guest unchanged.
     pub console_escape: Option<ConsoleEscape>,
+    /// The seccomp filters installed on the VMM's threads (see
+    /// [`crate::seccomp`]): [`SeccompPolicy::Off`] by default in the
+    /// library, [`SeccompPolicy::Builtin`] in `microvm`.
+    pub seccomp: SeccompPolicy,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -362,6 +367,7 @@ impl std::fmt::Debug for VmConfig {
             .field("serial", &self.serial)
             .field("stop_on_signals", &self.stop_on_signals)
             .field("console_escape", &self.console_escape)
+            .field("seccomp", &self.seccomp)
             .finish()
     }
 }
@@ -386,6 +392,7 @@ impl Default for VmConfig {
             start_time: StartTime::now(),
             boot_timer_log: Arc::new(Mutex::new(std::io::stderr())),
             console_escape: None,
+            seccomp: SeccompPolicy::Off,
         }
     }
 }

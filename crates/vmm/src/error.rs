@@ -145,6 +145,9 @@ pub enum VmmError {
     /// The device event loop failed.
     #[error("device event loop: {0}")]
     EventLoop(#[source] event_manager::Error),
+    /// A seccomp filter could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// The device event loop thread could not be started or panicked.
     #[error("device event loop thread: {0}")]
     EventLoopThread(String),

@@ -43,6 +43,7 @@ mod error;
 mod event_loop;
 mod files;
 mod lifecycle;
+pub mod seccomp;
 pub mod signals;
 pub mod snapshot;
 mod virtio_devices;
@@ -66,6 +67,7 @@ pub use kindling_virtio::net::MacAddr;
 /// [`DiskConfig::rate_limiter`]), in Firecracker's JSON shape.
 pub use kindling_virtio::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 pub use lifecycle::{VmRunState, VmmHandle};
+pub use seccomp::SeccompPolicy;
 pub use vmm::{RunningVmm, Vmm, MAX_VCPUS};
 
 /// The rust-vmm `event-manager` crate the VMM's device event loop runs on

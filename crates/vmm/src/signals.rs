@@ -9,7 +9,7 @@
 //! calls [`block_termination_signals`] first thing in `main` and sets
 //! [`VmConfig::stop_on_signals`](crate::VmConfig::stop_on_signals).
 
-use std::io;
+use std::io::{self, Write};
 use std::sync::{Arc, Weak};
 
 use kindling_devices::ExitReason;
@@ -79,11 +79,20 @@ const WATCH_PERIOD: libc::timespec = libc::timespec {
 /// Starts a thread that waits for a termination signal (blocked by
 /// [`block_termination_signals`]) and stops the VM with
 /// [`ExitReason::Signal`] — a paused VM too. The thread ends with the VM.
-pub(crate) fn spawn_signal_watcher(shared: &Arc<Shared>) -> io::Result<()> {
+pub(crate) fn spawn_signal_watcher(
+    shared: &Arc<Shared>,
+    seccomp: &crate::seccomp::SeccompPolicy,
+) -> io::Result<()> {
     let weak: Weak<Shared> = Arc::downgrade(shared);
+    let seccomp = seccomp.clone();
     std::thread::Builder::new()
         .name("kindling-signals".into())
         .spawn(move || {
+            if let Err(e) = seccomp.install(crate::seccomp::ThreadKind::SignalWatcher) {
+                // Without its filter the watcher still does its job; the
+                // operator hears of it.
+                let _ = writeln!(std::io::stderr(), "kindling: {e}");
+            }
             let set = termination_set();
             loop {
                 // SAFETY: `set` is initialised; no siginfo is wanted; the

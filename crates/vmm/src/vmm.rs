@@ -16,6 +16,7 @@ use crate::event_loop::{
     StdinSubscriber,
 };
 use crate::lifecycle::Shared;
+use crate::seccomp::{SeccompPolicy, ThreadKind};
 use crate::{UserSubscriber, VmRunState, VmmBuilder, VmmDevices, VmmError, VmmHandle};
 
 /// The largest vCPU count a Kindling VM supports (the MP table's APIC ids
@@ -33,6 +34,7 @@ pub(crate) struct Parts {
     pub(crate) exit: VmExitHandle,
     pub(crate) stdin_input: bool,
     pub(crate) stop_on_signals: bool,
+    pub(crate) seccomp: SeccompPolicy,
     pub(crate) console_escape: Option<crate::console::ConsoleEscape>,
     pub(crate) vm: Arc<Vm>,
     pub(crate) kvm: Arc<Kvm>,
@@ -58,6 +60,7 @@ pub struct Vmm {
     shared: Arc<Shared>,
     stdin_input: bool,
     stop_on_signals: bool,
+    seccomp: SeccompPolicy,
     console_escape: Option<crate::console::ConsoleEscape>,
     vm: Arc<Vm>,
     kvm: Arc<Kvm>,
@@ -133,6 +136,7 @@ impl Vmm {
             subscribers: parts.subscribers,
             stdin_input: parts.stdin_input,
             stop_on_signals: parts.stop_on_signals,
+            seccomp: parts.seccomp,
             console_escape: parts.console_escape,
             vm: parts.vm,
             kvm: parts.kvm,
@@ -198,7 +202,7 @@ impl Vmm {
         let shared = self.shared.clone();
         let thread = std::thread::Builder::new()
             .name("kindling-events".into())
-            .spawn(move || self.event_loop(manager))
+            .spawn(move || self.filtered_event_loop(manager))
             .map_err(|e| VmmError::EventLoopThread(e.to_string()))?;
         if start_paused {
             // The loop parks at its first wake-up (asked for before the
@@ -220,8 +224,28 @@ impl Vmm {
     /// Runs the VM until the guest or a [`VmmHandle`] ends it: vCPUs on
     /// their own threads, the device event loop on this one. Returns why
     /// the VM ended, or the first vCPU error.
+    ///
+    /// With [`VmConfig::seccomp`](crate::VmConfig::seccomp) on, the
+    /// calling thread keeps the event loop's filter after this returns
+    /// (a filter cannot be removed): what it may do afterwards is what the
+    /// event loop may do (close files, unmap memory, write, exit).
     pub fn run(mut self) -> Result<ExitReason, VmmError> {
         let manager = self.start_vcpus()?;
+        self.filtered_event_loop(manager)
+    }
+
+    /// Installs the event loop's seccomp filter on this thread (after the
+    /// vCPU and watcher threads started: they must not inherit it), then
+    /// runs the loop. If the filter cannot be installed, the VM is stopped.
+    fn filtered_event_loop(
+        self,
+        manager: EventManager<SubscriberBox>,
+    ) -> Result<ExitReason, VmmError> {
+        if let Err(e) = self.seccomp.install(ThreadKind::EventLoop) {
+            self.shared.exit.request(ExitReason::Stopped);
+            let _ = self.event_loop(manager);
+            return Err(VmmError::Seccomp(e));
+        }
         self.event_loop(manager)
     }
 
@@ -268,12 +292,13 @@ impl Vmm {
         } else {
             self.shared.set_state(VmRunState::Running);
         }
-        let spawn = if self.start_paused {
-            VcpuHandle::spawn_paused
-        } else {
-            VcpuHandle::spawn
-        };
+        let paused = self.start_paused;
         for vcpu in vcpus {
+            let policy = self.seccomp.clone();
+            // Each vCPU thread installs its filter itself, first thing (the
+            // built-in one is compiled by the first thread to need it).
+            let init: kindling_vcpu::OnVcpuStart =
+                Box::new(move |_id| policy.install(ThreadKind::Vcpu).map_err(|e| e.to_string()));
             let vcpu_exit = exit.clone();
             let on_stop = Box::new(move |_id: u8, result: &Result<VcpuStopReason, _>| {
                 let reason = match result {
@@ -288,7 +313,7 @@ impl Vmm {
                 };
                 vcpu_exit.request(reason);
             });
-            match spawn(vcpu, self.handler.clone(), on_stop) {
+            match VcpuHandle::spawn_with_init(vcpu, self.handler.clone(), on_stop, paused, init) {
                 Ok(handle) => self
                     .shared
                     .vcpus
@@ -307,7 +332,7 @@ impl Vmm {
         // After the vCPUs, off the path to the guest's first instruction:
         // a signal that comes meanwhile waits, blocked, for the watcher.
         if self.stop_on_signals {
-            if let Err(source) = crate::signals::spawn_signal_watcher(&self.shared) {
+            if let Err(source) = crate::signals::spawn_signal_watcher(&self.shared, &self.seccomp) {
                 exit.request(ExitReason::Stopped);
                 let _ = self.stop_vcpus();
                 self.shared

@@ -2,6 +2,7 @@
 //! (at most [`MAX_CONNECTIONS`]) serves it, requests go through
 //! [`parse_request`] and the [`Controller`], one at a time.
 
+use kindling_vmm::seccomp::{SeccompPolicy, ThreadKind};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,6 +68,20 @@ impl ApiServer {
         metrics: Arc<Metrics>,
         timeouts: Timeouts,
     ) -> Result<Self, ServeError> {
+        Self::bind_filtered(path, controller, metrics, timeouts, SeccompPolicy::Off)
+    }
+
+    /// Like [`ApiServer::bind`], with the accept thread installing the
+    /// [`ThreadKind::Api`] filter of `seccomp` first thing (the connection
+    /// threads it starts inherit it). If the filter cannot be installed,
+    /// the server does not serve: it logs why and closes the socket.
+    pub fn bind_filtered(
+        path: &Path,
+        controller: Arc<Mutex<Controller>>,
+        metrics: Arc<Metrics>,
+        timeouts: Timeouts,
+        seccomp: SeccompPolicy,
+    ) -> Result<Self, ServeError> {
         if path.symlink_metadata().is_ok() {
             return Err(ServeError::SocketExists(path.to_path_buf()));
         }
@@ -80,7 +95,13 @@ impl ApiServer {
         std::thread::Builder::new()
             .name("kindling-api".into())
             .stack_size(256 * 1024)
-            .spawn(move || accept_loop(listener, controller, metrics, timeouts))
+            .spawn(move || {
+                if let Err(e) = seccomp.install(ThreadKind::Api) {
+                    log::error!("API socket: not serving: {e}");
+                    return;
+                }
+                accept_loop(listener, controller, metrics, timeouts)
+            })
             .map_err(ServeError::Thread)?;
         Ok(server)
     }

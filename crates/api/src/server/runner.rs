@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use kindling_vmm::seccomp::{SeccompError, SeccompPolicy, ThreadKind};
 use kindling_vmm::{ExitReason, SerialConfig, StartTime, VmmError};
 
 use super::http::Timeouts;
@@ -50,6 +51,9 @@ pub enum ServeError {
         /// Why.
         source: ControllerError,
     },
+    /// A seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// The VM failed while it ran.
     #[error(transparent)]
     Vmm(#[from] VmmError),
@@ -76,6 +80,10 @@ pub struct ServeOptions {
     pub metrics_interval: Duration,
     /// Connection time limits.
     pub timeouts: Timeouts,
+    /// The seccomp filters of the API threads, the VM's threads, the
+    /// metrics writer and the calling thread once the VM starts (off by
+    /// default; `microvm` turns them on).
+    pub seccomp: SeccompPolicy,
 }
 
 impl ServeOptions {
@@ -90,6 +98,7 @@ impl ServeOptions {
             start_time,
             metrics_interval: DEFAULT_FLUSH_INTERVAL,
             timeouts: Timeouts::default(),
+            seccomp: SeccompPolicy::Off,
         }
     }
 }
@@ -104,6 +113,7 @@ pub fn serve(options: ServeOptions) -> Result<ExitReason, ServeError> {
     }
     crate::logger::install(&options.id)?;
     let metrics = Metrics::new(&options.id, options.metrics_interval);
+    metrics.set_seccomp(options.seccomp.clone());
     let (started_tx, started_rx) = mpsc::channel();
     let controller = Arc::new(Mutex::new(Controller::new(
         &options.id,
@@ -116,12 +126,17 @@ pub fn serve(options: ServeOptions) -> Result<ExitReason, ServeError> {
             let _ = started_tx.send(running);
         }),
     )));
+    controller
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .set_seccomp(options.seccomp.clone());
     let server = match &options.api_socket {
-        Some(path) => Some(ApiServer::bind(
+        Some(path) => Some(ApiServer::bind_filtered(
             path,
             controller.clone(),
             metrics.clone(),
             options.timeouts,
+            options.seccomp.clone(),
         )?),
         None => None,
     };
@@ -146,6 +161,10 @@ pub fn serve(options: ServeOptions) -> Result<ExitReason, ServeError> {
                 .map_err(|source| ServeError::ConfigResource { resource, source })?;
         }
     }
+    // From here this thread waits for the VM, writes the last metrics and
+    // removes the socket; with a config file it has built and started the
+    // VM already.
+    options.seccomp.install(ThreadKind::Api)?;
     // Only InstanceStart sends; the controller keeps the sender.
     let running = match started_rx.recv() {
         Ok(running) => running,

@@ -112,6 +112,9 @@ pub struct RestoreConfig {
     /// Stop the VM in order on termination signals (see
     /// [`VmConfig::stop_on_signals`](crate::VmConfig::stop_on_signals)).
     pub stop_on_signals: bool,
+    /// The seccomp filters installed on the VMM's threads (see
+    /// [`VmConfig::seccomp`](crate::VmConfig::seccomp)).
+    pub seccomp: crate::seccomp::SeccompPolicy,
 }
 
 impl std::fmt::Debug for RestoreConfig {
@@ -123,6 +126,7 @@ impl std::fmt::Debug for RestoreConfig {
             .field("serial", &self.serial)
             .field("resume", &self.resume)
             .field("stop_on_signals", &self.stop_on_signals)
+            .field("seccomp", &self.seccomp)
             .finish_non_exhaustive()
     }
 }
@@ -140,6 +144,7 @@ impl RestoreConfig {
             start_time: StartTime::now(),
             boot_timer_log: Arc::new(Mutex::new(std::io::stderr())),
             stop_on_signals: false,
+            seccomp: crate::seccomp::SeccompPolicy::Off,
         }
     }
 }
@@ -502,6 +507,7 @@ impl Vmm {
             exit,
             stdin_input,
             stop_on_signals: config.stop_on_signals,
+            seccomp: config.seccomp.clone(),
             console_escape: None,
             vm: Arc::new(vm),
             kvm: Arc::new(kvm),
