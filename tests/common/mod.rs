@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use kindling::vmm::{ExitReason, KernelSource, SerialConfig, VmConfig, Vmm};
+use kindling::vmm::{ExitReason, KernelSource, SeccompPolicy, SerialConfig, VmConfig, Vmm};
 
 /// Whether tests that need KVM can run. Without `/dev/kvm` they are skipped
 /// with a message, unless `KINDLING_REQUIRE_KVM=1`, which makes them fail.
@@ -80,11 +80,19 @@ pub fn run_test_guest_with(
         memory_mib,
         serial: SerialConfig::Writer(Box::new(serial.clone())),
         boot_timer_log: Arc::new(Mutex::new(log.clone())),
+        // The suite runs with the filters `microvm` uses.
+        seccomp: SeccompPolicy::Builtin,
         ..VmConfig::default()
     };
     adjust(&mut config);
     let vmm = Vmm::build(config).expect("building the VM");
-    let reason = vmm.run().expect("running the VM");
+    // The event loop on a thread of its own: its filter stays there, and
+    // this test thread may still open files to check what the guest did.
+    let reason = vmm
+        .start()
+        .expect("starting the VM")
+        .wait()
+        .expect("running the VM");
     GuestRun {
         reason,
         serial: serial.text(),

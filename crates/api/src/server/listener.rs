@@ -153,6 +153,8 @@ fn accept_loop(
             // at 128 levels) needs room in debug builds.
             .stack_size(1024 * 1024)
             .spawn(move || {
+                // This thread runs under the accept thread's filter.
+                kindling_vmm::seccomp::mark_thread(ThreadKind::Api);
                 serve_connection(stream, timeouts, |req| dispatch(&controller, &metrics, req));
                 active_conn.fetch_sub(1, Ordering::SeqCst);
             });

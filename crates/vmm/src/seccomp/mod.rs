@@ -168,6 +168,13 @@ pub fn install_filter(kind: ThreadKind, program: &BpfProgram) -> Result<(), Secc
     })
 }
 
+/// Names the calling thread's kind in violation reports without
+/// installing anything: for a thread that runs under a filter inherited
+/// from the thread that started it (the API server's connection threads).
+pub fn mark_thread(kind: ThreadKind) {
+    report::set_thread_kind(kind);
+}
+
 /// Filters of your own, per thread kind (a kind without one runs
 /// unfiltered).
 #[derive(Debug, Clone, Default)]

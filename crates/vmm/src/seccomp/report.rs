@@ -98,7 +98,7 @@ fn report_line(kind: u8, nr: i64, ioctl_request: Option<u64>) -> Line {
             line.push(kind.name().as_bytes());
             line.push(b" thread");
         }
-        None => line.push(b"a thread"),
+        None => line.push(b"a thread (with the filter of the thread that started it)"),
     }
     line.push(b" made a forbidden system call: ");
     line.push_num(nr as u64, 10);
@@ -274,7 +274,7 @@ mod tests {
         assert!(line.contains(": 16 (ioctl) request 0xae80;"), "{line}");
         let line = text(report_line(u8::MAX, 999, None));
         assert!(
-            line.contains("a thread made a forbidden system call: 999;"),
+            line.contains("started it) made a forbidden system call: 999;"),
             "{line}"
         );
         assert_eq!(syscall_name(libc::SYS_openat), Some("openat"));

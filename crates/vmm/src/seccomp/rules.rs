@@ -309,6 +309,8 @@ fn api() -> Rules {
     for ty in API_IOCTL_TYPES {
         allow_masked(&mut r, libc::SYS_ioctl, 1, 0xff00, ty << 8);
     }
+    // if_nametoindex(3), when a TAP device is opened.
+    allow_arg_in(&mut r, libc::SYS_ioctl, 1, [libc::SIOCGIFINDEX]);
     r
 }
 
