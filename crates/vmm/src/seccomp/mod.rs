@@ -22,7 +22,7 @@
 //! the system call, then lets the process die of SIGSYS:
 //!
 //! ```text
-//! kindling: seccomp: a vcpu thread made a forbidden system call: 59 (execve); the process ends
+//! kindling: seccomp: a thread of kind vcpu made a forbidden system call: 59 (execve); the process ends (...)
 //! ```
 //!
 //! # Filters apply per thread, and are inherited

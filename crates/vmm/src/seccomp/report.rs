@@ -94,11 +94,10 @@ fn report_line(kind: u8, nr: i64, ioctl_request: Option<u64>) -> Line {
     line.push(b"kindling: seccomp: ");
     match ThreadKind::ALL.get(usize::from(kind)) {
         Some(kind) => {
-            line.push(b"a ");
+            line.push(b"a thread of kind ");
             line.push(kind.name().as_bytes());
-            line.push(b" thread");
         }
-        None => line.push(b"a thread (with the filter of the thread that started it)"),
+        None => line.push(b"a thread with an inherited filter"),
     }
     line.push(b" made a forbidden system call: ");
     line.push_num(nr as u64, 10);
@@ -264,17 +263,17 @@ mod tests {
         let line = text(report_line(0, libc::SYS_execve, None));
         assert!(
             line.starts_with(
-                "kindling: seccomp: a vcpu thread made a forbidden system call: 59 (execve);"
+                "kindling: seccomp: a thread of kind vcpu made a forbidden system call: 59 (execve);"
             ),
             "{line}"
         );
         assert!(line.ends_with('\n'));
         let line = text(report_line(1, libc::SYS_ioctl, Some(0xae80)));
-        assert!(line.contains("event-loop thread"), "{line}");
+        assert!(line.contains("kind event-loop made"), "{line}");
         assert!(line.contains(": 16 (ioctl) request 0xae80;"), "{line}");
         let line = text(report_line(u8::MAX, 999, None));
         assert!(
-            line.contains("started it) made a forbidden system call: 999;"),
+            line.contains("an inherited filter made a forbidden system call: 999;"),
             "{line}"
         );
         assert_eq!(syscall_name(libc::SYS_openat), Some("openat"));

@@ -138,6 +138,14 @@ fn base() -> Rules {
     allow_masked(&mut r, libc::SYS_mprotect, 2, exec, 0);
     // abort() signals the calling thread.
     allow_arg_in(&mut r, libc::SYS_tgkill, 2, [libc::SIGABRT as u64]);
+    // Reading descriptor flags: Rust's debug builds check that a
+    // descriptor is open before they close or adopt it.
+    allow_arg_in(
+        &mut r,
+        libc::SYS_fcntl,
+        1,
+        [libc::F_GETFD as u64, libc::F_GETFL as u64],
+    );
     r
 }
 
@@ -216,7 +224,6 @@ fn event_loop() -> Rules {
             libc::SYS_recvmsg,
             libc::SYS_shutdown,
             libc::SYS_getsockopt,
-            libc::SYS_fcntl,
             libc::SYS_fstat,
             libc::SYS_newfstatat,
             libc::SYS_statx,
@@ -226,6 +233,8 @@ fn event_loop() -> Rules {
             libc::SYS_unlink,
         ],
     );
+    // Non-blocking mode, duplicated eventfds, close-on-exec.
+    allow(&mut r, &[libc::SYS_fcntl]);
     // vsock: new host connections are Unix stream sockets.
     allow_arg_in(&mut r, libc::SYS_socket, 0, [libc::AF_UNIX as u64]);
     allow_arg_in(
