@@ -14,6 +14,9 @@
 //! MEM_FILE` (with either form) writes a full snapshot at the first serial
 //! line containing TEXT and exits 0: a hook for tests.
 //!
+//! Every VMM thread runs under its own seccomp filter (`--no-seccomp` turns
+//! them off; README, "Security").
+//!
 //! With no `--kernel` it boots the embedded test guest. It exits with the
 //! guest's status (the debug-exit port), 0 after a guest reset or power-off
 //! or the console escape (Ctrl-A x), and 1 with one line on stderr for any

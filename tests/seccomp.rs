@@ -70,6 +70,16 @@ fn child_case() -> Option<()> {
             on_filtered_thread(ThreadKind::Vcpu, move || {
                 fd.write(1).unwrap();
                 assert_eq!(fd.read().unwrap(), 1);
+                // The CMOS RTC's clock read: glibc's time zone was loaded
+                // before the filter (a Linux guest reads the RTC at boot).
+                // SAFETY: `tm` is plain data (all zeroes is a valid value);
+                // both pointers are valid for the call.
+                let tm = unsafe {
+                    let mut tm: libc::tm = std::mem::zeroed();
+                    libc::gmtime_r(&0, &mut tm);
+                    tm
+                };
+                assert_eq!(tm.tm_year, 70);
                 eprintln!("still alive");
                 drop(fd);
             });

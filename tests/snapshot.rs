@@ -18,7 +18,8 @@ use kindling::vmm::snapshot::{
     SnapshotRequest,
 };
 use kindling::vmm::{
-    DiskConfig, KernelSource, RunningVmm, SerialConfig, VmConfig, VmRunState, Vmm, VmmError,
+    DiskConfig, KernelSource, RunningVmm, SeccompPolicy, SerialConfig, VmConfig, VmRunState, Vmm,
+    VmmError,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -45,6 +46,8 @@ fn start_guest(cmdline: &str, disk: Option<&Path>, track_dirty_pages: bool) -> G
         track_dirty_pages,
         serial: SerialConfig::Writer(Box::new(serial.clone())),
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
+        // Snapshots read vCPU state on the vCPU threads, under their filter.
+        seccomp: SeccompPolicy::Builtin,
         ..VmConfig::default()
     };
     let running = Vmm::build(config).unwrap().start().unwrap();
@@ -300,6 +303,7 @@ fn restore_here(state: &Path, mem: &Path, resume: bool) -> Guest {
         serial: SerialConfig::Writer(Box::new(serial.clone())),
         resume,
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
+        seccomp: SeccompPolicy::Builtin,
         ..RestoreConfig::new(state, MemBackend::File(mem.to_path_buf()))
     };
     let running = Vmm::restore(config).unwrap().start().unwrap();
@@ -706,6 +710,7 @@ fn a_restore_through_userfaultfd_is_served_by_a_handler_thread() {
     let config = RestoreConfig {
         serial: SerialConfig::Writer(Box::new(serial.clone())),
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
+        seccomp: SeccompPolicy::Builtin,
         ..RestoreConfig::new(&state, MemBackend::Uffd(socket.clone()))
     };
     let restored = Guest {
@@ -768,6 +773,7 @@ fn a_restore_through_userfaultfd_is_served_by_a_handler_process() {
     let config = RestoreConfig {
         serial: SerialConfig::Writer(Box::new(serial.clone())),
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
+        seccomp: SeccompPolicy::Builtin,
         ..RestoreConfig::new(&state, MemBackend::Uffd(socket.clone()))
     };
     let restored = Guest {

@@ -161,6 +161,7 @@ pub fn builtin_filter(kind: ThreadKind) -> Result<Arc<BpfProgram>, SeccompError>
 /// no-new-privileges bit, as seccomp requires without `CAP_SYS_ADMIN`.
 pub fn install_filter(kind: ThreadKind, program: &BpfProgram) -> Result<(), SeccompError> {
     report::install_handler().map_err(SeccompError::Handler)?;
+    prepare_libc();
     report::set_thread_kind(kind);
     seccompiler::apply_filter(program).map_err(|source| SeccompError::Install {
         kind: kind.name(),
@@ -173,6 +174,25 @@ pub fn install_filter(kind: ThreadKind, program: &BpfProgram) -> Result<(), Secc
 /// from the thread that started it (the API server's connection threads).
 pub fn mark_thread(kind: ThreadKind) {
     report::set_thread_kind(kind);
+}
+
+/// Does once, before any filter, what the C library would otherwise do
+/// lazily on a filtered thread: glibc loads the time zone
+/// (`/etc/localtime`) the first time any of its time conversions runs,
+/// `gmtime_r` included, which the CMOS RTC calls on a vCPU thread when a
+/// Linux guest reads the clock.
+fn prepare_libc() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        // SAFETY: tzset only reads TZ and the zone file into libc's own
+        // state; no other thread converts times during a VMM's set-up.
+        unsafe { tzset() };
+    });
+}
+
+extern "C" {
+    // In POSIX and every Linux libc; the libc crate does not declare it.
+    fn tzset();
 }
 
 /// Filters of your own, per thread kind (a kind without one runs
