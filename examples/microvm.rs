@@ -65,6 +65,11 @@ a guest reset (i8042, ACPI reset register, triple fault) or power-off
 (ACPI S5); 0 after the console escape; 1 with one line on stderr
 (\"microvm: ...\") for any error.
 
+Seccomp: every VMM thread runs under a filter of its own; a system call
+outside it prints one \"kindling: seccomp: ...\" line naming the thread
+kind and the call, and the process dies of SIGSYS. --no-seccomp turns the
+filters off.
+
 Console: with --serial stdout, standard input feeds the guest's serial
 port. When it is a terminal it is put in raw mode (restored on exit):
 every key, Ctrl-C included, goes to the guest; Ctrl-A x quits, Ctrl-A
