@@ -11,7 +11,7 @@ mod common;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -337,4 +337,43 @@ fn internal_error_points_to_the_nested_docs() {
         );
         assert!(!stderr.contains("internal error"), "{stderr}");
     }
+}
+
+#[test]
+fn sigquit_restores_the_terminal_under_the_seccomp_filters() {
+    if !kvm_available("sigquit_restores_the_terminal_under_the_seccomp_filters") {
+        return;
+    }
+    let mut pty = Pty::open();
+    let slave = pty.slave.as_raw_fd();
+    let before = termios(slave);
+    let mut child = Command::new(microvm_binary())
+        .args(["--cmdline", RUN_FOREVER])
+        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning microvm");
+    let out = read_until(&mut pty.master, HELLO, Duration::from_secs(20));
+    assert!(out.contains(HELLO), "no hello line on the pty: {out:?}");
+    assert_eq!(termios(slave).c_lflag & libc::ICANON, 0, "raw mode");
+    // SIGQUIT is not one of the signals the VMM stops on in order: the
+    // console's handler restores the terminal and re-raises it, on
+    // whichever (filtered) thread takes it.
+    // SAFETY: signalling our own child, which has not been reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGQUIT) }, 0);
+    let status = wait_or_kill(&mut child, Duration::from_secs(20), "after SIGQUIT");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGQUIT), "{status}: {stderr}");
+    assert!(!stderr.contains("seccomp"), "{stderr}");
+    assert!(
+        same_settings(&before, &termios(slave)),
+        "terminal settings not restored"
+    );
 }

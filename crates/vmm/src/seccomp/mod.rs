@@ -25,6 +25,12 @@
 //! kindling: seccomp: a thread of kind vcpu made a forbidden system call: 59 (execve); the process ends (...)
 //! ```
 //!
+//! With a policy on, [`Vmm::run`](crate::Vmm::run) filters the vCPU
+//! threads, the termination-signal watcher and the calling thread (as the
+//! event loop, for good: a filter cannot be removed);
+//! [`Vmm::start`](crate::Vmm::start) filters the threads it starts and
+//! leaves the calling thread as it is.
+//!
 //! # Filters apply per thread, and are inherited
 //!
 //! A filter binds the thread that installs it and every thread that thread

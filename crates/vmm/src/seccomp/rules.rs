@@ -106,7 +106,8 @@ fn allow_masked(rules: &mut Rules, nr: i64, arg: u8, mask: u64, value: u64) {
 
 /// What every thread needs: memory management without executable
 /// mappings, locks, thread exit, signal return and mask, clocks, the
-/// writes of log lines and of the SIGSYS report, and `abort`.
+/// writes of log lines and of the SIGSYS report, `abort`, and the
+/// console's terminal restore on a fatal signal.
 fn base() -> Rules {
     let mut r = Rules::new();
     allow(
@@ -136,8 +137,25 @@ fn base() -> Rules {
     let exec = libc::PROT_EXEC as u64;
     allow_masked(&mut r, libc::SYS_mmap, 2, exec, 0);
     allow_masked(&mut r, libc::SYS_mprotect, 2, exec, 0);
-    // abort() signals the calling thread.
-    allow_arg_in(&mut r, libc::SYS_tgkill, 2, [libc::SIGABRT as u64]);
+    // abort() signals the calling thread. The interactive console's
+    // handler for SIGQUIT, SIGTERM, SIGINT and SIGHUP runs on whichever
+    // thread takes the signal: it restores the terminal (TCSETS), resets
+    // the signal's action and raises it again.
+    allow_arg_in(
+        &mut r,
+        libc::SYS_tgkill,
+        2,
+        [
+            libc::SIGABRT,
+            libc::SIGQUIT,
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+        ]
+        .map(|s| s as u64),
+    );
+    allow(&mut r, &[libc::SYS_rt_sigaction]);
+    allow_arg_in(&mut r, libc::SYS_ioctl, 1, [libc::TCSETS]);
     // Reading descriptor flags: Rust's debug builds check that a
     // descriptor is open before they close or adopt it.
     allow_arg_in(
@@ -229,8 +247,6 @@ fn event_loop() -> Rules {
             libc::SYS_statx,
             libc::SYS_nanosleep,
             libc::SYS_clock_nanosleep,
-            libc::SYS_rt_sigaction,
-            libc::SYS_unlink,
         ],
     );
     // Non-blocking mode, duplicated eventfds, close-on-exec.
@@ -268,6 +284,7 @@ fn api() -> Rules {
             libc::SYS_faccessat2,
             libc::SYS_mkdir,
             libc::SYS_mkdirat,
+            libc::SYS_unlink,
             libc::SYS_unlinkat,
             libc::SYS_rename,
             libc::SYS_renameat,
