@@ -197,3 +197,30 @@ fn a_vm_runs_under_custom_filters() {
     assert_eq!(run.reason, ExitReason::Status(0), "{}", run.serial);
     assert!(run.serial.contains("smp: 2 of 2"), "{}", run.serial);
 }
+
+#[test]
+fn the_metrics_writer_keeps_writing_under_its_filter() {
+    if child_case().is_some() {
+        return;
+    }
+    use kindling::api::metrics::Metrics;
+    use kindling::api::models::MetricsConfig;
+    let dir = common::TempDir::new("seccomp-metrics");
+    let path = dir.file("metrics.json", b"");
+    let metrics = Metrics::new("seccomp", std::time::Duration::from_millis(5));
+    metrics.set_seccomp(SeccompPolicy::Builtin);
+    metrics
+        .configure(&MetricsConfig {
+            metrics_path: path.to_str().unwrap().into(),
+            emit_id: None,
+            properties: None,
+        })
+        .unwrap();
+    // A violation on the writer's thread would end this whole process.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(&path).unwrap().lines().count() < 3 {
+        assert!(std::time::Instant::now() < deadline, "no periodic lines");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    drop(metrics);
+}

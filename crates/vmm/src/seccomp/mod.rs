@@ -195,8 +195,8 @@ pub fn mark_thread(kind: ThreadKind) {
 fn prepare_libc() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        // SAFETY: tzset only reads TZ and the zone file into libc's own
-        // state; no other thread converts times during a VMM's set-up.
+        // SAFETY: tzset takes no arguments; it reads TZ and the zone file
+        // into the C library's own state under the library's own lock.
         unsafe { tzset() };
     });
 }
