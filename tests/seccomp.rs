@@ -224,3 +224,22 @@ fn the_metrics_writer_keeps_writing_under_its_filter() {
     }
     drop(metrics);
 }
+
+#[test]
+fn microvm_runs_with_and_without_its_filters() {
+    if child_case().is_some() || !kvm_available("microvm_runs_with_and_without_its_filters") {
+        return;
+    }
+    for extra in [&[][..], &["--no-seccomp"][..]] {
+        let out = Command::new(common::microvm_binary())
+            .args(extra)
+            .args(["--cpus", "2", "--cmdline", "kindling.test=hello,smp,timer"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{extra:?}: {}: {stderr}", out.status);
+        assert!(stdout.contains("smp: 2 of 2"), "{extra:?}: {stdout}");
+        assert!(!stderr.contains("seccomp"), "{extra:?}: {stderr}");
+    }
+}
