@@ -387,7 +387,8 @@ where
             };
             let head = chain.head_index();
             if head >= queue.size() {
-                log::warn!(
+                kindling_devices::log_limited!(
+                    log::Level::Warn,
                     "virtio: dropping a chain with head {head}, outside a queue of {}",
                     queue.size()
                 );

@@ -58,7 +58,10 @@ impl VirtioSubscriber {
     /// what the event loop calls; tests may call it directly.
     pub fn handle_queue_event(&mut self, index: usize) {
         let Some(event) = self.queue_events.get(index) else {
-            log::warn!("virtio: event for queue {index}, which does not exist");
+            kindling_devices::log_limited!(
+                log::Level::Warn,
+                "virtio: event for queue {index}, which does not exist"
+            );
             return;
         };
         // Consume the notification count; EAGAIN when a spurious wake-up
@@ -73,10 +76,17 @@ impl VirtioSubscriber {
             Ok(QueueProgress::MoreWork) => {
                 // Come back after the other ready events.
                 if let Err(e) = event.write(1) {
-                    log::error!("virtio: cannot re-signal queue {index}: {e}");
+                    kindling_devices::log_limited!(
+                        log::Level::Error,
+                        "virtio: cannot re-signal queue {index}: {e}"
+                    );
                 }
             }
-            Err(e) => log::error!("virtio {:?}: {e}", device.device_type()),
+            Err(e) => kindling_devices::log_limited!(
+                log::Level::Error,
+                "virtio {:?}: {e}",
+                device.device_type()
+            ),
         }
     }
 }
@@ -95,7 +105,10 @@ impl MutEventSubscriber for VirtioSubscriber {
     fn init(&mut self, ops: &mut EventOps) {
         for (index, event) in self.queue_events.iter().enumerate() {
             if let Err(e) = ops.add(Events::with_data(event, index as u32, EventSet::IN)) {
-                log::error!("virtio: cannot watch the eventfd of queue {index}: {e:?}");
+                kindling_devices::log_limited!(
+                    log::Level::Error,
+                    "virtio: cannot watch the eventfd of queue {index}: {e:?}"
+                );
             }
         }
         let mut device = self.device.lock().unwrap_or_else(|p| p.into_inner());

@@ -286,11 +286,14 @@ impl Block {
                 self.stalled = true;
                 if let Some(event) = self.backend.completion_event() {
                     if let Err(e) = event.write(1) {
-                        log::error!("virtio-blk: cannot re-signal the completion eventfd: {e}");
+                        kindling_devices::log_limited!(
+                            log::Level::Error,
+                            "virtio-blk: cannot re-signal the completion eventfd: {e}"
+                        );
                     }
                 }
             }
-            Err(e) => log::error!("virtio-blk: {e}"),
+            Err(e) => kindling_devices::log_limited!(log::Level::Error, "virtio-blk: {e}"),
         }
     }
 }
@@ -301,11 +304,17 @@ impl DeviceEvents for Block {
     fn register_events(&mut self, ops: &mut EventRegistry<'_>) {
         if let Some(event) = self.backend.completion_event() {
             if let Err(e) = ops.add(event.as_raw_fd(), COMPLETION_TOKEN, EventSet::IN) {
-                log::error!("virtio-blk: cannot watch the I/O engine's completions: {e}");
+                kindling_devices::log_limited!(
+                    log::Level::Error,
+                    "virtio-blk: cannot watch the I/O engine's completions: {e}"
+                );
             }
         }
         if let Err(e) = ops.add(self.throttle.as_raw_fd(), LIMITER_TOKEN, EventSet::IN) {
-            log::error!("virtio-blk: cannot watch the rate limiter's timer: {e}");
+            kindling_devices::log_limited!(
+                log::Level::Error,
+                "virtio-blk: cannot watch the rate limiter's timer: {e}"
+            );
         }
     }
 
@@ -315,7 +324,10 @@ impl DeviceEvents for Block {
             return;
         }
         if token != COMPLETION_TOKEN {
-            log::warn!("virtio-blk: event for token {token}, which is not registered");
+            kindling_devices::log_limited!(
+                log::Level::Warn,
+                "virtio-blk: event for token {token}, which is not registered"
+            );
             return;
         }
         if let Some(event) = self.backend.completion_event() {
@@ -351,7 +363,8 @@ fn finish(
 ) -> Result<(), virtio_queue::Error> {
     if let Err(e) = memory.write_obj(code, status_addr) {
         // The parser checked the address; only a memory change gets here.
-        log::warn!(
+        kindling_devices::log_limited!(
+            log::Level::Warn,
             "virtio-blk: cannot write the status byte at {:#x}: {e}",
             status_addr.0
         );
@@ -399,7 +412,7 @@ impl Worker<'_> {
             ))
         })?;
         if let Err(e) = self.backend.push_submissions() {
-            log::error!("virtio-blk: {e}");
+            kindling_devices::log_limited!(log::Level::Error, "virtio-blk: {e}");
         }
         // Operations that finished while they were handed over.
         if self.reap(queue, memory)? {
@@ -447,7 +460,10 @@ impl Worker<'_> {
                 error,
                 status: None,
             }) => {
-                log::warn!("virtio-blk: request {head} dropped: {error}");
+                kindling_devices::log_limited!(
+                    log::Level::Warn,
+                    "virtio-blk: request {head} dropped: {error}"
+                );
                 queue.add_used(memory, head, 0)?;
                 return Ok(Some(true));
             }
@@ -498,7 +514,10 @@ impl Worker<'_> {
             return Ok(Some(false));
         };
         if slot.is_some() {
-            log::warn!("virtio-blk: request {head} submitted again while in flight; dropped");
+            kindling_devices::log_limited!(
+                log::Level::Warn,
+                "virtio-blk: request {head} submitted again while in flight; dropped"
+            );
             return Ok(Some(false));
         }
         *slot = Some(Pending {
@@ -515,7 +534,7 @@ impl Worker<'_> {
                 Ok(None)
             }
             Err(e) => {
-                log::warn!("virtio-blk: request {head}: {e}");
+                kindling_devices::log_limited!(log::Level::Warn, "virtio-blk: request {head}: {e}");
                 *slot = None;
                 finish(queue, memory, head, request.status, status::IOERR, 1)?;
                 Ok(Some(true))
@@ -550,7 +569,8 @@ impl Worker<'_> {
                 .get_mut(usize::from(done.token))
                 .and_then(Option::take)
             else {
-                log::error!(
+                kindling_devices::log_limited!(
+                    log::Level::Error,
                     "virtio-blk: completion for request {} that is not in flight",
                     done.token
                 );
@@ -559,7 +579,11 @@ impl Worker<'_> {
             let (code, len) = match done.result {
                 Ok(()) => (status::OK, p.used_len),
                 Err(e) => {
-                    log::warn!("virtio-blk: request {}: {e}", done.token);
+                    kindling_devices::log_limited!(
+                        log::Level::Warn,
+                        "virtio-blk: request {}: {e}",
+                        done.token
+                    );
                     (status::IOERR, 1)
                 }
             };
