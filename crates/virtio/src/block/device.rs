@@ -156,14 +156,14 @@ impl Block {
             None => backend.default_serial(),
         };
         let capacity = backend.size() / SECTOR_SIZE;
-        let mut features = features::COMMON | blk::FLUSH | blk::SEG_MAX | blk::BLK_SIZE;
+        let mut features =
+            features::COMMON | blk::FLUSH | blk::SEG_MAX | blk::SIZE_MAX | blk::BLK_SIZE;
         features |= if config.read_only {
             blk::RO
         } else {
             blk::DISCARD | blk::WRITE_ZEROES
         };
-        // Room for the header and the status descriptors.
-        let seg_max = u32::from(q) - 2;
+        let seg_max = seg_max(q);
         let throttle =
             Throttle::new(config.rate_limiter.as_ref()).map_err(|source| BlockError::Timer {
                 path: config.path.clone(),
@@ -176,7 +176,7 @@ impl Block {
             capacity,
             queue_sizes: [q],
             features,
-            config: config::config_space(capacity, seg_max.max(1)),
+            config: config::config_space(capacity, seg_max),
             active: None,
             scratch: Vec::new(),
             pending: Vec::new(),
@@ -243,7 +243,11 @@ impl Block {
                 serial: &self.serial,
                 read_only: self.read_only,
                 acked,
-                limits: Limits::new(self.capacity),
+                limits: Limits {
+                    max_data_bytes: config::max_request_bytes(seg_max(self.queue_sizes[0])),
+                    ..Limits::new(self.capacity)
+                },
+                pass_bytes: 0,
             },
         ))
     }
@@ -350,6 +354,20 @@ struct Worker<'a> {
     read_only: bool,
     acked: u64,
     limits: Limits,
+    /// Data bytes started in this pass, against [`PASS_BYTE_BUDGET`].
+    pass_bytes: u64,
+}
+
+/// Data bytes one pass over the queue may start before it yields to the
+/// rest of the event loop (the request count is bounded by the queue's
+/// own pass budget): with the sync engine the pass does the I/O itself,
+/// so this bounds how long one guest's disk holds the loop.
+pub const PASS_BYTE_BUDGET: u64 = 4 << 20;
+
+/// The `seg_max` of a queue of `queue_size`: room for the header and the
+/// status descriptors.
+fn seg_max(queue_size: u16) -> u32 {
+    (u32::from(queue_size).saturating_sub(2)).max(1)
 }
 
 /// Writes the status byte and returns the chain to the driver.
@@ -404,7 +422,7 @@ impl Worker<'_> {
     ) -> Result<Drained, virtio_queue::Error> {
         let mut drained = drain_queue(queue, memory, |queue, head, chain| {
             let handled = self.handle(queue, memory, head, chain)?;
-            if handled == Handled::PutBack {
+            if matches!(handled, Handled::PutBack | Handled::Yield) {
                 return Ok(handled);
             }
             Ok(Handled::from(
@@ -430,6 +448,9 @@ impl Worker<'_> {
         head: u16,
         chain: impl IntoIterator<Item = Descriptor>,
     ) -> Result<Handled, virtio_queue::Error> {
+        if self.pass_bytes >= PASS_BYTE_BUDGET {
+            return Ok(Handled::Yield);
+        }
         self.start(queue, memory, head, chain)
             .map(|returned| match returned {
                 Some(returned) => Handled::from(returned),
@@ -478,6 +499,7 @@ impl Worker<'_> {
         if !self.throttle.admit(request_bytes(&request)) {
             return Ok(None);
         }
+        self.pass_bytes += request_bytes(&request);
         let op = match &request.kind {
             RequestKind::Read {
                 sector, buffers, ..
