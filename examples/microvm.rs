@@ -15,7 +15,8 @@
 //! line containing TEXT and exits 0: a hook for tests.
 //!
 //! With no `--kernel` it boots the embedded test guest. It exits with the
-//! guest's status (the debug-exit port), 0 after a guest reset or power-off
+//! guest's status (the debug-exit port, opt-in with `--debug-exit` and on
+//! for the embedded test guest), 0 after a guest reset or power-off
 //! or the console escape (Ctrl-A x), and 1 with one line on stderr for any
 //! error. `--help` says more.
 
@@ -58,7 +59,8 @@ and kindling.exit=N|reset are listed in the README, section \"The test
 guest\". With --kernel, the default command line is
 \"console=ttyS0 reboot=k panic=1 pci=off\".
 
-Exit status: what the guest writes to the debug-exit port (0xf4); 0 after
+Exit status: what the guest writes to the debug-exit port (0xf4; only
+with --debug-exit or the embedded test guest); 0 after
 a guest reset (i8042, ACPI reset register, triple fault) or power-off
 (ACPI S5); 0 after the console escape; 1 with one line on stderr
 (\"microvm: ...\") for any error.
@@ -161,6 +163,12 @@ struct Args {
     /// No API socket (with --config-file).
     #[arg(long, conflicts_with = "api_sock")]
     no_api: bool,
+    /// Add the debug-exit port (0xf4): a byte the guest writes there ends
+    /// microvm with that status. On by default for the embedded test
+    /// guest; otherwise off, since it lets the guest choose the exit
+    /// status.
+    #[arg(long)]
+    debug_exit: bool,
     /// Log level: Error, Warning (the default), Info, Debug, Trace or Off
     /// (the VMM's own messages: device errors, why the VM ended, ...).
     #[arg(long, value_name = "LEVEL")]
@@ -286,6 +294,7 @@ fn main() -> ExitCode {
             serial,
             start_time,
             stop_on_signals: true,
+            debug_exit: args.debug_exit,
             ..RestoreConfig::new(state, MemBackend::File(mem))
         };
         let result = Vmm::restore(config).and_then(|vmm| match snapshot_at_marker {
@@ -325,6 +334,9 @@ fn main() -> ExitCode {
         start_time,
         console_escape: interactive.then(|| escape.clone()),
         stop_on_signals: true,
+        // The embedded test guest ends through the port; a kernel the user
+        // gives gets it only when asked.
+        debug_exit: args.debug_exit || !user_kernel,
         ..VmConfig::default()
     };
     let ring0_emulated = user_kernel && Path::new(KVM_PVM_MODULE).exists();
@@ -433,6 +445,7 @@ fn api_mode(args: Args, start_time: StartTime) -> ExitCode {
         memory_mib: args.memory,
         disks: args.disk,
         entropy: args.entropy,
+        debug_exit: args.debug_exit,
     };
     let resources = match preset.into_resources() {
         Ok(resources) => resources,

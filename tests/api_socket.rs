@@ -318,7 +318,12 @@ fn config_file_boots_at_once() {
         .as_bytes(),
     );
     let out = std::process::Command::new(microvm_binary())
-        .args(["--no-api", "--config-file", config.to_str().unwrap()])
+        .args([
+            "--no-api",
+            "--debug-exit",
+            "--config-file",
+            config.to_str().unwrap(),
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();

@@ -395,6 +395,7 @@ fn an_io_hog_cannot_hold_the_event_loop() {
         }],
         serial: SerialConfig::Writer(Box::new(serial.clone())),
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
+        debug_exit: true,
         ..VmConfig::default()
     };
     let vmm = Vmm::build(config).expect("building the VM");

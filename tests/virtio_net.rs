@@ -30,6 +30,7 @@ fn config(cmdline: &str, serial: &Capture, net: Vec<NetConfig>) -> VmConfig {
         memory_mib: 64,
         net,
         serial: SerialConfig::Writer(Box::new(serial.clone())),
+        debug_exit: true,
         ..VmConfig::default()
     }
 }

@@ -50,6 +50,7 @@ fn config(cmdline: &str, uds: &Path, serial: &Capture) -> VmConfig {
             guest_cid: 3,
             uds_path: uds.to_path_buf(),
         }),
+        debug_exit: true,
         ..VmConfig::default()
     }
 }

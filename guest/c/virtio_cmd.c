@@ -764,14 +764,6 @@ static void act_blk_zeroes(const struct args *a)
 #define COUNT_PERIOD_TSC	20000000ULL	/* cycles between two lines */
 #define COUNT_DISK_SECTORS	64		/* sectors count:D cycles through */
 
-static inline uint64_t rdtsc(void)
-{
-	uint32_t lo, hi;
-
-	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
-	return ((uint64_t)hi << 32) | lo;
-}
-
 /*
  * count and count:D: print "count: N" for N = 0, 1, 2, ... forever, one
  * line every COUNT_PERIOD_TSC cycles. With a disk, each line is preceded

@@ -309,7 +309,10 @@ pub const TEST_GUEST_ELF: &[u8] =
 pub const DEFAULT_CMDLINE: &str = "kindling.test=hello";
 
 /// The debug-exit port: the guest writes its exit status here (one byte),
-/// and the VMM exits with that status.
+/// and the VMM exits with that status. A VMM without the port (Kindling's
+/// is opt-in, `VmConfig::debug_exit`) lets the guest run on: it then
+/// prints `exit: no debug-exit device at port 0xf4, status N lost;
+/// resetting` and resets through the i8042.
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 
 /// The port the `pio-loop` action writes to, forever: one VM exit per

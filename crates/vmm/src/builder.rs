@@ -368,6 +368,7 @@ impl VmmBuilder {
             Box::new(serial_out),
             config.start_time,
             config.boot_timer_log.clone(),
+            config.debug_exit,
         )?;
         for (name, base, len, device) in self.pio.drain(..) {
             insert(&mut pio, base, len, device, &name)?;

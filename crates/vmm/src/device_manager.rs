@@ -65,6 +65,7 @@ impl LegacyDevices {
         serial_out: Box<dyn Write + Send>,
         start_time: StartTime,
         boot_timer_log: Arc<Mutex<dyn Write + Send>>,
+        debug_exit: bool,
     ) -> Result<Self, VmmError> {
         let serial = Arc::new(Mutex::new(SerialDevice::new(
             irq_line(vm, SERIAL_IRQ, "serial port")?,
@@ -81,17 +82,18 @@ impl LegacyDevices {
             rtc: Arc::new(Mutex::new(CmosRtc::new())),
             acpi_pm: Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone()))),
         };
-        devices.place(pio, mmio, exit)?;
+        devices.place(pio, mmio, exit, debug_exit)?;
         Ok(devices)
     }
 
-    /// Puts the devices on `pio` and `mmio` at their fixed places, with a
-    /// debug-exit port (which has no state) for `exit`.
+    /// Puts the devices on `pio` and `mmio` at their fixed places, and with
+    /// `debug_exit` a debug-exit port (which has no state) for `exit`.
     pub(crate) fn place(
         &self,
         pio: &mut Bus,
         mmio: &mut Bus,
         exit: &VmExitHandle,
+        debug_exit: bool,
     ) -> Result<(), VmmError> {
         insert(
             pio,
@@ -101,8 +103,10 @@ impl LegacyDevices {
             "serial port",
         )?;
         insert(pio, I8042_PORT, I8042_PORT_LEN, self.i8042.clone(), "i8042")?;
-        let debug_exit = Arc::new(Mutex::new(DebugExit::new(exit.clone())));
-        insert(pio, DEBUG_EXIT_PORT, 1, debug_exit, "debug-exit port")?;
+        if debug_exit {
+            let device = Arc::new(Mutex::new(DebugExit::new(exit.clone())));
+            insert(pio, DEBUG_EXIT_PORT, 1, device, "debug-exit port")?;
+        }
         insert(
             pio,
             u64::from(ACPI_PM_PORT),

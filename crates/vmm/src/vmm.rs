@@ -297,7 +297,8 @@ impl Vmm {
                         ExitReason::PowerOff
                     }
                     Err(e) => {
-                        log::error!("vCPU {id}: {e}");
+                        // The run returns the error itself: no second line.
+                        log::debug!("{e}; the VM stops");
                         ExitReason::Stopped
                     }
                 };

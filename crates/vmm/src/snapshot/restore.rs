@@ -112,6 +112,10 @@ pub struct RestoreConfig {
     /// Stop the VM in order on termination signals (see
     /// [`VmConfig::stop_on_signals`](crate::VmConfig::stop_on_signals)).
     pub stop_on_signals: bool,
+    /// Put the debug-exit port (0xf4) on the restored VM, as
+    /// [`VmConfig::debug_exit`](crate::VmConfig::debug_exit): off by
+    /// default; a snapshot does not record it.
+    pub debug_exit: bool,
 }
 
 impl std::fmt::Debug for RestoreConfig {
@@ -123,6 +127,7 @@ impl std::fmt::Debug for RestoreConfig {
             .field("serial", &self.serial)
             .field("resume", &self.resume)
             .field("stop_on_signals", &self.stop_on_signals)
+            .field("debug_exit", &self.debug_exit)
             .finish_non_exhaustive()
     }
 }
@@ -140,6 +145,7 @@ impl RestoreConfig {
             start_time: StartTime::now(),
             boot_timer_log: Arc::new(Mutex::new(std::io::stderr())),
             stop_on_signals: false,
+            debug_exit: false,
         }
     }
 }
@@ -404,7 +410,7 @@ impl Vmm {
             config.start_time,
             config.boot_timer_log,
         )?;
-        legacy.place(&mut pio, &mut mmio, &exit)?;
+        legacy.place(&mut pio, &mut mmio, &exit, config.debug_exit)?;
 
         let mut subscribers: Vec<UserSubscriber> = Vec::new();
         let mut slots = Vec::with_capacity(state.virtio.len());
