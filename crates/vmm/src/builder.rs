@@ -362,14 +362,12 @@ impl VmmBuilder {
         let mut mmio = Bus::new();
         let legacy = LegacyDevices::create(
             &vm,
-            &mut pio,
-            &mut mmio,
             &exit,
             Box::new(serial_out),
             config.start_time,
             config.boot_timer_log.clone(),
-            config.debug_exit,
         )?;
+        legacy.place(&mut pio, &mut mmio, &exit, config.debug_exit)?;
         for (name, base, len, device) in self.pio.drain(..) {
             insert(&mut pio, base, len, device, &name)?;
         }

@@ -54,18 +54,15 @@ pub(crate) fn insert(
 
 impl LegacyDevices {
     /// Creates COM1 (IRQ 4) writing to `serial_out`, the i8042 (IRQ 1), the
-    /// CMOS RTC, the ACPI PM registers, the debug-exit port and the boot
-    /// timer; wires their interrupts to the
-    /// VM and puts them on `pio` and `mmio`.
+    /// CMOS RTC, the ACPI PM registers and the boot timer, and wires their
+    /// interrupts to the VM; [`LegacyDevices::place`] puts them on the
+    /// buses.
     pub fn create(
         vm: &Vm,
-        pio: &mut Bus,
-        mmio: &mut Bus,
         exit: &VmExitHandle,
         serial_out: Box<dyn Write + Send>,
         start_time: StartTime,
         boot_timer_log: Arc<Mutex<dyn Write + Send>>,
-        debug_exit: bool,
     ) -> Result<Self, VmmError> {
         let serial = Arc::new(Mutex::new(SerialDevice::new(
             irq_line(vm, SERIAL_IRQ, "serial port")?,
@@ -82,7 +79,6 @@ impl LegacyDevices {
             rtc: Arc::new(Mutex::new(CmosRtc::new())),
             acpi_pm: Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone()))),
         };
-        devices.place(pio, mmio, exit, debug_exit)?;
         Ok(devices)
     }
 
