@@ -379,19 +379,15 @@ impl From<SerialArg> for SerialConfig {
 
 /// `--api-sock` / `--config-file`: Firecracker's control plane
 /// (`kindling_api::server::serve`), the other flags as its pre-configuration.
+/// Termination signals stay blocked (see `main`): before the VM runs one
+/// ends the server, once it runs one stops it in order.
 fn api_mode(args: Args, start_time: StartTime) -> ExitCode {
-    use kindling::api::server::{serve, Preset, ServeOptions};
+    use kindling::api::server::{serve, Preset, ServeOptions, Served};
     if args.vsock.is_some() || args.restore.is_some() || args.snapshot_on_line.is_some() {
         eprintln!(
             "microvm: --vsock, --restore and --snapshot-on-line are not available with \
              --api-sock/--config-file yet"
         );
-        return ExitCode::from(1);
-    }
-    // The API path does not stop the VM in order on signals yet: leave
-    // them their default action rather than ignoring them.
-    if let Err(e) = kindling::vmm::signals::unblock_termination_signals() {
-        eprintln!("microvm: cannot unblock termination signals: {e}");
         return ExitCode::from(1);
     }
     let preset = Preset {
@@ -416,10 +412,23 @@ fn api_mode(args: Args, start_time: StartTime) -> ExitCode {
         config_file: args.config_file,
         resources,
         serial: args.serial.into(),
+        stop_on_signals: true,
         ..ServeOptions::new(start_time)
     };
+    let socket = options.api_socket.clone();
     match serve(options) {
-        Ok(reason) => ExitCode::from(reason.exit_code() as u8),
+        Ok(Served::VmEnded(reason)) => exit_with(Ok(reason), &ConsoleEscape::new()),
+        Ok(served @ Served::SignalBeforeStart(signo)) => {
+            let removed = match &socket {
+                Some(path) => format!(", API socket {} removed", path.display()),
+                None => String::new(),
+            };
+            eprintln!(
+                "microvm: stopped by {} before any microVM ran{removed}",
+                kindling::vmm::signals::signal_name(signo)
+            );
+            ExitCode::from(served.exit_code() as u8)
+        }
         Err(e) => {
             eprintln!("microvm: {e}");
             ExitCode::from(1)
