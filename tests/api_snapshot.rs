@@ -389,7 +389,9 @@ fn a_load_is_refused_once_the_microvm_is_configured() {
         "PUT /snapshot/load is only allowed before any boot-specific resource is configured, and machine-config already is (start a new microvm process to load a snapshot)"
     );
     drop(vm);
-    let vm = ApiVm::start(&microvm_binary(), &dir.0, &[]);
+    // A killed process leaves its socket: a new one in a new directory.
+    let dir2 = TempDir::new("api-snap-rules-2");
+    let vm = ApiVm::start(&microvm_binary(), &dir2.0, &[]);
     let mut c = vm.client();
     // Logger, metrics and serial may come first; a failed request
     // configures nothing.
