@@ -151,7 +151,8 @@ struct Args {
     #[arg(long, value_name = "MEM_FILE", requires = "snapshot_on_line")]
     snapshot_mem: Option<PathBuf>,
     /// Serve Firecracker's API on this Unix socket; the VM boots at
-    /// InstanceStart (the flags above pre-configure it).
+    /// InstanceStart (the flags above pre-configure it) or is loaded from
+    /// a snapshot at PUT /snapshot/load.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
     /// Configure from a Firecracker config file and boot at once.

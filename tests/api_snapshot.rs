@@ -79,7 +79,9 @@ fn stop_with_sigterm(mut vm: ApiVm) -> Vec<String> {
 /// the next number (or the one after, when the snapshot cut a line), and
 /// none is skipped after it.
 fn assert_counts_continue(saved: u64, restored: &[u64]) {
-    let first = *restored.first().expect("the restored guest printed no count");
+    let first = *restored
+        .first()
+        .expect("the restored guest printed no count");
     assert!(
         first > saved && first <= saved + 2,
         "the count went from {saved} to {first}"
@@ -400,10 +402,7 @@ fn a_load_is_refused_once_the_microvm_is_configured() {
         "/serial",
         &serde_json::json!({"serial_out_path": dir.0.join("serial")}).to_string(),
     );
-    let r = c.put(
-        "/boot-source",
-        r#"{"kernel_image_path": "/nonexistent/k"}"#,
-    );
+    let r = c.put("/boot-source", r#"{"kernel_image_path": "/nonexistent/k"}"#);
     assert!(r.fault().starts_with("cannot open kernel image"), "{r:?}");
     let r = c.put("/snapshot/load", &load);
     assert!(
@@ -419,8 +418,7 @@ fn a_load_is_refused_once_the_microvm_is_configured() {
     c.ok("PUT", "/entropy", "{}");
     let r = c.put("/snapshot/load", &load);
     assert!(
-        r.fault()
-            .contains("and boot-source, entropy already is"),
+        r.fault().contains("and boot-source, entropy already is"),
         "{r:?}"
     );
     let r = c.put(
