@@ -384,9 +384,16 @@ impl From<SerialArg> for SerialConfig {
 /// ends the server, once it runs one stops it in order.
 fn api_mode(args: Args, start_time: StartTime) -> ExitCode {
     use kindling::api::server::{serve, Preset, ServeOptions, Served};
-    if args.vsock.is_some() || args.restore.is_some() || args.snapshot_on_line.is_some() {
+    if args.restore.is_some() {
         eprintln!(
-            "microvm: --vsock, --restore and --snapshot-on-line are not available with \
+            "microvm: --restore is not available with --api-sock/--config-file: load the \
+             snapshot with PUT /snapshot/load instead"
+        );
+        return ExitCode::from(1);
+    }
+    if args.vsock.is_some() || args.snapshot_on_line.is_some() {
+        eprintln!(
+            "microvm: --vsock and --snapshot-on-line are not available with \
              --api-sock/--config-file yet"
         );
         return ExitCode::from(1);

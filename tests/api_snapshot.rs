@@ -451,6 +451,22 @@ fn a_signal_before_instance_start_ends_the_server_cleanly() {
             )]
         );
         assert!(!vm.socket.exists());
-        assert!(path(&dir.0).contains("api-snap-sig"));
     }
+}
+
+#[test]
+fn restore_flags_point_api_mode_to_the_load_request() {
+    let dir = TempDir::new("api-snap-cli");
+    let out = std::process::Command::new(microvm_binary())
+        .args(["--api-sock", path(&dir.0.join("s")), "--restore", "x.state"])
+        .args(["--restore-mem", "x.mem"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "microvm: --restore is not available with --api-sock/--config-file: load the snapshot with PUT /snapshot/load instead\n"
+    );
+    assert!(!dir.0.join("s").exists());
 }
