@@ -69,7 +69,7 @@ pub enum ControllerError {
     #[error("{0} is not allowed after a snapshot was loaded: the microVM is already running")]
     AfterLoad(&'static str),
     /// `PUT /snapshot/load` after boot-specific resources were configured.
-    #[error("PUT /snapshot/load is only allowed before any boot-specific resource is configured, and {0} already is (start a new microvm process to load a snapshot)")]
+    #[error("PUT /snapshot/load is only allowed before any boot-specific resource is configured (configured: {0}); start a new microvm process to load a snapshot")]
     LoadAfterConfig(String),
     /// `PUT /snapshot/create` while the VM is not paused.
     #[error("PUT /snapshot/create needs a paused microVM, and it is {0}: PATCH /vm with {{\"state\": \"Paused\"}} first")]
@@ -956,7 +956,7 @@ mod tests {
         let e = run(&mut c, Method::Put, "/snapshot/load", &load).unwrap_err();
         assert_eq!(
             e,
-            "PUT /snapshot/load is only allowed before any boot-specific resource is configured, and entropy, machine-config already is (start a new microvm process to load a snapshot)"
+            "PUT /snapshot/load is only allowed before any boot-specific resource is configured (configured: entropy, machine-config); start a new microvm process to load a snapshot"
         );
         let line = c.metrics.next_line();
         assert_eq!(line["put_api_requests"]["snapshot_load_fails"], 3);
@@ -985,7 +985,7 @@ mod tests {
             r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#,
         )
         .unwrap_err();
-        assert!(e.contains("and machine-config, entropy already is"), "{e}");
+        assert!(e.contains("(configured: machine-config, entropy);"), "{e}");
     }
 
     #[test]
