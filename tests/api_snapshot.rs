@@ -131,6 +131,14 @@ fn a_full_snapshot_taken_over_the_api_is_loaded_by_another_process() {
         &serde_json::json!({"kernel_image_path": kernel, "boot_args": "kindling.test=count"})
             .to_string(),
     );
+    // A drive the guest does not use: the loaded VM finds it again.
+    let disk = dir.file("data.img", &[0u8; 64 * 512]);
+    c.ok(
+        "PUT",
+        "/drives/data",
+        &serde_json::json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false})
+            .to_string(),
+    );
     c.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     wait_for_count(&vm, 20);
     let r = c.put("/snapshot/create", &create);
@@ -185,6 +193,12 @@ fn a_full_snapshot_taken_over_the_api_is_loaded_by_another_process() {
 
     let vm2 = ApiVm::start(&microvm_binary(), &dir2.0, &[]);
     let mut c = vm2.client();
+    let metrics = dir2.file("metrics", b"");
+    c.ok(
+        "PUT",
+        "/metrics",
+        &serde_json::json!({"metrics_path": metrics}).to_string(),
+    );
     for (body, needle) in [
         (
             serde_json::json!({"snapshot_path": dir.0.join("nope"), "mem_file_path": mem}),
@@ -252,15 +266,54 @@ fn a_full_snapshot_taken_over_the_api_is_loaded_by_another_process() {
             .starts_with("PUT /snapshot/load is not allowed after a snapshot was loaded"),
         "{r:?}"
     );
-    // The restored VM pauses, snapshots and resumes like a booted one.
+    // Its drive can be swapped; unknown ones are refused.
+    let other = dir2.file("other.img", &[0u8; 64 * 512]);
+    c.ok(
+        "PATCH",
+        "/drives/data",
+        &serde_json::json!({"drive_id": "data", "path_on_host": other}).to_string(),
+    );
+    let r = c.patch(
+        "/drives/nope",
+        r#"{"drive_id": "nope", "path_on_host": "/x"}"#,
+    );
+    assert_eq!(r.fault(), "no drive with id \"nope\"");
+    c.ok("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#);
+    let line: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&metrics)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        line["latencies_us"]["load_snapshot"].as_u64().unwrap() > 0,
+        "{line}"
+    );
+    assert_eq!(line["put_api_requests"]["snapshot_load_count"], 7, "{line}");
+    assert_eq!(line["put_api_requests"]["snapshot_load_fails"], 6, "{line}");
+    // The restored VM pauses, snapshots and resumes like a booted one
+    // (with the drive on the image the snapshot names).
     c.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
     assert_eq!(c.get("/").json()["state"], "Paused");
-    c.ok(
-        "PUT",
-        "/snapshot/create",
-        &serde_json::json!({"snapshot_path": dir2.0.join("again.state"), "mem_file_path": dir2.0.join("again.mem")})
-            .to_string(),
+    let again = serde_json::json!({"snapshot_path": dir2.0.join("again.state"), "mem_file_path": dir2.0.join("again.mem")})
+        .to_string();
+    let r = c.put("/snapshot/create", &again);
+    assert_eq!(
+        r.fault(),
+        format!(
+            "cannot snapshot the microVM: drive data now uses {} (PATCH /drives), and a snapshot can only name the image the microVM started with, {} (not supported yet; PATCH it back first)",
+            other.display(),
+            disk.display()
+        )
     );
+    c.ok(
+        "PATCH",
+        "/drives/data",
+        &serde_json::json!({"drive_id": "data", "path_on_host": disk}).to_string(),
+    );
+    c.ok("PUT", "/snapshot/create", &again);
     c.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
     let at = *counts(&vm2.stdout.lock().unwrap()).last().unwrap();
     wait_for_count(&vm2, at + 5);

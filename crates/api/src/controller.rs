@@ -96,6 +96,16 @@ pub enum ControllerError {
         /// The path.
         path: std::path::PathBuf,
     },
+    /// A drive's image was replaced: a snapshot would name the old one.
+    #[error("cannot snapshot the microVM: drive {id} now uses {image} (PATCH /drives), and a snapshot can only name the image the microVM started with, {started} (not supported yet; PATCH it back first)", image = image.display(), started = started.display())]
+    SwappedDrive {
+        /// The drive.
+        id: String,
+        /// Its image now.
+        image: std::path::PathBuf,
+        /// The image it started with.
+        started: std::path::PathBuf,
+    },
     /// Writing the snapshot failed.
     #[error("cannot create the snapshot: {0}")]
     CreateSnapshot(#[source] VmmError),
@@ -435,6 +445,13 @@ impl Controller {
         if create.kind == SnapshotKind::Diff && !started.dirty_tracking {
             return Err(ControllerError::DiffWithoutDirtyTracking);
         }
+        if let Some(drive) = started.drives.iter().find(|d| d.image != d.snapshot_image) {
+            return Err(ControllerError::SwappedDrive {
+                id: drive.id.clone(),
+                image: drive.image.clone(),
+                started: drive.snapshot_image.clone(),
+            });
+        }
         // Checked before anything is written: a snapshot that fails half
         // way leaves the next diff without a base.
         for (field, path) in [
@@ -582,12 +599,12 @@ impl Controller {
     }
 
     fn patch_drive(&mut self, patch: PartialDrive) -> Result<(), ControllerError> {
-        let Some(started) = self.started.as_ref() else {
+        let Some(started) = self.started.as_mut() else {
             return Err(ControllerError::BeforeStart("PATCH /drives"));
         };
         let live = started
             .drives
-            .iter()
+            .iter_mut()
             .find(|d| d.id == patch.drive_id)
             .ok_or_else(|| ControllerError::NoSuchDrive(patch.drive_id.clone()))?;
         if let Some(limiter) = &patch.rate_limiter {
@@ -612,6 +629,7 @@ impl Controller {
             return Err(ResourceError::EmptyPath("path_on_host").into());
         }
         let swap = live.replace_image(Path::new(&path))?;
+        live.image = path.clone().into();
         log::info!(
             "drive {}: now backed by {path} ({} sectors, was {})",
             live.id,
@@ -722,12 +740,16 @@ fn restored_drives(devices: &VmmDevices) -> Vec<LiveDrive> {
         .iter()
         .filter_map(|slot| match &slot.kind {
             VirtioKind::Block {
-                device, read_only, ..
+                device,
+                read_only,
+                path,
             } => Some(LiveDrive {
                 id: slot.name.strip_prefix("drive ")?.to_string(),
                 read_only: *read_only,
                 block: device.clone(),
                 metrics: BlockMetrics::new(),
+                snapshot_image: path.clone(),
+                image: path.clone(),
             }),
             _ => None,
         })
