@@ -192,6 +192,22 @@ impl SnapshotLoadParams {
     /// dirty-tracking setting, and nothing Kindling cannot do yet (network
     /// and vsock overrides, `clock_realtime`, huge pages other than the
     /// snapshot's or none).
+    ///
+    /// ```
+    /// use kindling_api::models::SnapshotLoadParams;
+    /// use kindling_vmm::snapshot::MemBackend;
+    ///
+    /// let body = r#"{"snapshot_path": "vm.state", "mem_file_path": "vm.mem", "resume_vm": true}"#;
+    /// let params: SnapshotLoadParams = serde_json::from_str(body).unwrap();
+    /// let load = params.check().unwrap();
+    /// assert_eq!(load.memory, MemBackend::File("vm.mem".into()));
+    /// assert!(load.resume);
+    ///
+    /// let both = r#"{"snapshot_path": "s", "mem_file_path": "m",
+    ///     "mem_backend": {"backend_type": "File", "backend_path": "m"}}"#;
+    /// let params: SnapshotLoadParams = serde_json::from_str(both).unwrap();
+    /// assert!(params.check().unwrap_err().to_string().contains("give only one"));
+    /// ```
     pub fn check(self) -> Result<SnapshotLoad, SnapshotParamsError> {
         use SnapshotParamsError::Unsupported;
         let state_path = non_empty("snapshot_path", self.snapshot_path)?;
