@@ -30,6 +30,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 
 use clap::Parser;
+use kindling::api::models::{LogLevel, LoggerConfig};
 use kindling::vcpu::VcpuError;
 use kindling::vmm::console::{self, ConsoleEscape, RawTerminal, ESCAPE_HELP};
 use kindling::vmm::snapshot::{
@@ -161,6 +162,31 @@ struct Args {
     /// No API socket (with --config-file).
     #[arg(long, conflicts_with = "api_sock")]
     no_api: bool,
+    /// Log level: Error, Warning (the default), Info, Debug, Trace or Off
+    /// (the VMM's own messages: device errors, why the VM ended, ...).
+    #[arg(long, value_name = "LEVEL")]
+    level: Option<LogLevel>,
+    /// Append log lines to this existing file or named pipe instead of
+    /// standard error.
+    #[arg(long, value_name = "PATH")]
+    log_path: Option<PathBuf>,
+}
+
+/// Installs the process logger: standard error at Warning unless
+/// `--level` / `--log-path` say otherwise (`PUT /logger` can change it
+/// later in API mode).
+fn install_logger(level: Option<LogLevel>, log_path: Option<&Path>) -> Result<(), String> {
+    use kindling::api::logger;
+    logger::install("anonymous-instance").map_err(|e| e.to_string())?;
+    if level.is_none() && log_path.is_none() {
+        return Ok(());
+    }
+    let config = LoggerConfig {
+        level: Some(level.unwrap_or(LogLevel::Warning)),
+        log_path: log_path.map(|p| p.to_string_lossy().into_owned()),
+        ..LoggerConfig::default()
+    };
+    logger::configure(&config).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone)]
@@ -204,6 +230,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Err(e) = install_logger(args.level, args.log_path.as_deref()) {
+        eprintln!("microvm: {e}");
+        return ExitCode::from(1);
+    }
     if args.api_sock.is_some() || args.config_file.is_some() || args.no_api {
         return api_mode(args, start_time);
     }

@@ -89,6 +89,7 @@
 //! | `blk-zeroes:D:SECTOR:COUNT` | `blk<D>: write-zeroes sector=<SECTOR> count=<COUNT> status=<S>` | one segment, flags 0 (no unmap) |
 //! | `rng:N` | `rng: bytes=<n> crc32=0x<8 hex> nonzero=<count>` | reads `N` (1..=4096) bytes from the first entropy device; `n` bytes came back, `count` of them non-zero |
 //! | `blk-bench:D:MODE:BS:QD:OPS` | `blk-bench: start`, then `blk-bench: done ops=<OPS> errors=<E>` | see [Block benchmark](#block-benchmark) |
+//! | `blk-hog:D:COUNT:KIB` | `blk<D>: hog done=<COUNT> ok=<X> ioerr=<Y>` | `COUNT` reads of `KIB` KiB (1..65536) from sector 0, the queue kept full, all into one buffer at 16 MiB: an adversarial workload for the device's limits |
 //! | `count` | `count: <N>` for N = 0, 1, 2, ... | never returns; one line every 2×10^7 TSC cycles (a few ms); the counter lives in guest memory, so a restored snapshot goes on where it was |
 //! | `count:D` | the same | before each line, writes sector `N % 64` of block device `D`, every byte `N & 0xff` (a `blk<D>: write sector=.. count=1 status=<S>` line and exit status 3 if that fails) |
 //! | `vsock-connect:PORT:N` | `vsock: connect port=<PORT> sent=<s> received=<r> crc32=0x<8 hex> mismatches=<m>`, or `vsock: connect port=<PORT> refused` | connects to host port `PORT` (0..2^32-1) on the first vsock device, sends `N` (0..2^32-1) bytes of the [vsock pattern](#vsock) while reading what comes back; `crc32` of the `r` bytes received, `m` of them differ from the pattern; see [Vsock](#vsock) |

@@ -305,7 +305,10 @@ impl Throttle {
 
     fn arm(&mut self, wait: Duration) {
         if let Err(e) = self.timer.reset(wait, None) {
-            log::error!("rate limiter: cannot arm the timer: {e}");
+            kindling_devices::log_limited!(
+                log::Level::Error,
+                "rate limiter: cannot arm the timer: {e}"
+            );
         }
     }
 

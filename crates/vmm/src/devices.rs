@@ -50,6 +50,8 @@ pub struct VirtioSlot {
     pub irq: u32,
     /// Its virtio-mmio transport, as the MMIO bus holds it.
     pub transport: Arc<Mutex<MmioTransport>>,
+    /// How long its queue passes and events held the event loop.
+    pub pass_stats: Arc<kindling_virtio::PassStats>,
     /// What the device is.
     pub kind: VirtioKind,
 }
