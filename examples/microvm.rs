@@ -154,7 +154,8 @@ struct Args {
     #[arg(long, value_name = "MEM_FILE", requires = "snapshot_on_line")]
     snapshot_mem: Option<PathBuf>,
     /// Serve Firecracker's API on this Unix socket; the VM boots at
-    /// InstanceStart (the flags above pre-configure it).
+    /// InstanceStart (the flags above pre-configure it) or is loaded from
+    /// a snapshot at PUT /snapshot/load.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
     /// Configure from a Firecracker config file and boot at once.
@@ -421,19 +422,22 @@ impl From<SerialArg> for SerialConfig {
 
 /// `--api-sock` / `--config-file`: Firecracker's control plane
 /// (`kindling_api::server::serve`), the other flags as its pre-configuration.
+/// Termination signals stay blocked (see `main`): before the VM runs one
+/// ends the server, once it runs one stops it in order.
 fn api_mode(args: Args, start_time: StartTime) -> ExitCode {
-    use kindling::api::server::{serve, Preset, ServeOptions};
-    if args.vsock.is_some() || args.restore.is_some() || args.snapshot_on_line.is_some() {
+    use kindling::api::server::{serve, Preset, ServeOptions, Served};
+    if args.restore.is_some() {
         eprintln!(
-            "microvm: --vsock, --restore and --snapshot-on-line are not available with \
-             --api-sock/--config-file yet"
+            "microvm: --restore is not available with --api-sock/--config-file: load the \
+             snapshot with PUT /snapshot/load instead"
         );
         return ExitCode::from(1);
     }
-    // The API path does not stop the VM in order on signals yet: leave
-    // them their default action rather than ignoring them.
-    if let Err(e) = kindling::vmm::signals::unblock_termination_signals() {
-        eprintln!("microvm: cannot unblock termination signals: {e}");
+    if args.vsock.is_some() || args.snapshot_on_line.is_some() {
+        eprintln!(
+            "microvm: --vsock and --snapshot-on-line are not available with \
+             --api-sock/--config-file yet"
+        );
         return ExitCode::from(1);
     }
     let preset = Preset {
@@ -459,10 +463,23 @@ fn api_mode(args: Args, start_time: StartTime) -> ExitCode {
         config_file: args.config_file,
         resources,
         serial: args.serial.into(),
+        stop_on_signals: true,
         ..ServeOptions::new(start_time)
     };
+    let socket = options.api_socket.clone();
     match serve(options) {
-        Ok(reason) => ExitCode::from(reason.exit_code() as u8),
+        Ok(Served::VmEnded(reason)) => exit_with(Ok(reason), &ConsoleEscape::new()),
+        Ok(served @ Served::SignalBeforeStart(signo)) => {
+            let removed = match &socket {
+                Some(path) => format!(", API socket {} removed", path.display()),
+                None => String::new(),
+            };
+            eprintln!(
+                "microvm: stopped by {} before any microVM ran{removed}",
+                kindling::vmm::signals::signal_name(signo)
+            );
+            ExitCode::from(served.exit_code() as u8)
+        }
         Err(e) => {
             eprintln!("microvm: {e}");
             ExitCode::from(1)

@@ -218,7 +218,8 @@ impl VmmBuilder {
     ///
     /// Snapshots save an entropy device added this way; a device of any
     /// other type (a virtio-block device too: its image path is not known
-    /// here; configure disks in [`VmConfig::disks`]) makes a snapshot of
+    /// here; configure disks in [`VmConfig::disks`] or add them with
+    /// [`VmmBuilder::add_block_device`]) makes a snapshot of
     /// the VM fail with [`SnapshotError::UnsupportedDevice`](crate::snapshot::SnapshotError::UnsupportedDevice).
     pub fn add_virtio_device<D: VirtioDevice + 'static>(
         &mut self,
@@ -233,6 +234,31 @@ impl VmmBuilder {
         };
         self.plan_virtio(name, device.clone(), kind)?;
         Ok(device)
+    }
+
+    /// Adds a virtio-block device the caller opened (on a backend of its
+    /// own, such as a metered one) after the disks of
+    /// [`VmConfig::disks`], treated as they are: the guest sees it as the
+    /// next disk, it is flushed when the VM stops, and snapshots save it
+    /// with `path`, which a restore opens again (or an override in its
+    /// place). `path` and `read_only` must be the image and the mode
+    /// `block` was opened with. Returns the handle the transport shares.
+    pub fn add_block_device(
+        &mut self,
+        name: &str,
+        block: Block,
+        path: std::path::PathBuf,
+        read_only: bool,
+    ) -> Result<Arc<Mutex<Block>>, VmmError> {
+        let block = Arc::new(Mutex::new(block));
+        let kind = VirtioKind::Block {
+            device: block.clone(),
+            path,
+            read_only,
+        };
+        self.plan_virtio(name, block.clone(), kind)?;
+        self.disks.push(block.clone());
+        Ok(block)
     }
 
     /// Puts `device` on the port-I/O bus at `[port, port + len)`.

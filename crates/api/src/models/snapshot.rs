@@ -1,0 +1,404 @@
+//! `PUT /snapshot/create` and `PUT /snapshot/load`: Firecracker's bodies,
+//! and the checked requests they become.
+
+use std::path::PathBuf;
+
+use kindling_vmm::snapshot::{MemBackend, SnapshotKind};
+use serde::Deserialize;
+
+/// Firecracker's `SnapshotCreateParams.snapshot_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum SnapshotType {
+    /// Every page the guest touched.
+    #[default]
+    Full,
+    /// The pages written since the last snapshot (needs
+    /// `track_dirty_pages`).
+    Diff,
+}
+
+impl From<SnapshotType> for SnapshotKind {
+    fn from(t: SnapshotType) -> Self {
+        match t {
+            SnapshotType::Full => SnapshotKind::Full,
+            SnapshotType::Diff => SnapshotKind::Diff,
+        }
+    }
+}
+
+/// Firecracker's `SnapshotCreateParams` (`PUT /snapshot/create`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreateParams {
+    /// Full (the default) or Diff.
+    #[serde(default)]
+    pub snapshot_type: SnapshotType,
+    /// The state file to write.
+    pub snapshot_path: String,
+    /// The memory file to write.
+    pub mem_file_path: String,
+    /// The snapshot format version older Firecracker releases took:
+    /// refused, Kindling writes one format.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// Firecracker's `MemoryBackend.backend_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum BackendType {
+    /// A memory file, mapped private.
+    File,
+    /// A userfaultfd page-fault handler listening on a Unix socket.
+    Uffd,
+}
+
+/// Firecracker's `MemoryBackend`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryBackend {
+    /// File or Uffd.
+    pub backend_type: BackendType,
+    /// The memory file, or the handler's socket.
+    pub backend_path: String,
+}
+
+/// Firecracker's `NetworkOverride`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkOverride {
+    /// The interface.
+    pub iface_id: String,
+    /// Its new TAP device.
+    pub host_dev_name: String,
+}
+
+/// Firecracker's `VsockOverride`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockOverride {
+    /// The new socket path.
+    pub uds_path: String,
+}
+
+/// Firecracker's `SnapshotLoadParams` (`PUT /snapshot/load`), as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotLoadParams {
+    /// The state file.
+    pub snapshot_path: String,
+    /// Where guest memory comes from.
+    #[serde(default)]
+    pub mem_backend: Option<MemoryBackend>,
+    /// The memory file (deprecated: a `File` backend).
+    #[serde(default)]
+    pub mem_file_path: Option<String>,
+    /// Dirty page tracking (deprecated name).
+    #[serde(default)]
+    pub enable_diff_snapshots: Option<bool>,
+    /// Dirty page tracking.
+    #[serde(default)]
+    pub track_dirty_pages: Option<bool>,
+    /// Resume the VM once loaded (otherwise it stays paused).
+    #[serde(default)]
+    pub resume_vm: bool,
+    /// Other TAP devices for the snapshot's network interfaces.
+    #[serde(default)]
+    pub network_overrides: Vec<NetworkOverride>,
+    /// Another socket path for the vsock device.
+    #[serde(default)]
+    pub vsock_override: Option<VsockOverride>,
+    /// Advance kvmclock by the time since the snapshot.
+    #[serde(default)]
+    pub clock_realtime: bool,
+    /// The restored VM's huge pages: `Snapshot`, `None`, `Transparent`,
+    /// `2M`.
+    #[serde(default)]
+    pub huge_pages: Option<String>,
+}
+
+/// A checked `PUT /snapshot/create`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotCreate {
+    /// Full or diff.
+    pub kind: SnapshotKind,
+    /// The state file.
+    pub state_path: PathBuf,
+    /// The memory file.
+    pub mem_path: PathBuf,
+}
+
+/// A checked `PUT /snapshot/load`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotLoad {
+    /// The state file.
+    pub state_path: PathBuf,
+    /// Where guest memory comes from.
+    pub memory: MemBackend,
+    /// The dirty page tracking asked for (`None`: the snapshot's).
+    pub track_dirty_pages: Option<bool>,
+    /// Resume once loaded.
+    pub resume: bool,
+}
+
+/// Why a snapshot body is refused (its JSON was well formed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotParamsError {
+    /// A path field is empty.
+    #[error("{0} is empty")]
+    EmptyPath(&'static str),
+    /// `version` was given.
+    #[error("version is not supported: Kindling writes a single snapshot format and takes no target version (leave the field out)")]
+    Version,
+    /// Neither `mem_backend` nor `mem_file_path`.
+    #[error("PUT /snapshot/load needs the guest memory: give mem_backend (or the deprecated mem_file_path)")]
+    NoMemory,
+    /// Both `mem_backend` and `mem_file_path`.
+    #[error("mem_backend and mem_file_path are both given: give only one (mem_file_path is the deprecated form of a File mem_backend)")]
+    BothMemory,
+    /// `enable_diff_snapshots` and `track_dirty_pages` disagree.
+    #[error("enable_diff_snapshots ({0}) and track_dirty_pages ({1}) disagree: give only track_dirty_pages")]
+    DirtyTrackingConflict(bool, bool),
+    /// A load option Kindling does not support yet.
+    #[error("{0} not supported yet")]
+    Unsupported(&'static str),
+    /// An unknown `huge_pages` value.
+    #[error("huge_pages {0:?} is not Snapshot, None, Transparent or 2M")]
+    HugePages(String),
+}
+
+fn non_empty(what: &'static str, path: String) -> Result<PathBuf, SnapshotParamsError> {
+    if path.is_empty() {
+        return Err(SnapshotParamsError::EmptyPath(what));
+    }
+    Ok(path.into())
+}
+
+impl SnapshotCreateParams {
+    /// Checks the body: non-empty paths, no `version`.
+    pub fn check(self) -> Result<SnapshotCreate, SnapshotParamsError> {
+        if self.version.is_some() {
+            return Err(SnapshotParamsError::Version);
+        }
+        Ok(SnapshotCreate {
+            kind: self.snapshot_type.into(),
+            state_path: non_empty("snapshot_path", self.snapshot_path)?,
+            mem_path: non_empty("mem_file_path", self.mem_file_path)?,
+        })
+    }
+}
+
+impl SnapshotLoadParams {
+    /// Checks the body: exactly one memory source, non-empty paths, one
+    /// dirty-tracking setting, and nothing Kindling cannot do yet (network
+    /// and vsock overrides, `clock_realtime`, huge pages other than the
+    /// snapshot's or none).
+    ///
+    /// ```
+    /// use kindling_api::models::SnapshotLoadParams;
+    /// use kindling_vmm::snapshot::MemBackend;
+    ///
+    /// let body = r#"{"snapshot_path": "vm.state", "mem_file_path": "vm.mem", "resume_vm": true}"#;
+    /// let params: SnapshotLoadParams = serde_json::from_str(body).unwrap();
+    /// let load = params.check().unwrap();
+    /// assert_eq!(load.memory, MemBackend::File("vm.mem".into()));
+    /// assert!(load.resume);
+    ///
+    /// let both = r#"{"snapshot_path": "s", "mem_file_path": "m",
+    ///     "mem_backend": {"backend_type": "File", "backend_path": "m"}}"#;
+    /// let params: SnapshotLoadParams = serde_json::from_str(both).unwrap();
+    /// assert!(params.check().unwrap_err().to_string().contains("give only one"));
+    /// ```
+    pub fn check(self) -> Result<SnapshotLoad, SnapshotParamsError> {
+        use SnapshotParamsError::Unsupported;
+        let state_path = non_empty("snapshot_path", self.snapshot_path)?;
+        let memory = match (self.mem_backend, self.mem_file_path) {
+            (Some(_), Some(_)) => return Err(SnapshotParamsError::BothMemory),
+            (None, None) => return Err(SnapshotParamsError::NoMemory),
+            (None, Some(path)) => MemBackend::File(non_empty("mem_file_path", path)?),
+            (Some(backend), None) => {
+                let path = non_empty("mem_backend.backend_path", backend.backend_path)?;
+                match backend.backend_type {
+                    BackendType::File => MemBackend::File(path),
+                    BackendType::Uffd => MemBackend::Uffd(path),
+                }
+            }
+        };
+        let track_dirty_pages = match (self.enable_diff_snapshots, self.track_dirty_pages) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(SnapshotParamsError::DirtyTrackingConflict(a, b))
+            }
+            (a, b) => b.or(a),
+        };
+        if !self.network_overrides.is_empty() {
+            return Err(Unsupported("network overrides (network_overrides) are"));
+        }
+        if self.vsock_override.is_some() {
+            return Err(Unsupported("vsock overrides (vsock_override) are"));
+        }
+        if self.clock_realtime {
+            return Err(Unsupported("clock_realtime: true is"));
+        }
+        match self.huge_pages.as_deref() {
+            None | Some("Snapshot") | Some("None") => {}
+            Some("Transparent") | Some("2M") => {
+                return Err(Unsupported(
+                    "huge pages for a restored VM (huge_pages \"Transparent\" or \"2M\") are",
+                ))
+            }
+            Some(other) => return Err(SnapshotParamsError::HugePages(other.to_string())),
+        }
+        Ok(SnapshotLoad {
+            state_path,
+            memory,
+            track_dirty_pages,
+            resume: self.resume_vm,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(body: &str) -> Result<SnapshotCreate, String> {
+        serde_json::from_str::<SnapshotCreateParams>(body)
+            .map_err(|e| e.to_string())?
+            .check()
+            .map_err(|e| e.to_string())
+    }
+
+    fn load(body: &str) -> Result<SnapshotLoad, String> {
+        serde_json::from_str::<SnapshotLoadParams>(body)
+            .map_err(|e| e.to_string())?
+            .check()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn create_bodies() {
+        let c = create(r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#).unwrap();
+        assert_eq!(c.kind, SnapshotKind::Full);
+        assert_eq!(c.state_path, PathBuf::from("/s"));
+        assert_eq!(c.mem_path, PathBuf::from("/m"));
+        let c = create(r#"{"snapshot_type": "Diff", "snapshot_path": "s", "mem_file_path": "m"}"#)
+            .unwrap();
+        assert_eq!(c.kind, SnapshotKind::Diff);
+        for (bad, needle) in [
+            (
+                r#"{"mem_file_path": "/m"}"#,
+                "missing field `snapshot_path`",
+            ),
+            (
+                r#"{"snapshot_path": "/s"}"#,
+                "missing field `mem_file_path`",
+            ),
+            (
+                r#"{"snapshot_path": 1, "mem_file_path": "/m"}"#,
+                "invalid type",
+            ),
+            (
+                r#"{"snapshot_type": "full", "snapshot_path": "/s", "mem_file_path": "/m"}"#,
+                "unknown variant `full`",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "compress": true}"#,
+                "unknown field `compress`",
+            ),
+            (
+                r#"{"snapshot_path": "", "mem_file_path": "/m"}"#,
+                "snapshot_path is empty",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_file_path": ""}"#,
+                "mem_file_path is empty",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "version": "1.0.0"}"#,
+                "version is not supported",
+            ),
+        ] {
+            let e = create(bad).unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn load_bodies() {
+        let l = load(r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#)
+            .unwrap();
+        assert_eq!(l.memory, MemBackend::File("/m".into()));
+        assert!(!l.resume);
+        assert_eq!(l.track_dirty_pages, None);
+        let l = load(r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u.sock"}, "resume_vm": true, "track_dirty_pages": true, "network_overrides": [], "clock_realtime": false, "huge_pages": "Snapshot"}"#)
+            .unwrap();
+        assert_eq!(l.memory, MemBackend::Uffd("/u.sock".into()));
+        assert!(l.resume);
+        assert_eq!(l.track_dirty_pages, Some(true));
+        let l = load(r#"{"snapshot_path": "/s", "mem_file_path": "/m", "enable_diff_snapshots": false, "huge_pages": "None"}"#)
+            .unwrap();
+        assert_eq!(l.memory, MemBackend::File("/m".into()));
+        assert_eq!(l.track_dirty_pages, Some(false));
+        for (bad, needle) in [
+            (
+                r#"{"mem_file_path": "/m"}"#,
+                "missing field `snapshot_path`",
+            ),
+            (r#"{"snapshot_path": "/s"}"#, "give mem_backend"),
+            (
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#,
+                "both given",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Disk", "backend_path": "/m"}}"#,
+                "unknown variant `Disk`",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File"}}"#,
+                "missing field `backend_path`",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": ""}}"#,
+                "mem_backend.backend_path is empty",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "resume_vm": "yes"}"#,
+                "invalid type",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "enable_diff_snapshots": true, "track_dirty_pages": false}"#,
+                "disagree",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap1"}]}"#,
+                "network overrides (network_overrides) are not supported yet",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "eth0"}]}"#,
+                "missing field `host_dev_name`",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "vsock_override": {"uds_path": "/v"}}"#,
+                "vsock overrides",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "clock_realtime": true}"#,
+                "clock_realtime: true is not supported yet",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "huge_pages": "2M"}"#,
+                "huge pages for a restored VM",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "huge_pages": "1G"}"#,
+                "huge_pages \"1G\"",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "extra": 1}"#,
+                "unknown field `extra`",
+            ),
+        ] {
+            let e = load(bad).unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+}
