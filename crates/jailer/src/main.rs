@@ -70,11 +70,16 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // clap's first line, without its "error: " prefix and the
-            // usage that follows.
+            // clap's message on one line, without its "error: " prefix
+            // and the usage that follows the first blank line.
             let text = e.to_string();
-            let line = text.lines().next().unwrap_or("invalid arguments");
-            return fail(line.strip_prefix("error: ").unwrap_or(line));
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let line = message.join(" ");
+            return fail(line.strip_prefix("error: ").unwrap_or(&line));
         }
     };
     let config = JailConfig {
