@@ -32,6 +32,9 @@ pub const DEVICES: [(&str, &str, bool); 2] = [
 pub struct Jail {
     dir: PathBuf,
     root: PathBuf,
+    /// `<base>/<exec name>` did not exist before: remove it with the jail
+    /// if it is empty then.
+    created_parent: bool,
 }
 
 impl Jail {
@@ -50,6 +53,7 @@ impl Jail {
     pub fn create(config: &JailConfig) -> Result<Jail, Error> {
         let dir = config.jail_dir()?;
         let parent = dir.parent().unwrap_or(Path::new("/"));
+        let created_parent = !parent.exists();
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
@@ -71,6 +75,7 @@ impl Jail {
         let jail = Jail {
             root: dir.join("root"),
             dir,
+            created_parent,
         };
         if let Err(e) = jail.populate(config) {
             jail.remove();
@@ -123,6 +128,12 @@ impl Jail {
     /// host's files stay).
     pub fn remove(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        if self.created_parent {
+            if let Some(parent) = self.dir.parent() {
+                // Fails, as it should, if another VM's jail is there now.
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
     }
 }
 

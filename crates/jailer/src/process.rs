@@ -16,9 +16,14 @@ static CHILD: AtomicI32 = AtomicI32::new(0);
 /// Signals the jailer passes on to the VMM.
 const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
-extern "C" fn forward(signal: libc::c_int) {
+extern "C" fn forward(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let code = unsafe { (*info).si_code };
+    // A signal the kernel generated (Ctrl-C on the terminal: SI_KERNEL)
+    // reached the VMM in the same process group already; forward only
+    // those sent to the jailer (kill: SI_USER, sigqueue, tgkill: <= 0).
     let pid = CHILD.load(Ordering::Relaxed);
-    if pid > 0 {
+    if pid > 0 && code <= 0 {
         // SAFETY: kill is async-signal-safe and takes integers only.
         unsafe { libc::kill(pid, signal) };
     }
@@ -119,17 +124,14 @@ fn spawn(
     let vmm_args = config.jailed_vmm_args();
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    check(
-        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
-        || "pipe2".into(),
-    )?;
+    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    check(ret, || "pipe2".into())?;
     // SAFETY: pipe2 just returned these two descriptors; each is owned once.
     let (read_end, write_end) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
     // SAFETY: unshare takes flags only; CLONE_NEWPID affects the children
     // forked from here on.
-    check(unsafe { libc::unshare(libc::CLONE_NEWPID) }, || {
-        "unshare(CLONE_NEWPID)".into()
-    })?;
+    let ret = unsafe { libc::unshare(libc::CLONE_NEWPID) };
+    check(ret, || "unshare(CLONE_NEWPID)".into())?;
     // SAFETY: the jailer is single-threaded, so the child may run
     // arbitrary code after fork; it ends in execve or _exit.
     let pid = unsafe { libc::fork() };
@@ -166,8 +168,14 @@ fn spawn(
     drop(write_end);
     CHILD.store(pid, Ordering::Relaxed);
     for signal in FORWARDED {
-        // SAFETY: `forward` is an async-signal-safe extern "C" handler.
-        unsafe { libc::signal(signal, forward as *const () as libc::sighandler_t) };
+        // SAFETY: a zeroed sigaction is valid (empty mask, no flags);
+        // `forward` is an async-signal-safe SA_SIGINFO handler.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = forward as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
     }
     Ok(Spawned {
         pid,

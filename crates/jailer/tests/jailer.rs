@@ -220,8 +220,12 @@ fn the_host_is_out_of_reach() {
     let data = data_dir.0.join("data.txt");
     std::fs::write(&data, "hello from the host\n").unwrap();
     let id = base.id("probe");
-    // A descriptor the jailer inherits, which the VMM must not.
-    let leak = std::fs::File::open("/etc/hostname").ok();
+    // A descriptor the jailer inherits (dup clears close-on-exec), which
+    // the VMM must not.
+    let file = std::fs::File::open("/etc/hostname").unwrap();
+    // SAFETY: dup of a descriptor we own; the copy is closed below.
+    let leak = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(&file)) };
+    assert!(leak > 2);
     let out = jail_cmd(&base, &id, &probe())
         .arg("--file")
         .arg(&data)
@@ -237,7 +241,8 @@ fn the_host_is_out_of_reach() {
         .env("KINDLING_SECRET", "x")
         .output()
         .unwrap();
-    drop(leak);
+    // SAFETY: closes the copy made above, which nothing else uses.
+    unsafe { libc::close(leak) };
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(
         out.status.code(),
