@@ -86,8 +86,9 @@ impl Jail {
 
     fn populate(&self, config: &JailConfig) -> Result<(), Error> {
         let root = &self.root;
+        // The root is given to the user last: until then nobody but root
+        // can plant anything (a symbolic link) where the jailer writes.
         make_dir(root, 0o755)?;
-        chown(root, config.uid, config.gid)?;
 
         let exec = root.join(config.exec_name()?);
         std::fs::copy(&config.exec_file, &exec)
@@ -118,10 +119,17 @@ impl Jail {
                 .file_name()
                 .ok_or_else(|| Error::FileName(file.clone()))?;
             let target = root.join(name);
-            link_or_copy(file, &target)?;
+            // A symbolic link is resolved here: linked as it is, it would
+            // point nowhere in the jail.
+            let source = std::fs::canonicalize(file).map_err(|source| Error::Missing {
+                what: "--file",
+                path: file.clone(),
+                source,
+            })?;
+            link_or_copy(&source, &target)?;
             chown(&target, config.uid, config.gid)?;
         }
-        Ok(())
+        chown(root, config.uid, config.gid)
     }
 
     /// Deletes the jail's directory (hard links only lose a name; the

@@ -219,6 +219,11 @@ fn the_host_is_out_of_reach() {
     let data_dir = Base::new("probe-data");
     let data = data_dir.0.join("data.txt");
     std::fs::write(&data, "hello from the host\n").unwrap();
+    // A --file given through a symbolic link: the jail gets the file.
+    let other = data_dir.0.join("other.txt");
+    std::fs::write(&other, "through a link\n").unwrap();
+    let alias = data_dir.0.join("alias.txt");
+    std::os::unix::fs::symlink(&other, &alias).unwrap();
     let id = base.id("probe");
     // A descriptor the jailer inherits (dup clears close-on-exec), which
     // the VMM must not.
@@ -229,6 +234,8 @@ fn the_host_is_out_of_reach() {
     let out = jail_cmd(&base, &id, &probe())
         .arg("--file")
         .arg(&data)
+        .arg("--file")
+        .arg(&alias)
         .args([
             "--resource-limit",
             "no-file=64",
@@ -237,6 +244,7 @@ fn the_host_is_out_of_reach() {
         ])
         .arg("--")
         .arg(format!("path={}", data.display()))
+        .arg(format!("path={}", alias.display()))
         .arg("exit=7")
         .env("KINDLING_SECRET", "x")
         .output()
@@ -249,8 +257,11 @@ fn the_host_is_out_of_reach() {
         Some(7),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    assert_eq!(field(&stdout, "args"), "path=/data.txt exit=7");
-    assert_eq!(field(&stdout, "root"), "data.txt dev jail_probe");
+    assert_eq!(
+        field(&stdout, "args"),
+        "path=/data.txt path=/alias.txt exit=7"
+    );
+    assert_eq!(field(&stdout, "root"), "alias.txt data.txt dev jail_probe");
     assert_eq!(field(&stdout, "pid"), "1");
     assert_eq!(field(&stdout, "uid"), format!("{UID} {UID}"));
     assert_eq!(field(&stdout, "gid"), GID.to_string());
@@ -264,6 +275,7 @@ fn the_host_is_out_of_reach() {
     assert_eq!(field(&stdout, "host /proc/self/status"), "entity not found");
     assert_eq!(field(&stdout, "host /tmp"), "entity not found");
     assert_eq!(field(&stdout, "read /data.txt"), "hello from the host");
+    assert_eq!(field(&stdout, "read /alias.txt"), "through a link");
 
     // The file was hard-linked (same file system) and given to the user.
     let linked = base.0.join(format!("jail_probe/{id}/root/data.txt"));
