@@ -210,6 +210,93 @@ fn jailed_microvm_boots_the_test_guest() {
     );
 }
 
+/// CRC-32/IEEE, as the test guest prints it.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn jailed_microvm_boots_a_kernel_file_with_a_disk() {
+    let test = "jailed_microvm_boots_a_kernel_file_with_a_disk";
+    if !is_root(test) || !kvm_available(test) {
+        return;
+    }
+    let base = Base::new("kernel-disk");
+    // The kernel on another file system where there is one (/dev/shm is
+    // usually tmpfs): it is copied instead of hard-linked.
+    let shm = Path::new("/dev/shm");
+    let kernel_dir = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let kernel = kernel_dir.join(format!("kindling-jailer-vmlinux-{}", std::process::id()));
+    std::fs::write(&kernel, kindling_test_guest::TEST_GUEST_ELF).unwrap();
+    let data_dir = Base::new("kernel-disk-data");
+    let disk = data_dir.0.join("disk.img");
+    let data: Vec<u8> = (0..8 * 512u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&disk, &data).unwrap();
+
+    let id = base.id("vm");
+    let out = jail_cmd(&base, &id, &microvm())
+        .arg("--file")
+        .arg(&kernel)
+        .arg("--file")
+        .arg(&disk)
+        .arg("--")
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--disk")
+        .arg(format!("readonly,path={}", disk.display()))
+        .args(["--cmdline", "kindling.test=virtio,blk-read:0:0:8"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&kernel);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let expected = format!(
+        "blk0: read sector=0 count=8 status=OK crc32={:#010x}",
+        crc32(&data)
+    );
+    assert!(
+        stdout.lines().any(|l| l == expected),
+        "{expected} not in:\n{stdout}"
+    );
+
+    let root = base.0.join(format!("microvm/{id}/root"));
+    let name = kernel.file_name().unwrap();
+    let jailed_kernel = std::fs::metadata(root.join(name)).unwrap();
+    let jailed_disk = std::fs::metadata(root.join("disk.img")).unwrap();
+    for meta in [&jailed_kernel, &jailed_disk] {
+        assert_eq!((meta.uid(), meta.gid()), (UID, GID));
+    }
+    let host_disk = std::fs::metadata(&disk).unwrap();
+    assert_eq!(
+        jailed_disk.ino(),
+        host_disk.ino(),
+        "the disk is hard-linked"
+    );
+    assert_eq!(
+        jailed_kernel.len(),
+        kindling_test_guest::TEST_GUEST_ELF.len() as u64
+    );
+}
+
 #[test]
 fn the_host_is_out_of_reach() {
     if !is_root("the_host_is_out_of_reach") {
