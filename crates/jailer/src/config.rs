@@ -239,6 +239,10 @@ pub struct JailConfig {
     /// Accept uid 0 or gid 0 (the VMM then keeps root's powers inside
     /// its namespaces; only for debugging).
     pub allow_root: bool,
+    /// Run in the background: once the VMM has been executed, the calling
+    /// process returns 0, and a daemon (a new session, standard streams on
+    /// `/dev/null`) waits for the VMM and cleans up.
+    pub daemonize: bool,
     /// The VMM's arguments. An argument equal to one of `files`, or a
     /// comma-separated part `KEY=PATH` of one, is rewritten to the file's
     /// path inside the jail.
@@ -422,6 +426,7 @@ mod tests {
             resource_limits: vec![],
             files: files.iter().map(PathBuf::from).collect(),
             allow_root: false,
+            daemonize: false,
             vmm_args: args.iter().map(OsString::from).collect(),
         }
     }

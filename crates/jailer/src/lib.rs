@@ -24,7 +24,9 @@
 //! 5. The parent forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to the VMM,
 //!    waits for it, removes the cgroup, and returns its exit status. A
 //!    failure of the child before the exec comes back through a pipe;
-//!    then the jail and the cgroup are removed again.
+//!    then the jail and the cgroup are removed again. With
+//!    [`JailConfig::daemonize`], a daemon does this part and the calling
+//!    process returns once the VMM runs.
 //!
 //! The `kindling-jailer` binary is the command-line front end.
 

@@ -51,6 +51,11 @@ struct Cli {
     /// namespaces; for debugging only).
     #[arg(long)]
     allow_root: bool,
+    /// Run in the background: exit 0 once the VMM runs (or 1 with the
+    /// error); a daemon with its standard streams on /dev/null waits for
+    /// the VMM and cleans up. Give the VMM a serial file or an API socket.
+    #[arg(long)]
+    daemonize: bool,
     /// The VMM's arguments, after `--`.
     #[arg(last = true, value_name = "VMM ARGS")]
     vmm_args: Vec<OsString>,
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
         resource_limits: cli.resource_limits,
         files: cli.files,
         allow_root: cli.allow_root,
+        daemonize: cli.daemonize,
         vmm_args: cli.vmm_args,
     };
     match kindling_jailer::run(&config) {

@@ -2,8 +2,9 @@
 //! forward signals, wait, clean up.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::error::check;
@@ -51,6 +52,7 @@ extern "C" fn forward(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut l
 ///     resource_limits: vec!["no-file=1024".parse().unwrap()],
 ///     files: vec![],
 ///     allow_root: false,
+///     daemonize: false,
 ///     vmm_args: vec![],
 /// };
 /// let status = run(&config)?;
@@ -79,8 +81,38 @@ pub fn run(config: &JailConfig) -> Result<i32, Error> {
         None => None,
     };
 
+    let mut notify = None;
+    if config.daemonize {
+        match daemonize()? {
+            Daemonized::Original(mut started) => {
+                // EOF: the VMM was executed; a message: the daemon failed
+                // (and cleaned up).
+                let message = read_all(&mut started);
+                return match message {
+                    None => Ok(0),
+                    Some(message) => Err(Error::Child(message)),
+                };
+            }
+            Daemonized::Daemon(started) => notify = Some(started),
+        }
+    }
+    let result = run_jailed(config, mount.as_deref(), netns.as_ref(), &mut notify);
+    if let (Err(e), Some(started)) = (&result, notify.as_mut()) {
+        let _ = started.write_all(e.to_string().as_bytes());
+    }
+    result
+}
+
+/// Builds the jail and cgroup, runs the VMM in them, waits, cleans up.
+/// `notify` (with `--daemonize`) is closed once the VMM was executed.
+fn run_jailed(
+    config: &JailConfig,
+    mount: Option<&Path>,
+    netns: Option<&OwnedFd>,
+    notify: &mut Option<File>,
+) -> Result<i32, Error> {
     let jail = Jail::create(config)?;
-    let cgroup = match &mount {
+    let cgroup = match mount {
         Some(mount) => match Cgroup::create(mount, &config.id, &config.cgroups) {
             Ok(cgroup) => Some(cgroup),
             Err(e) => {
@@ -99,13 +131,92 @@ pub fn run(config: &JailConfig) -> Result<i32, Error> {
         }
         status
     };
-    match spawn(config, &jail, cgroup.as_ref(), netns.as_ref()) {
-        Ok(child) => match wait(child) {
-            Ok(status) => cleanup(Ok(status)),
-            Err(e) => cleanup(Err(e)),
-        },
-        Err(e) => cleanup(Err(e)),
+    let mut child = match spawn(config, &jail, cgroup.as_ref(), netns) {
+        Ok(child) => child,
+        Err(e) => return cleanup(Err(e)),
+    };
+    let report = read_all(&mut child.report);
+    if report.is_none() {
+        drop(notify.take());
     }
+    let status = reap(child.pid);
+    match (report, status) {
+        (Some(message), _) => cleanup(Err(Error::Child(message))),
+        (None, status) => cleanup(status),
+    }
+}
+
+/// The two processes `--daemonize` makes.
+enum Daemonized {
+    /// The process that was started: it waits on this pipe and exits.
+    Original(File),
+    /// The daemon (new session, standard streams on `/dev/null`): it
+    /// closes this pipe once the VMM runs, or writes why it failed.
+    Daemon(File),
+}
+
+fn daemonize() -> Result<Daemonized, Error> {
+    let (rx, mut tx) = pipe()?;
+    // SAFETY: the jailer is single-threaded, so the child may run
+    // arbitrary code after fork.
+    let pid = unsafe { libc::fork() };
+    if pid == -1 {
+        return Err(Error::last_os("fork (--daemonize)"));
+    }
+    if pid > 0 {
+        drop(tx);
+        return Ok(Daemonized::Original(rx));
+    }
+    drop(rx);
+    if let Err(e) = detach() {
+        let _ = tx.write_all(e.to_string().as_bytes());
+        // SAFETY: ends the daemon without running the original's
+        // destructors; the message was written.
+        unsafe { libc::_exit(1) };
+    }
+    Ok(Daemonized::Daemon(tx))
+}
+
+/// A new session, and `/dev/null` as standard input, output and error.
+fn detach() -> Result<(), Error> {
+    // SAFETY: setsid takes no arguments.
+    check(unsafe { libc::setsid() }, || "setsid (--daemonize)".into())?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|source| Error::Sys {
+            call: "open /dev/null (--daemonize)".into(),
+            source,
+        })?;
+    for fd in 0..3 {
+        // SAFETY: dup2 of a descriptor we own onto a standard stream.
+        let ret = unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        check(ret, || format!("dup2(/dev/null, {fd}) (--daemonize)"))?;
+    }
+    Ok(())
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> Result<(File, File), Error> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    check(ret, || "pipe2".into())?;
+    // SAFETY: pipe2 just returned these two descriptors; each is owned once.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+}
+
+/// Everything until EOF; `None` when that is nothing.
+fn read_all(pipe: &mut File) -> Option<String> {
+    let mut bytes = Vec::new();
+    loop {
+        match pipe.read_to_end(&mut bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            _ => break,
+        }
+    }
+    (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// A forked child and the read end of its error pipe.
@@ -122,12 +233,7 @@ fn spawn(
 ) -> Result<Spawned, Error> {
     let exec_name = config.exec_name()?;
     let vmm_args = config.jailed_vmm_args();
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    check(ret, || "pipe2".into())?;
-    // SAFETY: pipe2 just returned these two descriptors; each is owned once.
-    let (read_end, write_end) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    let (read_end, write_end) = pipe()?;
     // SAFETY: unshare takes flags only; CLONE_NEWPID affects the children
     // forked from here on.
     let ret = unsafe { libc::unshare(libc::CLONE_NEWPID) };
@@ -183,36 +289,24 @@ fn spawn(
     })
 }
 
-/// Reads the child's error report (empty when the VMM was executed),
-/// waits for it, and returns its exit status.
-fn wait(mut child: Spawned) -> Result<i32, Error> {
-    let mut report = Vec::new();
-    loop {
-        match child.report.read_to_end(&mut report) {
-            Ok(_) => break,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        }
-    }
+/// Waits for the VMM and returns its exit status (128 + N for signal N).
+fn reap(pid: libc::pid_t) -> Result<i32, Error> {
     let mut status = 0;
     loop {
         // SAFETY: `status` is a valid int for waitpid to fill in.
-        let ret = unsafe { libc::waitpid(child.pid, &mut status, 0) };
-        if ret == child.pid {
+        let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if ret == pid {
             break;
         }
         let e = std::io::Error::last_os_error();
         if e.kind() != std::io::ErrorKind::Interrupted {
             return Err(Error::Sys {
-                call: format!("waitpid({})", child.pid),
+                call: format!("waitpid({pid})"),
                 source: e,
             });
         }
     }
     CHILD.store(0, Ordering::Relaxed);
-    if !report.is_empty() {
-        return Err(Error::Child(String::from_utf8_lossy(&report).into_owned()));
-    }
     if libc::WIFEXITED(status) {
         Ok(libc::WEXITSTATUS(status))
     } else if libc::WIFSIGNALED(status) {

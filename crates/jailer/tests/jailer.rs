@@ -210,6 +210,52 @@ fn jailed_microvm_boots_the_test_guest() {
     );
 }
 
+#[test]
+fn daemonized_jailer_returns_once_the_vmm_runs() {
+    let test = "daemonized_jailer_returns_once_the_vmm_runs";
+    if !is_root(test) || !kvm_available(test) {
+        return;
+    }
+    let base = Base::new("daemon");
+    let id = base.id("vm");
+    let out = jail_cmd(&base, &id, &microvm())
+        .args(["--daemonize", "--", "--serial", "file=/serial.log"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty() && out.stderr.is_empty());
+    // The VM runs in the background and writes its console in the jail.
+    let log = base.0.join(format!("microvm/{id}/root/serial.log"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let serial = std::fs::read_to_string(&log).unwrap_or_default();
+        if serial.contains("Hello from the Kindling test guest!") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no hello in {}: {serial:?}",
+            log.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    // A failure before the VMM runs still reaches the caller, and the
+    // daemon removes the jail.
+    let id = base.id("fail");
+    let out = jail_cmd(&base, &id, &microvm())
+        .args(["--daemonize", "--netns", "/etc/hostname"])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("kindling-jailer: setns(network namespace)"),
+        "{stderr}"
+    );
+    assert!(!base.0.join(format!("microvm/{id}")).exists());
+}
+
 /// CRC-32/IEEE, as the test guest prints it.
 fn crc32(data: &[u8]) -> u32 {
     let mut crc = !0u32;
