@@ -256,6 +256,48 @@ fn daemonized_jailer_returns_once_the_vmm_runs() {
     assert!(!base.0.join(format!("microvm/{id}")).exists());
 }
 
+/// A named network namespace (`ip netns add`), deleted on drop.
+struct NetNs(String);
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn joins_an_existing_network_namespace() {
+    let test = "joins_an_existing_network_namespace";
+    if !is_root(test) {
+        return;
+    }
+    let name = format!("kindling-jailer-{}", std::process::id());
+    let ok = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ok(&["netns", "add", &name]) {
+        eprintln!("SKIPPED {test}: `ip netns add` is not available");
+        return;
+    }
+    let netns = NetNs(name);
+    assert!(ok(&[
+        "-n", &netns.0, "tuntap", "add", "kjtap0", "mode", "tap"
+    ]));
+    let base = Base::new("netns");
+    let out = jail_cmd(&base, &base.id("net"), &probe())
+        .arg("--netns")
+        .arg(format!("/var/run/netns/{}", netns.0))
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(field(&stdout, "interfaces"), "kjtap0 lo");
+}
+
 /// CRC-32/IEEE, as the test guest prints it.
 fn crc32(data: &[u8]) -> u32 {
     let mut crc = !0u32;
