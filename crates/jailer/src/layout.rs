@@ -32,9 +32,10 @@ pub const DEVICES: [(&str, &str, bool); 2] = [
 pub struct Jail {
     dir: PathBuf,
     root: PathBuf,
-    /// `<base>/<exec name>` did not exist before: remove it with the jail
-    /// if it is empty then.
-    created_parent: bool,
+    /// The directories above the jail this process created (`<base>/<exec
+    /// name>`, perhaps `<base>` and above), deepest first: removed with the
+    /// jail if they are empty then.
+    created_parents: Vec<PathBuf>,
 }
 
 impl Jail {
@@ -53,7 +54,11 @@ impl Jail {
     pub fn create(config: &JailConfig) -> Result<Jail, Error> {
         let dir = config.jail_dir()?;
         let parent = dir.parent().unwrap_or(Path::new("/"));
-        let created_parent = !parent.exists();
+        let created_parents: Vec<PathBuf> = parent
+            .ancestors()
+            .take_while(|dir| !dir.exists())
+            .map(Path::to_path_buf)
+            .collect();
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
@@ -75,7 +80,7 @@ impl Jail {
         let jail = Jail {
             root: dir.join("root"),
             dir,
-            created_parent,
+            created_parents,
         };
         if let Err(e) = jail.populate(config) {
             jail.remove();
@@ -136,10 +141,10 @@ impl Jail {
     /// host's files stay).
     pub fn remove(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
-        if self.created_parent {
-            if let Some(parent) = self.dir.parent() {
-                // Fails, as it should, if another VM's jail is there now.
-                let _ = std::fs::remove_dir(parent);
+        for dir in &self.created_parents {
+            // Fails, as it should, if another VM's jail is there now.
+            if std::fs::remove_dir(dir).is_err() {
+                break;
             }
         }
     }

@@ -571,6 +571,26 @@ fn bad_input_fails_with_one_line_and_leaves_nothing() {
         "ok",
         "setns(network namespace)",
     );
+    // ... also the base directory, when the jailer made it.
+    let fresh = base.0.join("fresh/base");
+    let fresh = fresh.to_str().unwrap();
+    fails(
+        &[
+            "--id",
+            "ok",
+            "--exec-file",
+            p,
+            "--uid",
+            "1000",
+            "--gid",
+            "1000",
+            "--chroot-base-dir",
+            fresh,
+            "--netns",
+            "/etc/hostname",
+        ],
+        "setns(network namespace)",
+    );
     fails(
         &[
             "--id",
