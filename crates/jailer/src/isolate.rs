@@ -149,6 +149,12 @@ impl Child<'_> {
         // SAFETY: prctl with integer arguments only.
         let ret = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
         check(ret, || "prctl(PR_SET_NO_NEW_PRIVS)".into())?;
+        // The VMM dies with the jailer (SIGKILL'd, say) instead of running
+        // on unwatched. Set after the uid change, which clears it; it
+        // survives the exec.
+        // SAFETY: prctl with integer arguments only.
+        let ret = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        check(ret, || "prctl(PR_SET_PDEATHSIG)".into())?;
         // SAFETY: these calls take and return plain integers.
         let (now_uid, now_euid, now_gid) =
             unsafe { (libc::getuid(), libc::geteuid(), libc::getgid()) };

@@ -18,7 +18,8 @@
 //!    PID namespace, joins the cgroup, enters new mount, IPC, UTS and
 //!    network namespaces (or joins the given network namespace),
 //!    `pivot_root`s into the jail and unmounts the host's tree, sets the
-//!    resource limits, drops to the user (no groups, no new privileges),
+//!    resource limits, drops to the user (no groups, no new privileges,
+//!    killed if the jailer dies),
 //!    closes every inherited descriptor above 2 and executes the VMM with
 //!    an empty environment.
 //! 5. The parent forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to the VMM,

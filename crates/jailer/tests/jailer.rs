@@ -265,6 +265,44 @@ fn sigterm_to_the_jailer_stops_the_jailed_vm_in_order() {
 }
 
 #[test]
+fn the_jailed_vm_dies_with_the_jailer() {
+    let test = "the_jailed_vm_dies_with_the_jailer";
+    if !can_jail(test) || !kvm_available(test) {
+        return;
+    }
+    let base = Base::new("sigkill");
+    let id = base.id("vm");
+    let mut child = jail_cmd(&base, &id, &microvm())
+        .args(["--", "--cmdline", "kindling.test=hello,pio-loop"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap() > 0 {
+        if line.contains("Hello from the Kindling test guest!") {
+            break;
+        }
+        line.clear();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The VMM holds the other end of stdout: end of file once it is gone.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut rest);
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_secs(20)).is_ok(),
+        "the jailed VMM outlived the jailer"
+    );
+}
+
+#[test]
 fn daemonized_jailer_returns_once_the_vmm_runs() {
     let test = "daemonized_jailer_returns_once_the_vmm_runs";
     if !can_jail(test) || !kvm_available(test) {
