@@ -19,9 +19,8 @@
 //!    network namespaces (or joins the given network namespace),
 //!    `pivot_root`s into the jail and unmounts the host's tree, sets the
 //!    resource limits, drops to the user (no groups, no new privileges,
-//!    killed if the jailer dies),
-//!    closes every inherited descriptor above 2 and executes the VMM with
-//!    an empty environment.
+//!    killed if the jailer dies), closes every inherited descriptor above
+//!    2 and executes the VMM with an empty environment.
 //! 5. The parent forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to the VMM,
 //!    waits for it, removes the cgroup, and returns its exit status. A
 //!    failure of the child before the exec comes back through a pipe;
