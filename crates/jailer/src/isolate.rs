@@ -172,7 +172,12 @@ impl Child<'_> {
     /// closes itself at exec).
     fn close_fds(&self) -> Result<(), Error> {
         let keep = self.report_fd as libc::c_uint;
-        let ranges = [(3, keep.saturating_sub(1)), (keep + 1, libc::c_uint::MAX)];
+        // (The pipe may be below 3 if the jailer was started without a
+        // standard stream; 0 to 2 stay open regardless.)
+        let ranges = [
+            (3, keep.saturating_sub(1)),
+            ((keep + 1).max(3), libc::c_uint::MAX),
+        ];
         for (first, last) in ranges {
             if first > last {
                 continue;
