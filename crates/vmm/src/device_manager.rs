@@ -55,7 +55,7 @@ pub(crate) fn insert(
 impl LegacyDevices {
     /// Creates COM1 (IRQ 4) writing to `serial_out`, the i8042 (IRQ 1), the
     /// CMOS RTC, the ACPI PM registers and the boot timer, and wires their
-    /// interrupts to the VM; [`LegacyDevices::place`] puts them on the
+    /// interrupts to the VM; `LegacyDevices::place` puts them on the
     /// buses.
     pub fn create(
         vm: &Vm,
