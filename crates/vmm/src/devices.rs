@@ -70,6 +70,15 @@ pub enum VirtioKind {
     },
     /// The virtio-rng device.
     Entropy(Arc<Mutex<Entropy>>),
+    /// A virtio-net interface on a TAP.
+    Net {
+        /// The device.
+        device: Arc<Mutex<Net>>,
+        /// Its `iface_id` (a network override may name it by it).
+        iface_id: String,
+    },
+    /// The virtio-vsock device.
+    Vsock(Arc<Mutex<Vsock>>),
     /// A device added by the user, of a type the VMM does not know how to
     /// save: a snapshot of the VM is refused.
     Other,

@@ -15,7 +15,9 @@ use kindling_memory::{restore_guest_memory, GuestRam, MemoryConfig, Persist, Res
 use kindling_vcpu::x86_64::cpu_compat::check_compatible;
 use kindling_vcpu::{Kvm, Vcpu, VcpuRestoreArgs, Vm, VmOptions, VmRestoreArgs};
 use kindling_virtio::block::{Block, BlockRestoreArgs};
+use kindling_virtio::net::{Net, NetRestoreArgs};
 use kindling_virtio::rng::Entropy;
+use kindling_virtio::vsock::{Vsock, VsockRestoreArgs};
 use kindling_virtio::{MmioTransport, MmioTransportRestoreArgs, VirtioDevice};
 
 use super::state::{MicrovmState, VirtioDeviceState};
@@ -39,21 +41,62 @@ pub enum MemBackend {
     Uffd(PathBuf),
 }
 
-/// Names a disk of the snapshot.
+/// Names a device of the snapshot among those of its kind (a disk, a
+/// network interface).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DriveRef {
-    /// The disk's position among the snapshot's disks (the guest's vda is
-    /// 0).
+pub enum DeviceRef {
+    /// The device's position among the snapshot's devices of its kind (the
+    /// guest's vda, or its first network interface, is 0).
     Index(usize),
-    /// The disk's name in the snapshot (`disk 0`, ...).
+    /// The device's name in the snapshot: a disk's (`disk 0`, ...) or a
+    /// network interface's `iface_id` (`eth0`, ...).
     Id(String),
 }
 
-impl std::fmt::Display for DriveRef {
+/// Names a disk of the snapshot (see [`DeviceRef`]).
+pub type DriveRef = DeviceRef;
+
+impl std::fmt::Display for DeviceRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DriveRef::Index(index) => write!(f, "{index}"),
-            DriveRef::Id(id) => f.write_str(id),
+            DeviceRef::Index(index) => write!(f, "{index}"),
+            DeviceRef::Id(id) => f.write_str(id),
+        }
+    }
+}
+
+impl DeviceRef {
+    /// `N` is an index, anything else an id.
+    fn parse(s: &str) -> Self {
+        match s.parse() {
+            Ok(index) => DeviceRef::Index(index),
+            Err(_) => DeviceRef::Id(s.to_string()),
+        }
+    }
+}
+
+/// Attaches a network interface to another TAP at restore (Firecracker's
+/// `network_overrides`): the snapshot's TAP is not opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetOverride {
+    /// Which interface: its index among the snapshot's network interfaces
+    /// or its `iface_id`.
+    pub iface: DeviceRef,
+    /// The TAP interface to open instead.
+    pub tap: String,
+}
+
+impl std::str::FromStr for NetOverride {
+    type Err = String;
+
+    /// Parses `N=TAP` (an interface index) or `IFACE_ID=TAP`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('=') {
+            Some((iface, tap)) if !iface.is_empty() && !tap.is_empty() => Ok(Self {
+                iface: DeviceRef::parse(iface),
+                tap: tap.to_string(),
+            }),
+            _ => Err(format!("'{s}' is not IFACE=TAP")),
         }
     }
 }
@@ -79,19 +122,16 @@ impl std::str::FromStr for DiskOverride {
         if drive.is_empty() || path.is_empty() {
             return Err(format!("'{s}' is not DRIVE=PATH"));
         }
-        let drive = match drive.parse() {
-            Ok(index) => DriveRef::Index(index),
-            Err(_) => DriveRef::Id(drive.to_string()),
-        };
         Ok(Self {
-            drive,
+            drive: DeviceRef::parse(drive),
             path: path.into(),
         })
     }
 }
 
 /// How to restore a microVM (Firecracker's `PUT /snapshot/load`:
-/// `snapshot_path`, `mem_backend`, `resume_vm`, drive overrides).
+/// `snapshot_path`, `mem_backend`, `resume_vm`, drive, network and vsock
+/// overrides).
 pub struct RestoreConfig {
     /// The state file.
     pub state_path: PathBuf,
@@ -100,6 +140,14 @@ pub struct RestoreConfig {
     pub memory: MemBackend,
     /// Other images for some disks.
     pub disk_overrides: Vec<DiskOverride>,
+    /// Other TAPs for some network interfaces (the others reopen the TAP
+    /// they had, by name).
+    pub net_overrides: Vec<NetOverride>,
+    /// Another Unix socket path for the vsock device to listen on (`None`:
+    /// the path it had, which must be free: the saved VM's device removes
+    /// its socket when it goes; a socket left by a killed process must be
+    /// removed first, as at a normal start).
+    pub vsock_override: Option<PathBuf>,
     /// Where the serial console goes now.
     pub serial: SerialConfig,
     /// Start running when [`Vmm::start`] is called (`true`), or start
@@ -124,6 +172,8 @@ impl std::fmt::Debug for RestoreConfig {
             .field("state_path", &self.state_path)
             .field("memory", &self.memory)
             .field("disk_overrides", &self.disk_overrides)
+            .field("net_overrides", &self.net_overrides)
+            .field("vsock_override", &self.vsock_override)
             .field("serial", &self.serial)
             .field("resume", &self.resume)
             .field("stop_on_signals", &self.stop_on_signals)
@@ -140,6 +190,8 @@ impl RestoreConfig {
             state_path: state_path.into(),
             memory,
             disk_overrides: Vec::new(),
+            net_overrides: Vec::new(),
+            vsock_override: None,
             serial: SerialConfig::Stdout,
             resume: true,
             start_time: StartTime::now(),
@@ -267,7 +319,7 @@ fn check_layout(
         }
         paths.push(match &slot.device {
             VirtioDeviceState::Block { path, .. } => Some(path.clone()),
-            VirtioDeviceState::Entropy(_) => None,
+            _ => None,
         });
     }
     let disks: Vec<usize> = (0..state.virtio.len())
@@ -297,6 +349,65 @@ fn check_layout(
         paths[slot] = Some(o.path.clone());
     }
     Ok(paths)
+}
+
+/// Resolves the network overrides to a TAP name per slot (`None`: the
+/// saved TAP), and checks a vsock override has a device to apply to.
+fn resolve_net_overrides(
+    state: &MicrovmState,
+    net_overrides: &[NetOverride],
+    vsock_override: Option<&Path>,
+) -> Result<Vec<Option<String>>, SnapshotError> {
+    let nets: Vec<(usize, &str)> = state
+        .virtio
+        .iter()
+        .enumerate()
+        .filter_map(|(i, slot)| match &slot.device {
+            VirtioDeviceState::Net { iface_id, .. } => Some((i, iface_id.as_str())),
+            _ => None,
+        })
+        .collect();
+    let mut taps = vec![None; state.virtio.len()];
+    for o in net_overrides {
+        let found = match &o.iface {
+            DeviceRef::Index(index) => nets.get(*index),
+            DeviceRef::Id(id) => nets.iter().find(|(_, iface)| iface == id),
+        };
+        let Some(&(slot, _)) = found else {
+            let names: Vec<String> = nets
+                .iter()
+                .enumerate()
+                .map(|(n, (_, iface))| format!("{n} '{iface}'"))
+                .collect();
+            return Err(SnapshotError::UnknownNet {
+                iface: o.iface.to_string(),
+                nets: if names.is_empty() {
+                    "no network interfaces".into()
+                } else {
+                    names.join(", ")
+                },
+            });
+        };
+        if taps[slot].is_some() {
+            return Err(SnapshotError::DuplicateOverride {
+                what: "network interface",
+                device: state.virtio[slot].name.clone(),
+            });
+        }
+        taps[slot] = Some(o.tap.clone());
+    }
+    if let Some(path) = vsock_override {
+        if !state
+            .virtio
+            .iter()
+            .any(|slot| matches!(slot.device, VirtioDeviceState::Vsock(_)))
+        {
+            return Err(SnapshotError::NoVsock {
+                path: path.to_path_buf(),
+            });
+        }
+    }
+    Ok(taps)
 }
 
 /// Creates guest memory for the snapshot from `backend`.
@@ -358,6 +469,11 @@ impl Vmm {
             .into());
         }
         let disk_paths = check_layout(&state, &config.disk_overrides)?;
+        let taps = resolve_net_overrides(
+            &state,
+            &config.net_overrides,
+            config.vsock_override.as_deref(),
+        )?;
 
         let kvm = Kvm::new()?;
         if state.vcpus.len() > kvm.max_vcpus() {
@@ -416,7 +532,9 @@ impl Vmm {
         let mut slots = Vec::with_capacity(state.virtio.len());
         let mut disks = Vec::new();
         let mut entropy = None;
-        for (slot, path) in state.virtio.iter().zip(disk_paths) {
+        let mut nets = Vec::new();
+        let mut vsock = None;
+        for ((slot, path), tap) in state.virtio.iter().zip(disk_paths).zip(taps) {
             let (device, kind): (Arc<Mutex<dyn VirtioDevice>>, VirtioKind) =
                 match (&slot.device, path) {
                     (VirtioDeviceState::Block { state: block, .. }, Some(path)) => {
@@ -439,6 +557,39 @@ impl Vmm {
                         ));
                         entropy.get_or_insert_with(|| device.clone());
                         (device.clone(), VirtioKind::Entropy(device))
+                    }
+                    (VirtioDeviceState::Net { iface_id, state }, _) => {
+                        let args = match tap {
+                            Some(tap) => NetRestoreArgs::OverrideTap(tap),
+                            None => NetRestoreArgs::SameTap,
+                        };
+                        let device = Arc::new(Mutex::new(
+                            Net::restore(args, state).map_err(restore_err(slot.name.clone()))?,
+                        ));
+                        nets.push((iface_id.clone(), device.clone()));
+                        (
+                            device.clone(),
+                            VirtioKind::Net {
+                                device,
+                                iface_id: iface_id.clone(),
+                            },
+                        )
+                    }
+                    (VirtioDeviceState::Vsock(saved), _) => {
+                        let args = VsockRestoreArgs {
+                            uds_path: config.vsock_override.clone(),
+                        };
+                        let device = Arc::new(Mutex::new(
+                            Vsock::restore(args, saved).map_err(restore_err(slot.name.clone()))?,
+                        ));
+                        if vsock.is_some() {
+                            return Err(SnapshotError::InvalidState {
+                                reason: format!("the {} is a second vsock device", slot.name),
+                            }
+                            .into());
+                        }
+                        vsock = Some(device.clone());
+                        (device.clone(), VirtioKind::Vsock(device))
                     }
                     (VirtioDeviceState::Block { .. }, None) => {
                         // check_layout gives every disk a path.
@@ -491,10 +642,8 @@ impl Vmm {
                 legacy,
                 disks,
                 entropy,
-                // A VM with a vsock device is refused at snapshot time
-                // (its kind is not one a snapshot saves yet).
-                vsock: None,
-                net: Vec::new(),
+                vsock,
+                net: nets,
                 virtio: slots,
             },
             handler: Arc::new(BusExitHandler {
