@@ -132,7 +132,9 @@ pub enum SnapshotError {
         disks: String,
     },
     /// A network override names no interface of the snapshot.
-    #[error("the network override '{iface}' names no network interface of the snapshot (it has {nets})")]
+    #[error(
+        "the network override '{iface}' names no network interface of the snapshot (it has {nets})"
+    )]
     UnknownNet {
         /// The override's interface.
         iface: String,

@@ -20,7 +20,7 @@ use kindling_virtio::rng::Entropy;
 use kindling_virtio::vsock::{Vsock, VsockRestoreArgs};
 use kindling_virtio::{MmioTransport, MmioTransportRestoreArgs, VirtioDevice};
 
-use super::state::{MicrovmState, VirtioDeviceState};
+use super::state::{MicrovmState, VirtioDeviceState, VirtioSlotState};
 use super::{decode_state, SnapshotError, MAX_STATE_FILE_SIZE};
 use crate::device_manager::{irq_line, LegacyDevices};
 use crate::devices::VirtioKind;
@@ -354,12 +354,11 @@ fn check_layout(
 /// Resolves the network overrides to a TAP name per slot (`None`: the
 /// saved TAP), and checks a vsock override has a device to apply to.
 fn resolve_net_overrides(
-    state: &MicrovmState,
+    slots: &[VirtioSlotState],
     net_overrides: &[NetOverride],
     vsock_override: Option<&Path>,
 ) -> Result<Vec<Option<String>>, SnapshotError> {
-    let nets: Vec<(usize, &str)> = state
-        .virtio
+    let nets: Vec<(usize, &str)> = slots
         .iter()
         .enumerate()
         .filter_map(|(i, slot)| match &slot.device {
@@ -367,7 +366,7 @@ fn resolve_net_overrides(
             _ => None,
         })
         .collect();
-    let mut taps = vec![None; state.virtio.len()];
+    let mut taps = vec![None; slots.len()];
     for o in net_overrides {
         let found = match &o.iface {
             DeviceRef::Index(index) => nets.get(*index),
@@ -391,14 +390,13 @@ fn resolve_net_overrides(
         if taps[slot].is_some() {
             return Err(SnapshotError::DuplicateOverride {
                 what: "network interface",
-                device: state.virtio[slot].name.clone(),
+                device: slots[slot].name.clone(),
             });
         }
         taps[slot] = Some(o.tap.clone());
     }
     if let Some(path) = vsock_override {
-        if !state
-            .virtio
+        if !slots
             .iter()
             .any(|slot| matches!(slot.device, VirtioDeviceState::Vsock(_)))
         {
@@ -470,7 +468,7 @@ impl Vmm {
         }
         let disk_paths = check_layout(&state, &config.disk_overrides)?;
         let taps = resolve_net_overrides(
-            &state,
+            &state.virtio,
             &config.net_overrides,
             config.vsock_override.as_deref(),
         )?;
@@ -746,5 +744,118 @@ mod tests {
         assert!("nopath".parse::<DiskOverride>().is_err());
         assert!("=x".parse::<DiskOverride>().is_err());
         assert!("1=".parse::<DiskOverride>().is_err());
+    }
+
+    #[test]
+    fn net_overrides_parse() {
+        let o: NetOverride = "1=tap7".parse().unwrap();
+        assert_eq!((o.iface, o.tap.as_str()), (DeviceRef::Index(1), "tap7"));
+        let o: NetOverride = "eth0=tap8".parse().unwrap();
+        assert_eq!(o.iface, DeviceRef::Id("eth0".into()));
+        for bad in ["tap", "=tap", "0=", ""] {
+            let e = bad.parse::<NetOverride>().unwrap_err();
+            assert!(e.contains("is not IFACE=TAP"), "{e}");
+        }
+    }
+
+    fn slot(name: &str, device: VirtioDeviceState) -> VirtioSlotState {
+        VirtioSlotState {
+            name: name.into(),
+            base: 0,
+            irq: 0,
+            transport: kindling_virtio::MmioTransportState {
+                device_id: device.device_id().0,
+                status: 0,
+                device_features_sel: 0,
+                driver_features_sel: 0,
+                driver_features: 0,
+                driver_features_high: false,
+                queue_sel: 0,
+                shm_sel: 0,
+                queues: Vec::new(),
+                interrupt: Default::default(),
+                activated: false,
+            },
+            device,
+        }
+    }
+
+    fn net(iface: &str) -> VirtioDeviceState {
+        VirtioDeviceState::Net {
+            iface_id: iface.into(),
+            state: kindling_virtio::net::NetState {
+                config: kindling_virtio::net::NetConfig::new(format!("tap-{iface}")),
+                device_features: 0,
+                held_frame: None,
+            },
+        }
+    }
+
+    #[test]
+    fn net_overrides_resolve_by_index_or_id_and_unknown_ones_are_refused() {
+        let slots = vec![
+            slot(
+                "entropy device",
+                VirtioDeviceState::Entropy(kindling_virtio::rng::EntropyState { queue_size: 8 }),
+            ),
+            slot("network interface eth0", net("eth0")),
+            slot("network interface eth1", net("eth1")),
+        ];
+        let o = |s: &str| s.parse::<NetOverride>().unwrap();
+        let taps = resolve_net_overrides(&slots, &[o("1=tapB"), o("eth0=tapA")], None).unwrap();
+        assert_eq!(taps, vec![None, Some("tapA".into()), Some("tapB".into())]);
+        let e = resolve_net_overrides(&slots, &[o("2=x")], None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the network override '2' names no network interface of the snapshot (it has 0 'eth0', 1 'eth1')"
+        );
+        let e = resolve_net_overrides(&slots, &[o("eth9=x")], None).unwrap_err();
+        assert!(e.to_string().contains("'eth9' names no network"), "{e}");
+        let e = resolve_net_overrides(&slots, &[o("0=x"), o("eth0=y")], None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("two overrides name the network interface"),
+            "{e}"
+        );
+        let e = resolve_net_overrides(&slots[..1], &[o("0=x")], None).unwrap_err();
+        assert!(
+            e.to_string().contains("(it has no network interfaces)"),
+            "{e}"
+        );
+        // A vsock override needs a vsock device.
+        let e = resolve_net_overrides(&slots, &[], Some(Path::new("/run/v.sock"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a vsock override (/run/v.sock) was given but the snapshot has no vsock device"
+        );
+    }
+
+    #[test]
+    fn network_and_vsock_slots_round_trip_through_the_state_format() {
+        let vsock = VirtioDeviceState::Vsock(kindling_virtio::vsock::VsockState {
+            guest_cid: 3,
+            uds_path: "/run/v.sock".into(),
+            queue_sizes: [256; 3],
+        });
+        let mut with_frame = net("eth0");
+        if let VirtioDeviceState::Net { state, .. } = &mut with_frame {
+            state.held_frame = Some(kindling_virtio::net::HeldFrame {
+                bytes: vec![7; 60],
+                charged: true,
+            });
+        }
+        let slots = vec![
+            slot("network interface eth0", with_frame),
+            slot("vsock device", vsock),
+        ];
+        let bytes = super::super::encode_state(&slots).unwrap();
+        let back: Vec<VirtioSlotState> = decode_state(&bytes).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{slots:?}"));
+        assert_eq!(back[0].device.device_id(), (1, "network"));
+        assert_eq!(back[1].device.device_id(), (19, "vsock"));
+        // Any cut is a clear error.
+        for cut in [bytes.len() / 2, bytes.len() - 1] {
+            assert!(decode_state::<Vec<VirtioSlotState>>(&bytes[..cut]).is_err());
+        }
     }
 }
