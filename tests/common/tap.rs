@@ -81,6 +81,47 @@ pub fn create_tap(name: &str) -> io::Result<i32> {
     Ok(unsafe { libc::if_nametoindex(c_name.as_ptr()) } as i32)
 }
 
+/// Waits (up to 5 s) until the TAP `name` is running: a process has
+/// attached to it and the kernel's link watcher has taken the carrier up.
+/// Until then frames written to its host side are dropped (the kernel
+/// activates a device's queueing discipline with the carrier, up to a
+/// second after the attach), so a test that sends right after a VMM opened
+/// the TAP waits for this first.
+pub fn wait_running(name: &str) -> io::Result<()> {
+    // SAFETY: a plain socket call.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    check(sock, "socket")?;
+    // SAFETY: just created, ours.
+    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mut req = [0u8; 40];
+        req[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: `req` is a 40-byte `struct ifreq` naming the interface.
+        let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, req.as_mut_ptr()) };
+        check(r, "SIOCGIFFLAGS")?;
+        let flags = i16::from_ne_bytes([req[16], req[17]]);
+        if flags & libc::IFF_RUNNING as i16 != 0 {
+            // The queueing discipline is activated right after.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(io::Error::other(format!("TAP {name} never came up")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// A frame for the guest (whose MAC is 06:00:ac:10:00:02): number `i`,
+/// `len` bytes, local-experimental EtherType, recognisable body.
+pub fn host_frame(i: u32, len: usize) -> Vec<u8> {
+    let mut f = vec![6, 0, 0xac, 0x10, 0, 2, 2, 0, 0, 0, 0, 9, 0x88, 0xb5];
+    f.extend_from_slice(&i.to_le_bytes());
+    f.extend((18..len).map(|k| (k as u32 ^ i.wrapping_mul(31)) as u8));
+    f
+}
+
 /// The 12-byte virtio header as `PACKET_VNET_HDR` gives it (10 bytes,
 /// without `num_buffers`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
