@@ -328,12 +328,26 @@ fn a_disk_keeps_its_io_uring_engine_and_rate_limits_across_a_restore() {
     );
 }
 
-/// A VM with a network interface and a vsock device, snapshotted (the
-/// guest counting), for the bad-input checks.
+/// A VM with a disk (io_uring, rate-limited), a network interface and a
+/// vsock device, snapshotted (the guest counting), for the bad-input
+/// checks.
 fn net_and_vsock_snapshot(dir: &TempDir) -> (PathBuf, PathBuf, PathBuf) {
     let uds = dir.0.join("v.sock");
     let serial = Capture::default();
+    let disk = dir.file("disk.img", &vec![0u8; 64 * 512]);
     let config = VmConfig {
+        disks: vec![DiskConfig {
+            engine: BlockEngine::IoUring,
+            rate_limiter: Some(RateLimiterConfig {
+                bandwidth: None,
+                ops: Some(TokenBucketConfig {
+                    size: 100,
+                    one_time_burst: 0,
+                    refill_time: 1000,
+                }),
+            }),
+            ..format!("{}", disk.display()).parse::<DiskConfig>().unwrap()
+        }],
         net: vec![interface("kdlsc")],
         vsock: Some(VsockConfig {
             guest_cid: 3,
@@ -451,6 +465,12 @@ fn bad_overrides_and_damaged_device_states_are_clear_errors() {
     old[8..12].copy_from_slice(&1u32.to_le_bytes());
     let e = with_file(&old);
     assert!(e.contains("format version 1 is not supported"), "{e}");
+    // `KINDLING_WRITE_FUZZ_SEED=DIR` keeps this state's payload as a seed
+    // of the fuzz target snapshot_state_file (fuzz/README.md).
+    if let Some(seeds) = std::env::var_os("KINDLING_WRITE_FUZZ_SEED") {
+        let payload = &good[20..good.len() - 4];
+        std::fs::write(Path::new(&seeds).join("net-vsock-disk"), payload).unwrap();
+    }
     // After all that, the snapshot still restores.
     let running = Vmm::restore(config()).unwrap().start().unwrap();
     std::thread::sleep(Duration::from_millis(200));

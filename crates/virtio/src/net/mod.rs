@@ -17,6 +17,9 @@
 //!   does a bounded amount of work. Optional [`RateLimiter`]s on each
 //!   direction stop a queue and resume it from a timerfd on the loop.
 //!
+//! Snapshots ([`NetState`]) keep the configuration and the held frame; the
+//! TAP is reopened by name or an override at restore (see `persist.rs`).
+//!
 //! Queue 0 receives, queue 1 transmits (no control queue, one pair).
 //!
 //! [`RateLimiter`]: crate::rate_limiter::RateLimiter

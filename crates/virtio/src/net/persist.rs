@@ -2,9 +2,12 @@
 //! configuration (TAP name, MAC, queue size, rate limits) and the frame it
 //! holds, if any (read from the TAP, not yet delivered because the driver
 //! had no receive buffers left): the restored device delivers it first, so
-//! a snapshot loses no frame the device had taken. (Frames still queued in
-//! the TAP belong to the host interface: a restore on the same TAP finds
-//! them there, a restore on another TAP does not.) The features the
+//! a snapshot loses no frame the device had taken. Frames still queued in
+//! the TAP are the kernel's: they are dropped when the saved VM's process
+//! closes the TAP (Linux purges a TAP's queue when its last fd goes), like
+//! packets lost on a link, which TCP retransmits; a TAP reattached by the
+//! restored VM also drops what the host sends it until the kernel has
+//! brought its carrier up (a few milliseconds). The features the
 //! driver accepted and the queues are saved by the transport, whose
 //! restore reactivates the device (which sets the TAP's offloads again).
 //! The TAP is reopened by name at restore, or by another name

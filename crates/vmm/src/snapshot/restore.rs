@@ -839,6 +839,16 @@ mod tests {
         });
         let mut with_frame = net("eth0");
         if let VirtioDeviceState::Net { state, .. } = &mut with_frame {
+            // A limiter with one bucket unset (JSON leaves it out, the
+            // state file must not).
+            state.config.rx_rate_limiter = Some(kindling_virtio::rate_limiter::RateLimiterConfig {
+                bandwidth: None,
+                ops: Some(kindling_virtio::rate_limiter::TokenBucketConfig {
+                    size: 5,
+                    one_time_burst: 0,
+                    refill_time: 10,
+                }),
+            });
             state.held_frame = Some(kindling_virtio::net::HeldFrame {
                 bytes: vec![7; 60],
                 charged: true,
