@@ -13,10 +13,11 @@ mod vsock;
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{kvm_available, wait_until, Capture, TempDir};
+use common::{kvm_available, microvm_binary, wait_until, Capture, TempDir};
 use kindling::vmm::snapshot::{
     decode_state, encode_state, MemBackend, MicrovmState, NetOverride, RestoreConfig, SnapshotKind,
     SnapshotRequest, VirtioDeviceState,
@@ -155,6 +156,61 @@ fn a_vm_on_a_tap_comes_back_on_its_tap_or_an_override_and_frames_flow_again() {
     // Nothing went to the first TAP after the override.
     assert!(first.recv().is_none());
     eprintln!("restore with a network interface: {restore_time:?}");
+}
+
+/// A `microvm --restore` process: it is forked from the test's thread,
+/// so it shares the thread's network namespace and sees its TAPs.
+fn spawn_restore(state: &Path, mem: &Path, extra: &[&str]) -> std::process::Child {
+    Command::new(microvm_binary())
+        .arg("--restore")
+        .arg(state)
+        .arg("--restore-mem")
+        .arg(mem)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_vm_on_a_tap_restored_in_a_new_process_on_an_override_tap_exchanges_frames() {
+    let test = "a_vm_on_a_tap_restored_in_a_new_process_on_an_override_tap_exchanges_frames";
+    if !kvm_available(test) || !tap_available(test) {
+        return;
+    }
+    let dir = TempDir::new("snap-net-process");
+    let first = PacketSocket::new(create_tap("kdlpa").unwrap(), 3000).unwrap();
+    let second = PacketSocket::new(create_tap("kdlpb").unwrap(), 3000).unwrap();
+    let serial = Capture::default();
+    let config = VmConfig {
+        net: vec![interface("kdlpa")],
+        ..guest_config("kindling.test=virtio,net-echo:30", &serial)
+    };
+    let running = Vmm::build(config).unwrap().start().unwrap();
+    wait_until("net-echo: start", || {
+        serial.text().contains("net-echo: start")
+    });
+    wait_running("kdlpa").unwrap();
+    echo_frames(&first, 0..10, &serial);
+    let (state, mem) = snapshot_and_stop(running, &dir.0, "a");
+
+    let child = spawn_restore(&state, &mem, &["--net-override", "0=kdlpb"]);
+    wait_running("kdlpb").unwrap();
+    echo_frames(&second, 10..30, &serial);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("net-echo: done frames=30 ") && stdout.contains(" dropped=0"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -417,6 +473,29 @@ fn bad_overrides_and_damaged_device_states_are_clear_errors() {
         ..config()
     });
     assert!(e.contains("does not exist"), "{e}");
+
+    // The same through the example VMM: one line on stderr, exit 1.
+    for (flags, expected) in [
+        (
+            &["--net-override", "eth7=kdlsc"][..],
+            "the network override 'eth7' names no network interface",
+        ),
+        (
+            &["--net-override", "0=kdl-none"][..],
+            "no network interface \"kdl-none\"",
+        ),
+        (&["--net-override", "kdlsc"][..], "is not IFACE=TAP"),
+    ] {
+        let out = spawn_restore(&state, &mem, flags)
+            .wait_with_output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flags:?}: {err}");
+        assert!(err.contains(expected), "{flags:?}: {err}");
+        if !flags[1].starts_with("kdlsc") {
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
 
     // Damaged state files: truncated, a flipped bit, a held frame of an
     // impossible length, a device whose transport is of another type.
