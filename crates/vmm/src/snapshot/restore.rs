@@ -446,7 +446,15 @@ impl Vmm {
     /// virtio device at the window and line this VMM would give it), the
     /// host CPU (vendor and every feature the guest was shown), the memory
     /// file's size, each disk's capacity, each queue against guest
-    /// memory. Any failure is an error and nothing is left running.
+    /// memory, each override against the snapshot's devices, each TAP and
+    /// the vsock socket path as the devices open them. Any failure is an
+    /// error and nothing is left running.
+    ///
+    /// Network interfaces reopen their TAP (or an override's); a frame the
+    /// device held is delivered first. The vsock device listens again (on
+    /// its path or the override) with no connection and sends the guest a
+    /// transport reset. Disks reopen on the I/O engine they had, with their
+    /// rate limits (token buckets full).
     ///
     /// Guest memory is mapped, not read: the cost does not depend on the
     /// guest's size.
