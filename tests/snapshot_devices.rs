@@ -26,8 +26,8 @@ use kindling::vmm::{
     BlockEngine, DiskConfig, ExitReason, KernelSource, NetConfig, RateLimiterConfig, RunningVmm,
     SerialConfig, TokenBucketConfig, VmConfig, Vmm, VmmError, VsockConfig,
 };
-use tap::{create_tap, host_frame, tap_available, wait_running, PacketSocket, Vnet};
-use vsock::{closed_by_the_device, host_connect, pattern};
+use tap::{create_tap, host_frame, tap_available, PacketSocket, Vnet};
+use vsock::{closed_by_the_device, echo_listener, host_connect, pattern};
 
 const MAC: &str = "06:00:ac:10:00:02";
 
@@ -76,16 +76,34 @@ fn restore_config(state: &Path, mem: &Path, serial: &Capture) -> RestoreConfig {
     }
 }
 
+/// Creates the TAP `name` and a packet socket on it that sends past the
+/// queueing discipline: right after a VMM (re)attached a TAP, frames
+/// through the discipline may be dropped until the kernel's link watcher
+/// catches up with the carrier; past it they either reach the TAP's queue
+/// or fail (and [`PacketSocket::send_when_attached`] tries again).
+fn bypassing_socket(name: &str) -> PacketSocket {
+    let sock = PacketSocket::new(create_tap(name).unwrap(), 3000).unwrap();
+    sock.bypass_qdisc().unwrap();
+    sock
+}
+
 /// Sends frames `range` into the TAP and checks each comes back, echoed
-/// by the guest's `net-echo`, before the next is sent.
-fn echo_frames(sock: &PacketSocket, range: std::ops::Range<u32>, serial: &Capture) {
+/// by the guest's `net-echo`, before the next is sent; the number of the
+/// first frame whose echo did not come.
+fn try_echo_frames(sock: &PacketSocket, range: std::ops::Range<u32>) -> Result<(), u32> {
     for i in range {
         let frame = host_frame(i, 60 + (i as usize * 37) % 1400);
-        sock.send(Vnet::default(), &frame).unwrap();
-        let (_, got) = sock
-            .recv()
-            .unwrap_or_else(|| panic!("echo {i} missing; guest:\n{}", serial.text()));
+        sock.send_when_attached(Vnet::default(), &frame).unwrap();
+        let (_, got) = sock.recv().ok_or(i)?;
         assert_eq!(got, frame, "echo {i}");
+    }
+    Ok(())
+}
+
+/// [`try_echo_frames`], failing with what the guest printed.
+fn echo_frames(sock: &PacketSocket, range: std::ops::Range<u32>, serial: &Capture) {
+    if let Err(i) = try_echo_frames(sock, range) {
+        panic!("echo {i} missing; guest:\n{}", serial.text());
     }
 }
 
@@ -96,8 +114,8 @@ fn a_vm_on_a_tap_comes_back_on_its_tap_or_an_override_and_frames_flow_again() {
         return;
     }
     let dir = TempDir::new("snap-net");
-    let first = PacketSocket::new(create_tap("kdlsa").unwrap(), 3000).unwrap();
-    let second = PacketSocket::new(create_tap("kdlsb").unwrap(), 3000).unwrap();
+    let first = bypassing_socket("kdlsa");
+    let second = bypassing_socket("kdlsb");
     let serial = Capture::default();
     let config = VmConfig {
         net: vec![interface("kdlsa")],
@@ -107,7 +125,6 @@ fn a_vm_on_a_tap_comes_back_on_its_tap_or_an_override_and_frames_flow_again() {
     wait_until("net-echo: start", || {
         serial.text().contains("net-echo: start")
     });
-    wait_running("kdlsa").unwrap();
     echo_frames(&first, 0..20, &serial);
     // Frame 20 is on its way when the VM is paused: it is echoed once,
     // before the snapshot or after the restore. (The test waits until the
@@ -115,7 +132,7 @@ fn a_vm_on_a_tap_comes_back_on_its_tap_or_an_override_and_frames_flow_again() {
     // VMM closes it is dropped by the kernel, and the guest would wait for
     // it.)
     let frame20 = host_frame(20, 100);
-    first.send(Vnet::default(), &frame20).unwrap();
+    first.send_when_attached(Vnet::default(), &frame20).unwrap();
     let net = running.devices().net[0].1.clone();
     wait_until("frame 20 taken", || {
         net.lock().unwrap().counters().rx_frames > 20
@@ -132,7 +149,6 @@ fn a_vm_on_a_tap_comes_back_on_its_tap_or_an_override_and_frames_flow_again() {
     let running = vmm.start().unwrap();
     let (_, got) = first.recv().expect("frame 20 echoed exactly once");
     assert_eq!(got, frame20);
-    wait_running("kdlsa").unwrap();
     echo_frames(&first, 21..40, &serial);
     let (state, mem) = snapshot_and_stop(running, &dir.0, "b");
 
@@ -144,7 +160,6 @@ fn a_vm_on_a_tap_comes_back_on_its_tap_or_an_override_and_frames_flow_again() {
     let vmm = Vmm::restore(config).unwrap();
     assert_eq!(vmm.devices().net[0].1.lock().unwrap().tap_name(), "kdlsb");
     let running = vmm.start().unwrap();
-    wait_running("kdlsb").unwrap();
     echo_frames(&second, 40..60, &serial);
     let reason = running.wait().unwrap();
     let text = serial.text();
@@ -181,8 +196,8 @@ fn a_vm_on_a_tap_restored_in_a_new_process_on_an_override_tap_exchanges_frames()
         return;
     }
     let dir = TempDir::new("snap-net-process");
-    let first = PacketSocket::new(create_tap("kdlpa").unwrap(), 3000).unwrap();
-    let second = PacketSocket::new(create_tap("kdlpb").unwrap(), 3000).unwrap();
+    let first = bypassing_socket("kdlpa");
+    let second = bypassing_socket("kdlpb");
     let serial = Capture::default();
     let config = VmConfig {
         net: vec![interface("kdlpa")],
@@ -192,14 +207,19 @@ fn a_vm_on_a_tap_restored_in_a_new_process_on_an_override_tap_exchanges_frames()
     wait_until("net-echo: start", || {
         serial.text().contains("net-echo: start")
     });
-    wait_running("kdlpa").unwrap();
     echo_frames(&first, 0..10, &serial);
     let (state, mem) = snapshot_and_stop(running, &dir.0, "a");
 
     let child = spawn_restore(&state, &mem, &["--net-override", "0=kdlpb"]);
-    wait_running("kdlpb").unwrap();
-    echo_frames(&second, 10..30, &serial);
+    let echoed = try_echo_frames(&second, 10..30);
     let out = child.wait_with_output().unwrap();
+    if let Err(i) = echoed {
+        panic!(
+            "echo {i} missing; the restored VM printed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -227,7 +247,7 @@ fn a_vsock_connection_is_reset_by_a_restore_and_new_ones_work() {
             uds_path: uds.clone(),
         }),
         ..guest_config(
-            "kindling.test=virtio,vsock-listen:5000,vsock-listen:5001,vsock-listen:5002",
+            "kindling.test=virtio,vsock-listen:5000,vsock-listen:5001,vsock-listen:5002,vsock-connect:6000:4000",
             &serial,
         )
     };
@@ -283,8 +303,10 @@ fn a_vsock_connection_is_reset_by_a_restore_and_new_ones_work() {
     });
     let (state, mem) = snapshot_and_stop(running, &dir.0, "b");
 
-    // Again on another socket path; the guest waits for a connection.
+    // Again on another socket path; the guest waits for a connection, then
+    // connects to host port 6000: at `<override>_6000`.
     let other = dir.0.join("other.sock");
+    let host_listener = echo_listener(&other, 6000);
     let config = RestoreConfig {
         vsock_override: Some(other.clone()),
         ..restore_config(&state, &mem, &serial)
@@ -310,7 +332,74 @@ fn a_vsock_connection_is_reset_by_a_restore_and_new_ones_work() {
         text.contains("vsock: listen port=5002 echoed=100 "),
         "{text}"
     );
+    assert_eq!(host_listener.join().unwrap(), 4000);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("vsock: connect port=6000 "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains(" sent=4000 received=4000 ") && line.ends_with(" mismatches=0"),
+        "{line}"
+    );
     eprintln!("restore with a vsock device: {restore_time:?}");
+}
+
+#[test]
+fn a_vsock_vm_restored_in_a_new_process_listens_on_the_override_socket() {
+    if !kvm_available("a_vsock_vm_restored_in_a_new_process_listens_on_the_override_socket") {
+        return;
+    }
+    let dir = TempDir::new("snap-vsock-process");
+    let uds = dir.0.join("v.sock");
+    let serial = Capture::default();
+    let config = VmConfig {
+        vsock: Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: uds.clone(),
+        }),
+        ..guest_config("kindling.test=virtio,count,vsock-listen:5000", &serial)
+    };
+    // The guest counts forever: the snapshot is taken while it does, and
+    // the restored guest goes on counting (vsock-listen is never reached:
+    // the point is the device, listening in the new process).
+    let running = Vmm::build(config).unwrap().start().unwrap();
+    wait_until("count: 2", || counts(&serial.text()).len() > 2);
+    let (state, mem) = snapshot_and_stop(running, &dir.0, "a");
+    // A file left at the saved path (as by a killed VMM) is refused...
+    std::fs::write(&uds, b"").unwrap();
+    let out = spawn_restore(&state, &mem, &["--serial", "off"])
+        .wait_with_output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("already exists (in use, or left over"),
+        "{err}"
+    );
+    // ... an override is not in its way.
+    let other = dir.0.join("other.sock");
+    let mut child = spawn_restore(
+        &state,
+        &mem,
+        &[
+            "--vsock-override",
+            other.to_str().unwrap(),
+            "--serial",
+            "off",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !other.exists() {
+        assert!(Instant::now() < deadline, "the restored VM never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The device answers on its socket: a CONNECT to a port nobody
+    // listens on in the guest is closed, not hung.
+    let (mut stream, port) = host_connect(&other, 7777);
+    assert_eq!(port, None);
+    assert!(closed_by_the_device(&mut stream));
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 /// The `count: N` numbers of the complete lines the guest printed.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::{crc32, kvm_available, microvm_binary, Capture, TempDir};
 use kindling::virtio::vsock::{Vsock, VsockCounters, VsockError, FIRST_HOST_PORT};
 use kindling::vmm::{ExitReason, KernelSource, SerialConfig, VmConfig, Vmm, VmmError, VsockConfig};
-use vsock::{closed_by_the_device, host_connect, pattern};
+use vsock::{closed_by_the_device, echo_listener, host_connect, pattern};
 
 struct Run {
     reason: ExitReason,
@@ -84,27 +84,6 @@ fn run_with_device<T: Send + 'static>(
         },
         result,
     )
-}
-
-/// A host listener at `<uds>_<port>` that echoes one connection until
-/// end of file.
-fn echo_listener(uds: &Path, port: u32) -> thread::JoinHandle<usize> {
-    let mut path = uds.as_os_str().to_owned();
-    path.push(format!("_{port}"));
-    let listener = UnixListener::bind(PathBuf::from(path)).unwrap();
-    thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut total = 0;
-        loop {
-            let n = stream.read(&mut buf).unwrap();
-            if n == 0 {
-                return total;
-            }
-            stream.write_all(&buf[..n]).unwrap();
-            total += n;
-        }
-    })
 }
 
 #[test]

@@ -81,38 +81,6 @@ pub fn create_tap(name: &str) -> io::Result<i32> {
     Ok(unsafe { libc::if_nametoindex(c_name.as_ptr()) } as i32)
 }
 
-/// Waits (up to 5 s) until the TAP `name` is running: a process has
-/// attached to it and the kernel's link watcher has taken the carrier up.
-/// Until then frames written to its host side are dropped (the kernel
-/// activates a device's queueing discipline with the carrier, up to a
-/// second after the attach), so a test that sends right after a VMM opened
-/// the TAP waits for this first.
-pub fn wait_running(name: &str) -> io::Result<()> {
-    // SAFETY: a plain socket call.
-    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    check(sock, "socket")?;
-    // SAFETY: just created, ours.
-    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let mut req = [0u8; 40];
-        req[..name.len()].copy_from_slice(name.as_bytes());
-        // SAFETY: `req` is a 40-byte `struct ifreq` naming the interface.
-        let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, req.as_mut_ptr()) };
-        check(r, "SIOCGIFFLAGS")?;
-        let flags = i16::from_ne_bytes([req[16], req[17]]);
-        if flags & libc::IFF_RUNNING as i16 != 0 {
-            // The queueing discipline is activated right after.
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(io::Error::other(format!("TAP {name} never came up")));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-}
-
 /// A frame for the guest (whose MAC is 06:00:ac:10:00:02): number `i`,
 /// `len` bytes, local-experimental EtherType, recognisable body.
 pub fn host_frame(i: u32, len: usize) -> Vec<u8> {
@@ -239,12 +207,62 @@ impl PacketSocket {
 
     /// Writes `frame` into the TAP, towards the VMM.
     pub fn send(&self, header: Vnet, frame: &[u8]) -> io::Result<()> {
+        self.send_raw(header, frame).map_err(|e| {
+            let kind = e.kind();
+            io::Error::new(kind, format!("send: {e}"))
+        })
+    }
+
+    /// One `send`, its error as the kernel gave it.
+    fn send_raw(&self, header: Vnet, frame: &[u8]) -> io::Result<()> {
         let mut buf = header.to_bytes().to_vec();
         buf.extend_from_slice(frame);
         // SAFETY: `buf` is valid for reads of its length.
         let n = unsafe { libc::send(self.0.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
-        check(n as libc::c_int, "send")?;
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(())
+    }
+
+    /// Sends straight to the TAP's driver, past the queueing discipline
+    /// (`PACKET_QDISC_BYPASS`): a frame the TAP cannot take (no VMM has it
+    /// open) fails with `ENOBUFS` instead of vanishing. (Through the
+    /// discipline a frame sent while a TAP is being reattached, before the
+    /// kernel's link watcher caught up with its carrier, is dropped
+    /// silently.)
+    pub fn bypass_qdisc(&self) -> io::Result<()> {
+        let one = 1i32.to_ne_bytes();
+        // SAFETY: `one` is valid for reads of its length.
+        let r = unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                one.as_ptr().cast(),
+                one.len() as u32,
+            )
+        };
+        check(r, "PACKET_QDISC_BYPASS")
+    }
+
+    /// [`PacketSocket::send`], again every 10 ms for up to 5 s while the
+    /// TAP refuses the frame (on a socket with [`PacketSocket::bypass_qdisc`]:
+    /// until a VMM has the TAP open).
+    pub fn send_when_attached(&self, header: Vnet, frame: &[u8]) -> io::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match self.send_raw(header, frame) {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENOBUFS)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(io::Error::new(e.kind(), format!("send: {e}"))),
+                Ok(()) => return Ok(()),
+            }
+        }
     }
 
     /// The next frame the VMM wrote to the TAP (frames this host sent are

@@ -6,8 +6,9 @@
 #![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::thread;
 use std::time::Duration;
 
 /// The test guest's pattern (virtio_vsock.c).
@@ -54,4 +55,25 @@ pub fn closed_by_the_device(stream: &mut UnixStream) -> bool {
         Err(e) => e.kind() == ErrorKind::ConnectionReset,
         Ok(_) => false,
     }
+}
+
+/// A host listener at `<uds>_<port>` that echoes one connection until
+/// end of file.
+pub fn echo_listener(uds: &Path, port: u32) -> thread::JoinHandle<usize> {
+    let mut path = uds.as_os_str().to_owned();
+    path.push(format!("_{port}"));
+    let listener = UnixListener::bind(PathBuf::from(path)).unwrap();
+    thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0;
+        loop {
+            let n = stream.read(&mut buf).unwrap();
+            if n == 0 {
+                return total;
+            }
+            stream.write_all(&buf[..n]).unwrap();
+            total += n;
+        }
+    })
 }

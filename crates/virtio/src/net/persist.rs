@@ -5,9 +5,10 @@
 //! a snapshot loses no frame the device had taken. Frames still queued in
 //! the TAP are the kernel's: they are dropped when the saved VM's process
 //! closes the TAP (Linux purges a TAP's queue when its last fd goes), like
-//! packets lost on a link, which TCP retransmits; a TAP reattached by the
-//! restored VM also drops what the host sends it until the kernel has
-//! brought its carrier up (a few milliseconds). The features the
+//! packets lost on a link, which TCP retransmits; while no VMM has the TAP
+//! open, and until the kernel's link watcher has caught up with the
+//! carrier of a reopened one (up to a second), what the host sends to it
+//! is dropped too. The features the
 //! driver accepted and the queues are saved by the transport, whose
 //! restore reactivates the device (which sets the TAP's offloads again).
 //! The TAP is reopened by name at restore, or by another name
