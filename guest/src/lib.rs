@@ -216,8 +216,9 @@
 //! device restored from a snapshot sends) prints `vsock: transport reset`
 //! when the driver takes it (while an action polls the device) and ends
 //! the connection in progress as reset by its peer: `vsock-connect`
-//! prints what it had sent and received, `vsock-listen` what it had
-//! echoed, with ` reset`; the next action starts afresh.
+//! prints what it had sent and received (or `refused`, if it was still
+//! waiting for the host's answer), `vsock-listen` what it had echoed, with
+//! ` reset`; the next action starts afresh.
 //!
 //! `vsock-connect` uses local ports from 49152 up. The vsock pattern is
 //! byte `i` = `(i * 31 + (i >> 12)) mod 256`. `vsock-listen` keeps what it
