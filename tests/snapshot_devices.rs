@@ -38,6 +38,7 @@ fn guest_config(cmdline: &str, serial: &Capture) -> VmConfig {
         memory_mib: 64,
         serial: SerialConfig::Writer(Box::new(serial.clone())),
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
+        debug_exit: true,
         ..VmConfig::default()
     }
 }
@@ -72,6 +73,7 @@ fn restore_config(state: &Path, mem: &Path, serial: &Capture) -> RestoreConfig {
     RestoreConfig {
         serial: SerialConfig::Writer(Box::new(serial.clone())),
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
+        debug_exit: true,
         ..RestoreConfig::new(state, MemBackend::File(mem.to_path_buf()))
     }
 }
@@ -181,6 +183,7 @@ fn spawn_restore(state: &Path, mem: &Path, extra: &[&str]) -> std::process::Chil
         .arg(state)
         .arg("--restore-mem")
         .arg(mem)
+        .arg("--debug-exit")
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
