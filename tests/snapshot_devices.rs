@@ -4,6 +4,8 @@
 //! restored in this process (TAPs live in a network namespace of the
 //! test's thread, which a new process would not share).
 
+#[path = "api/client.rs"]
+mod client;
 mod common;
 #[path = "common/tap.rs"]
 mod tap;
@@ -17,6 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use client::ApiVm;
 use common::{kvm_available, microvm_binary, wait_until, Capture, TempDir};
 use kindling::vmm::snapshot::{
     decode_state, encode_state, MemBackend, MicrovmState, NetOverride, RestoreConfig, SnapshotKind,
@@ -234,6 +237,69 @@ fn a_vm_on_a_tap_restored_in_a_new_process_on_an_override_tap_exchanges_frames()
         stdout.contains("net-echo: done frames=30 ") && stdout.contains(" dropped=0"),
         "{stdout}"
     );
+}
+
+#[test]
+fn put_snapshot_load_with_network_overrides_reattaches_the_interface() {
+    let test = "put_snapshot_load_with_network_overrides_reattaches_the_interface";
+    if !kvm_available(test) || !tap_available(test) {
+        return;
+    }
+    let dir = TempDir::new("snap-net-api");
+    let first = bypassing_socket("kdlqa");
+    let second = bypassing_socket("kdlqb");
+    let serial = Capture::default();
+    let config = VmConfig {
+        net: vec![interface("kdlqa")],
+        ..guest_config("kindling.test=virtio,net-echo:20", &serial)
+    };
+    let running = Vmm::build(config).unwrap().start().unwrap();
+    wait_until("net-echo: start", || {
+        serial.text().contains("net-echo: start")
+    });
+    echo_frames(&first, 0..5, &serial);
+    let (state, mem) = snapshot_and_stop(running, &dir.0, "a");
+
+    // Forked from this thread: the API process sees the thread's TAPs.
+    let mut vm = ApiVm::start(&microvm_binary(), &dir.0, &[]);
+    let mut c = vm.client();
+    let load = |overrides: serde_json::Value| {
+        serde_json::json!({
+            "snapshot_path": state,
+            "mem_backend": {"backend_type": "File", "backend_path": mem},
+            "resume_vm": true,
+            "network_overrides": overrides,
+        })
+        .to_string()
+    };
+    for (overrides, needle) in [
+        (
+            serde_json::json!([{"iface_id": "eth9", "host_dev_name": "kdlqb"}]),
+            "the network override 'eth9' names no network interface of the snapshot (it has 0 'eth0')",
+        ),
+        (
+            serde_json::json!([{"iface_id": "eth0", "host_dev_name": "kdl-none"}]),
+            "no network interface \"kdl-none\"",
+        ),
+    ] {
+        let r = c.put("/snapshot/load", &load(overrides));
+        assert!(r.fault().contains(needle), "{r:?}");
+    }
+    let r = c.put(
+        "/snapshot/load",
+        &load(serde_json::json!([{"iface_id": "eth0", "host_dev_name": "kdlqb"}])),
+    );
+    assert_eq!(r.status, 204, "{r:?}");
+    if let Err(i) = try_echo_frames(&second, 5..20) {
+        panic!(
+            "echo {i} missing; the loaded VM printed {:?} {:?}",
+            vm.stdout.lock().unwrap(),
+            vm.stderr.lock().unwrap()
+        );
+    }
+    assert_eq!(vm.wait(), 0, "{:?}", vm.stderr.lock().unwrap());
+    let out = vm.stdout.lock().unwrap().join("\n");
+    assert!(out.contains("net-echo: done frames=20 "), "{out}");
 }
 
 #[test]
