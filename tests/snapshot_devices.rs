@@ -469,6 +469,26 @@ fn a_vsock_vm_restored_in_a_new_process_listens_on_the_override_socket() {
     assert!(closed_by_the_device(&mut stream));
     child.kill().unwrap();
     child.wait().unwrap();
+
+    // The same through the API's PUT /snapshot/load and vsock_override.
+    let _ = std::fs::remove_file(&other);
+    let third = dir.0.join("third.sock");
+    let vm = ApiVm::start(&microvm_binary(), &dir.0, &[]);
+    let r = vm.client().put(
+        "/snapshot/load",
+        &serde_json::json!({
+            "snapshot_path": state,
+            "mem_backend": {"backend_type": "File", "backend_path": mem},
+            "resume_vm": true,
+            "vsock_override": {"uds_path": third},
+        })
+        .to_string(),
+    );
+    assert_eq!(r.status, 204, "{r:?}");
+    assert!(third.exists(), "the loaded VM listens on the override");
+    let (mut stream, port) = host_connect(&third, 7777);
+    assert_eq!(port, None);
+    assert!(closed_by_the_device(&mut stream));
 }
 
 /// The `count: N` numbers of the complete lines the guest printed.
