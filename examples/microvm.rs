@@ -7,7 +7,8 @@
 //!     [--net tap=NAME[,mac=aa:bb:cc:dd:ee:ff]]...
 //!     [--entropy] [--vsock cid=N,uds=PATH] [--serial stdout|off|file=PATH]
 //! cargo run --release --example microvm -- --restore STATE_FILE --restore-mem MEM_FILE
-//!     [--disk-override N=PATH]... [--serial stdout|off|file=PATH]
+//!     [--disk-override N=PATH]... [--net-override N=TAP]...
+//!     [--vsock-override PATH] [--serial stdout|off|file=PATH]
 //! ```
 //!
 //! `--snapshot-on-line TEXT --snapshot-state STATE_FILE --snapshot-mem
@@ -35,7 +36,7 @@ use kindling::api::models::{LogLevel, LoggerConfig};
 use kindling::vcpu::VcpuError;
 use kindling::vmm::console::{self, ConsoleEscape, RawTerminal, ESCAPE_HELP};
 use kindling::vmm::snapshot::{
-    DiskOverride, MemBackend, RestoreConfig, SnapshotKind, SnapshotRequest,
+    DiskOverride, MemBackend, NetOverride, RestoreConfig, SnapshotKind, SnapshotRequest,
 };
 use kindling::vmm::{
     BootProtocol, DiskConfig, ExitReason, KernelSource, NetConfig, SerialConfig, StartTime,
@@ -133,7 +134,7 @@ struct Args {
     serial: SerialArg,
     /// Restore the VM from this snapshot state file instead of booting.
     #[arg(long, value_name = "STATE_FILE", requires = "restore_mem",
-          conflicts_with_all = ["kernel", "initrd", "cmdline", "pvh", "disk", "entropy"])]
+          conflicts_with_all = ["kernel", "initrd", "cmdline", "pvh", "disk", "entropy", "net", "vsock"])]
     restore: Option<PathBuf>,
     /// The snapshot's memory file (for a diff snapshot: its base with the
     /// diff applied).
@@ -143,6 +144,14 @@ struct Args {
     /// (repeatable).
     #[arg(long, value_name = "N=PATH", requires = "restore")]
     disk_override: Vec<DiskOverride>,
+    /// At restore, attach network interface N (index or iface_id) to
+    /// another TAP: N=TAP (repeatable). The others reopen their own TAP.
+    #[arg(long, value_name = "N=TAP", requires = "restore")]
+    net_override: Vec<NetOverride>,
+    /// At restore, the vsock device listens on this Unix socket instead of
+    /// the one it had (its connections are reset either way).
+    #[arg(long, value_name = "PATH", requires = "restore")]
+    vsock_override: Option<PathBuf>,
     /// At the first serial line containing TEXT, pause the VM, write a full
     /// snapshot to --snapshot-state and --snapshot-mem, and exit 0.
     #[arg(long, value_name = "TEXT", requires_all = ["snapshot_state", "snapshot_mem"])]
@@ -292,6 +301,8 @@ fn main() -> ExitCode {
     if let (Some(state), Some(mem)) = (args.restore, args.restore_mem) {
         let config = RestoreConfig {
             disk_overrides: args.disk_override,
+            net_overrides: args.net_override,
+            vsock_override: args.vsock_override,
             serial,
             start_time,
             stop_on_signals: true,

@@ -476,12 +476,12 @@ fn a_load_is_refused_once_the_microvm_is_configured() {
     );
     let r = c.put(
         "/snapshot/load",
-        &serde_json::json!({"snapshot_path": "s", "mem_file_path": "m", "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap0"}]})
+        &serde_json::json!({"snapshot_path": "s", "mem_file_path": "m", "network_overrides": [{"iface_id": "eth0", "host_dev_name": ""}]})
             .to_string(),
     );
     assert_eq!(
         r.fault(),
-        "invalid body for /snapshot/load: network overrides (network_overrides) are not supported yet"
+        "invalid body for /snapshot/load: network_overrides[].host_dev_name is empty"
     );
     assert_eq!(c.get("/").json()["state"], "Not started");
 }

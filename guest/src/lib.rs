@@ -93,7 +93,7 @@
 //! | `count` | `count: <N>` for N = 0, 1, 2, ... | never returns; one line every 2×10^7 TSC cycles (a few ms); the counter lives in guest memory, so a restored snapshot goes on where it was |
 //! | `count:D` | the same | before each line, writes sector `N % 64` of block device `D`, every byte `N & 0xff` (a `blk<D>: write sector=.. count=1 status=<S>` line and exit status 3 if that fails) |
 //! | `vsock-connect:PORT:N` | `vsock: connect port=<PORT> sent=<s> received=<r> crc32=0x<8 hex> mismatches=<m>`, or `vsock: connect port=<PORT> refused` | connects to host port `PORT` (0..2^32-1) on the first vsock device, sends `N` (0..2^32-1) bytes of the [vsock pattern](#vsock) while reading what comes back; `crc32` of the `r` bytes received, `m` of them differ from the pattern; see [Vsock](#vsock) |
-//! | `vsock-listen:PORT` | `vsock: listen port=<PORT> echoed=<e> crc32=0x<8 hex> overruns=<o>` + ` reset` when the peer reset the connection | accepts one host connection to guest port `PORT` and echoes what it receives until the host shuts down its sending side; `crc32` of everything received |
+//! | `vsock-listen:PORT` | `vsock: listen port=<PORT> echoed=<e> crc32=0x<8 hex> overruns=<o>` + ` reset` when the peer (or a transport reset) reset the connection | accepts one host connection to guest port `PORT` and echoes what it receives until the host shuts down its sending side; `crc32` of everything received |
 //! | `net-info` | `net0: mac=<mac> mac-feature=<0\|1> mrg-rxbuf=<0\|1> csum=<0\|1> guest-csum=<0\|1> event-idx=<0\|1> rxq=<size> txq=<size>` | the first network device; see [Network](#network) |
 //! | `net-send:N:LEN` | `net-send: start`, then `net-send: done frames=<N> bytes=<N*LEN>` | sends `N` (at least 1) frames of `LEN` (18..=2036) bytes |
 //! | `net-echo:N` | `net-echo: start`, then `net-echo: done frames=<n> bytes=<B> csum=<C> dropped=<D>` | receives `N` frames and sends each back unchanged |
@@ -211,6 +211,14 @@
 //! SHUTDOWN (both directions) and wait for the peer's RST. Received
 //! buffers go back to the device together, with one notification at most,
 //! when the driver finds no more to read.
+//!
+//! A transport reset event (`VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`, which a
+//! device restored from a snapshot sends) prints `vsock: transport reset`
+//! when the driver takes it (while an action polls the device) and ends
+//! the connection in progress as reset by its peer: `vsock-connect`
+//! prints what it had sent and received (or `refused`, if it was still
+//! waiting for the host's answer), `vsock-listen` what it had echoed, with
+//! ` reset`; the next action starts afresh.
 //!
 //! `vsock-connect` uses local ports from 49152 up. The vsock pattern is
 //! byte `i` = `(i * 31 + (i >> 12)) mod 256`. `vsock-listen` keeps what it

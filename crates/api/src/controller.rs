@@ -528,6 +528,8 @@ impl Controller {
             resume: load.resume,
             start_time: self.start_time,
             stop_on_signals: self.stop_on_signals,
+            net_overrides: load.net_overrides.clone(),
+            vsock_override: load.vsock_override.clone(),
             ..RestoreConfig::new(load.state_path.clone(), load.memory.clone())
         };
         let vmm = Vmm::restore(config).map_err(ControllerError::LoadSnapshot)?;

@@ -761,11 +761,11 @@ mod tests {
         let e = err(
             Put,
             "/snapshot/load",
-            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap1"}]}"#,
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "eth0", "host_dev_name": ""}]}"#,
         );
         assert_eq!(
             e.to_string(),
-            "invalid body for /snapshot/load: network overrides (network_overrides) are not supported yet"
+            "invalid body for /snapshot/load: network_overrides[].host_dev_name is empty"
         );
         // Arrays only where the document has one, of objects only.
         for bad in [

@@ -180,7 +180,12 @@ impl VmmBuilder {
         for index in 0..builder.config.net.len() {
             let net = virtio_devices::open_net(index, &builder.config.net[index])?;
             let iface_id = builder.config.net[index].iface_id.clone();
-            let net = builder.add_virtio_device(&format!("network interface {iface_id}"), net)?;
+            let net = Arc::new(Mutex::new(net));
+            let kind = VirtioKind::Net {
+                device: net.clone(),
+                iface_id: iface_id.clone(),
+            };
+            builder.plan_virtio(&format!("network interface {iface_id}"), net.clone(), kind)?;
             builder.net.push((iface_id, net));
         }
         if builder.config.entropy {
@@ -216,8 +221,9 @@ impl VmmBuilder {
     /// the ACPI DSDT and on the command line. Returns the typed handle the
     /// transport shares.
     ///
-    /// Snapshots save an entropy device added this way; a device of any
-    /// other type (a virtio-block device too: its image path is not known
+    /// Snapshots save an entropy, network (named by `name` in network
+    /// overrides) or vsock device added this way; a device of any other
+    /// type (a virtio-block device too: its image path is not known
     /// here; configure disks in [`VmConfig::disks`] or add them with
     /// [`VmmBuilder::add_block_device`]) makes a snapshot of
     /// the VM fail with [`SnapshotError::UnsupportedDevice`](crate::snapshot::SnapshotError::UnsupportedDevice).
@@ -230,7 +236,16 @@ impl VmmBuilder {
         let any: Box<dyn std::any::Any> = Box::new(device.clone());
         let kind = match any.downcast::<Arc<Mutex<Entropy>>>() {
             Ok(entropy) => VirtioKind::Entropy(*entropy),
-            Err(_) => VirtioKind::Other,
+            Err(any) => match any.downcast::<Arc<Mutex<Net>>>() {
+                Ok(net) => VirtioKind::Net {
+                    device: *net,
+                    iface_id: name.to_string(),
+                },
+                Err(any) => match any.downcast::<Arc<Mutex<Vsock>>>() {
+                    Ok(vsock) => VirtioKind::Vsock(*vsock),
+                    Err(_) => VirtioKind::Other,
+                },
+            },
         };
         self.plan_virtio(name, device.clone(), kind)?;
         Ok(device)

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use kindling_vmm::snapshot::{MemBackend, SnapshotKind};
+use kindling_vmm::snapshot::{DeviceRef, MemBackend, NetOverride, SnapshotKind};
 use serde::Deserialize;
 
 /// Firecracker's `SnapshotCreateParams.snapshot_type`.
@@ -138,6 +138,10 @@ pub struct SnapshotLoad {
     pub track_dirty_pages: Option<bool>,
     /// Resume once loaded.
     pub resume: bool,
+    /// Other TAPs for network interfaces, by `iface_id`.
+    pub net_overrides: Vec<NetOverride>,
+    /// Another socket path for the vsock device.
+    pub vsock_override: Option<PathBuf>,
 }
 
 /// Why a snapshot body is refused (its JSON was well formed).
@@ -188,10 +192,11 @@ impl SnapshotCreateParams {
 }
 
 impl SnapshotLoadParams {
-    /// Checks the body: exactly one memory source, non-empty paths, one
-    /// dirty-tracking setting, and nothing Kindling cannot do yet (network
-    /// and vsock overrides, `clock_realtime`, huge pages other than the
-    /// snapshot's or none).
+    /// Checks the body: exactly one memory source, non-empty paths and
+    /// override fields, one dirty-tracking setting, and nothing Kindling
+    /// cannot do yet (`clock_realtime`, huge pages other than the
+    /// snapshot's or none). Whether an override names an interface of the
+    /// snapshot, and its TAP exists, is checked by the restore.
     ///
     /// ```
     /// use kindling_api::models::SnapshotLoadParams;
@@ -229,12 +234,27 @@ impl SnapshotLoadParams {
             }
             (a, b) => b.or(a),
         };
-        if !self.network_overrides.is_empty() {
-            return Err(Unsupported("network overrides (network_overrides) are"));
+        let mut net_overrides = Vec::with_capacity(self.network_overrides.len());
+        for o in self.network_overrides {
+            if o.iface_id.is_empty() {
+                return Err(SnapshotParamsError::EmptyPath(
+                    "network_overrides[].iface_id",
+                ));
+            }
+            if o.host_dev_name.is_empty() {
+                return Err(SnapshotParamsError::EmptyPath(
+                    "network_overrides[].host_dev_name",
+                ));
+            }
+            net_overrides.push(NetOverride {
+                iface: DeviceRef::Id(o.iface_id),
+                tap: o.host_dev_name,
+            });
         }
-        if self.vsock_override.is_some() {
-            return Err(Unsupported("vsock overrides (vsock_override) are"));
-        }
+        let vsock_override = match self.vsock_override {
+            Some(o) => Some(non_empty("vsock_override.uds_path", o.uds_path)?),
+            None => None,
+        };
         if self.clock_realtime {
             return Err(Unsupported("clock_realtime: true is"));
         }
@@ -252,6 +272,8 @@ impl SnapshotLoadParams {
             memory,
             track_dirty_pages,
             resume: self.resume_vm,
+            net_overrides,
+            vsock_override,
         })
     }
 }
@@ -338,6 +360,25 @@ mod tests {
             .unwrap();
         assert_eq!(l.memory, MemBackend::File("/m".into()));
         assert_eq!(l.track_dirty_pages, Some(false));
+        assert!(l.net_overrides.is_empty() && l.vsock_override.is_none());
+        // Firecracker's overrides: interfaces by iface_id.
+        let l = load(r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap1"}, {"iface_id": "1", "host_dev_name": "tap2"}], "vsock_override": {"uds_path": "/v.sock"}}"#)
+            .unwrap();
+        assert_eq!(
+            l.net_overrides,
+            vec![
+                NetOverride {
+                    iface: DeviceRef::Id("eth0".into()),
+                    tap: "tap1".into()
+                },
+                // An iface_id that looks like a number is still an id.
+                NetOverride {
+                    iface: DeviceRef::Id("1".into()),
+                    tap: "tap2".into()
+                },
+            ]
+        );
+        assert_eq!(l.vsock_override, Some(PathBuf::from("/v.sock")));
         for (bad, needle) in [
             (
                 r#"{"mem_file_path": "/m"}"#,
@@ -369,16 +410,24 @@ mod tests {
                 "disagree",
             ),
             (
-                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap1"}]}"#,
-                "network overrides (network_overrides) are not supported yet",
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "", "host_dev_name": "tap1"}]}"#,
+                "network_overrides[].iface_id is empty",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "eth0", "host_dev_name": ""}]}"#,
+                "network_overrides[].host_dev_name is empty",
             ),
             (
                 r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "eth0"}]}"#,
                 "missing field `host_dev_name`",
             ),
             (
-                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "vsock_override": {"uds_path": "/v"}}"#,
-                "vsock overrides",
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "vsock_override": {"uds_path": ""}}"#,
+                "vsock_override.uds_path is empty",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "vsock_override": {"uds_path": "/v", "x": 1}}"#,
+                "unknown field `x`",
             ),
             (
                 r#"{"snapshot_path": "/s", "mem_file_path": "/m", "clock_realtime": true}"#,

@@ -67,6 +67,12 @@ pub struct BlockState {
     pub serial: [u8; ID_BYTES],
     /// The queue's maximum size.
     pub queue_size: u16,
+    /// The I/O engine the device ran on (a restore that opens the image by
+    /// path opens it with this engine again).
+    pub engine: BlockEngine,
+    /// The rate limits in force when saved (a restore sets them again; the
+    /// token buckets start full, what they had used is not saved).
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// A request handed to the backend, waiting for its completion.
@@ -112,6 +118,8 @@ pub struct Block {
     stalled: bool,
     /// The rate limiter, and its timer.
     throttle: Throttle,
+    /// The I/O engine `backend` is (as configured).
+    engine: BlockEngine,
 }
 
 fn check_queue_size(q: u16) -> Result<(), BlockError> {
@@ -182,6 +190,7 @@ impl Block {
             pending: Vec::new(),
             stalled: false,
             throttle,
+            engine: config.engine,
         })
     }
 
@@ -211,7 +220,14 @@ impl Block {
             read_only: self.read_only,
             serial: self.serial,
             queue_size: self.queue_sizes[0],
+            engine: self.engine,
+            rate_limiter: self.throttle.config(),
         }
+    }
+
+    /// The I/O engine the device was created with.
+    pub fn engine(&self) -> BlockEngine {
+        self.engine
     }
 
     /// The disk size in 512-byte sectors.

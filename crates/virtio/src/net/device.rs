@@ -221,6 +221,23 @@ impl Net {
         }
     }
 
+    /// The frame read from the TAP and not yet delivered (virtio header
+    /// included), and whether the rate limiter charged it.
+    pub(super) fn held_frame(&self) -> Option<(&[u8], bool)> {
+        self.rx
+            .held
+            .map(|(len, charged)| (&self.rx.buf[..len], charged))
+    }
+
+    /// Holds `bytes` (a frame with its virtio header, at most
+    /// `VNET_HDR_LEN + MAX_FRAME_LEN` bytes) for delivery before anything
+    /// else the TAP has.
+    pub(super) fn hold_frame(&mut self, bytes: &[u8], charged: bool) {
+        let len = bytes.len().min(self.rx.buf.len());
+        self.rx.buf[..len].copy_from_slice(&bytes[..len]);
+        self.rx.held = Some((len, charged));
+    }
+
     /// The TAP interface's name.
     pub fn tap_name(&self) -> &str {
         self.tap.name()

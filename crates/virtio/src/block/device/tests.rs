@@ -662,6 +662,61 @@ fn bad_block_states_are_refused() {
     ));
 }
 
+/// The engine and the rate limits are saved and come back with a restore
+/// that opens the image by path (buckets full again).
+#[test]
+fn the_engine_and_the_rate_limits_survive_a_restore() {
+    use crate::rate_limiter::TokenBucketConfig;
+    use kindling_memory::Persist;
+
+    let limits = RateLimiterConfig {
+        bandwidth: Some(TokenBucketConfig {
+            size: 1 << 20,
+            one_time_burst: 0,
+            refill_time: 100,
+        }),
+        ops: Some(TokenBucketConfig {
+            size: 50,
+            one_time_burst: 10,
+            refill_time: 1000,
+        }),
+    };
+    #[cfg(feature = "io-uring")]
+    let engine = BlockEngine::IoUring;
+    #[cfg(not(feature = "io-uring"))]
+    let engine = BlockEngine::Sync;
+    let mut f = fixture_with(
+        |c| {
+            c.engine = engine;
+            c.rate_limiter = Some(limits);
+        },
+        u64::MAX,
+    );
+    let state = through_json(&f.block.save().unwrap());
+    assert_eq!((state.engine, state.rate_limiter), (engine, Some(limits)));
+    drop(f.take_block());
+    let restored =
+        Block::restore(BlockRestoreArgs::Path(f.image.as_path().into()), &state).unwrap();
+    assert_eq!(restored.engine(), engine);
+    assert_eq!(restored.rate_limiter(), Some(limits));
+    // io_uring has a completion eventfd, the synchronous engine none.
+    assert_eq!(
+        restored.backend.completion_event().is_some(),
+        engine == BlockEngine::IoUring
+    );
+    assert_eq!(restored.save().unwrap(), state);
+    // An engine this build lacks is a clear error, not a silent fallback.
+    #[cfg(not(feature = "io-uring"))]
+    {
+        let mut uring = state;
+        uring.engine = BlockEngine::IoUring;
+        assert!(matches!(
+            Block::restore(BlockRestoreArgs::Path(f.image.as_path().into()), &uring),
+            Err(BlockError::EngineUnavailable { .. })
+        ));
+    }
+}
+
 /// Writes a request header at `at`.
 fn header_at(mem: &GuestMemoryMmap, at: u64, request_type: u32, sector: u64) {
     let mut h = [0u8; 16];
