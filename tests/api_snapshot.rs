@@ -92,6 +92,29 @@ fn assert_counts_continue(saved: u64, restored: &[u64]) {
 }
 
 /// A PUT that must succeed; returns how long it took.
+/// Whether an open-file-description write lock on `path` can be taken
+/// (a running VMM holds one on each of its read-write images).
+fn write_lock_is_free(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut lock = libc::flock {
+        l_type: libc::F_WRLCK as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    // SAFETY: a valid fd and a valid flock; F_OFD_GETLK only reads them
+    // and writes the flock.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut lock) };
+    assert_eq!(r, 0, "F_OFD_GETLK: {}", std::io::Error::last_os_error());
+    lock.l_type == libc::F_UNLCK as i16
+}
+
 fn timed_put(c: &mut Client, path: &str, body: &str) -> Duration {
     let began = Instant::now();
     c.ok("PUT", path, body);
@@ -224,6 +247,26 @@ fn a_full_snapshot_taken_over_the_api_is_loaded_by_another_process() {
         let r = c.put("/snapshot/load", &body.to_string());
         assert!(r.fault().starts_with(needle), "{body}: {r:?}");
     }
+    // Drive overrides (a Kindling extension): an unknown drive or a
+    // missing image is refused.
+    let clone = dir2.file("clone.img", &[0u8; 64 * 512]);
+    for (overrides, needle) in [
+        (
+            serde_json::json!([{"drive_id": "nope", "path_on_host": clone}]),
+            "nope",
+        ),
+        (
+            serde_json::json!([{"drive_id": "data", "path_on_host": dir2.0.join("missing.img")}]),
+            "missing.img",
+        ),
+    ] {
+        let body = serde_json::json!({"snapshot_path": state, "mem_file_path": mem, "drive_overrides": overrides});
+        let r = c.put("/snapshot/load", &body.to_string());
+        assert!(
+            r.fault().starts_with("cannot load the snapshot") && r.fault().contains(needle),
+            "{body}: {r:?}"
+        );
+    }
     // Failed loads leave the process ready for a good one.
     assert_eq!(c.get("/").json()["state"], "Not started");
     let took = timed_put(
@@ -233,9 +276,20 @@ fn a_full_snapshot_taken_over_the_api_is_loaded_by_another_process() {
             "snapshot_path": state,
             "mem_backend": {"backend_type": "File", "backend_path": mem},
             "resume_vm": true,
-            "network_overrides": []
+            "network_overrides": [],
+            "drive_overrides": [{"drive_id": "data", "path_on_host": clone}]
         })
         .to_string(),
+    );
+    // The loaded VM holds the clone, not the image the snapshot names: the
+    // clone's lock is taken, the original's is free.
+    assert!(
+        write_lock_is_free(&disk),
+        "the original image is still open"
+    );
+    assert!(
+        !write_lock_is_free(&clone),
+        "the override image is not open"
     );
     eprintln!("api snapshot: load (File backend, resumed) took {took:?}");
     wait_for_count(&vm2, saved + 30);
@@ -291,10 +345,10 @@ fn a_full_snapshot_taken_over_the_api_is_loaded_by_another_process() {
         line["latencies_us"]["load_snapshot"].as_u64().unwrap() > 0,
         "{line}"
     );
-    assert_eq!(line["put_api_requests"]["snapshot_load_count"], 7, "{line}");
-    assert_eq!(line["put_api_requests"]["snapshot_load_fails"], 6, "{line}");
+    assert_eq!(line["put_api_requests"]["snapshot_load_count"], 9, "{line}");
+    assert_eq!(line["put_api_requests"]["snapshot_load_fails"], 8, "{line}");
     // The restored VM pauses, snapshots and resumes like a booted one
-    // (with the drive on the image the snapshot names).
+    // (with the drive on the image it was loaded with).
     c.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
     assert_eq!(c.get("/").json()["state"], "Paused");
     let again = serde_json::json!({"snapshot_path": dir2.0.join("again.state"), "mem_file_path": dir2.0.join("again.mem")})
@@ -305,13 +359,13 @@ fn a_full_snapshot_taken_over_the_api_is_loaded_by_another_process() {
         format!(
             "cannot snapshot the microVM: drive data now uses {} (PATCH /drives), and a snapshot can only name the image the microVM started with, {} (not supported yet; PATCH it back first)",
             other.display(),
-            disk.display()
+            clone.display()
         )
     );
     c.ok(
         "PATCH",
         "/drives/data",
-        &serde_json::json!({"drive_id": "data", "path_on_host": disk}).to_string(),
+        &serde_json::json!({"drive_id": "data", "path_on_host": clone}).to_string(),
     );
     c.ok("PUT", "/snapshot/create", &again);
     c.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);

@@ -530,6 +530,8 @@ impl Controller {
             stop_on_signals: self.stop_on_signals,
             net_overrides: load.net_overrides.clone(),
             vsock_override: load.vsock_override.clone(),
+            disk_overrides: load.disk_overrides.clone(),
+            debug_exit: self.resources.debug_exit,
             ..RestoreConfig::new(load.state_path.clone(), load.memory.clone())
         };
         let vmm = Vmm::restore(config).map_err(ControllerError::LoadSnapshot)?;

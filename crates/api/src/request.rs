@@ -411,8 +411,12 @@ pub fn parse_request(method: Method, path: &str, bytes: &[u8]) -> Result<ApiRequ
             })?)
         }
         (["snapshot", "load"], Method::Put) => {
-            let params: SnapshotLoadParams =
-                body_with_arrays(method, path, bytes, &["network_overrides"])?;
+            let params: SnapshotLoadParams = body_with_arrays(
+                method,
+                path,
+                bytes,
+                &["network_overrides", "drive_overrides"],
+            )?;
             ApiRequest::LoadSnapshot(params.check().map_err(|source| RequestError::Snapshot {
                 path: "/snapshot/load",
                 source,

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use kindling_vmm::snapshot::{DeviceRef, MemBackend, NetOverride, SnapshotKind};
+use kindling_vmm::snapshot::{DeviceRef, DiskOverride, MemBackend, NetOverride, SnapshotKind};
 use serde::Deserialize;
 
 /// Firecracker's `SnapshotCreateParams.snapshot_type`.
@@ -72,6 +72,19 @@ pub struct NetworkOverride {
     pub host_dev_name: String,
 }
 
+/// A Kindling extension of `SnapshotLoadParams`: another image for one of
+/// the snapshot's drives (Firecracker has no such field: its users
+/// `PATCH /drives` after the load).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveOverride {
+    /// The drive, as it was put (`PUT /drives/{drive_id}`; `disk0`,
+    /// `disk1`, ... for the example's `--disk` flags).
+    pub drive_id: String,
+    /// The image to open instead of the one the snapshot names.
+    pub path_on_host: String,
+}
+
 /// Firecracker's `VsockOverride`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,6 +120,9 @@ pub struct SnapshotLoadParams {
     /// Another socket path for the vsock device.
     #[serde(default)]
     pub vsock_override: Option<VsockOverride>,
+    /// Other images for some drives (a Kindling extension).
+    #[serde(default)]
+    pub drive_overrides: Vec<DriveOverride>,
     /// Advance kvmclock by the time since the snapshot.
     #[serde(default)]
     pub clock_realtime: bool,
@@ -142,6 +158,8 @@ pub struct SnapshotLoad {
     pub net_overrides: Vec<NetOverride>,
     /// Another socket path for the vsock device.
     pub vsock_override: Option<PathBuf>,
+    /// Other images for some drives.
+    pub disk_overrides: Vec<DiskOverride>,
 }
 
 /// Why a snapshot body is refused (its JSON was well formed).
@@ -251,6 +269,17 @@ impl SnapshotLoadParams {
                 tap: o.host_dev_name,
             });
         }
+        let mut disk_overrides = Vec::with_capacity(self.drive_overrides.len());
+        for o in self.drive_overrides {
+            if o.drive_id.is_empty() {
+                return Err(SnapshotParamsError::EmptyPath("drive_overrides[].drive_id"));
+            }
+            disk_overrides.push(DiskOverride {
+                // The VMM names an API drive's device "drive <id>".
+                drive: DeviceRef::Id(format!("drive {}", o.drive_id)),
+                path: non_empty("drive_overrides[].path_on_host", o.path_on_host)?,
+            });
+        }
         let vsock_override = match self.vsock_override {
             Some(o) => Some(non_empty("vsock_override.uds_path", o.uds_path)?),
             None => None,
@@ -274,6 +303,7 @@ impl SnapshotLoadParams {
             resume: self.resume_vm,
             net_overrides,
             vsock_override,
+            disk_overrides,
         })
     }
 }
@@ -379,6 +409,37 @@ mod tests {
             ]
         );
         assert_eq!(l.vsock_override, Some(PathBuf::from("/v.sock")));
+        // The drive-override extension.
+        let l = load(r#"{"snapshot_path": "/s", "mem_file_path": "/m", "drive_overrides": [{"drive_id": "rootfs", "path_on_host": "/clone.img"}]}"#)
+            .unwrap();
+        assert_eq!(
+            l.disk_overrides,
+            vec![DiskOverride {
+                drive: DeviceRef::Id("drive rootfs".into()),
+                path: PathBuf::from("/clone.img"),
+            }]
+        );
+        for (body, why) in [
+            (
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "drive_overrides": [{"drive_id": "", "path_on_host": "/x"}]}"#,
+                "drive_overrides[].drive_id is empty",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "drive_overrides": [{"drive_id": "a", "path_on_host": ""}]}"#,
+                "drive_overrides[].path_on_host is empty",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "drive_overrides": [{"drive_id": "a"}]}"#,
+                "missing field `path_on_host`",
+            ),
+            (
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "drive_overrides": [{"drive_id": "a", "path_on_host": "/x", "ro": true}]}"#,
+                "unknown field `ro`",
+            ),
+        ] {
+            let e = load(body).unwrap_err();
+            assert!(e.contains(why), "{body}: {e}");
+        }
         for (bad, needle) in [
             (
                 r#"{"mem_file_path": "/m"}"#,
