@@ -382,6 +382,12 @@ fn a_vsock_connection_is_reset_by_a_restore_and_new_ones_work() {
     };
     let running = Vmm::restore(config).unwrap().start().unwrap();
     assert!(!uds.exists(), "only the override's socket is bound");
+    // The guest reads the transport-reset event on its own time, and it
+    // ends every connection it has then: connect once it has (a real guest
+    // has the same race, so do host agents that reconnect at once).
+    wait_until("the guest saw the second transport reset", || {
+        serial.text().matches("vsock: transport reset\n").count() >= 2
+    });
     let (mut third, port) = host_connect(&other, 5002);
     assert!(port.is_some(), "the guest accepts port 5002");
     third.write_all(&pattern(100)).unwrap();
