@@ -48,6 +48,7 @@ fn start_guest(cmdline: &str, disk: Option<&Path>, track_dirty_pages: bool) -> G
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
         // Snapshots read vCPU state on the vCPU threads, under their filter.
         seccomp: SeccompPolicy::Builtin,
+        debug_exit: true,
         ..VmConfig::default()
     };
     let running = Vmm::build(config).unwrap().start().unwrap();
@@ -122,6 +123,7 @@ impl Restored {
             .arg(state)
             .arg("--restore-mem")
             .arg(mem)
+            .arg("--debug-exit")
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -304,6 +306,7 @@ fn restore_here(state: &Path, mem: &Path, resume: bool) -> Guest {
         resume,
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
         seccomp: SeccompPolicy::Builtin,
+        debug_exit: true,
         ..RestoreConfig::new(state, MemBackend::File(mem.to_path_buf()))
     };
     let running = Vmm::restore(config).unwrap().start().unwrap();
@@ -456,6 +459,7 @@ fn snapshots_need_a_paused_vm_and_the_right_set_up() {
         cmdline: "kindling.test=count".into(),
         serial: SerialConfig::Off,
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
+        debug_exit: true,
         ..VmConfig::default()
     })
     .unwrap();
@@ -496,6 +500,7 @@ fn restore_err(state: &Path, mem: &Path, overrides: Vec<DiskOverride>) -> VmmErr
     let config = RestoreConfig {
         serial: SerialConfig::Off,
         disk_overrides: overrides,
+        debug_exit: true,
         ..RestoreConfig::new(state, MemBackend::File(mem.to_path_buf()))
     };
     Vmm::restore(config).expect_err("a hostile snapshot was restored")
@@ -711,6 +716,7 @@ fn a_restore_through_userfaultfd_is_served_by_a_handler_thread() {
         serial: SerialConfig::Writer(Box::new(serial.clone())),
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
         seccomp: SeccompPolicy::Builtin,
+        debug_exit: true,
         ..RestoreConfig::new(&state, MemBackend::Uffd(socket.clone()))
     };
     let restored = Guest {
@@ -774,6 +780,7 @@ fn a_restore_through_userfaultfd_is_served_by_a_handler_process() {
         serial: SerialConfig::Writer(Box::new(serial.clone())),
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
         seccomp: SeccompPolicy::Builtin,
+        debug_exit: true,
         ..RestoreConfig::new(&state, MemBackend::Uffd(socket.clone()))
     };
     let restored = Guest {
@@ -791,6 +798,7 @@ fn a_restore_through_userfaultfd_is_served_by_a_handler_process() {
     // No handler listening: a clear error.
     let config = RestoreConfig {
         serial: SerialConfig::Off,
+        debug_exit: true,
         ..RestoreConfig::new(&state, MemBackend::Uffd(dir.0.join("nobody.sock")))
     };
     let err = Vmm::restore(config).unwrap_err();

@@ -82,6 +82,7 @@ pub fn run_test_guest_with(
         boot_timer_log: Arc::new(Mutex::new(log.clone())),
         // The suite runs with the filters `microvm` uses.
         seccomp: SeccompPolicy::Builtin,
+        debug_exit: true,
         ..VmConfig::default()
     };
     adjust(&mut config);

@@ -347,6 +347,12 @@ pub struct VmConfig {
     /// [`crate::seccomp`]): [`SeccompPolicy::Off`] by default in the
     /// library, [`SeccompPolicy::Builtin`] in `microvm`.
     pub seccomp: SeccompPolicy,
+    /// Put a debug-exit port at I/O port 0xf4: a byte the guest writes
+    /// there ends the VM with that status
+    /// ([`ExitReason::Status`](kindling_devices::ExitReason::Status)).
+    /// Off by default, since it lets the guest choose the VMM's exit
+    /// status; test guests (Kindling's own included) turn it on.
+    pub debug_exit: bool,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -368,6 +374,7 @@ impl std::fmt::Debug for VmConfig {
             .field("stop_on_signals", &self.stop_on_signals)
             .field("console_escape", &self.console_escape)
             .field("seccomp", &self.seccomp)
+            .field("debug_exit", &self.debug_exit)
             .finish()
     }
 }
@@ -393,6 +400,7 @@ impl Default for VmConfig {
             boot_timer_log: Arc::new(Mutex::new(std::io::stderr())),
             console_escape: None,
             seccomp: SeccompPolicy::Off,
+            debug_exit: false,
         }
     }
 }

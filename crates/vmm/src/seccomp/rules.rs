@@ -155,7 +155,7 @@ fn base() -> Rules {
         .map(|s| s as u64),
     );
     allow(&mut r, &[libc::SYS_rt_sigaction]);
-    allow_arg_in(&mut r, libc::SYS_ioctl, 1, [libc::TCSETS]);
+    allow_arg_in(&mut r, libc::SYS_ioctl, 1, [libc::TCGETS, libc::TCSETS]);
     // Reading descriptor flags: Rust's debug builds check that a
     // descriptor is open before they close or adopt it.
     allow_arg_in(
@@ -321,6 +321,22 @@ fn api() -> Rules {
             libc::SYS_seccomp,
             libc::SYS_rt_sigtimedwait,
         ],
+    );
+    // API mode hands a termination signal that came as the VM started
+    // back to the VM's watcher: kill(2) on this process only.
+    // SAFETY: getpid cannot fail.
+    let pid = u64::from(unsafe { libc::getpid() } as u32);
+    r.insert(
+        libc::SYS_kill,
+        crate::signals::TERMINATION_SIGNALS
+            .iter()
+            .map(|&signo| {
+                rule(vec![
+                    cond(0, SeccompCmpOp::Eq, pid),
+                    cond(1, SeccompCmpOp::Eq, signo as u64),
+                ])
+            })
+            .collect(),
     );
     // Thread names, and the no-new-privileges bit a filter needs.
     allow_arg_in(
