@@ -243,3 +243,33 @@ fn microvm_runs_with_and_without_its_filters() {
         assert!(!stderr.contains("seccomp"), "{extra:?}: {stderr}");
     }
 }
+
+#[test]
+fn the_signal_watcher_stops_the_vm_under_its_filter() {
+    if child_case().is_some() || !kvm_available("the_signal_watcher_stops_the_vm_under_its_filter")
+    {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(common::microvm_binary())
+        .args(["--cmdline", "kindling.test=hello,pio-loop"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap() > 0 && !line.contains("Hello") {
+        line.clear();
+    }
+    // The watcher installs its filter after its first 200 ms wait.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: signalling our own child, which has not been reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{}: {stderr}", out.status);
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    assert!(!stderr.contains("seccomp"), "{stderr}");
+}

@@ -88,17 +88,25 @@ pub(crate) fn spawn_signal_watcher(
     std::thread::Builder::new()
         .name("kindling-signals".into())
         .spawn(move || {
-            if let Err(e) = seccomp.install(crate::seccomp::ThreadKind::SignalWatcher) {
-                // Without its filter the watcher still does its job; the
-                // operator hears of it.
-                let _ = writeln!(std::io::stderr(), "kindling: {e}");
-            }
             let set = termination_set();
+            let mut filtered = false;
             loop {
                 // SAFETY: `set` is initialised; no siginfo is wanted; the
                 // timeout is a valid timespec.
                 let signo =
                     unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &WATCH_PERIOD) };
+                // The filter goes on after the first wait, off the path to
+                // the guest's first instruction (installing one costs tens
+                // of microseconds of CPU): this thread runs no code the
+                // guest drives.
+                if !filtered {
+                    filtered = true;
+                    if let Err(e) = seccomp.install(crate::seccomp::ThreadKind::SignalWatcher) {
+                        // Without its filter the watcher still does its
+                        // job; the operator hears of it.
+                        let _ = writeln!(std::io::stderr(), "kindling: {e}");
+                    }
+                }
                 let Some(shared) = weak.upgrade() else {
                     return;
                 };
