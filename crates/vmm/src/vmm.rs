@@ -293,10 +293,20 @@ impl Vmm {
             self.shared.set_state(VmRunState::Running);
         }
         let paused = self.start_paused;
+        // The filters' one-time work here, so that a vCPU thread only
+        // installs its filter before it enters the guest.
+        if let Err(e) = self
+            .seccomp
+            .prepare(&[ThreadKind::Vcpu, ThreadKind::EventLoop])
+        {
+            exit.request(ExitReason::Stopped);
+            self.shared
+                .set_state(VmRunState::Stopped(ExitReason::Stopped));
+            return Err(VmmError::Seccomp(e));
+        }
         for vcpu in vcpus {
             let policy = self.seccomp.clone();
-            // Each vCPU thread installs its filter itself, first thing (the
-            // built-in one is compiled by the first thread to need it).
+            // Each vCPU thread installs its filter itself, first thing.
             let init: kindling_vcpu::OnVcpuStart =
                 Box::new(move |_id| policy.install(ThreadKind::Vcpu).map_err(|e| e.to_string()));
             let vcpu_exit = exit.clone();

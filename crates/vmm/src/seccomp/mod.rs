@@ -266,6 +266,27 @@ impl SeccompPolicy {
         !matches!(self, SeccompPolicy::Off)
     }
 
+    /// Does now, on the calling thread, the one-time work of installing
+    /// filters of these kinds later: the SIGSYS handler, the C library's
+    /// time zone, and compiling the built-in filters. The VMM calls it
+    /// before it starts the vCPU threads, whose filter is then only the
+    /// `seccomp(2)` call: a new thread's first allocations are slow (a
+    /// fresh malloc arena), and this keeps them off the path to the
+    /// guest's first instruction.
+    pub fn prepare(&self, kinds: &[ThreadKind]) -> Result<(), SeccompError> {
+        if !self.is_on() {
+            return Ok(());
+        }
+        report::install_handler().map_err(SeccompError::Handler)?;
+        prepare_libc();
+        if let SeccompPolicy::Builtin = self {
+            for &kind in kinds {
+                builtin_filter(kind)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Installs the filter this policy has for `kind` on the calling
     /// thread (nothing when it has none).
     pub fn install(&self, kind: ThreadKind) -> Result<(), SeccompError> {
