@@ -30,13 +30,13 @@
 #include <errno.h>
 #include <linux/vm_sockets.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -56,9 +56,15 @@ static void usage(void)
     exit(1);
 }
 
+/* pump's child, killed with this process on a timeout. */
+static pid_t child_pid;
+static long timeout_s = 60;
+
 static void on_alarm(int sig)
 {
     (void)sig;
+    if (child_pid > 0)
+        kill(child_pid, SIGKILL);
     static const char msg[] = "e2e-sock: timed out\n";
     (void)!write(2, msg, sizeof msg - 1);
     _exit(2);
@@ -255,45 +261,49 @@ static int open_socket(const struct address *a, double retry_s, long connect_por
     }
 }
 
-/* Standard input to the socket, the socket to standard output. */
-static int pump(int s)
+/* copy FROM TO: until the end of FROM; -1 on an error. */
+static int copy(int from, int to)
 {
     char buf[65536];
-    int in_open = 1, sock_open = 1;
-    while (in_open || sock_open) {
-        struct pollfd p[2] = {{in_open ? 0 : -1, POLLIN, 0}, {sock_open ? s : -1, POLLIN, 0}};
-        if (poll(p, 2, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            die("poll");
-        }
-        if (in_open && p[0].revents) {
-            ssize_t n = read(0, buf, sizeof buf);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n < 0)
-                die("reading standard input");
-            if (n == 0) {
-                in_open = 0;
-                if (shutdown(s, SHUT_WR) < 0)
-                    die("shutdown");
-            } else if (write_all(s, buf, n) < 0) {
-                die("writing to the socket");
-            }
-        }
-        if (sock_open && p[1].revents) {
-            ssize_t n = read(s, buf, sizeof buf);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n < 0)
-                die("reading the socket");
-            if (n == 0)
-                sock_open = 0;
-            else if (write_all(1, buf, n) < 0)
-                die("writing standard output");
-        }
+    for (;;) {
+        ssize_t n = read(from, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            return 0;
+        if (write_all(to, buf, n) < 0)
+            return -1;
     }
-    return 0;
+}
+
+/* Standard input to the socket (a child process), the socket to standard
+ * output (this one). Two processes, so that neither direction waits for
+ * the other: with one process and blocking writes, both ends of a
+ * connection can block writing while the peer, blocked too, reads nothing
+ * (and the socket buffers, 256 KiB for vsock, fill up). */
+static int pump(int s)
+{
+    pid_t child = fork();
+    if (child < 0)
+        die("fork");
+    if (child == 0) {
+        alarm(timeout_s);
+        if (copy(0, s) < 0)
+            die("standard input to the socket");
+        if (shutdown(s, SHUT_WR) < 0)
+            die("shutdown");
+        _exit(0);
+    }
+    child_pid = child;
+    int failed = copy(s, 1) < 0;
+    if (failed)
+        fprintf(stderr, "%s: the socket to standard output: %s\n", prog, strerror(errno));
+    int status;
+    if (waitpid(child, &status, 0) < 0)
+        die("waitpid");
+    return failed || !WIFEXITED(status) || WEXITSTATUS(status) ? 1 : 0;
 }
 
 /* One HTTP/1.1 request; prints "<status> <body>". */
@@ -364,7 +374,7 @@ static int http(int s, const char *method, const char *uri, const char *body)
 int main(int argc, char **argv)
 {
     double retry_s = 0;
-    long timeout_s = 60, connect_port = -1;
+    long connect_port = -1;
     int opt;
     while ((opt = getopt(argc, argv, "+t:r:c:")) != -1) {
         switch (opt) {

@@ -160,7 +160,7 @@ fi
 
 # Network and vsock (e2e.mac= given: the run has a virtio-net device on the
 # first level's TAP and a vsock device). The first level serves e2e.data's
-# 1 MiB over TCP and vsock and keeps what the guest sends back: the guest
+# 512 KiB over TCP and vsock and keeps what the guest sends back: the guest
 # checks what it received against e2e.data's sha256 and prints the sha256 of
 # what it sent (E2E-INFO data), which the harness compares with what the
 # first level received.
@@ -184,7 +184,7 @@ if [ -n "$MAC" ]; then
             report "$1" "FAIL $rate; received sha256 $got, expected $WANT; $(cat /tmp/e2e-sock.err 2>/dev/null | tr '\n' ' ')"
         fi
     }
-    head -c 1048576 /dev/urandom > /tmp/e2e-out.bin
+    head -c 524288 /dev/urandom > /tmp/e2e-out.bin
     echo "E2E-INFO data: sent sha256 $(sha256sum < /tmp/e2e-out.bin | cut -d' ' -f1)"
 
     # The link: eth0 with the MAC the VMM was given, the address from the

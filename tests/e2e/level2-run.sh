@@ -14,7 +14,7 @@
 # gets its address from it, a static lease per MAC), and the bzimage and api
 # runs get a virtio-net device on it (--net tap=kt0,mac=..., or PUT
 # /network-interfaces) and a vsock device (--vsock, or PUT /vsock). For
-# those runs this level serves 1 MiB of random data (its sha256 in the
+# those runs this level serves 512 KiB of random data (its sha256 in the
 # guest's e2e.data) three ways: a TCP listener on 172.30.0.1:5001, the
 # Firecracker handshake to the guest's vsock listener on port 5000 through
 # the device's Unix socket, and a listener at <uds>_6000 for the guest's
@@ -108,7 +108,7 @@ net_setup() {
     udhcpd -f "$OUT_DIR/udhcpd.conf" > "$OUT_DIR/udhcpd.log" 2>&1 &
     UDHCPD_PID=$!
     # What this level sends to the guests.
-    head -c 1048576 /dev/urandom > "$NET_DATA"
+    head -c 524288 /dev/urandom > "$NET_DATA"
     NET_DATA_SHA=$(sha256sum < "$NET_DATA" | cut -d' ' -f1)
     echo "E2E-L2-NET ok TAP $NET_TAP $NET_HOST/24, udhcpd pid $UDHCPD_PID, data sha256 $NET_DATA_SHA"
 }

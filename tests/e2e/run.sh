@@ -428,8 +428,8 @@ assert_net() {
         l1=$(variant_log "$v" | sed -n "s/^vmm| l1 $service: received //p" | head -n 1)
         case $r in
             ok*)
-                if [ -n "$sent" ] && [ "$l1" = "1048576 bytes sha256 $sent status 0" ]; then
-                    pass "$v/$name" "${r#ok }; the level above received the guest's 1 MiB intact"
+                if [ -n "$sent" ] && [ "$l1" = "524288 bytes sha256 $sent status 0" ]; then
+                    pass "$v/$name" "${r#ok }; the level above received the guest's 512 KiB intact"
                 else
                     fail "$v/$name" "the guest received the data, but the level above received ${l1:-nothing} (the guest sent sha256 ${sent:-unknown})" "$ctx"
                 fi
