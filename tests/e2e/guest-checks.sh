@@ -193,7 +193,7 @@ if [ -n "$MAC" ]; then
     has_address() { ip -4 addr show dev eth0 2>/dev/null | grep -q "inet $IP/"; }
     DEVICE_WAIT=100 wait_until has_address
     got_mac=$(cat /sys/class/net/eth0/address 2>/dev/null)
-    addr=$(ip -4 addr show dev eth0 2>/dev/null | awk '/inet / { print $2 }' | tr '\n' ' ')
+    addr=$(ip -4 addr show dev eth0 2>/dev/null | awk '/inet / { printf "%s%s", sep, $2; sep = " " }')
     if ! grep -q '^virtio_net ' /proc/modules; then
         report net-link "FAIL virtio_net is not loaded (modules: $(awk '{ printf " %s", $1 }' /proc/modules))"
     elif [ "$got_mac" != "$MAC" ]; then
@@ -214,7 +214,7 @@ if [ -n "$MAC" ]; then
 
     # TCP both ways at once on one connection to the first level's listener.
     t0=$(ms)
-    e2e-sock -t 60 "tcp:$HOST:5001" < /tmp/e2e-out.bin > /tmp/e2e-in.bin 2> /tmp/e2e-sock.err
+    e2e-sock -t 90 "tcp:$HOST:5001" < /tmp/e2e-out.bin > /tmp/e2e-in.bin 2> /tmp/e2e-sock.err
     received net-tcp /tmp/e2e-in.bin "$t0"
 
     # vsock: the first level connects to our port 5000 through the device's
@@ -222,10 +222,10 @@ if [ -n "$MAC" ]; then
     # listener at <uds>_6000).
     if grep -q '^vmw_vsock_virtio_transport ' /proc/modules; then
         t0=$(ms)
-        e2e-sock -t 60 vsock-listen:5000 < /tmp/e2e-out.bin > /tmp/e2e-in.bin 2> /tmp/e2e-sock.err
+        e2e-sock -t 90 vsock-listen:5000 < /tmp/e2e-out.bin > /tmp/e2e-in.bin 2> /tmp/e2e-sock.err
         received vsock-listen /tmp/e2e-in.bin "$t0"
         t0=$(ms)
-        e2e-sock -t 60 vsock:2:6000 < /tmp/e2e-out.bin > /tmp/e2e-in.bin 2> /tmp/e2e-sock.err
+        e2e-sock -t 90 vsock:2:6000 < /tmp/e2e-out.bin > /tmp/e2e-in.bin 2> /tmp/e2e-sock.err
         received vsock-connect /tmp/e2e-in.bin "$t0"
     else
         for name in vsock-listen vsock-connect; do

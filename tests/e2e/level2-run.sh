@@ -50,6 +50,8 @@
 #                 E2E-SNAPSHOT-NOW line, then restored by a second microvm
 #                 process, which runs the rest of the checks)
 #   L2_NET        1: the network and vsock checks (above)
+#   L2_BUSYBOX    a busybox for its udhcpd, when this level has no udhcpd
+#                 command (a host in direct mode)
 #   E2E_SOCK      the e2e-sock tool (default: L2_DIR/e2e-sock)
 #   L2_CPUS, L2_MEM_MIB, L2_CMDLINE_EXTRA
 set -u
@@ -90,6 +92,8 @@ net_setup() {
         echo "E2E-L2-NET FAIL cannot create the TAP device $NET_TAP (/dev/net/tun: $(ls -l /dev/net/tun 2>&1))"
         return 1
     fi
+    # (A TAP left over by an interrupted run on a host keeps its address.)
+    ip addr flush dev "$NET_TAP" 2>/dev/null
     if ! { ip addr add "$NET_HOST/24" dev "$NET_TAP" && ip link set "$NET_TAP" up; }; then
         echo "E2E-L2-NET FAIL cannot give $NET_TAP the address $NET_HOST/24"
         return 1
@@ -105,17 +109,19 @@ net_setup() {
         echo "static_lease $(net_mac api) $(net_ip api)"
     } > "$OUT_DIR/udhcpd.conf"
     : > "$OUT_DIR/udhcpd.leases"
-    udhcpd -f "$OUT_DIR/udhcpd.conf" > "$OUT_DIR/udhcpd.log" 2>&1 &
+    $UDHCPD -f "$OUT_DIR/udhcpd.conf" > "$OUT_DIR/udhcpd.log" 2>&1 &
     UDHCPD_PID=$!
     # What this level sends to the guests.
     head -c 524288 /dev/urandom > "$NET_DATA"
     NET_DATA_SHA=$(sha256sum < "$NET_DATA" | cut -d' ' -f1)
     echo "E2E-L2-NET ok TAP $NET_TAP $NET_HOST/24, udhcpd pid $UDHCPD_PID, data sha256 $NET_DATA_SHA"
 }
+UDHCPD=udhcpd
+command -v udhcpd > /dev/null || UDHCPD="${L2_BUSYBOX:-busybox} udhcpd"
 if [ "${L2_NET:-0}" = 1 ]; then
     if [ ! -x "$E2E_SOCK" ]; then
         echo "E2E-L2-NET FAIL no e2e-sock tool at $E2E_SOCK"
-    elif ! command -v udhcpd > /dev/null; then
+    elif ! $UDHCPD --help > /dev/null 2>&1; then
         echo "E2E-L2-NET FAIL no udhcpd (busybox) in this level"
     elif net_setup; then
         NET_UP=1
@@ -164,7 +170,7 @@ net_report() {
 # is not there yet), one line:
 #   api <METHOD> <URI> -> <status> <body>
 api() {
-    out=$("$E2E_SOCK" -t 20 -r 20 http "unix:$API_SOCK" "$@" 2>&1)
+    out=$("$E2E_SOCK" -t 60 -r 20 http "unix:$API_SOCK" "$@" 2>&1)
     echo "api $1 $2 -> $out"
 }
 # api_driver SOCKET KERNEL CMDLINE UDS: configures and starts the api run
@@ -293,5 +299,9 @@ for variant in $variants; do
     fi
     echo "E2E-L2-END $variant status=$status wall_ms=$((t1 - t0)) timeout_s=$L2_TIMEOUT"
 done
-[ -n "${UDHCPD_PID:-}" ] && kill "$UDHCPD_PID" 2>/dev/null
+if [ "$NET_UP" = 1 ]; then
+    kill "$UDHCPD_PID" 2>/dev/null
+    # The persistent TAP goes (it would outlive a direct-mode run on a host).
+    tunctl -d "$NET_TAP" > /dev/null 2>&1 || ip link del "$NET_TAP" 2>/dev/null
+fi
 exit 0

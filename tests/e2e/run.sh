@@ -236,6 +236,8 @@ run_direct() {
         . "$WORK/e2e.config"
         export MICROVM L2_TIMEOUT L2_TOKEN L2_CPUS L2_MEM_MIB L2_CMDLINE_EXTRA IMAGE_CMDLINE L2_SNAPSHOT L2_NET E2E_SOCK
         export L2_DIR=$IMAGE L2_DISK_IMG=$IMAGE/rootfs.ext4 OUT_DIR=$WORK/direct/out
+        # The host may have no udhcpd: the busybox guest-image.sh unpacked.
+        export L2_BUSYBOX=${KINDLING_CACHE:-$REPO/target/debian}/busybox-static/bin/busybox
         sh "$E2E_SRC/level2-run.sh"
     ) 2>&1 | timestamp "$WORK/direct/transcript.log"
     T_L1_END=$(since_start)
