@@ -173,6 +173,17 @@ api() {
     out=$("$E2E_SOCK" -t 60 -r 20 http "unix:$API_SOCK" "$@" 2>&1)
     echo "api $1 $2 -> $out"
 }
+# cpu_ticks PID: the CPU time of the process, all its threads, user and
+# system, in clock ticks (fields 14 and 15 of /proc/PID/stat).
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null; }
+# vmm_pid: the pid of the microvm serving API_SOCK (not the timeout around it).
+vmm_pid() {
+    for d in /proc/[0-9]*; do
+        case $(tr '\0' ' ' 2>/dev/null < "$d/cmdline") in
+            "$MICROVM --api-sock $API_SOCK "*) echo "${d#/proc/}"; return ;;
+        esac
+    done
+}
 # api_driver SOCKET KERNEL CMDLINE UDS: configures and starts the api run
 # through its API socket, then pauses and resumes it.
 api_driver() {
@@ -189,14 +200,25 @@ api_driver() {
     api GET /vm/config
     api PUT /actions '{"action_type": "InstanceStart"}'
     api GET /
-    # Paused for a second while the guest boots, then resumed: the guest
-    # must still run all its checks.
+    # Paused for two seconds while the guest boots (its vCPUs busy), then
+    # resumed: the guest must still run all its checks. The VMM's CPU time
+    # shows whether its vCPUs stopped meanwhile (in clock ticks, 1/100 s).
+    pid=$(vmm_pid)
+    t0=$(cpu_ticks "$pid")
     sleep 1
+    t1=$(cpu_ticks "$pid")
     api PATCH /vm '{"state": "Paused"}'
     api GET /
-    sleep 1
+    t2=$(cpu_ticks "$pid")
+    sleep 2
+    t3=$(cpu_ticks "$pid")
     api PATCH /vm '{"state": "Resumed"}'
     api GET /
+    if [ -n "$t0" ] && [ -n "$t1" ] && [ -n "$t2" ] && [ -n "$t3" ]; then
+        echo "api cpu: pid $pid: running $((t1 - t0)) ticks in 1 s, paused $((t3 - t2)) ticks in 2 s"
+    else
+        echo "api cpu: not measured (microvm pid '$pid', ticks '$t0' '$t1' '$t2' '$t3')"
+    fi
 }
 
 # ---------------------------------------------------------------- the runs
