@@ -145,10 +145,25 @@ net_start() {
 }
 # net_report VARIANT: what each service received, for the harness:
 #   l1 <service>: received <bytes> bytes sha256 <hash> status <exit status>
+# running PID: the process is alive (not a zombie waiting for this shell).
+running() {
+    state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)
+    [ -n "$state" ] && [ "$state" != Z ]
+}
 net_report() {
+    # A moment for them to finish writing what they received (the guest
+    # may power off right after its last transfer).
+    i=0
+    while [ "$i" -lt 50 ]; do
+        alive=0
+        for pid in $NET_PIDS; do running "$pid" && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+        i=$((i + 1))
+    done
     set -- "$1"
     for pid in $NET_PIDS; do
-        # Still running once the VM is gone: the guest never came.
+        # Still running: the guest never came (or stopped halfway).
         kill "$pid" 2>/dev/null
         wait "$pid"
         set -- "$@" "$?"
