@@ -204,8 +204,9 @@ if [ -n "$MAC" ]; then
         report net-link "ok eth0 (virtio_net) has MAC $got_mac and $addr from the first level's DHCP server"
     fi
 
-    # ICMP both ways through the TAP.
-    out=$(ping -c 3 -W 5 "$HOST" 2>&1)
+    # ICMP both ways through the TAP (-A: the next request as soon as the
+    # reply came).
+    out=$(ping -c 3 -A -W 5 "$HOST" 2>&1)
     if echo "$out" | grep -q ' 0% packet loss'; then
         report net-ping "ok $(echo "$out" | grep -E 'packets transmitted|round-trip' | tr '\n' ' ')"
     else
