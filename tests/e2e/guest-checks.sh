@@ -177,7 +177,7 @@ if [ -n "$MAC" ]; then
         [ "$t" -gt 0 ] || t=1
         size=$(wc -c < "$2")
         got=$(sha256sum < "$2" | cut -d' ' -f1)
-        rate="$size bytes received and $(wc -c < /tmp/e2e-out.bin) sent in $t ms ($((size * 2 / 1024 * 1000 / t)) KiB/s both ways)"
+        rate="$size bytes received and $(wc -c < /tmp/e2e-out.bin) sent in $t ms ($((size * 2 / 1024 * 1000 / t)) KiB/s both ways)${NOTE:-}"
         if [ "$got" = "$WANT" ]; then
             report "$1" "ok $rate; what it received matches the first level's data (sha256 ${got%"${got#????????????????}"}...)"
         else
@@ -223,8 +223,21 @@ if [ -n "$MAC" ]; then
     # listener at <uds>_6000).
     if grep -q '^vmw_vsock_virtio_transport ' /proc/modules; then
         t0=$(ms)
-        e2e-sock -t 90 vsock-listen:5000 < /tmp/e2e-out.bin > /tmp/e2e-in.bin 2> /tmp/e2e-sock.err
+        # A connection reset as soon as accepted (nothing received) is
+        # Firecracker's protocol at work, not a failure: the device gives up
+        # on a host connection the guest has not accepted within 2 s (a
+        # guest slowed down by the emulation above), and the first level
+        # then connects again; listen again then, at most twice (said in
+        # the check's line).
+        for attempt in 1 2 3; do
+            e2e-sock -t 90 vsock-listen:5000 < /tmp/e2e-out.bin > /tmp/e2e-in.bin 2> /tmp/e2e-sock.err
+            [ -s /tmp/e2e-in.bin ] && break
+            echo "E2E-INFO vsock-listen: accepted connection $attempt brought nothing: $(tr '\n' ' ' < /tmp/e2e-sock.err)"
+        done
+        NOTE=""
+        [ "$attempt" -gt 1 ] && NOTE=" (accepted connection $attempt: the ones before were reset at once)"
         received vsock-listen /tmp/e2e-in.bin "$t0"
+        NOTE=""
         t0=$(ms)
         e2e-sock -t 90 vsock:2:6000 < /tmp/e2e-out.bin > /tmp/e2e-in.bin 2> /tmp/e2e-sock.err
         received vsock-connect /tmp/e2e-in.bin "$t0"
