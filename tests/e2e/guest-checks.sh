@@ -177,11 +177,11 @@ if [ -n "$MAC" ]; then
         [ "$t" -gt 0 ] || t=1
         size=$(wc -c < "$2")
         got=$(sha256sum < "$2" | cut -d' ' -f1)
-        rate="$size bytes received and $(wc -c < /tmp/e2e-out.bin) sent in $t ms ($((size * 2 / 1024 * 1000 / t)) KiB/s both ways)${NOTE:-}"
+        rate="$size bytes received and $(wc -c < /tmp/e2e-out.bin) sent in $t ms ($((size * 2 * 1000 / 1024 / t)) KiB/s both ways)${NOTE:-}"
         if [ "$got" = "$WANT" ]; then
             report "$1" "ok $rate; what it received matches the first level's data (sha256 ${got%"${got#????????????????}"}...)"
         else
-            report "$1" "FAIL $rate; received sha256 $got, expected $WANT; $(cat /tmp/e2e-sock.err 2>/dev/null | tr '\n' ' ')"
+            report "$1" "FAIL $rate; received sha256 $got, expected $WANT; $(tr '\n' ' ' 2>/dev/null < /tmp/e2e-sock.err)"
         fi
     }
     head -c 524288 /dev/urandom > /tmp/e2e-out.bin
