@@ -381,10 +381,16 @@ impl From<SerialArg> for SerialConfig {
 /// (`kindling_api::server::serve`), the other flags as its pre-configuration.
 fn api_mode(args: Args, start_time: StartTime) -> ExitCode {
     use kindling::api::server::{serve, Preset, ServeOptions};
-    if args.vsock.is_some() || args.restore.is_some() || args.snapshot_on_line.is_some() {
+    if !args.net.is_empty()
+        || args.vsock.is_some()
+        || args.restore.is_some()
+        || args.snapshot_on_line.is_some()
+    {
+        // (--net was silently dropped here before: the Preset has no network.)
         eprintln!(
-            "microvm: --vsock, --restore and --snapshot-on-line are not available with \
-             --api-sock/--config-file yet"
+            "microvm: --net, --vsock, --restore and --snapshot-on-line are not available with \
+             --api-sock/--config-file yet (PUT /network-interfaces and /vsock, or the config \
+             file's network-interfaces and vsock, configure those devices)"
         );
         return ExitCode::from(1);
     }
