@@ -215,24 +215,29 @@ api_driver() {
     api GET /vm/config
     api PUT /actions '{"action_type": "InstanceStart"}'
     api GET /
-    # Paused for two seconds while the guest boots (its vCPUs busy), then
-    # resumed: the guest must still run all its checks. The VMM's CPU time
-    # shows whether its vCPUs stopped meanwhile (in clock ticks, 1/100 s).
+    # Paused at once, while the guest boots (its vCPUs busy), for two
+    # seconds, then resumed: the guest must still run all its checks. The
+    # VMM's CPU time shows whether its vCPUs stopped meanwhile (in clock
+    # ticks, 1/100 s), and, for comparison, how busy they are in the second
+    # after the resume (when the guest is still running then: a guest on
+    # real hardware may be done by then).
     pid=$(vmm_pid)
-    t0=$(cpu_ticks "$pid")
-    sleep 1
-    t1=$(cpu_ticks "$pid")
     api PATCH /vm '{"state": "Paused"}'
     api GET /
-    t2=$(cpu_ticks "$pid")
+    t0=$(cpu_ticks "$pid")
     sleep 2
-    t3=$(cpu_ticks "$pid")
+    t1=$(cpu_ticks "$pid")
     api PATCH /vm '{"state": "Resumed"}'
     api GET /
-    if [ -n "$t0" ] && [ -n "$t1" ] && [ -n "$t2" ] && [ -n "$t3" ]; then
-        echo "api cpu: pid $pid: running $((t1 - t0)) ticks in 1 s, paused $((t3 - t2)) ticks in 2 s"
+    t2=$(cpu_ticks "$pid")
+    sleep 1
+    t3=$(cpu_ticks "$pid")
+    if [ -n "$t0" ] && [ -n "$t1" ]; then
+        running=""
+        [ -n "$t2" ] && [ -n "$t3" ] && running=", running $((t3 - t2)) ticks in the 1 s after the resume"
+        echo "api cpu: pid $pid: paused $((t1 - t0)) ticks in 2 s$running"
     else
-        echo "api cpu: not measured (microvm pid '$pid', ticks '$t0' '$t1' '$t2' '$t3')"
+        echo "api cpu: not measured (microvm pid '$pid', ticks '$t0' '$t1')"
     fi
 }
 
