@@ -83,6 +83,7 @@ fn counting_guest(mib: u64, track_dirty_pages: bool) -> RunningVmm {
         track_dirty_pages,
         serial: SerialConfig::Writer(Box::new(serial.clone())),
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
+        debug_exit: true,
         ..VmConfig::default()
     };
     let running = Vmm::build(config).unwrap().start().unwrap();

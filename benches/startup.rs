@@ -189,6 +189,7 @@ fn run_api_once(
     let mut child = Command::new(binary)
         .arg("--api-sock")
         .arg(&socket)
+        .arg("--debug-exit")
         .args(extra_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -240,7 +241,7 @@ fn run_api_once(
 fn run_config_file_once(binary: &PathBuf, config: &std::path::Path) -> Sample {
     let start = Instant::now();
     let mut child = Command::new(binary)
-        .args(["--no-api", "--config-file"])
+        .args(["--no-api", "--debug-exit", "--config-file"])
         .arg(config)
         .args(extra_args())
         .stdin(Stdio::null())

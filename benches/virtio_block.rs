@@ -112,6 +112,7 @@ fn run(
             rate_limiter: None,
         }],
         serial: SerialConfig::Writer(Box::new(stamper.clone())),
+        debug_exit: true,
         ..VmConfig::default()
     }) {
         Ok(vmm) => vmm,

@@ -97,6 +97,7 @@ fn run(tap: &str, ifindex: i32, dir: Direction, len: usize, frames: u64) -> (Dur
         memory_mib: 64,
         net: vec![NetConfig::new("eth0", tap)],
         serial: SerialConfig::Writer(Box::new(stamper.clone())),
+        debug_exit: true,
         ..VmConfig::default()
     })
     .expect("building the benchmark VM");

@@ -70,6 +70,7 @@ fn run<T: Send + 'static>(
             uds_path: uds.to_path_buf(),
         }),
         serial: SerialConfig::Writer(Box::new(serial.clone())),
+        debug_exit: true,
         ..VmConfig::default()
     }) {
         Ok(vmm) => vmm,

@@ -7,7 +7,8 @@
 //!     [--net tap=NAME[,mac=aa:bb:cc:dd:ee:ff]]...
 //!     [--entropy] [--vsock cid=N,uds=PATH] [--serial stdout|off|file=PATH]
 //! cargo run --release --example microvm -- --restore STATE_FILE --restore-mem MEM_FILE
-//!     [--disk-override N=PATH]... [--serial stdout|off|file=PATH]
+//!     [--disk-override N=PATH]... [--net-override N=TAP]...
+//!     [--vsock-override PATH] [--serial stdout|off|file=PATH]
 //! ```
 //!
 //! `--snapshot-on-line TEXT --snapshot-state STATE_FILE --snapshot-mem
@@ -15,7 +16,8 @@
 //! line containing TEXT and exits 0: a hook for tests.
 //!
 //! With no `--kernel` it boots the embedded test guest. It exits with the
-//! guest's status (the debug-exit port), 0 after a guest reset or power-off
+//! guest's status (the debug-exit port, opt-in with `--debug-exit` and on
+//! for the embedded test guest), 0 after a guest reset or power-off
 //! or the console escape (Ctrl-A x), and 1 with one line on stderr for any
 //! error. `--help` says more.
 
@@ -30,10 +32,11 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 
 use clap::Parser;
+use kindling::api::models::{LogLevel, LoggerConfig};
 use kindling::vcpu::VcpuError;
 use kindling::vmm::console::{self, ConsoleEscape, RawTerminal, ESCAPE_HELP};
 use kindling::vmm::snapshot::{
-    DiskOverride, MemBackend, RestoreConfig, SnapshotKind, SnapshotRequest,
+    DiskOverride, MemBackend, NetOverride, RestoreConfig, SnapshotKind, SnapshotRequest,
 };
 use kindling::vmm::{
     BootProtocol, DiskConfig, ExitReason, KernelSource, NetConfig, SerialConfig, StartTime,
@@ -57,7 +60,8 @@ and kindling.exit=N|reset are listed in the README, section \"The test
 guest\". With --kernel, the default command line is
 \"console=ttyS0 reboot=k panic=1 pci=off\".
 
-Exit status: what the guest writes to the debug-exit port (0xf4); 0 after
+Exit status: what the guest writes to the debug-exit port (0xf4; only
+with --debug-exit or the embedded test guest); 0 after
 a guest reset (i8042, ACPI reset register, triple fault) or power-off
 (ACPI S5); 0 after the console escape; 1 with one line on stderr
 (\"microvm: ...\") for any error.
@@ -130,7 +134,7 @@ struct Args {
     serial: SerialArg,
     /// Restore the VM from this snapshot state file instead of booting.
     #[arg(long, value_name = "STATE_FILE", requires = "restore_mem",
-          conflicts_with_all = ["kernel", "initrd", "cmdline", "pvh", "disk", "entropy"])]
+          conflicts_with_all = ["kernel", "initrd", "cmdline", "pvh", "disk", "entropy", "net", "vsock"])]
     restore: Option<PathBuf>,
     /// The snapshot's memory file (for a diff snapshot: its base with the
     /// diff applied).
@@ -140,6 +144,14 @@ struct Args {
     /// (repeatable).
     #[arg(long, value_name = "N=PATH", requires = "restore")]
     disk_override: Vec<DiskOverride>,
+    /// At restore, attach network interface N (index or iface_id) to
+    /// another TAP: N=TAP (repeatable). The others reopen their own TAP.
+    #[arg(long, value_name = "N=TAP", requires = "restore")]
+    net_override: Vec<NetOverride>,
+    /// At restore, the vsock device listens on this Unix socket instead of
+    /// the one it had (its connections are reset either way).
+    #[arg(long, value_name = "PATH", requires = "restore")]
+    vsock_override: Option<PathBuf>,
     /// At the first serial line containing TEXT, pause the VM, write a full
     /// snapshot to --snapshot-state and --snapshot-mem, and exit 0.
     #[arg(long, value_name = "TEXT", requires_all = ["snapshot_state", "snapshot_mem"])]
@@ -151,7 +163,8 @@ struct Args {
     #[arg(long, value_name = "MEM_FILE", requires = "snapshot_on_line")]
     snapshot_mem: Option<PathBuf>,
     /// Serve Firecracker's API on this Unix socket; the VM boots at
-    /// InstanceStart (the flags above pre-configure it).
+    /// InstanceStart (the flags above pre-configure it) or is loaded from
+    /// a snapshot at PUT /snapshot/load.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
     /// Configure from a Firecracker config file and boot at once.
@@ -160,6 +173,37 @@ struct Args {
     /// No API socket (with --config-file).
     #[arg(long, conflicts_with = "api_sock")]
     no_api: bool,
+    /// Add the debug-exit port (0xf4): a byte the guest writes there ends
+    /// microvm with that status. On by default for the embedded test
+    /// guest; otherwise off, since it lets the guest choose the exit
+    /// status.
+    #[arg(long)]
+    debug_exit: bool,
+    /// Log level: Error, Warning (the default), Info, Debug, Trace or Off
+    /// (the VMM's own messages: device errors, why the VM ended, ...).
+    #[arg(long, value_name = "LEVEL")]
+    level: Option<LogLevel>,
+    /// Append log lines to this existing file or named pipe instead of
+    /// standard error.
+    #[arg(long, value_name = "PATH")]
+    log_path: Option<PathBuf>,
+}
+
+/// Installs the process logger: standard error at Warning unless
+/// `--level` / `--log-path` say otherwise (`PUT /logger` can change it
+/// later in API mode).
+fn install_logger(level: Option<LogLevel>, log_path: Option<&Path>) -> Result<(), String> {
+    use kindling::api::logger;
+    logger::install("anonymous-instance").map_err(|e| e.to_string())?;
+    if level.is_none() && log_path.is_none() {
+        return Ok(());
+    }
+    let config = LoggerConfig {
+        level: Some(level.unwrap_or(LogLevel::Warning)),
+        log_path: log_path.map(|p| p.to_string_lossy().into_owned()),
+        ..LoggerConfig::default()
+    };
+    logger::configure(&config).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone)]
@@ -203,6 +247,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Err(e) = install_logger(args.level, args.log_path.as_deref()) {
+        eprintln!("microvm: {e}");
+        return ExitCode::from(1);
+    }
     if args.api_sock.is_some() || args.config_file.is_some() || args.no_api {
         return api_mode(args, start_time);
     }
@@ -253,9 +301,12 @@ fn main() -> ExitCode {
     if let (Some(state), Some(mem)) = (args.restore, args.restore_mem) {
         let config = RestoreConfig {
             disk_overrides: args.disk_override,
+            net_overrides: args.net_override,
+            vsock_override: args.vsock_override,
             serial,
             start_time,
             stop_on_signals: true,
+            debug_exit: args.debug_exit,
             ..RestoreConfig::new(state, MemBackend::File(mem))
         };
         let result = Vmm::restore(config).and_then(|vmm| match snapshot_at_marker {
@@ -295,6 +346,9 @@ fn main() -> ExitCode {
         start_time,
         console_escape: interactive.then(|| escape.clone()),
         stop_on_signals: true,
+        // The embedded test guest ends through the port; a kernel the user
+        // gives gets it only when asked.
+        debug_exit: args.debug_exit || !user_kernel,
         ..VmConfig::default()
     };
     let ring0_emulated = user_kernel && Path::new(KVM_PVM_MODULE).exists();
@@ -379,25 +433,24 @@ impl From<SerialArg> for SerialConfig {
 
 /// `--api-sock` / `--config-file`: Firecracker's control plane
 /// (`kindling_api::server::serve`), the other flags as its pre-configuration.
+/// Termination signals stay blocked (see `main`): before the VM runs one
+/// ends the server, once it runs one stops it in order.
 fn api_mode(args: Args, start_time: StartTime) -> ExitCode {
-    use kindling::api::server::{serve, Preset, ServeOptions};
-    if !args.net.is_empty()
-        || args.vsock.is_some()
-        || args.restore.is_some()
-        || args.snapshot_on_line.is_some()
-    {
-        // (--net was silently dropped here before: the Preset has no network.)
+    use kindling::api::server::{serve, Preset, ServeOptions, Served};
+    if args.restore.is_some() {
         eprintln!(
-            "microvm: --net, --vsock, --restore and --snapshot-on-line are not available with \
-             --api-sock/--config-file yet (PUT /network-interfaces and /vsock, or the config \
-             file's network-interfaces and vsock, configure those devices)"
+            "microvm: --restore is not available with --api-sock/--config-file: load the \
+             snapshot with PUT /snapshot/load instead"
         );
         return ExitCode::from(1);
     }
-    // The API path does not stop the VM in order on signals yet: leave
-    // them their default action rather than ignoring them.
-    if let Err(e) = kindling::vmm::signals::unblock_termination_signals() {
-        eprintln!("microvm: cannot unblock termination signals: {e}");
+    if !args.net.is_empty() || args.vsock.is_some() || args.snapshot_on_line.is_some() {
+        // (--net was silently dropped here before: the Preset has no network.)
+        eprintln!(
+            "microvm: --net, --vsock and --snapshot-on-line are not available with \
+             --api-sock/--config-file yet (PUT /network-interfaces and /vsock, or the config \
+             file's network-interfaces and vsock, configure those devices)"
+        );
         return ExitCode::from(1);
     }
     let preset = Preset {
@@ -409,6 +462,7 @@ fn api_mode(args: Args, start_time: StartTime) -> ExitCode {
         memory_mib: args.memory,
         disks: args.disk,
         entropy: args.entropy,
+        debug_exit: args.debug_exit,
     };
     let resources = match preset.into_resources() {
         Ok(resources) => resources,
@@ -422,10 +476,23 @@ fn api_mode(args: Args, start_time: StartTime) -> ExitCode {
         config_file: args.config_file,
         resources,
         serial: args.serial.into(),
+        stop_on_signals: true,
         ..ServeOptions::new(start_time)
     };
+    let socket = options.api_socket.clone();
     match serve(options) {
-        Ok(reason) => ExitCode::from(reason.exit_code() as u8),
+        Ok(Served::VmEnded(reason)) => exit_with(Ok(reason), &ConsoleEscape::new()),
+        Ok(served @ Served::SignalBeforeStart(signo)) => {
+            let removed = match &socket {
+                Some(path) => format!(", API socket {} removed", path.display()),
+                None => String::new(),
+            };
+            eprintln!(
+                "microvm: stopped by {} before any microVM ran{removed}",
+                kindling::vmm::signals::signal_name(signo)
+            );
+            ExitCode::from(served.exit_code() as u8)
+        }
         Err(e) => {
             eprintln!("microvm: {e}");
             ExitCode::from(1)

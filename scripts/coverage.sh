@@ -30,7 +30,7 @@ cargo test --workspace
 dir="$CARGO_TARGET_DIR"
 llvm-profdata-22 merge -sparse "$dir"/*.profraw -o "$dir/kindling.profdata"
 objects=()
-for f in "$dir"/x86_64-unknown-linux-gnu/debug/deps/* "$dir"/x86_64-unknown-linux-gnu/debug/examples/microvm; do
+for f in "$dir"/x86_64-unknown-linux-gnu/debug/deps/* "$dir"/x86_64-unknown-linux-gnu/debug/examples/microvm "$dir"/x86_64-unknown-linux-gnu/debug/kindling-jailer; do
     if [ -f "$f" ] && [ -x "$f" ] && [[ "$f" != *.so ]]; then
         objects+=(-object "$f")
     fi

@@ -31,6 +31,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 step "build the example VMM (release)"
 cargo build --release --example microvm --locked
 
+step "build the jailer (release)"
+cargo build --release -p kindling-jailer --locked
+
 step "cargo test"
 # Plain `cargo test` builds the examples as binaries, which the CLI tests
 # run (with --all-targets they would be built as test harnesses instead).

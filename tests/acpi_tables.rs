@@ -31,6 +31,7 @@ fn a_built_vm_has_an_rsdp_in_the_bios_area_and_in_the_zero_page() {
         cmdline: "kindling.test=hello".into(),
         vcpus: 2,
         serial: SerialConfig::Off,
+        debug_exit: true,
         ..VmConfig::default()
     })
     .unwrap();

@@ -318,7 +318,12 @@ fn config_file_boots_at_once() {
         .as_bytes(),
     );
     let out = std::process::Command::new(microvm_binary())
-        .args(["--no-api", "--config-file", config.to_str().unwrap()])
+        .args([
+            "--no-api",
+            "--debug-exit",
+            "--config-file",
+            config.to_str().unwrap(),
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
@@ -487,7 +492,12 @@ fn hostile_clients_get_clear_errors_and_the_server_keeps_going() {
             r#"{"amount_mib": 1}"#,
             "does not support the memory balloon",
         ),
-        ("PUT", "/snapshot/load", "{}", "does not support snapshots"),
+        (
+            "PUT",
+            "/snapshot/load",
+            "{}",
+            "missing field `snapshot_path`",
+        ),
         ("PUT", "/cpu-config", "{}", "CPU configuration"),
         ("PUT", "/pmem/p", "{}", "pmem"),
         ("PATCH", "/hotplug/memory", "{}", "hotplug"),

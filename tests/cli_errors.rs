@@ -365,10 +365,80 @@ fn net_with_the_api_socket_is_refused_not_dropped() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.starts_with(
-            "microvm: --net, --vsock, --restore and --snapshot-on-line are not available with --api-sock"
+            "microvm: --net, --vsock and --snapshot-on-line are not available with --api-sock"
         ),
         "{stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(!sock.exists(), "no API socket is served");
+}
+
+#[test]
+fn bad_log_options() {
+    assert_error(&["--level", "loud"], "unknown log level \"loud\"");
+    assert_error(
+        &["--log-path", "/nonexistent/kindling/log"],
+        "cannot open the log file /nonexistent/kindling/log",
+    );
+}
+
+#[test]
+fn the_log_says_why_the_vm_ended() {
+    if !kvm_available("the_log_says_why_the_vm_ended") {
+        return;
+    }
+    // Quiet by default: only the guest's line.
+    let (status, _, stderr) = microvm(&[]);
+    assert_eq!(status, 0);
+    assert!(stderr.is_empty(), "{stderr:?}");
+    // At Info, one line on stderr gives the reason; to a file with
+    // --log-path.
+    let (status, _, stderr) = microvm(&[
+        "--level",
+        "Info",
+        "--cmdline",
+        "kindling.test=hello kindling.exit=5",
+    ]);
+    assert_eq!(status, 5);
+    assert!(stderr.contains("the VM ended: Status(5)"), "{stderr:?}");
+    let dir = TempDir::new("cli-log");
+    let log = dir.0.join("vmm.log");
+    std::fs::write(&log, "").unwrap();
+    let path = log.to_str().unwrap();
+    let (status, _, stderr) = microvm(&[
+        "--level",
+        "info",
+        "--log-path",
+        path,
+        "--cmdline",
+        "kindling.test=hello kindling.exit=reset",
+    ]);
+    assert_eq!(status, 0);
+    assert!(stderr.is_empty(), "{stderr:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("the VM ended: Reset"), "{text:?}");
+}
+
+#[test]
+fn the_debug_exit_port_is_opt_in_for_a_kernel_the_user_gives() {
+    if !kvm_available("the_debug_exit_port_is_opt_in_for_a_kernel_the_user_gives") {
+        return;
+    }
+    let dir = TempDir::new("cli-debug-exit");
+    let kernel = dir.0.join("guest.elf");
+    std::fs::write(&kernel, kindling_test_guest::TEST_GUEST_ELF).unwrap();
+    let kernel = kernel.to_str().unwrap();
+    let cmdline = "kindling.test=hello kindling.exit=9";
+    // The guest cannot choose microvm's status: its write to port 0xf4
+    // goes nowhere, it says so and resets (status 0).
+    let (status, stdout, _) = microvm(&["--kernel", kernel, "--cmdline", cmdline]);
+    assert_eq!(status, 0, "{stdout}");
+    assert!(
+        stdout.contains("exit: no debug-exit device at port 0xf4, status 9 lost; resetting"),
+        "{stdout}"
+    );
+    // Asked for, the port is there.
+    let (status, stdout, _) = microvm(&["--kernel", kernel, "--cmdline", cmdline, "--debug-exit"]);
+    assert_eq!(status, 9, "{stdout}");
+    assert!(!stdout.contains("no debug-exit device"), "{stdout}");
 }

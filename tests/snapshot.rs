@@ -45,6 +45,7 @@ fn start_guest(cmdline: &str, disk: Option<&Path>, track_dirty_pages: bool) -> G
         track_dirty_pages,
         serial: SerialConfig::Writer(Box::new(serial.clone())),
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
+        debug_exit: true,
         ..VmConfig::default()
     };
     let running = Vmm::build(config).unwrap().start().unwrap();
@@ -119,6 +120,7 @@ impl Restored {
             .arg(state)
             .arg("--restore-mem")
             .arg(mem)
+            .arg("--debug-exit")
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -300,6 +302,7 @@ fn restore_here(state: &Path, mem: &Path, resume: bool) -> Guest {
         serial: SerialConfig::Writer(Box::new(serial.clone())),
         resume,
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
+        debug_exit: true,
         ..RestoreConfig::new(state, MemBackend::File(mem.to_path_buf()))
     };
     let running = Vmm::restore(config).unwrap().start().unwrap();
@@ -452,6 +455,7 @@ fn snapshots_need_a_paused_vm_and_the_right_set_up() {
         cmdline: "kindling.test=count".into(),
         serial: SerialConfig::Off,
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
+        debug_exit: true,
         ..VmConfig::default()
     })
     .unwrap();
@@ -492,6 +496,7 @@ fn restore_err(state: &Path, mem: &Path, overrides: Vec<DiskOverride>) -> VmmErr
     let config = RestoreConfig {
         serial: SerialConfig::Off,
         disk_overrides: overrides,
+        debug_exit: true,
         ..RestoreConfig::new(state, MemBackend::File(mem.to_path_buf()))
     };
     Vmm::restore(config).expect_err("a hostile snapshot was restored")
@@ -706,6 +711,7 @@ fn a_restore_through_userfaultfd_is_served_by_a_handler_thread() {
     let config = RestoreConfig {
         serial: SerialConfig::Writer(Box::new(serial.clone())),
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
+        debug_exit: true,
         ..RestoreConfig::new(&state, MemBackend::Uffd(socket.clone()))
     };
     let restored = Guest {
@@ -768,6 +774,7 @@ fn a_restore_through_userfaultfd_is_served_by_a_handler_process() {
     let config = RestoreConfig {
         serial: SerialConfig::Writer(Box::new(serial.clone())),
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
+        debug_exit: true,
         ..RestoreConfig::new(&state, MemBackend::Uffd(socket.clone()))
     };
     let restored = Guest {
@@ -785,6 +792,7 @@ fn a_restore_through_userfaultfd_is_served_by_a_handler_process() {
     // No handler listening: a clear error.
     let config = RestoreConfig {
         serial: SerialConfig::Off,
+        debug_exit: true,
         ..RestoreConfig::new(&state, MemBackend::Uffd(dir.0.join("nobody.sock")))
     };
     let err = Vmm::restore(config).unwrap_err();

@@ -190,3 +190,21 @@ fn actions_run_in_order() {
     assert_eq!(lines[1], HELLO);
     assert!(lines[2].starts_with("cmdline: kindling.test=smp"));
 }
+
+#[test]
+fn without_the_debug_exit_port_the_guest_cannot_choose_the_status() {
+    if !kvm_available("without_the_debug_exit_port_the_guest_cannot_choose_the_status") {
+        return;
+    }
+    let run = common::run_test_guest_with("kindling.test=hello kindling.exit=7", 1, 128, |c| {
+        c.debug_exit = false;
+    });
+    assert_eq!(run.reason, ExitReason::Reset, "{}", run.serial);
+    assert_eq!(
+        run.lines(),
+        vec![
+            HELLO,
+            "exit: no debug-exit device at port 0xf4, status 7 lost; resetting"
+        ]
+    );
+}

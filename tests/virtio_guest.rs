@@ -362,3 +362,57 @@ fn the_io_uring_engine_serves_the_guest() {
         .all(|&b| b == 171));
     assert_eq!(after[1503 * SECTOR..], data[1503 * SECTOR..]);
 }
+
+/// An adversarial guest keeps the queue full of the largest reads the
+/// device allows (4 MiB each, all into one buffer) and sends reads larger
+/// than that: the large ones fail with IOERR and nothing holds the event
+/// loop for long. The longest single pass is printed (the README quotes
+/// it); the bound asserted is loose (before the per-pass byte budget and
+/// the request-size limit one pass could read a gigabyte and take seconds).
+#[test]
+fn an_io_hog_cannot_hold_the_event_loop() {
+    use kindling::vmm::{KernelSource, SerialConfig, VmConfig, Vmm};
+    use std::sync::{Arc, Mutex};
+    if !kvm_available("an_io_hog_cannot_hold_the_event_loop") {
+        return;
+    }
+    let dir = TempDir::new("virtio-hog");
+    let disk = dir.0.join("hog.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(128 << 20)
+        .unwrap();
+    let serial = common::Capture::default();
+    let config = VmConfig {
+        kernel: KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF.into()),
+        cmdline: "kindling.test=virtio,blk-hog:0:200:4096,blk-hog:0:100:65536".into(),
+        memory_mib: 128,
+        disks: vec![DiskConfig {
+            path: disk.clone(),
+            read_only: false,
+            engine: BlockEngine::Sync,
+            rate_limiter: None,
+        }],
+        serial: SerialConfig::Writer(Box::new(serial.clone())),
+        boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
+        debug_exit: true,
+        ..VmConfig::default()
+    };
+    let vmm = Vmm::build(config).expect("building the VM");
+    let stats = vmm.devices().virtio[0].pass_stats.clone();
+    let reason = vmm.run().expect("running the VM");
+    let out = serial.text();
+    let longest = stats.longest();
+    eprintln!(
+        "an_io_hog_cannot_hold_the_event_loop: longest pass {longest:?} over {} passes",
+        stats.passes()
+    );
+    assert_eq!(reason, ExitReason::Status(0), "{out}");
+    assert!(out.contains("blk0: hog done=200 ok=200 ioerr=0"), "{out}");
+    assert!(out.contains("blk0: hog done=100 ok=0 ioerr=100"), "{out}");
+    assert!(stats.passes() >= 200 / 2, "{} passes", stats.passes());
+    assert!(
+        longest < std::time::Duration::from_millis(500),
+        "one pass held the event loop for {longest:?}"
+    );
+}

@@ -15,7 +15,7 @@ use kindling::vmm::{
     ExitReason, KernelSource, NetConfig, RateLimiterConfig, SerialConfig, TokenBucketConfig,
     VmConfig, Vmm,
 };
-use tap::{create_tap, tap_available, PacketSocket, Vnet};
+use tap::{create_tap, host_frame, tap_available, PacketSocket, Vnet};
 
 const MAC: &str = "06:00:ac:10:00:02";
 
@@ -30,6 +30,7 @@ fn config(cmdline: &str, serial: &Capture, net: Vec<NetConfig>) -> VmConfig {
         memory_mib: 64,
         net,
         serial: SerialConfig::Writer(Box::new(serial.clone())),
+        debug_exit: true,
         ..VmConfig::default()
     }
 }
@@ -47,14 +48,6 @@ fn sent_frame(i: u32, len: usize) -> Vec<u8> {
     f.extend_from_slice(&[6, 0, 0xac, 0x10, 0, 2, 0x88, 0xb5]);
     f.extend_from_slice(&i.to_le_bytes());
     f.extend((18..len).map(|k| (i as usize + k) as u8));
-    f
-}
-
-/// A frame for the guest: local-experimental EtherType, recognisable body.
-fn host_frame(i: u32, len: usize) -> Vec<u8> {
-    let mut f = vec![6, 0, 0xac, 0x10, 0, 2, 2, 0, 0, 0, 0, 9, 0x88, 0xb5];
-    f.extend_from_slice(&i.to_le_bytes());
-    f.extend((18..len).map(|k| (k as u32 ^ i.wrapping_mul(31)) as u8));
     f
 }
 

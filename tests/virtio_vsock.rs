@@ -4,6 +4,8 @@
 //! that connect to `<uds>` with `CONNECT <port>\n`.
 
 mod common;
+#[path = "common/vsock.rs"]
+mod vsock;
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -16,13 +18,7 @@ use std::time::{Duration, Instant};
 use common::{crc32, kvm_available, microvm_binary, Capture, TempDir};
 use kindling::virtio::vsock::{Vsock, VsockCounters, VsockError, FIRST_HOST_PORT};
 use kindling::vmm::{ExitReason, KernelSource, SerialConfig, VmConfig, Vmm, VmmError, VsockConfig};
-
-/// The test guest's pattern (virtio_vsock.c).
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len as u64)
-        .map(|i| (i.wrapping_mul(31) + (i >> 12)) as u8)
-        .collect()
-}
+use vsock::{closed_by_the_device, echo_listener, host_connect, pattern};
 
 struct Run {
     reason: ExitReason,
@@ -50,6 +46,7 @@ fn config(cmdline: &str, uds: &Path, serial: &Capture) -> VmConfig {
             guest_cid: 3,
             uds_path: uds.to_path_buf(),
         }),
+        debug_exit: true,
         ..VmConfig::default()
     }
 }
@@ -87,66 +84,6 @@ fn run_with_device<T: Send + 'static>(
         },
         result,
     )
-}
-
-/// A host listener at `<uds>_<port>` that echoes one connection until
-/// end of file.
-fn echo_listener(uds: &Path, port: u32) -> thread::JoinHandle<usize> {
-    let mut path = uds.as_os_str().to_owned();
-    path.push(format!("_{port}"));
-    let listener = UnixListener::bind(PathBuf::from(path)).unwrap();
-    thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut total = 0;
-        loop {
-            let n = stream.read(&mut buf).unwrap();
-            if n == 0 {
-                return total;
-            }
-            stream.write_all(&buf[..n]).unwrap();
-            total += n;
-        }
-    })
-}
-
-/// Connects to the device's socket and asks for guest `port`.
-fn host_connect(uds: &Path, port: u32) -> (UnixStream, Option<u32>) {
-    let mut stream = UnixStream::connect(uds).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    stream
-        .write_all(format!("CONNECT {port}\n").as_bytes())
-        .unwrap();
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while stream.read(&mut byte).unwrap() == 1 {
-        line.push(byte[0]);
-        if byte[0] == b'\n' {
-            break;
-        }
-    }
-    let line = String::from_utf8(line).unwrap();
-    let port = line
-        .strip_prefix("OK ")
-        .and_then(|p| p.strip_suffix('\n'))
-        .map(|p| p.parse().unwrap());
-    (stream, port)
-}
-
-/// Whether the device closes `stream` (end of file) soon.
-fn closed_by_the_device(stream: &mut UnixStream) -> bool {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut buf = [0u8; 16];
-    // Closed with bytes of ours unread, a Unix socket reports a reset.
-    match stream.read(&mut buf) {
-        Ok(0) => true,
-        Err(e) => e.kind() == ErrorKind::ConnectionReset,
-        Ok(_) => false,
-    }
 }
 
 #[test]

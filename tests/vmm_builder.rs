@@ -33,6 +33,7 @@ fn guest_config(cmdline: &str, serial: &Capture) -> VmConfig {
         kernel: KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF.into()),
         cmdline: cmdline.into(),
         serial: SerialConfig::Writer(Box::new(serial.clone())),
+        debug_exit: true,
         ..VmConfig::default()
     }
 }

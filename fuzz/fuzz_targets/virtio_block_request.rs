@@ -55,6 +55,7 @@ fuzz_target!(|data: &[u8]| {
                 | RequestKind::Write { sector, buffers, len } => {
                     check(buffers, *len);
                     assert_eq!(len % 512, 0);
+                    assert!(u64::from(*len) <= limits.max_data_bytes);
                     assert!(sector + u64::from(*len) / 512 <= capacity);
                 }
                 RequestKind::GetId { buffers, len } => {

@@ -47,6 +47,15 @@ static inline void outsb(uint16_t port, const void *buf, size_t n)
 			 : "d"(port), "m"(*(const char (*)[n])buf));
 }
 
+/* The time-stamp counter (ring 3 may read it: CR4.TSD is clear). */
+static inline uint64_t rdtsc(void)
+{
+	uint32_t lo, hi;
+
+	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return ((uint64_t)hi << 32) | lo;
+}
+
 static inline void cpu_relax(void)
 {
 	__asm__ volatile("pause" ::: "memory");

@@ -28,10 +28,23 @@ static __attribute__((noreturn)) void halt_forever(void)
 
 static __attribute__((noreturn)) void exit_vm(struct exit_request req)
 {
-	if (req.reset)
-		outb(I8042_COMMAND_PORT, I8042_RESET);
-	else
+	if (!req.reset) {
+		uint64_t start;
+
 		outb(DEBUG_EXIT_PORT, req.status);
+		/* The VMM stops the vCPUs a moment after the write: give it
+		 * about a second (2^31 TSC cycles) before concluding that it has
+		 * no debug-exit device (the device is opt-in). Then say so and
+		 * reset, rather than hang. */
+		start = rdtsc();
+		while (rdtsc() - start < (1ULL << 31))
+			cpu_relax();
+		out_str("exit: no debug-exit device at port 0xf4, status ");
+		out_dec(req.status);
+		out_str(" lost; resetting");
+		out_line();
+	}
+	outb(I8042_COMMAND_PORT, I8042_RESET);
 	halt_forever();		/* the VMM should not have let us run on */
 }
 

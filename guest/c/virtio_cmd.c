@@ -414,6 +414,66 @@ static void act_blk_bench(const struct args *a)
 	blk_bench(b, (unsigned)d, &p);
 }
 
+/*
+ * blk-hog:D:COUNT:KIB, an adversarial workload: COUNT reads of KIB KiB
+ * each from sector 0, the queue kept full, every one into the same buffer
+ * at HOG_BUF (so a few MiB of guest RAM stand for any amount of I/O).
+ * The device must refuse what is larger than it advertised and must not
+ * hold its event loop for long however many reads are queued. Prints
+ * "blk<D>: hog done=N ok=X ioerr=Y".
+ */
+#define HOG_BUF		0x1000000UL	/* 16 MiB, above the driver's memory */
+#define HOG_MAX_KIB	65536		/* the buffer ends at 80 MiB */
+
+static void act_blk_hog(const struct args *a)
+{
+	uint64_t d = arg_num(a, 0, 0, UINT32_MAX);
+	uint64_t count = arg_num(a, 1, 1, UINT32_MAX);
+	uint64_t kib = arg_num(a, 2, 1, HOG_MAX_KIB);
+	uint64_t submitted = 0, done = 0, ok = 0, ioerr = 0;
+	uint16_t free_slots[BLK_MAX_SLOTS];
+	uint16_t nfree, slot;
+	struct blk_dev *b;
+	int r;
+
+	if (a->n != 3)
+		bad_arguments(a);
+	b = blk_arg(a, d);
+	if (b->capacity < kib * 2)
+		bad_arguments(a);
+	for (nfree = 0; nfree < b->slots; nfree++)
+		free_slots[nfree] = nfree;
+	while (done < count) {
+		while (nfree && submitted < count) {
+			slot = free_slots[--nfree];
+			blk_prepare(b, slot, VIRTIO_BLK_T_IN, 0, HOG_BUF,
+				    (uint32_t)(kib * 1024), true);
+			blk_submit(b, slot);
+			submitted++;
+		}
+		blk_kick(b);
+		if (!virtq_wait_used(&b->dev->vq))
+			blk_device_failed((unsigned)d, BLK_TIMEOUT);
+		while ((r = blk_reap(b, &slot)) > 0) {
+			if (b->status[slot] == VIRTIO_BLK_S_OK)
+				ok++;
+			else
+				ioerr++;
+			free_slots[nfree++] = slot;
+			done++;
+		}
+		if (r < 0)
+			blk_device_failed((unsigned)d, r);
+	}
+	out_blk((unsigned)d, "hog done=");
+	out_dec(done);
+	out_str(" ok=");
+	out_dec(ok);
+	out_str(" ioerr=");
+	out_dec(ioerr);
+	out_line();
+}
+
 /* ---- network ---------------------------------------------------------- */
 
 #define NET_ETHERTYPE_TEST	0x88b5	/* IEEE local experimental */
@@ -704,14 +764,6 @@ static void act_blk_zeroes(const struct args *a)
 #define COUNT_PERIOD_TSC	20000000ULL	/* cycles between two lines */
 #define COUNT_DISK_SECTORS	64		/* sectors count:D cycles through */
 
-static inline uint64_t rdtsc(void)
-{
-	uint32_t lo, hi;
-
-	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
-	return ((uint64_t)hi << 32) | lo;
-}
-
 /*
  * count and count:D: print "count: N" for N = 0, 1, 2, ... forever, one
  * line every COUNT_PERIOD_TSC cycles. With a disk, each line is preceded
@@ -773,6 +825,7 @@ static const struct {
 	{ "blk-zeroes", act_blk_zeroes },
 	{ "rng", act_rng },
 	{ "blk-bench", act_blk_bench },
+	{ "blk-hog", act_blk_hog },
 	{ "count", act_count },
 	{ "vsock-connect", act_vsock_connect },
 	{ "vsock-listen", act_vsock_listen },

@@ -32,6 +32,8 @@
 #define OP_CREDIT_UPDATE	6
 #define OP_CREDIT_REQUEST	7
 
+#define EVENT_TRANSPORT_RESET	0
+
 #define SHUTDOWN_BOTH		3
 #define SHUTDOWN_SEND		2
 
@@ -75,7 +77,8 @@ struct conn {
 	uint32_t fwd_cnt;		/* payload bytes consumed */
 	uint32_t fwd_cnt_told;		/* fwd_cnt in the last packet sent */
 	bool peer_done_sending;		/* SHUTDOWN with SEND received */
-	bool reset;			/* RST received */
+	bool reset;			/* RST received, or a transport reset */
+	uint32_t resets_seen;		/* transport_resets when it began */
 };
 
 static struct virtio_dev *first_vsock;
@@ -84,6 +87,7 @@ static uint64_t guest_cid;
 static bool tx_busy[TX_SLOTS];
 static uint16_t rx_posted;
 static uint32_t next_local_port = FIRST_LOCAL_PORT;
+static uint32_t transport_resets;	/* VIRTIO_VSOCK_EVENT_TRANSPORT_RESET seen */
 
 void virtio_vsock_count_device(struct virtio_dev *d)
 {
@@ -129,18 +133,33 @@ void virtio_vsock_attach(struct virtio_dev *d)
 
 /* ---- the event queue -------------------------------------------------- */
 
-/* Reposts event buffers. The only event, a transport reset, means the
- * device dropped every connection: the actions see that as their peer
- * going silent and time out. */
+/* Takes the device's events and reposts their buffers. The only event, a
+ * transport reset (after a snapshot restore), means the device dropped
+ * every connection: it is counted and printed, and the connection in
+ * progress ends as reset (conn_reset). */
 static void poll_events(void)
 {
 	uint32_t id, len;
 
 	while (virtq_pop_used(&evq, &id, &len)) {
-		if (id < EVQ_BUFS)
-			virtq_push(&evq, (uint16_t)id);
+		if (id >= EVQ_BUFS)
+			continue;
+		if (len >= 4 && *(volatile uint32_t *)(EV_BUFS + id * 8UL) == EVENT_TRANSPORT_RESET) {
+			transport_resets++;
+			out_str("vsock: transport reset");
+			out_line();
+		}
+		virtq_push(&evq, (uint16_t)id);
 	}
 	virtq_kick(&evq);
+}
+
+/* Whether c was reset: by an RST, or by a transport reset since it began. */
+static bool conn_reset(struct conn *c)
+{
+	if (c->resets_seen != transport_resets)
+		c->reset = true;
+	return c->reset;
 }
 
 /* ---- sending ---------------------------------------------------------- */
@@ -323,7 +342,7 @@ static void wait_reset(struct virtio_dev *d, struct conn *c)
 {
 	struct rx_packet p;
 
-	for (unsigned long spins = 0; !c->reset && spins < VIRTIO_WAIT_SPINS; spins++) {
+	for (unsigned long spins = 0; !conn_reset(c) && spins < VIRTIO_WAIT_SPINS; spins++) {
 		if (!rx_take(d, &p)) {
 			cpu_relax();
 			continue;
@@ -355,6 +374,7 @@ void vsock_connect(struct virtio_dev *d, uint32_t port, uint64_t bytes)
 	struct conn c = {
 		.local_port = next_local_port++,
 		.peer_port = port,
+		.resets_seen = transport_resets,
 	};
 	uint64_t sent = 0, received = 0, mismatches = 0;
 	uint32_t crc = 0;
@@ -363,7 +383,7 @@ void vsock_connect(struct virtio_dev *d, uint32_t port, uint64_t bytes)
 	bool established = false;
 
 	send_control(&c, OP_REQUEST, 0);
-	while (!established && !c.reset) {
+	while (!established && !conn_reset(&c)) {
 		if (!rx_take(d, &p)) {
 			if (++idle == VIRTIO_WAIT_SPINS)
 				stalled("connecting");
@@ -384,7 +404,7 @@ void vsock_connect(struct virtio_dev *d, uint32_t port, uint64_t bytes)
 		return;
 	}
 	idle = 0;
-	while (received < bytes && !c.reset && !c.peer_done_sending) {
+	while (received < bytes && !conn_reset(&c) && !c.peer_done_sending) {
 		bool progress = false;
 
 		if (rx_take(d, &p)) {
@@ -462,6 +482,7 @@ void vsock_listen(struct virtio_dev *d, uint32_t port)
 			c.peer_port = p.h->src_port;
 			c.peer_buf_alloc = p.h->buf_alloc;
 			c.peer_fwd_cnt = p.h->fwd_cnt;
+			c.resets_seen = transport_resets;
 			accepted = true;
 		} else {
 			rx_stray(&p);
@@ -470,7 +491,7 @@ void vsock_listen(struct virtio_dev *d, uint32_t port)
 	}
 	send_control(&c, OP_RESPONSE, 0);
 	idle = 0;
-	while (!c.reset && !(c.peer_done_sending && head == tail)) {
+	while (!conn_reset(&c) && !(c.peer_done_sending && head == tail)) {
 		bool progress = false;
 
 		if (rx_take(d, &p)) {

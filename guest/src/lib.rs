@@ -89,10 +89,11 @@
 //! | `blk-zeroes:D:SECTOR:COUNT` | `blk<D>: write-zeroes sector=<SECTOR> count=<COUNT> status=<S>` | one segment, flags 0 (no unmap) |
 //! | `rng:N` | `rng: bytes=<n> crc32=0x<8 hex> nonzero=<count>` | reads `N` (1..=4096) bytes from the first entropy device; `n` bytes came back, `count` of them non-zero |
 //! | `blk-bench:D:MODE:BS:QD:OPS` | `blk-bench: start`, then `blk-bench: done ops=<OPS> errors=<E>` | see [Block benchmark](#block-benchmark) |
+//! | `blk-hog:D:COUNT:KIB` | `blk<D>: hog done=<COUNT> ok=<X> ioerr=<Y>` | `COUNT` reads of `KIB` KiB (1..65536) from sector 0, the queue kept full, all into one buffer at 16 MiB: an adversarial workload for the device's limits |
 //! | `count` | `count: <N>` for N = 0, 1, 2, ... | never returns; one line every 2×10^7 TSC cycles (a few ms); the counter lives in guest memory, so a restored snapshot goes on where it was |
 //! | `count:D` | the same | before each line, writes sector `N % 64` of block device `D`, every byte `N & 0xff` (a `blk<D>: write sector=.. count=1 status=<S>` line and exit status 3 if that fails) |
 //! | `vsock-connect:PORT:N` | `vsock: connect port=<PORT> sent=<s> received=<r> crc32=0x<8 hex> mismatches=<m>`, or `vsock: connect port=<PORT> refused` | connects to host port `PORT` (0..2^32-1) on the first vsock device, sends `N` (0..2^32-1) bytes of the [vsock pattern](#vsock) while reading what comes back; `crc32` of the `r` bytes received, `m` of them differ from the pattern; see [Vsock](#vsock) |
-//! | `vsock-listen:PORT` | `vsock: listen port=<PORT> echoed=<e> crc32=0x<8 hex> overruns=<o>` + ` reset` when the peer reset the connection | accepts one host connection to guest port `PORT` and echoes what it receives until the host shuts down its sending side; `crc32` of everything received |
+//! | `vsock-listen:PORT` | `vsock: listen port=<PORT> echoed=<e> crc32=0x<8 hex> overruns=<o>` + ` reset` when the peer (or a transport reset) reset the connection | accepts one host connection to guest port `PORT` and echoes what it receives until the host shuts down its sending side; `crc32` of everything received |
 //! | `net-info` | `net0: mac=<mac> mac-feature=<0\|1> mrg-rxbuf=<0\|1> csum=<0\|1> guest-csum=<0\|1> event-idx=<0\|1> rxq=<size> txq=<size>` | the first network device; see [Network](#network) |
 //! | `net-send:N:LEN` | `net-send: start`, then `net-send: done frames=<N> bytes=<N*LEN>` | sends `N` (at least 1) frames of `LEN` (18..=2036) bytes |
 //! | `net-echo:N` | `net-echo: start`, then `net-echo: done frames=<n> bytes=<B> csum=<C> dropped=<D>` | receives `N` frames and sends each back unchanged |
@@ -211,6 +212,14 @@
 //! buffers go back to the device together, with one notification at most,
 //! when the driver finds no more to read.
 //!
+//! A transport reset event (`VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`, which a
+//! device restored from a snapshot sends) prints `vsock: transport reset`
+//! when the driver takes it (while an action polls the device) and ends
+//! the connection in progress as reset by its peer: `vsock-connect`
+//! prints what it had sent and received (or `refused`, if it was still
+//! waiting for the host's answer), `vsock-listen` what it had echoed, with
+//! ` reset`; the next action starts afresh.
+//!
 //! `vsock-connect` uses local ports from 49152 up. The vsock pattern is
 //! byte `i` = `(i * 31 + (i >> 12)) mod 256`. `vsock-listen` keeps what it
 //! received in a 64 KiB ring until the host's credit lets it send it back
@@ -308,7 +317,10 @@ pub const TEST_GUEST_ELF: &[u8] =
 pub const DEFAULT_CMDLINE: &str = "kindling.test=hello";
 
 /// The debug-exit port: the guest writes its exit status here (one byte),
-/// and the VMM exits with that status.
+/// and the VMM exits with that status. A VMM without the port (Kindling's
+/// is opt-in, `VmConfig::debug_exit`) lets the guest run on: it then
+/// prints `exit: no debug-exit device at port 0xf4, status N lost;
+/// resetting` and resets through the i8042.
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 
 /// The port the `pio-loop` action writes to, forever: one VM exit per

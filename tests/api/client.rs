@@ -147,13 +147,15 @@ fn collect(pipe: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
 }
 
 impl ApiVm {
-    /// Starts `microvm --api-sock DIR/api.sock ARGS` and waits for the
+    /// Starts `microvm --api-sock DIR/api.sock --debug-exit ARGS` (the
+    /// test guest ends through the debug-exit port) and waits for the
     /// socket.
     pub fn start(binary: &Path, dir: &Path, args: &[&str]) -> ApiVm {
         let socket = dir.join("api.sock");
         let mut child = Command::new(binary)
             .arg("--api-sock")
             .arg(&socket)
+            .arg("--debug-exit")
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

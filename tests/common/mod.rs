@@ -80,6 +80,7 @@ pub fn run_test_guest_with(
         memory_mib,
         serial: SerialConfig::Writer(Box::new(serial.clone())),
         boot_timer_log: Arc::new(Mutex::new(log.clone())),
+        debug_exit: true,
         ..VmConfig::default()
     };
     adjust(&mut config);

@@ -67,6 +67,10 @@ uptime_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
 prefix() { awk -v p="$1" '{ sub(/\r$/, ""); print p $0; fflush() }'; }
 
 mkdir -p "$OUT_DIR"
+# Info: microvm's stderr then says why the VM ended (power-off, reset,
+# triple fault, a vCPU error), which tells a guest crash from a clean end.
+log_flags=""
+"$MICROVM" --help 2>/dev/null | grep -q -- '--level' && log_flags="--level Info"
 variants="bzimage vmlinux pvh"
 [ "${L2_SNAPSHOT:-0}" = 1 ] && variants="$variants snapshot"
 CONFIG_FILE=0
@@ -281,6 +285,7 @@ for variant in $variants; do
     fi
     set -- --kernel "$kernel" --initrd "$L2_DIR/initrd.cpio" --cmdline "$cmdline" \
         --cpus "$L2_CPUS" --memory "$L2_MEM_MIB" --serial stdout
+    set -- "$@" $log_flags
     [ -n "$entry" ] && set -- "$@" "$entry"
     set -- "$@" --disk "path=$L2_DISK_IMG" --entropy
     [ "$net" = 1 ] && set -- "$@" --net "tap=$NET_TAP,mac=$(net_mac "$variant")" --vsock "cid=3,uds=$uds"
@@ -294,14 +299,14 @@ for variant in $variants; do
         drives="{\"drive_id\": \"rootfs\", \"path_on_host\": \"$L2_DISK_IMG\", \"is_root_device\": false, \"is_read_only\": false}"
         printf '{"boot-source": {"kernel_image_path": "%s", "initrd_path": "%s", "boot_args": "%s"}, "machine-config": {"vcpu_count": %s, "mem_size_mib": %s}, "drives": [%s], "entropy": {}}\n' \
             "$kernel" "$L2_DIR/initrd.cpio" "$cmdline" "$L2_CPUS" "$L2_MEM_MIB" "$drives" > "$config"
-        set -- --no-api --config-file "$config"
+        set -- --no-api --config-file "$config" $log_flags
         echo "E2E-L2[$variant] vmm| config: $(cat "$config")"
     fi
     driver=""
     if [ "$variant" = api ]; then
         # Nothing but the socket: the driver configures and starts it.
         rm -f "$OUT_DIR/api.sock"
-        set -- --api-sock "$OUT_DIR/api.sock" --serial stdout
+        set -- --api-sock "$OUT_DIR/api.sock" --serial stdout $log_flags
         api_driver "$OUT_DIR/api.sock" "$kernel" "$cmdline" "$uds" > "$OUT_DIR/api.driver" 2>&1 &
         driver=$!
     fi
@@ -320,7 +325,7 @@ for variant in $variants; do
             echo "snapshot run exit status $status" >> "$stderr"
             echo "\$ microvm --restore $snap_state --restore-mem $snap_mem --serial stdout" >> "$stderr"
             timeout -k 5 "$L2_TIMEOUT" "$MICROVM" --restore "$snap_state" \
-                --restore-mem "$snap_mem" --serial stdout < /dev/null 2>> "$stderr"
+                --restore-mem "$snap_mem" --serial stdout $log_flags < /dev/null 2>> "$stderr"
             status=$?
             rm -f "$snap_state" "$snap_mem"
         fi

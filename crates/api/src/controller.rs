@@ -12,14 +12,26 @@
 //! | `InstanceStart` | once, with a boot source | no |
 //! | `SendCtrlAltDel` | no | yes |
 //! | `FlushMetrics` | with `PUT /metrics` first | same |
+//! | `PUT /snapshot/create` | no | while paused |
+//! | `PUT /snapshot/load` | with no boot-specific resource configured | no |
+//!
+//! A loaded snapshot counts as started: after it, the pre-boot requests
+//! and `InstanceStart` are refused and the others work on the restored
+//! VM. The boot-specific resources are the boot source, the machine
+//! configuration, drives, network interfaces, vsock and entropy devices
+//! (set by a request, a config file or the example's flags); `PUT
+//! /serial`, `/logger` and `/metrics` may come before a load (the serial
+//! file is where the restored VM's console goes).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kindling_virtio::block::ReplaceBackendError;
+use kindling_virtio::block::{BlockMetrics, ReplaceBackendError};
+use kindling_vmm::snapshot::{load_state, RestoreConfig, SnapshotKind, SnapshotRequest};
 use kindling_vmm::{
-    RunningVmm, SerialConfig, StartTime, VmRunState, VmmDevices, VmmError, VmmHandle,
+    RunningVmm, SerialConfig, StartTime, VirtioKind, VmRunState, Vmm, VmmDevices, VmmError,
+    VmmHandle,
 };
 
 use crate::launch::{launch, LiveDrive};
@@ -27,7 +39,8 @@ use crate::launch::{launch, LiveDrive};
 use crate::logger::LoggerError;
 use crate::metrics::{Metrics, MetricsError};
 use crate::models::{
-    ActionType, InstanceInfo, PartialDrive, PartialNetworkInterface, VersionInfo, VmStateRequest,
+    ActionType, InstanceInfo, MachineConfig, PartialDrive, PartialNetworkInterface, SnapshotCreate,
+    SnapshotLoad, VersionInfo, VmStateRequest,
 };
 use crate::request::ApiRequest;
 use crate::resources::{ResourceError, VmResources};
@@ -51,6 +64,54 @@ pub enum ControllerError {
     /// A pre-boot request after `InstanceStart`.
     #[error("{0} is not allowed after InstanceStart: the microVM is already running")]
     AfterStart(&'static str),
+    /// A pre-boot request (or `InstanceStart`) after a snapshot was
+    /// loaded.
+    #[error("{0} is not allowed after a snapshot was loaded: the microVM is already running")]
+    AfterLoad(&'static str),
+    /// `PUT /snapshot/load` after boot-specific resources were configured.
+    #[error("PUT /snapshot/load is only allowed before any boot-specific resource is configured (configured: {0}); start a new microvm process to load a snapshot")]
+    LoadAfterConfig(String),
+    /// `PUT /snapshot/create` while the VM is not paused.
+    #[error("PUT /snapshot/create needs a paused microVM, and it is {0}: PATCH /vm with {{\"state\": \"Paused\"}} first")]
+    SnapshotNotPaused(&'static str),
+    /// A diff snapshot of a VM without dirty page tracking.
+    #[error("a Diff snapshot needs dirty page tracking, which this microVM does not have: set track_dirty_pages: true in PUT /machine-config before InstanceStart (or load a snapshot taken with it), or take a Full snapshot")]
+    DiffWithoutDirtyTracking,
+    /// `track_dirty_pages` at load differs from the snapshot's.
+    #[error("track_dirty_pages {asked} was asked for, but the snapshot was taken with dirty page tracking {taken} and a loaded microVM keeps the snapshot's setting: leave the field out or set it to {snapshot}", taken = if *snapshot { "on" } else { "off" })]
+    DirtyTrackingMismatch {
+        /// What the request asked for.
+        asked: bool,
+        /// What the snapshot has.
+        snapshot: bool,
+    },
+    /// The server is stopping: no request is applied any more.
+    #[error("the API server is stopping (it received {0}): no request is applied")]
+    Stopping(&'static str),
+    /// A snapshot file's directory does not exist.
+    #[error("cannot create the snapshot: the directory of {field} {path} does not exist")]
+    SnapshotDirectory {
+        /// `snapshot_path` or `mem_file_path`.
+        field: &'static str,
+        /// The path.
+        path: std::path::PathBuf,
+    },
+    /// A drive's image was replaced: a snapshot would name the old one.
+    #[error("cannot snapshot the microVM: drive {id} now uses {image} (PATCH /drives), and a snapshot can only name the image the microVM started with, {started} (not supported yet; PATCH it back first)", image = image.display(), started = started.display())]
+    SwappedDrive {
+        /// The drive.
+        id: String,
+        /// Its image now.
+        image: std::path::PathBuf,
+        /// The image it started with.
+        started: std::path::PathBuf,
+    },
+    /// Writing the snapshot failed.
+    #[error("cannot create the snapshot: {0}")]
+    CreateSnapshot(#[source] VmmError),
+    /// Reading, restoring or starting the snapshot failed.
+    #[error("cannot load the snapshot: {0}")]
+    LoadSnapshot(#[source] VmmError),
     /// A request that needs a running microVM.
     #[error("{0} is only allowed after InstanceStart: the microVM is not started")]
     BeforeStart(&'static str),
@@ -105,6 +166,10 @@ struct Started {
     handle: VmmHandle,
     devices: VmmDevices,
     drives: Vec<LiveDrive>,
+    /// Loaded from a snapshot (not booted by `InstanceStart`).
+    loaded: bool,
+    /// KVM tracks the dirty pages (diff snapshots can be taken).
+    dirty_tracking: bool,
 }
 
 /// What receives the running VM at `InstanceStart` (the runner waits on
@@ -120,6 +185,11 @@ pub struct Controller {
     default_serial: Option<SerialConfig>,
     start_time: StartTime,
     on_start: OnStart,
+    stop_on_signals: bool,
+    /// Boot-specific resources configured so far (they forbid a load).
+    configured: Vec<&'static str>,
+    /// Set when the server stops before a VM ran: what stops it.
+    stopping: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -144,8 +214,12 @@ impl Controller {
         start_time: StartTime,
         on_start: OnStart,
     ) -> Self {
+        let configured = preset_resources(&resources);
         Self {
             id: id.to_string(),
+            configured,
+            stop_on_signals: false,
+            stopping: None,
             resources,
             started: None,
             metrics,
@@ -155,43 +229,69 @@ impl Controller {
         }
     }
 
-    /// The pre-boot configuration.
+    /// Makes the VM (booted or loaded) stop in order on SIGTERM, SIGINT
+    /// and SIGHUP ([`VmConfig::stop_on_signals`](kindling_vmm::VmConfig::stop_on_signals)):
+    /// the process must have blocked them in every thread
+    /// ([`kindling_vmm::signals::block_termination_signals`]).
+    pub fn set_stop_on_signals(&mut self, on: bool) {
+        self.stop_on_signals = on;
+    }
+
+    /// The pre-boot configuration (after a load, the machine configuration
+    /// is the snapshot's).
     pub fn resources(&self) -> &VmResources {
         &self.resources
     }
 
-    /// Whether `InstanceStart` has succeeded.
+    /// Whether a VM runs: `InstanceStart` or `PUT /snapshot/load` has
+    /// succeeded.
     pub fn is_started(&self) -> bool {
         self.started.is_some()
     }
 
-    /// The VM's state as `GET /` names it.
+    /// The VM's state as `GET /` names it: Firecracker's `"Not started"`,
+    /// `"Running"` and `"Paused"`, and `"Stopped"` for a VM that has ended
+    /// (the guest powered off, a signal): a name Firecracker's document
+    /// does not have, answered only in the moment between the VM's end and
+    /// the process's, which Firecracker never shows.
     pub fn state_name(&self) -> &'static str {
         match &self.started {
             None => "Not started",
-            Some(s) => match s.handle.state() {
-                VmRunState::Paused => "Paused",
-                VmRunState::NotStarted => "Not started",
-                // A VM that has ended is about to take the process with it;
-                // Firecracker's document has no name for that state.
-                VmRunState::Running | VmRunState::Stopped(_) => "Running",
-            },
+            Some(s) => run_state_name(s.handle.state()),
         }
+    }
+
+    /// Refuses every request from now on, saying `why` (the server is
+    /// stopping: a VM must not start on its way out).
+    pub fn stop_serving(&mut self, why: &'static str) {
+        self.stopping = Some(why);
     }
 
     /// Applies one request, counting it in the metrics.
     pub fn handle(&mut self, request: ApiRequest) -> Result<ApiResponse, ControllerError> {
         let (group, name) = request.metric_name();
-        let result = self.apply(request);
+        let result = match self.stopping {
+            Some(why) => Err(ControllerError::Stopping(why)),
+            None => self.apply(request),
+        };
         self.metrics.count_request(group, name, result.is_err());
         result
     }
 
     fn preboot(&self, what: &'static str) -> Result<(), ControllerError> {
-        if self.started.is_some() {
-            return Err(ControllerError::AfterStart(what));
+        match &self.started {
+            None => Ok(()),
+            Some(s) if s.loaded => Err(ControllerError::AfterLoad(what)),
+            Some(_) => Err(ControllerError::AfterStart(what)),
         }
-        Ok(())
+    }
+
+    /// Notes that a boot-specific resource was configured (after the
+    /// request succeeded): a load is refused from then on.
+    fn configure(&mut self, what: &'static str) {
+        if !self.configured.contains(&what) {
+            self.configured.push(what);
+        }
     }
 
     fn running(&self, what: &'static str) -> Result<&Started, ControllerError> {
@@ -217,22 +317,26 @@ impl Controller {
             ApiRequest::PutBootSource(boot) => {
                 self.preboot("PUT /boot-source")?;
                 self.resources.set_boot_source(boot)?;
+                self.configure("boot-source");
                 NoContent
             }
             ApiRequest::PutMachineConfig(machine) => {
                 self.preboot("PUT /machine-config")?;
                 self.resources.set_machine_config(machine)?;
+                self.configure("machine-config");
                 NoContent
             }
             ApiRequest::PatchMachineConfig(update) => {
                 self.preboot("PATCH /machine-config")?;
                 let machine = update.apply_to(&self.resources.machine);
                 self.resources.set_machine_config(machine)?;
+                self.configure("machine-config");
                 NoContent
             }
             ApiRequest::PutDrive(drive) => {
                 self.preboot("PUT /drives")?;
                 self.resources.put_drive(drive)?;
+                self.configure("drives");
                 NoContent
             }
             ApiRequest::PatchDrive(patch) => {
@@ -243,6 +347,7 @@ impl Controller {
             ApiRequest::PutNetworkInterface(iface) => {
                 self.preboot("PUT /network-interfaces")?;
                 self.resources.put_network_interface(iface)?;
+                self.configure("network-interfaces");
                 NoContent
             }
             ApiRequest::PatchNetworkInterface(patch) => {
@@ -253,11 +358,13 @@ impl Controller {
             ApiRequest::PutVsock(vsock) => {
                 self.preboot("PUT /vsock")?;
                 self.resources.set_vsock(vsock)?;
+                self.configure("vsock");
                 NoContent
             }
             ApiRequest::PutEntropy(entropy) => {
                 self.preboot("PUT /entropy")?;
                 self.resources.set_entropy(entropy)?;
+                self.configure("entropy");
                 NoContent
             }
             ApiRequest::PutSerial(serial) => {
@@ -278,8 +385,10 @@ impl Controller {
                 NoContent
             }
             ApiRequest::Action(ActionType::InstanceStart) => {
-                if self.started.is_some() {
-                    return Err(ControllerError::AlreadyStarted);
+                match &self.started {
+                    Some(s) if s.loaded => return Err(ControllerError::AfterLoad("InstanceStart")),
+                    Some(_) => return Err(ControllerError::AlreadyStarted),
+                    None => {}
                 }
                 self.start()?;
                 NoContent
@@ -310,7 +419,151 @@ impl Controller {
                 log::info!("microVM {action}d");
                 NoContent
             }
+            ApiRequest::CreateSnapshot(create) => {
+                self.create_snapshot(create)?;
+                NoContent
+            }
+            ApiRequest::LoadSnapshot(load) => {
+                self.preboot("PUT /snapshot/load")?;
+                if !self.configured.is_empty() {
+                    return Err(ControllerError::LoadAfterConfig(self.configured.join(", ")));
+                }
+                self.load_snapshot(load)?;
+                NoContent
+            }
         })
+    }
+
+    /// `PUT /snapshot/create`: a snapshot of the paused VM, which stays
+    /// paused.
+    fn create_snapshot(&self, create: SnapshotCreate) -> Result<(), ControllerError> {
+        let started = self.running("PUT /snapshot/create")?;
+        let state = started.handle.state();
+        if state != VmRunState::Paused {
+            return Err(ControllerError::SnapshotNotPaused(run_state_name(state)));
+        }
+        if create.kind == SnapshotKind::Diff && !started.dirty_tracking {
+            return Err(ControllerError::DiffWithoutDirtyTracking);
+        }
+        if let Some(drive) = started.drives.iter().find(|d| d.image != d.snapshot_image) {
+            return Err(ControllerError::SwappedDrive {
+                id: drive.id.clone(),
+                image: drive.image.clone(),
+                started: drive.snapshot_image.clone(),
+            });
+        }
+        // Checked before anything is written: a snapshot that fails half
+        // way leaves the next diff without a base.
+        for (field, path) in [
+            ("snapshot_path", &create.state_path),
+            ("mem_file_path", &create.mem_path),
+        ] {
+            let dir = match path.parent() {
+                Some(dir) if dir.as_os_str().is_empty() => Path::new("."),
+                Some(dir) => dir,
+                None => Path::new("/"),
+            };
+            if !dir.is_dir() {
+                return Err(ControllerError::SnapshotDirectory {
+                    field,
+                    path: path.clone(),
+                });
+            }
+        }
+        let began = Instant::now();
+        let info = started
+            .handle
+            .snapshot(&SnapshotRequest {
+                kind: create.kind,
+                state_path: create.state_path.clone(),
+                mem_path: create.mem_path.clone(),
+            })
+            .map_err(ControllerError::CreateSnapshot)?;
+        let micros = began.elapsed().as_micros() as u64;
+        let latency = match create.kind {
+            SnapshotKind::Full => "full_create_snapshot",
+            SnapshotKind::Diff => "diff_create_snapshot",
+        };
+        self.metrics.set_value("latencies_us", latency, micros);
+        log::info!(
+            "{:?} snapshot written in {micros} us: state {} ({} bytes), memory {} ({} pages)",
+            create.kind,
+            create.state_path.display(),
+            info.state_bytes,
+            create.mem_path.display(),
+            info.pages_written
+        );
+        Ok(())
+    }
+
+    /// `PUT /snapshot/load`: restores the VM (its console where the API
+    /// mode's goes), starts it running or paused, and hands it to the
+    /// runner as `InstanceStart` does.
+    fn load_snapshot(&mut self, load: SnapshotLoad) -> Result<(), ControllerError> {
+        let began = Instant::now();
+        // The state is read twice (here and by the restore): it is small,
+        // and its settings are checked before anything is built.
+        let state =
+            load_state(&load.state_path).map_err(|e| ControllerError::LoadSnapshot(e.into()))?;
+        let tracked = state.memory.track_dirty_pages;
+        if let Some(asked) = load.track_dirty_pages {
+            if asked != tracked {
+                return Err(ControllerError::DirtyTrackingMismatch {
+                    asked,
+                    snapshot: tracked,
+                });
+            }
+        }
+        let serial = match self
+            .resources
+            .serial
+            .as_ref()
+            .and_then(|s| s.serial_out_path.as_ref())
+        {
+            Some(path) => SerialConfig::File(path.into()),
+            None => self.next_serial(),
+        };
+        let config = RestoreConfig {
+            serial,
+            resume: load.resume,
+            start_time: self.start_time,
+            stop_on_signals: self.stop_on_signals,
+            net_overrides: load.net_overrides.clone(),
+            vsock_override: load.vsock_override.clone(),
+            disk_overrides: load.disk_overrides.clone(),
+            debug_exit: self.resources.debug_exit,
+            ..RestoreConfig::new(load.state_path.clone(), load.memory.clone())
+        };
+        let vmm = Vmm::restore(config).map_err(ControllerError::LoadSnapshot)?;
+        let exits = vmm.exit_handler().clone();
+        let running = vmm.start().map_err(ControllerError::LoadSnapshot)?;
+        // The restored disks are not metered: the metrics count the vCPU
+        // exits only.
+        self.metrics.set_vm_sources(exits, Vec::new());
+        let drives = restored_drives(running.devices());
+        self.resources.machine = MachineConfig {
+            vcpu_count: u8::try_from(state.vcpus.len()).unwrap_or(u8::MAX),
+            mem_size_mib: state.memory.size_mib,
+            track_dirty_pages: tracked,
+            ..MachineConfig::default()
+        };
+        let micros = began.elapsed().as_micros() as u64;
+        self.metrics
+            .set_value("latencies_us", "load_snapshot", micros);
+        self.started = Some(Started {
+            handle: running.handle(),
+            devices: running.devices().clone(),
+            drives,
+            loaded: true,
+            dirty_tracking: running.vm().dirty_log_enabled(),
+        });
+        log::info!(
+            "snapshot {} loaded in {micros} us ({})",
+            load.state_path.display(),
+            if load.resume { "running" } else { "paused" }
+        );
+        (self.on_start)(running);
+        Ok(())
     }
 
     fn patch_network_interface(
@@ -350,12 +603,12 @@ impl Controller {
     }
 
     fn patch_drive(&mut self, patch: PartialDrive) -> Result<(), ControllerError> {
-        let Some(started) = self.started.as_ref() else {
+        let Some(started) = self.started.as_mut() else {
             return Err(ControllerError::BeforeStart("PATCH /drives"));
         };
         let live = started
             .drives
-            .iter()
+            .iter_mut()
             .find(|d| d.id == patch.drive_id)
             .ok_or_else(|| ControllerError::NoSuchDrive(patch.drive_id.clone()))?;
         if let Some(limiter) = &patch.rate_limiter {
@@ -380,6 +633,7 @@ impl Controller {
             return Err(ResourceError::EmptyPath("path_on_host").into());
         }
         let swap = live.replace_image(Path::new(&path))?;
+        live.image = path.clone().into();
         log::info!(
             "drive {}: now backed by {path} ({} sectors, was {})",
             live.id,
@@ -418,9 +672,10 @@ impl Controller {
             return Err(ControllerError::NoBootSource);
         }
         let serial = self.next_serial();
-        let Some(config) = self.resources.vm_config(serial, self.start_time) else {
+        let Some(mut config) = self.resources.vm_config(serial, self.start_time) else {
             return Err(ControllerError::NoBootSource);
         };
+        config.stop_on_signals = self.stop_on_signals;
         let launched = launch(&self.resources, config).map_err(ControllerError::Start)?;
         self.metrics.set_vm_sources(
             launched.exits,
@@ -439,11 +694,70 @@ impl Controller {
             handle: launched.running.handle(),
             devices: launched.running.devices().clone(),
             drives: launched.drives,
+            loaded: false,
+            dirty_tracking: launched.running.vm().dirty_log_enabled(),
         });
         log::info!("microVM started in {} us", began.elapsed().as_micros());
         (self.on_start)(launched.running);
         Ok(())
     }
+}
+
+/// [`Controller::state_name`] for a VM that was started.
+fn run_state_name(state: VmRunState) -> &'static str {
+    match state {
+        VmRunState::NotStarted => "Not started",
+        VmRunState::Running => "Running",
+        VmRunState::Paused => "Paused",
+        VmRunState::Stopped(_) => "Stopped",
+    }
+}
+
+/// The boot-specific resources a pre-configuration (the example's flags)
+/// holds: a machine configuration other than the default counts.
+fn preset_resources(resources: &VmResources) -> Vec<&'static str> {
+    [
+        ("boot-source", resources.boot_source.is_some()),
+        (
+            "machine-config",
+            resources.machine != MachineConfig::default(),
+        ),
+        ("drives", !resources.drives.is_empty()),
+        (
+            "network-interfaces",
+            !resources.network_interfaces.is_empty(),
+        ),
+        ("vsock", resources.vsock.is_some()),
+        ("entropy", resources.entropy.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect()
+}
+
+/// The drives of a loaded VM that `PATCH /drives` can change: the disks
+/// this API attached (named `drive <id>` in the snapshot). Their I/O is
+/// not metered.
+fn restored_drives(devices: &VmmDevices) -> Vec<LiveDrive> {
+    devices
+        .virtio
+        .iter()
+        .filter_map(|slot| match &slot.kind {
+            VirtioKind::Block {
+                device,
+                read_only,
+                path,
+            } => Some(LiveDrive {
+                id: slot.name.strip_prefix("drive ")?.to_string(),
+                read_only: *read_only,
+                block: device.clone(),
+                metrics: BlockMetrics::new(),
+                snapshot_image: path.clone(),
+                image: path.clone(),
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -593,6 +907,139 @@ mod tests {
         assert_eq!(line["patch_api_requests"]["network_fails"], 1);
         assert_eq!(line["patch_api_requests"]["machine_cfg_count"], 2);
         let _ = MachineConfigUpdate::default();
+    }
+
+    #[test]
+    fn snapshot_state_rules() {
+        let mut c = controller();
+        let create = r#"{"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#;
+        let e = run(&mut c, Method::Put, "/snapshot/create", create).unwrap_err();
+        assert_eq!(
+            e,
+            "PUT /snapshot/create is only allowed after InstanceStart: the microVM is not started"
+        );
+        let missing = "/nonexistent/kindling/vm.state";
+        let load =
+            format!(r#"{{"snapshot_path": "{missing}", "mem_file_path": "/nonexistent/m"}}"#);
+        // Serial, logger and metrics may come before a load; failed
+        // requests configure nothing.
+        run(
+            &mut c,
+            Method::Put,
+            "/serial",
+            r#"{"serial_out_path": "/tmp/x"}"#,
+        )
+        .unwrap();
+        run(
+            &mut c,
+            Method::Put,
+            "/boot-source",
+            r#"{"kernel_image_path": "/nonexistent"}"#,
+        )
+        .unwrap_err();
+        run(
+            &mut c,
+            Method::Put,
+            "/entropy",
+            r#"{"rate_limiter": {"ops": {"size": 1, "refill_time": 1}}}"#,
+        )
+        .unwrap_err();
+        let e = run(&mut c, Method::Put, "/snapshot/load", &load).unwrap_err();
+        assert!(
+            e.starts_with(&format!(
+                "cannot load the snapshot: cannot open the state file {missing}: "
+            )),
+            "{e}"
+        );
+        // A state file that is not one.
+        let dir = std::env::temp_dir().join(format!("kindling-api-snap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.state");
+        std::fs::write(&junk, b"not a snapshot").unwrap();
+        let body = serde_json::json!({"snapshot_path": junk, "mem_file_path": junk}).to_string();
+        let e = run(&mut c, Method::Put, "/snapshot/load", &body).unwrap_err();
+        assert!(
+            e.starts_with("cannot load the snapshot: state file "),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!c.is_started());
+        run(&mut c, Method::Put, "/entropy", "{}").unwrap();
+        run(
+            &mut c,
+            Method::Patch,
+            "/machine-config",
+            r#"{"vcpu_count": 2}"#,
+        )
+        .unwrap();
+        run(
+            &mut c,
+            Method::Patch,
+            "/machine-config",
+            r#"{"vcpu_count": 3}"#,
+        )
+        .unwrap();
+        let e = run(&mut c, Method::Put, "/snapshot/load", &load).unwrap_err();
+        assert_eq!(
+            e,
+            "PUT /snapshot/load is only allowed before any boot-specific resource is configured (configured: entropy, machine-config); start a new microvm process to load a snapshot"
+        );
+        let line = c.metrics.next_line();
+        assert_eq!(line["put_api_requests"]["snapshot_load_fails"], 3);
+        assert_eq!(line["put_api_requests"]["snapshot_create_fails"], 1);
+    }
+
+    #[test]
+    fn pre_configured_resources_forbid_a_load() {
+        let mut resources = VmResources::default();
+        assert!(preset_resources(&resources).is_empty());
+        resources.machine.mem_size_mib = 64;
+        resources.entropy = Some(Default::default());
+        assert_eq!(preset_resources(&resources), ["machine-config", "entropy"]);
+        let mut c = Controller::new(
+            "t",
+            resources,
+            Metrics::new("t", crate::metrics::DEFAULT_FLUSH_INTERVAL),
+            SerialConfig::Off,
+            StartTime::now(),
+            Box::new(|_| {}),
+        );
+        let e = run(
+            &mut c,
+            Method::Put,
+            "/snapshot/load",
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("(configured: machine-config, entropy);"), "{e}");
+    }
+
+    #[test]
+    fn a_stopping_server_applies_nothing() {
+        let mut c = controller();
+        c.stop_serving("SIGTERM");
+        for (method, path, body) in [
+            (Method::Get, "/", ""),
+            (Method::Put, "/entropy", "{}"),
+            (
+                Method::Put,
+                "/actions",
+                r#"{"action_type": "InstanceStart"}"#,
+            ),
+        ] {
+            let e = run(&mut c, method, path, body).unwrap_err();
+            assert_eq!(
+                e,
+                "the API server is stopping (it received SIGTERM): no request is applied"
+            );
+        }
+        assert!(c.resources().entropy.is_none());
+        assert_eq!(
+            run_state_name(VmRunState::Stopped(kindling_vmm::ExitReason::PowerOff)),
+            "Stopped"
+        );
+        assert_eq!(run_state_name(VmRunState::Paused), "Paused");
+        assert_eq!(run_state_name(VmRunState::Running), "Running");
     }
 
     #[test]

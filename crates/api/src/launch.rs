@@ -2,7 +2,7 @@
 //! on metered backends (so metrics can count their I/O), started in the
 //! background; and the live drives `PATCH /drives` changes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use kindling_devices::BusExitHandler;
@@ -26,6 +26,10 @@ pub(crate) struct LiveDrive {
     pub(crate) block: Arc<Mutex<Block>>,
     /// Its I/O counters, kept across image swaps.
     pub(crate) metrics: Arc<BlockMetrics>,
+    /// The image the VM started with: the one a snapshot names.
+    pub(crate) snapshot_image: PathBuf,
+    /// The image it uses now (another after `PATCH /drives`).
+    pub(crate) image: PathBuf,
 }
 
 impl LiveDrive {
@@ -102,11 +106,19 @@ fn add_drive(builder: &mut VmmBuilder, index: usize, drive: &Drive) -> Result<Li
         &config,
     )
     .map_err(block_err)?;
-    let block = builder.add_virtio_device(&format!("drive {}", drive.drive_id), block)?;
+    // As a disk of the VM: flushed when it stops, saved by snapshots.
+    let block = builder.add_block_device(
+        &format!("drive {}", drive.drive_id),
+        block,
+        path.into(),
+        read_only,
+    )?;
     Ok(LiveDrive {
         id: drive.drive_id.clone(),
         read_only,
         block,
         metrics,
+        snapshot_image: path.into(),
+        image: path.into(),
     })
 }

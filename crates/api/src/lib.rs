@@ -9,8 +9,9 @@
 //!   [`ApiRequest`] ([`parse_request`]), with no I/O, fuzzed on its own;
 //!   [`models`] holds the bodies.
 //! - [`controller`]: the state machine that applies requests to the
-//!   pre-boot configuration ([`VmResources`]) and, after `InstanceStart`,
-//!   to the running VM.
+//!   pre-boot configuration ([`VmResources`]) and, after `InstanceStart`
+//!   or `PUT /snapshot/load`, to the running VM (snapshots with
+//!   `PUT /snapshot/create`).
 //! - [`config_file`]: Firecracker's `--config-file` format.
 //! - [`logger`] and [`metrics`]: `PUT /logger` and `PUT /metrics`.
 //! - [`server`] (feature `server`): HTTP/1.1 on a Unix socket, and

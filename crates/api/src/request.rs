@@ -7,7 +7,8 @@ use serde::de::DeserializeOwned;
 use crate::models::{
     check_id, ActionType, BootSource, Drive, EntropyDevice, IdError, InstanceActionInfo,
     LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig, NetworkInterface,
-    PartialDrive, PartialNetworkInterface, SerialDevice, VmPatch, VmStateRequest, VsockDevice,
+    PartialDrive, PartialNetworkInterface, SerialDevice, SnapshotCreate, SnapshotCreateParams,
+    SnapshotLoad, SnapshotLoadParams, SnapshotParamsError, VmPatch, VmStateRequest, VsockDevice,
 };
 use crate::unsupported::Unsupported;
 
@@ -86,6 +87,10 @@ pub enum ApiRequest {
     Action(ActionType),
     /// `PATCH /vm`.
     PatchVm(VmStateRequest),
+    /// `PUT /snapshot/create`.
+    CreateSnapshot(SnapshotCreate),
+    /// `PUT /snapshot/load`.
+    LoadSnapshot(SnapshotLoad),
 }
 
 impl ApiRequest {
@@ -111,6 +116,8 @@ impl ApiRequest {
             ApiRequest::PutMetrics(_) => ("put_api_requests", "metrics"),
             ApiRequest::Action(_) => ("put_api_requests", "actions"),
             ApiRequest::PatchVm(_) => ("patch_api_requests", "vm"),
+            ApiRequest::CreateSnapshot(_) => ("put_api_requests", "snapshot_create"),
+            ApiRequest::LoadSnapshot(_) => ("put_api_requests", "snapshot_load"),
         }
     }
 }
@@ -179,6 +186,15 @@ pub enum RequestError {
     /// A PATCH that changes nothing.
     #[error("PATCH {0} names no field to change")]
     EmptyPatch(String),
+    /// A snapshot body that parses but asks for something invalid or
+    /// unsupported.
+    #[error("invalid body for {path}: {source}")]
+    Snapshot {
+        /// The path.
+        path: &'static str,
+        /// What is wrong.
+        source: SnapshotParamsError,
+    },
 }
 
 /// Cuts attacker-sized strings down for error messages.
@@ -195,6 +211,17 @@ fn truncate(s: &str) -> String {
 }
 
 fn body<T: DeserializeOwned>(method: Method, path: &str, bytes: &[u8]) -> Result<T, RequestError> {
+    body_with_arrays(method, path, bytes, &[])
+}
+
+/// [`body`] for a body whose top-level fields `arrays` are lists of
+/// objects (`network_overrides`).
+fn body_with_arrays<T: DeserializeOwned>(
+    method: Method,
+    path: &str,
+    bytes: &[u8],
+    arrays: &[&str],
+) -> Result<T, RequestError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(RequestError::MissingBody {
             method: method.name(),
@@ -210,7 +237,7 @@ fn body<T: DeserializeOwned>(method: Method, path: &str, bytes: &[u8]) -> Result
     // struct), then into the type (which also refuses duplicate fields).
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
-    check_shape(&value, "body").map_err(|e| invalid(e.to_string()))?;
+    check_shape_allowing(&value, "body", arrays).map_err(|e| invalid(e.to_string()))?;
     serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))
 }
 
@@ -240,6 +267,16 @@ const MAX_DEPTH: usize = 8;
 /// `null` (an absent optional field is left out). `at` names the body in
 /// messages.
 pub fn check_shape(value: &serde_json::Value, at: &str) -> Result<(), ShapeError> {
+    check_shape_allowing(value, at, &[])
+}
+
+/// [`check_shape`], except that the top-level fields named in `arrays`
+/// may be arrays of objects (each held to the same shapes).
+fn check_shape_allowing(
+    value: &serde_json::Value,
+    at: &str,
+    arrays: &[&str],
+) -> Result<(), ShapeError> {
     use serde_json::Value;
     fn walk(value: &Value, at: &str, depth: usize) -> Result<(), ShapeError> {
         match value {
@@ -252,10 +289,25 @@ pub fn check_shape(value: &serde_json::Value, at: &str) -> Result<(), ShapeError
             _ => Ok(()),
         }
     }
-    match value {
-        Value::Object(_) => walk(value, at, 0),
-        _ => Err(ShapeError::NotAnObject(at.to_string())),
-    }
+    let Value::Object(map) = value else {
+        return Err(ShapeError::NotAnObject(at.to_string()));
+    };
+    map.iter().try_for_each(|(k, v)| {
+        let at = format!("{at}.{}", truncate(k));
+        match v {
+            Value::Array(items) if arrays.contains(&k.as_str()) => {
+                items.iter().enumerate().try_for_each(|(i, item)| {
+                    let at = format!("{at}[{i}]");
+                    match item {
+                        Value::Object(_) => walk(item, &at, 1),
+                        Value::Null => Err(ShapeError::Null(at)),
+                        _ => Err(ShapeError::NotAnObject(at)),
+                    }
+                })
+            }
+            _ => walk(v, &at, 1),
+        }
+    })
 }
 
 /// Parses one request. `path` is the request target without the query
@@ -351,6 +403,26 @@ pub fn parse_request(method: Method, path: &str, bytes: &[u8]) -> Result<ApiRequ
             ApiRequest::Action(body::<InstanceActionInfo>(method, path, bytes)?.action_type)
         }
         (["actions"], _) => return Err(not_allowed("PUT")),
+        (["snapshot", "create"], Method::Put) => {
+            let params: SnapshotCreateParams = body(method, path, bytes)?;
+            ApiRequest::CreateSnapshot(params.check().map_err(|source| RequestError::Snapshot {
+                path: "/snapshot/create",
+                source,
+            })?)
+        }
+        (["snapshot", "load"], Method::Put) => {
+            let params: SnapshotLoadParams = body_with_arrays(
+                method,
+                path,
+                bytes,
+                &["network_overrides", "drive_overrides"],
+            )?;
+            ApiRequest::LoadSnapshot(params.check().map_err(|source| RequestError::Snapshot {
+                path: "/snapshot/load",
+                source,
+            })?)
+        }
+        (["snapshot", "create" | "load"], _) => return Err(not_allowed("PUT")),
         _ => return Err(RequestError::UnknownPath(truncate(path))),
     };
     Ok(request)
@@ -548,8 +620,6 @@ mod tests {
     #[test]
     fn unsupported_resources_say_so() {
         for (path, needle) in [
-            ("/snapshot/create", "snapshots"),
-            ("/snapshot/load", "snapshots"),
             ("/balloon", "balloon"),
             ("/balloon/statistics", "balloon"),
             ("/mmds", "metadata"),
@@ -646,6 +716,97 @@ mod tests {
             err(Put, "/entropy", r#"{"rate_limiter": 1}"#),
             RequestError::InvalidBody { .. }
         ));
+    }
+
+    #[test]
+    fn snapshot_bodies() {
+        assert_eq!(
+            ok(
+                Put,
+                "/snapshot/create",
+                r#"{"snapshot_type": "Diff", "snapshot_path": "/s", "mem_file_path": "/m"}"#
+            ),
+            ApiRequest::CreateSnapshot(SnapshotCreate {
+                kind: kindling_vmm::snapshot::SnapshotKind::Diff,
+                state_path: "/s".into(),
+                mem_path: "/m".into(),
+            })
+        );
+        let load = ok(
+            Put,
+            "/snapshot/load",
+            r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}, "network_overrides": [], "resume_vm": true}"#,
+        );
+        assert_eq!(load.metric_name(), ("put_api_requests", "snapshot_load"));
+        let ApiRequest::LoadSnapshot(load) = load else {
+            panic!("{load:?}")
+        };
+        assert!(load.resume);
+        assert!(matches!(
+            err(Get, "/snapshot/create", ""),
+            RequestError::MethodNotAllowed { .. }
+        ));
+        assert!(matches!(
+            err(Patch, "/snapshot/load", "{}"),
+            RequestError::MethodNotAllowed { .. }
+        ));
+        assert!(matches!(
+            err(Put, "/snapshot", "{}"),
+            RequestError::UnknownPath(_)
+        ));
+        assert!(matches!(
+            err(Put, "/snapshot/restore", "{}"),
+            RequestError::UnknownPath(_)
+        ));
+        assert!(matches!(
+            err(Put, "/snapshot/create", ""),
+            RequestError::MissingBody { .. }
+        ));
+        let e = err(
+            Put,
+            "/snapshot/load",
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "eth0", "host_dev_name": ""}]}"#,
+        );
+        assert_eq!(
+            e.to_string(),
+            "invalid body for /snapshot/load: network_overrides[].host_dev_name is empty"
+        );
+        // Arrays only where the document has one, of objects only.
+        for bad in [
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [1]}"#,
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [null]}"#,
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [[]]}"#,
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": []}]}"#,
+            r#"{"snapshot_path": ["/s"], "mem_file_path": "/m"}"#,
+            r#"{"snapshot_path": "/s", "mem_file_path": null}"#,
+            r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m", "x": 1}}"#,
+            "[]",
+        ] {
+            assert!(
+                matches!(
+                    err(Put, "/snapshot/load", bad),
+                    RequestError::InvalidBody { .. }
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            err(
+                Put,
+                "/snapshot/create",
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": []}"#
+            ),
+            RequestError::InvalidBody { .. }
+        ));
+        let e = err(
+            Put,
+            "/snapshot/create",
+            r#"{"snapshot_path": "/s", "mem_file_path": "", "snapshot_type": "Full"}"#,
+        );
+        assert_eq!(
+            e.to_string(),
+            "invalid body for /snapshot/create: mem_file_path is empty"
+        );
     }
 
     #[test]

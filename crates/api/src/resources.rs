@@ -146,6 +146,10 @@ pub struct VmResources {
     /// The kernel entry point: a Kindling extension (`microvm --pvh`), not
     /// in Firecracker's API.
     pub boot_protocol: BootProtocol,
+    /// A debug-exit port at 0xf4 (the guest chooses the exit status): a
+    /// Kindling extension for test guests (`microvm --debug-exit`), off
+    /// by default.
+    pub debug_exit: bool,
 }
 
 /// Opens `path` read-only and checks it is a regular file.
@@ -420,6 +424,7 @@ impl VmResources {
                 guest_cid: v.guest_cid,
                 uds_path: v.uds_path.clone().into(),
             }),
+            debug_exit: self.debug_exit,
             ..VmConfig::default()
         })
     }

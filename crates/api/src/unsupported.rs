@@ -5,8 +5,6 @@
 /// A Firecracker resource Kindling does not support yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unsupported {
-    /// `/snapshot/create` and `/snapshot/load`.
-    Snapshots,
     /// `/balloon` and its sub-resources.
     Balloon,
     /// `/mmds` and `/mmds/config`.
@@ -23,7 +21,6 @@ impl Unsupported {
     /// The resource a request path names, if it is one of these.
     pub fn from_path(segments: &[&str]) -> Option<Self> {
         Some(match segments.first().copied()? {
-            "snapshot" => Unsupported::Snapshots,
             "balloon" => Unsupported::Balloon,
             "mmds" => Unsupported::Mmds,
             "pmem" => Unsupported::Pmem,
@@ -36,7 +33,6 @@ impl Unsupported {
     /// What the resource is, for messages.
     pub fn describe(self) -> &'static str {
         match self {
-            Unsupported::Snapshots => "snapshots (/snapshot/create, /snapshot/load)",
             Unsupported::Balloon => "the memory balloon (/balloon)",
             Unsupported::Mmds => "the microVM metadata service (/mmds)",
             Unsupported::Pmem => "pmem devices (/pmem)",
@@ -63,9 +59,10 @@ mod tests {
             None
         );
         assert_eq!(Unsupported::from_path(&["vsock"]), None);
+        assert_eq!(Unsupported::from_path(&["snapshot", "load"]), None);
         assert_eq!(
-            Unsupported::from_path(&["snapshot", "load"]),
-            Some(Unsupported::Snapshots)
+            Unsupported::from_path(&["balloon", "statistics"]),
+            Some(Unsupported::Balloon)
         );
         assert_eq!(Unsupported::from_path(&["drives"]), None);
         assert_eq!(Unsupported::from_path(&[]), None);

@@ -250,7 +250,8 @@ impl<T: DeviceEvents + ?Sized> DeviceEventSubscriber<T> {
 impl<T: DeviceEvents + ?Sized> MutEventSubscriber for DeviceEventSubscriber<T> {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let Some(token) = device_token(events.data()) else {
-            log::warn!(
+            crate::log_limited!(
+                log::Level::Warn,
                 "device events: fd {} has data {:#x}, outside the device token space",
                 events.fd(),
                 events.data()

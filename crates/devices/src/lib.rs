@@ -12,6 +12,8 @@
 //!   timers, async-I/O completions): it registers fds through an
 //!   [`EventRegistry`] with tokens of its own and is called back on them;
 //!   [`DeviceEventSubscriber`] puts any such device on an event loop.
+//! - [`log_limited!`]: logging a guest can trigger, rate-limited per call
+//!   site.
 //! - [`legacy`]: the 16550 serial port (with [`legacy::CoalescedSerial`],
 //!   which makes its output cost one VM exit per line), the i8042
 //!   controller, the CMOS RTC, the ACPI power-management registers, the
@@ -29,6 +31,7 @@ mod exit_counters;
 mod exit_handler;
 mod interrupt;
 pub mod legacy;
+mod log_limit;
 mod timer;
 
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};
@@ -40,6 +43,11 @@ pub use exit::{ExitReason, VmExitHandle};
 pub use exit_counters::{ExitCounters, ExitCounts};
 pub use exit_handler::BusExitHandler;
 pub use interrupt::{EventFdLine, InterruptLine};
+pub use log_limit::{suppressed_log_lines, LogLimiter, LogPermit, LOG_BURST, LOG_WINDOW};
+
+/// The `log` crate, for [`log_limited!`]'s expansion in other crates.
+#[doc(hidden)]
+pub use log as __log;
 pub use timer::nonblocking_timer;
 
 /// The event-manager crate, whose types appear in [`DeviceEvents`].

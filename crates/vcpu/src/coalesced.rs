@@ -79,8 +79,11 @@ impl CoalescedRing {
             / std::mem::size_of::<kvm_coalesced_mmio>()) as u32
     }
 
-    /// Replays every buffered write through `handler`, oldest first;
-    /// returns how many there were.
+    /// Replays the buffered writes through `handler`, oldest first; returns
+    /// how many there were. At most one ring's worth per call: every write
+    /// buffered when the call began is replayed, but vCPUs that keep
+    /// writing meanwhile cannot hold the caller (their later writes wait
+    /// for the next drain).
     pub fn drain(&self, handler: &dyn VcpuExitHandler) -> usize {
         let _consumer = self.consumer.lock().unwrap_or_else(|p| p.into_inner());
         let ring = self.ring.as_ptr();
@@ -106,6 +109,8 @@ impl CoalescedRing {
     /// the entries from the consumer index `first` up to the producer index
     /// `last` (exclusive, wrapping at `capacity`) through `handler`, oldest
     /// first, advancing `first` past each one; returns how many there were.
+    /// It stops after `capacity` entries (more than the ring holds at
+    /// once), so a producer that keeps writing cannot keep it looping.
     ///
     /// `read_entry(i)` returns entry `i`; it is only called with
     /// `i < capacity`. Indices outside the ring (KVM never writes them)
@@ -119,7 +124,7 @@ impl CoalescedRing {
         handler: &dyn VcpuExitHandler,
     ) -> usize {
         let mut count = 0;
-        loop {
+        while count < capacity as usize {
             let head = first.load(Ordering::Acquire);
             let tail = last.load(Ordering::Acquire);
             if head == tail || head >= capacity || tail >= capacity {
@@ -139,6 +144,7 @@ impl CoalescedRing {
             first.store((head + 1) % capacity, Ordering::Release);
             count += 1;
         }
+        count
     }
 }
 
@@ -206,6 +212,28 @@ mod tests {
             CoalescedRing::replay(&first, &last, 4, |i| entries[i as usize], &rec),
             0
         );
+    }
+
+    #[test]
+    fn replay_stops_after_one_ring_while_a_producer_keeps_writing() {
+        let rec = Recorder::default();
+        let first = AtomicU32::new(0);
+        let last = AtomicU32::new(1);
+        // Every entry read, a vCPU adds one more: the ring is never empty.
+        let n = CoalescedRing::replay(
+            &first,
+            &last,
+            4,
+            |i| {
+                last.store((last.load(Ordering::SeqCst) + 1) % 4, Ordering::SeqCst);
+                entry(0x3f8, true, &[i as u8])
+            },
+            &rec,
+        );
+        assert_eq!(n, 4);
+        assert_eq!(rec.0.lock().unwrap().len(), 4);
+        // The rest waits for the next call.
+        assert_ne!(first.load(Ordering::SeqCst), last.load(Ordering::SeqCst));
     }
 
     #[test]

@@ -234,7 +234,10 @@ impl Active {
             Ok(drained) => {
                 if drained.notify {
                     if let Err(e) = self.interrupt.signal_used_queue() {
-                        log::error!("virtio: cannot raise the interrupt for queue {index}: {e}");
+                        kindling_devices::log_limited!(
+                            log::Level::Error,
+                            "virtio: cannot raise the interrupt for queue {index}: {e}"
+                        );
                     }
                 }
                 Ok(if drained.more {
@@ -246,7 +249,10 @@ impl Active {
             Err(source) => {
                 self.broken = true;
                 if let Err(e) = self.interrupt.signal_needs_reset() {
-                    log::error!("virtio: cannot raise the needs-reset interrupt: {e}");
+                    kindling_devices::log_limited!(
+                        log::Level::Error,
+                        "virtio: cannot raise the needs-reset interrupt: {e}"
+                    );
                 }
                 Err(QueueError::Ring { index, source })
             }

@@ -85,7 +85,7 @@ pub mod vsock;
 pub use device::{ActivateError, Activation, DeviceType, QueueProgress, VirtioDevice};
 pub use interrupt::{InterruptState, InterruptStateError, VirtioInterrupt, INT_CONFIG, INT_VRING};
 pub use queue::{QueueConfig, QueueError, QueueSnapshot, QueueValidationError, VirtQueue};
-pub use subscriber::VirtioSubscriber;
+pub use subscriber::{PassStats, VirtioSubscriber};
 pub use transport::mmio::{
     add_mmio_cmdline_device, cmdline_with_mmio_devices, CmdlineError, MmioTransport,
     MmioTransportRestoreArgs, MmioTransportState, TransportError, MMIO_WINDOW_SIZE,

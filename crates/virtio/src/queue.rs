@@ -338,6 +338,11 @@ pub(crate) enum Handled {
     /// available ring and the pass stops, with driver notifications off;
     /// the device comes back to the queue when it can take work again.
     PutBack,
+    /// The device has done its share of work for this pass (its byte
+    /// budget is spent): the chain goes back to the available ring and
+    /// the pass ends with `more` set, so the caller comes back after the
+    /// event loop has served everything else.
+    Yield,
 }
 
 impl From<bool> for Handled {
@@ -387,7 +392,8 @@ where
             };
             let head = chain.head_index();
             if head >= queue.size() {
-                log::warn!(
+                kindling_devices::log_limited!(
+                    log::Level::Warn,
                     "virtio: dropping a chain with head {head}, outside a queue of {}",
                     queue.size()
                 );
@@ -396,12 +402,12 @@ where
             match handle(queue, head, chain)?.into() {
                 Handled::Kept => {}
                 Handled::Returned => used = true,
-                Handled::PutBack => {
+                handled @ (Handled::PutBack | Handled::Yield) => {
                     queue.go_to_previous_position();
                     let notify = used && needs_interrupt(queue, memory)?;
                     return Ok(Drained {
                         notify,
-                        more: false,
+                        more: handled == Handled::Yield,
                     });
                 }
             }

@@ -49,15 +49,35 @@ impl TokenBucketConfig {
 
 /// A limiter's configuration: a bandwidth bucket (bytes) and an
 /// operations bucket, each optional.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+///
+/// In a human-readable format (JSON) a bucket that is not set is left out,
+/// as Firecracker writes it; in a binary format (the snapshot state file's
+/// postcard, which has no field names to skip by) both are always written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimiterConfig {
     /// Bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub bandwidth: Option<TokenBucketConfig>,
     /// Operations (requests, frames).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub ops: Option<TokenBucketConfig>,
+}
+
+impl serde::Serialize for RateLimiterConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let human = s.is_human_readable();
+        let mut st = s.serialize_struct("RateLimiterConfig", 2)?;
+        for (name, bucket) in [("bandwidth", &self.bandwidth), ("ops", &self.ops)] {
+            if human && bucket.is_none() {
+                st.skip_field(name)?;
+            } else {
+                st.serialize_field(name, bucket)?;
+            }
+        }
+        st.end()
+    }
 }
 
 impl RateLimiterConfig {
@@ -305,7 +325,10 @@ impl Throttle {
 
     fn arm(&mut self, wait: Duration) {
         if let Err(e) = self.timer.reset(wait, None) {
-            log::error!("rate limiter: cannot arm the timer: {e}");
+            kindling_devices::log_limited!(
+                log::Level::Error,
+                "rate limiter: cannot arm the timer: {e}"
+            );
         }
     }
 
@@ -334,6 +357,41 @@ impl AsRawFd for Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// JSON leaves a bucket that is not set out; postcard (the snapshot
+    /// state file) has no names to skip by and writes both: each
+    /// round-trips.
+    #[test]
+    fn configurations_round_trip_through_json_and_postcard() {
+        let set = TokenBucketConfig {
+            size: 10,
+            one_time_burst: 2,
+            refill_time: 100,
+        };
+        for config in [
+            RateLimiterConfig::default(),
+            RateLimiterConfig {
+                bandwidth: None,
+                ops: Some(set),
+            },
+            RateLimiterConfig {
+                bandwidth: Some(set),
+                ops: None,
+            },
+        ] {
+            let json = serde_json::to_string(&config).unwrap();
+            assert!(!json.contains("null"), "{json}");
+            assert_eq!(
+                serde_json::from_str::<RateLimiterConfig>(&json).unwrap(),
+                config
+            );
+            let bytes = postcard::to_stdvec(&Some(config)).unwrap();
+            assert_eq!(
+                postcard::from_bytes::<Option<RateLimiterConfig>>(&bytes).unwrap(),
+                Some(config)
+            );
+        }
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

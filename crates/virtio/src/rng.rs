@@ -119,11 +119,14 @@ fn serve(
     scratch: &mut Vec<Descriptor>,
 ) -> u32 {
     if let Err(e) = collect_descriptors(descriptors, scratch) {
-        log::warn!("virtio-rng: request dropped: {e}");
+        kindling_devices::log_limited!(log::Level::Warn, "virtio-rng: request dropped: {e}");
         return 0;
     }
     if scratch.iter().any(|d| !d.is_write_only()) {
-        log::warn!("virtio-rng: request dropped: it has a device-readable buffer");
+        kindling_devices::log_limited!(
+            log::Level::Warn,
+            "virtio-rng: request dropped: it has a device-readable buffer"
+        );
         return 0;
     }
     let mut written: u32 = 0;
@@ -133,7 +136,8 @@ fn serve(
             break;
         }
         if let Err(e) = fill_random(memory, desc.addr(), len as usize) {
-            log::warn!(
+            kindling_devices::log_limited!(
+                log::Level::Warn,
                 "virtio-rng: buffer at {:#x} ({len} bytes): {e}",
                 desc.addr().0
             );

@@ -4,7 +4,9 @@
 //! alongside them.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kindling_devices::{device_token, DeviceFds, EventRegistry};
@@ -27,6 +29,36 @@ pub struct VirtioSubscriber {
     device: Arc<Mutex<dyn VirtioDevice>>,
     queue_events: Vec<EventFd>,
     device_fds: DeviceFds,
+    stats: Arc<PassStats>,
+}
+
+/// How long a device held the event loop: every queue pass and device
+/// event a [`VirtioSubscriber`] dispatches is timed, so an operator (or a
+/// test with an adversarial guest) can see that one device's guest does
+/// not hold the loop, and every other device on it, for long.
+#[derive(Debug, Default)]
+pub struct PassStats {
+    longest_ns: AtomicU64,
+    passes: AtomicU64,
+}
+
+impl PassStats {
+    /// Records one dispatch that took `took`.
+    pub fn record(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.longest_ns.fetch_max(ns, Ordering::Relaxed);
+        self.passes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The longest dispatch so far.
+    pub fn longest(&self) -> Duration {
+        Duration::from_nanos(self.longest_ns.load(Ordering::Relaxed))
+    }
+
+    /// How many dispatches there were.
+    pub fn passes(&self) -> u64 {
+        self.passes.load(Ordering::Relaxed)
+    }
 }
 
 impl fmt::Debug for VirtioSubscriber {
@@ -46,7 +78,14 @@ impl VirtioSubscriber {
             device,
             queue_events,
             device_fds: DeviceFds::default(),
+            stats: Arc::default(),
         }
+    }
+
+    /// How long the device's dispatches took (shared: it keeps counting
+    /// once the subscriber is on the event loop).
+    pub fn stats(&self) -> Arc<PassStats> {
+        self.stats.clone()
     }
 
     /// The fds the device registered on the event loop.
@@ -58,7 +97,10 @@ impl VirtioSubscriber {
     /// what the event loop calls; tests may call it directly.
     pub fn handle_queue_event(&mut self, index: usize) {
         let Some(event) = self.queue_events.get(index) else {
-            log::warn!("virtio: event for queue {index}, which does not exist");
+            kindling_devices::log_limited!(
+                log::Level::Warn,
+                "virtio: event for queue {index}, which does not exist"
+            );
             return;
         };
         // Consume the notification count; EAGAIN when a spurious wake-up
@@ -68,15 +110,25 @@ impl VirtioSubscriber {
         if !device.is_activated() {
             return;
         }
-        match device.process_queue(index) {
+        let began = Instant::now();
+        let progress = device.process_queue(index);
+        self.stats.record(began.elapsed());
+        match progress {
             Ok(QueueProgress::Done) => {}
             Ok(QueueProgress::MoreWork) => {
                 // Come back after the other ready events.
                 if let Err(e) = event.write(1) {
-                    log::error!("virtio: cannot re-signal queue {index}: {e}");
+                    kindling_devices::log_limited!(
+                        log::Level::Error,
+                        "virtio: cannot re-signal queue {index}: {e}"
+                    );
                 }
             }
-            Err(e) => log::error!("virtio {:?}: {e}", device.device_type()),
+            Err(e) => kindling_devices::log_limited!(
+                log::Level::Error,
+                "virtio {:?}: {e}",
+                device.device_type()
+            ),
         }
     }
 }
@@ -86,7 +138,9 @@ impl MutEventSubscriber for VirtioSubscriber {
         if let Some(token) = device_token(events.data()) {
             let mut device = self.device.lock().unwrap_or_else(|p| p.into_inner());
             let mut registry = EventRegistry::new(ops, &mut self.device_fds);
+            let began = Instant::now();
             device.handle_event(token, events.event_set(), &mut registry);
+            self.stats.record(began.elapsed());
         } else if events.event_set().contains(EventSet::IN) {
             self.handle_queue_event(events.data() as usize);
         }
@@ -95,7 +149,10 @@ impl MutEventSubscriber for VirtioSubscriber {
     fn init(&mut self, ops: &mut EventOps) {
         for (index, event) in self.queue_events.iter().enumerate() {
             if let Err(e) = ops.add(Events::with_data(event, index as u32, EventSet::IN)) {
-                log::error!("virtio: cannot watch the eventfd of queue {index}: {e:?}");
+                kindling_devices::log_limited!(
+                    log::Level::Error,
+                    "virtio: cannot watch the eventfd of queue {index}: {e:?}"
+                );
             }
         }
         let mut device = self.device.lock().unwrap_or_else(|p| p.into_inner());

@@ -180,7 +180,12 @@ impl VmmBuilder {
         for index in 0..builder.config.net.len() {
             let net = virtio_devices::open_net(index, &builder.config.net[index])?;
             let iface_id = builder.config.net[index].iface_id.clone();
-            let net = builder.add_virtio_device(&format!("network interface {iface_id}"), net)?;
+            let net = Arc::new(Mutex::new(net));
+            let kind = VirtioKind::Net {
+                device: net.clone(),
+                iface_id: iface_id.clone(),
+            };
+            builder.plan_virtio(&format!("network interface {iface_id}"), net.clone(), kind)?;
             builder.net.push((iface_id, net));
         }
         if builder.config.entropy {
@@ -216,9 +221,11 @@ impl VmmBuilder {
     /// the ACPI DSDT and on the command line. Returns the typed handle the
     /// transport shares.
     ///
-    /// Snapshots save an entropy device added this way; a device of any
-    /// other type (a virtio-block device too: its image path is not known
-    /// here; configure disks in [`VmConfig::disks`]) makes a snapshot of
+    /// Snapshots save an entropy, network (named by `name` in network
+    /// overrides) or vsock device added this way; a device of any other
+    /// type (a virtio-block device too: its image path is not known
+    /// here; configure disks in [`VmConfig::disks`] or add them with
+    /// [`VmmBuilder::add_block_device`]) makes a snapshot of
     /// the VM fail with [`SnapshotError::UnsupportedDevice`](crate::snapshot::SnapshotError::UnsupportedDevice).
     pub fn add_virtio_device<D: VirtioDevice + 'static>(
         &mut self,
@@ -229,10 +236,44 @@ impl VmmBuilder {
         let any: Box<dyn std::any::Any> = Box::new(device.clone());
         let kind = match any.downcast::<Arc<Mutex<Entropy>>>() {
             Ok(entropy) => VirtioKind::Entropy(*entropy),
-            Err(_) => VirtioKind::Other,
+            Err(any) => match any.downcast::<Arc<Mutex<Net>>>() {
+                Ok(net) => VirtioKind::Net {
+                    device: *net,
+                    iface_id: name.to_string(),
+                },
+                Err(any) => match any.downcast::<Arc<Mutex<Vsock>>>() {
+                    Ok(vsock) => VirtioKind::Vsock(*vsock),
+                    Err(_) => VirtioKind::Other,
+                },
+            },
         };
         self.plan_virtio(name, device.clone(), kind)?;
         Ok(device)
+    }
+
+    /// Adds a virtio-block device the caller opened (on a backend of its
+    /// own, such as a metered one) after the disks of
+    /// [`VmConfig::disks`], treated as they are: the guest sees it as the
+    /// next disk, it is flushed when the VM stops, and snapshots save it
+    /// with `path`, which a restore opens again (or an override in its
+    /// place). `path` and `read_only` must be the image and the mode
+    /// `block` was opened with. Returns the handle the transport shares.
+    pub fn add_block_device(
+        &mut self,
+        name: &str,
+        block: Block,
+        path: std::path::PathBuf,
+        read_only: bool,
+    ) -> Result<Arc<Mutex<Block>>, VmmError> {
+        let block = Arc::new(Mutex::new(block));
+        let kind = VirtioKind::Block {
+            device: block.clone(),
+            path,
+            read_only,
+        };
+        self.plan_virtio(name, block.clone(), kind)?;
+        self.disks.push(block.clone());
+        Ok(block)
     }
 
     /// Puts `device` on the port-I/O bus at `[port, port + len)`.
@@ -362,13 +403,12 @@ impl VmmBuilder {
         let mut mmio = Bus::new();
         let legacy = LegacyDevices::create(
             &vm,
-            &mut pio,
-            &mut mmio,
             &exit,
             Box::new(serial_out),
             config.start_time,
             config.boot_timer_log.clone(),
         )?;
+        legacy.place(&mut pio, &mut mmio, &exit, config.debug_exit)?;
         for (name, base, len, device) in self.pio.drain(..) {
             insert(&mut pio, base, len, device, &name)?;
         }

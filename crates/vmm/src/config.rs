@@ -342,6 +342,12 @@ pub struct VmConfig {
     /// only looked at with [`SerialConfig::Stdout`]. `None` (the default)
     /// passes standard input to the guest unchanged.
     pub console_escape: Option<ConsoleEscape>,
+    /// Put a debug-exit port at I/O port 0xf4: a byte the guest writes
+    /// there ends the VM with that status
+    /// ([`ExitReason::Status`](kindling_devices::ExitReason::Status)).
+    /// Off by default, since it lets the guest choose the VMM's exit
+    /// status; test guests (Kindling's own included) turn it on.
+    pub debug_exit: bool,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -362,6 +368,7 @@ impl std::fmt::Debug for VmConfig {
             .field("serial", &self.serial)
             .field("stop_on_signals", &self.stop_on_signals)
             .field("console_escape", &self.console_escape)
+            .field("debug_exit", &self.debug_exit)
             .finish()
     }
 }
@@ -386,6 +393,7 @@ impl Default for VmConfig {
             start_time: StartTime::now(),
             boot_timer_log: Arc::new(Mutex::new(std::io::stderr())),
             console_escape: None,
+            debug_exit: false,
         }
     }
 }

@@ -54,13 +54,11 @@ pub(crate) fn insert(
 
 impl LegacyDevices {
     /// Creates COM1 (IRQ 4) writing to `serial_out`, the i8042 (IRQ 1), the
-    /// CMOS RTC, the ACPI PM registers, the debug-exit port and the boot
-    /// timer; wires their interrupts to the
-    /// VM and puts them on `pio` and `mmio`.
+    /// CMOS RTC, the ACPI PM registers and the boot timer, and wires their
+    /// interrupts to the VM; `LegacyDevices::place` puts them on the
+    /// buses.
     pub fn create(
         vm: &Vm,
-        pio: &mut Bus,
-        mmio: &mut Bus,
         exit: &VmExitHandle,
         serial_out: Box<dyn Write + Send>,
         start_time: StartTime,
@@ -81,17 +79,17 @@ impl LegacyDevices {
             rtc: Arc::new(Mutex::new(CmosRtc::new())),
             acpi_pm: Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone()))),
         };
-        devices.place(pio, mmio, exit)?;
         Ok(devices)
     }
 
-    /// Puts the devices on `pio` and `mmio` at their fixed places, with a
-    /// debug-exit port (which has no state) for `exit`.
+    /// Puts the devices on `pio` and `mmio` at their fixed places, and with
+    /// `debug_exit` a debug-exit port (which has no state) for `exit`.
     pub(crate) fn place(
         &self,
         pio: &mut Bus,
         mmio: &mut Bus,
         exit: &VmExitHandle,
+        debug_exit: bool,
     ) -> Result<(), VmmError> {
         insert(
             pio,
@@ -101,8 +99,10 @@ impl LegacyDevices {
             "serial port",
         )?;
         insert(pio, I8042_PORT, I8042_PORT_LEN, self.i8042.clone(), "i8042")?;
-        let debug_exit = Arc::new(Mutex::new(DebugExit::new(exit.clone())));
-        insert(pio, DEBUG_EXIT_PORT, 1, debug_exit, "debug-exit port")?;
+        if debug_exit {
+            let device = Arc::new(Mutex::new(DebugExit::new(exit.clone())));
+            insert(pio, DEBUG_EXIT_PORT, 1, device, "debug-exit port")?;
+        }
         insert(
             pio,
             u64::from(ACPI_PM_PORT),

@@ -25,11 +25,15 @@ pub struct VmmDevices {
     pub disks: Vec<Arc<Mutex<Block>>>,
     /// The virtio-net interfaces, in configuration order, each with its
     /// `iface_id` (for the API's `PATCH /network-interfaces/{iface_id}`:
-    /// [`Net::update_rate_limiters`]).
+    /// [`Net::update_rate_limiters`]). After a restore: every network
+    /// interface of the snapshot, those once added with
+    /// [`VmmBuilder::add_virtio_device`](crate::VmmBuilder::add_virtio_device)
+    /// too (with the name they were given as `iface_id`).
     pub net: Vec<(String, Arc<Mutex<Net>>)>,
     /// The virtio-rng device, if configured.
     pub entropy: Option<Arc<Mutex<Entropy>>>,
-    /// The virtio-vsock device, if configured.
+    /// The virtio-vsock device, if configured (after a restore: the
+    /// snapshot's, however it was added).
     pub vsock: Option<Arc<Mutex<Vsock>>>,
     /// Every virtio device (the configured ones and those added with
     /// [`VmmBuilder::add_virtio_device`](crate::VmmBuilder::add_virtio_device)),
@@ -50,6 +54,8 @@ pub struct VirtioSlot {
     pub irq: u32,
     /// Its virtio-mmio transport, as the MMIO bus holds it.
     pub transport: Arc<Mutex<MmioTransport>>,
+    /// How long its queue passes and events held the event loop.
+    pub pass_stats: Arc<kindling_virtio::PassStats>,
     /// What the device is.
     pub kind: VirtioKind,
 }
@@ -68,6 +74,15 @@ pub enum VirtioKind {
     },
     /// The virtio-rng device.
     Entropy(Arc<Mutex<Entropy>>),
+    /// A virtio-net interface on a TAP.
+    Net {
+        /// The device.
+        device: Arc<Mutex<Net>>,
+        /// Its `iface_id` (a network override may name it by it).
+        iface_id: String,
+    },
+    /// The virtio-vsock device.
+    Vsock(Arc<Mutex<Vsock>>),
     /// A device added by the user, of a type the VMM does not know how to
     /// save: a snapshot of the VM is refused.
     Other,

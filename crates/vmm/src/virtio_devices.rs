@@ -219,6 +219,7 @@ pub(crate) fn attach_one(
         vm.register_mmio_ioevent_value(event, base + QUEUE_NOTIFY_OFFSET, index as u32)?;
     }
     let subscriber = transport.subscriber().map_err(transport_err)?;
+    let pass_stats = subscriber.stats();
     let transport = Arc::new(Mutex::new(transport));
     mmio.insert(base, MMIO_WINDOW_SIZE, transport.clone())
         .map_err(|source| VmmError::Bus {
@@ -231,6 +232,7 @@ pub(crate) fn attach_one(
             name,
             base,
             irq,
+            pass_stats,
             transport,
             kind,
         },

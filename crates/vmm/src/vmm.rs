@@ -275,16 +275,32 @@ impl Vmm {
         };
         for vcpu in vcpus {
             let vcpu_exit = exit.clone();
-            let on_stop = Box::new(move |_id: u8, result: &Result<VcpuStopReason, _>| {
+            let on_stop = Box::new(move |id: u8, result: &Result<VcpuStopReason, _>| {
+                // Why the VM ends is always in the log: a guest that resets
+                // unexpectedly looks like a clean exit (status 0) otherwise.
                 let reason = match result {
                     Ok(VcpuStopReason::Stopped) => return,
-                    Ok(VcpuStopReason::Reset) | Ok(VcpuStopReason::TripleFault) => {
+                    Ok(VcpuStopReason::Reset) => {
+                        log::info!("vCPU {id}: the guest asked for a reset");
                         ExitReason::Reset
                     }
-                    Ok(VcpuStopReason::PowerOff) | Ok(VcpuStopReason::Halted) => {
+                    Ok(VcpuStopReason::TripleFault) => {
+                        log::warn!("vCPU {id}: triple fault (KVM_EXIT_SHUTDOWN); the VM resets");
+                        ExitReason::Reset
+                    }
+                    Ok(VcpuStopReason::PowerOff) => {
+                        log::info!("vCPU {id}: the guest powered off");
                         ExitReason::PowerOff
                     }
-                    Err(_) => ExitReason::Stopped,
+                    Ok(VcpuStopReason::Halted) => {
+                        log::info!("vCPU {id}: halted with interrupts off; the VM ends");
+                        ExitReason::PowerOff
+                    }
+                    Err(e) => {
+                        // The run returns the error itself: no second line.
+                        log::debug!("{e}; the VM stops");
+                        ExitReason::Stopped
+                    }
                 };
                 vcpu_exit.request(reason);
             });
@@ -348,6 +364,7 @@ impl Vmm {
             }
         }
         let reason = exit.reason().unwrap_or(ExitReason::Stopped);
+        log::info!("the VM ended: {reason:?}");
         self.shared.set_state(VmRunState::Stopped(reason));
         if let Some(e) = vcpu_error {
             return Err(e.into());

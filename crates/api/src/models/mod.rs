@@ -9,6 +9,7 @@ mod machine;
 mod net;
 mod observability;
 mod rate_limiter;
+mod snapshot;
 mod vm;
 
 pub use boot::BootSource;
@@ -20,4 +21,8 @@ pub use machine::{
 pub use net::{NetworkInterface, PartialNetworkInterface, VsockDevice};
 pub use observability::{LogLevel, LoggerConfig, MetricsConfig};
 pub use rate_limiter::{limits, RateLimiter, TokenBucket};
+pub use snapshot::{
+    BackendType, MemoryBackend, NetworkOverride, SnapshotCreate, SnapshotCreateParams,
+    SnapshotLoad, SnapshotLoadParams, SnapshotParamsError, SnapshotType, VsockOverride,
+};
 pub use vm::{ActionType, InstanceActionInfo, InstanceInfo, VersionInfo, VmPatch, VmStateRequest};

@@ -10,4 +10,4 @@ mod runner;
 
 pub use listener::{ApiServer, MAX_CONNECTIONS};
 pub use preset::{Preset, PresetError};
-pub use runner::{serve, ServeError, ServeOptions};
+pub use runner::{serve, ServeError, ServeOptions, Served};

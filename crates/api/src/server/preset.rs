@@ -29,6 +29,8 @@ pub struct Preset {
     pub disks: Vec<DiskConfig>,
     /// `--entropy`.
     pub entropy: bool,
+    /// `--debug-exit`.
+    pub debug_exit: bool,
 }
 
 /// A flag that means nothing without another.
@@ -73,6 +75,7 @@ impl Preset {
         if self.pvh {
             resources.boot_protocol = BootProtocol::Pvh;
         }
+        resources.debug_exit = self.debug_exit;
         for (i, disk) in self.disks.into_iter().enumerate() {
             resources.put_drive(Drive {
                 drive_id: format!("disk{i}"),

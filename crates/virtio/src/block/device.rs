@@ -67,6 +67,12 @@ pub struct BlockState {
     pub serial: [u8; ID_BYTES],
     /// The queue's maximum size.
     pub queue_size: u16,
+    /// The I/O engine the device ran on (a restore that opens the image by
+    /// path opens it with this engine again).
+    pub engine: BlockEngine,
+    /// The rate limits in force when saved (a restore sets them again; the
+    /// token buckets start full, what they had used is not saved).
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// A request handed to the backend, waiting for its completion.
@@ -112,6 +118,8 @@ pub struct Block {
     stalled: bool,
     /// The rate limiter, and its timer.
     throttle: Throttle,
+    /// The I/O engine `backend` is (as configured).
+    engine: BlockEngine,
 }
 
 fn check_queue_size(q: u16) -> Result<(), BlockError> {
@@ -156,14 +164,14 @@ impl Block {
             None => backend.default_serial(),
         };
         let capacity = backend.size() / SECTOR_SIZE;
-        let mut features = features::COMMON | blk::FLUSH | blk::SEG_MAX | blk::BLK_SIZE;
+        let mut features =
+            features::COMMON | blk::FLUSH | blk::SEG_MAX | blk::SIZE_MAX | blk::BLK_SIZE;
         features |= if config.read_only {
             blk::RO
         } else {
             blk::DISCARD | blk::WRITE_ZEROES
         };
-        // Room for the header and the status descriptors.
-        let seg_max = u32::from(q) - 2;
+        let seg_max = seg_max(q);
         let throttle =
             Throttle::new(config.rate_limiter.as_ref()).map_err(|source| BlockError::Timer {
                 path: config.path.clone(),
@@ -176,12 +184,13 @@ impl Block {
             capacity,
             queue_sizes: [q],
             features,
-            config: config::config_space(capacity, seg_max.max(1)),
+            config: config::config_space(capacity, seg_max),
             active: None,
             scratch: Vec::new(),
             pending: Vec::new(),
             stalled: false,
             throttle,
+            engine: config.engine,
         })
     }
 
@@ -211,7 +220,14 @@ impl Block {
             read_only: self.read_only,
             serial: self.serial,
             queue_size: self.queue_sizes[0],
+            engine: self.engine,
+            rate_limiter: self.throttle.config(),
         }
+    }
+
+    /// The I/O engine the device was created with.
+    pub fn engine(&self) -> BlockEngine {
+        self.engine
     }
 
     /// The disk size in 512-byte sectors.
@@ -243,7 +259,11 @@ impl Block {
                 serial: &self.serial,
                 read_only: self.read_only,
                 acked,
-                limits: Limits::new(self.capacity),
+                limits: Limits {
+                    max_data_bytes: config::max_request_bytes(seg_max(self.queue_sizes[0])),
+                    ..Limits::new(self.capacity)
+                },
+                pass_bytes: 0,
             },
         ))
     }
@@ -286,11 +306,14 @@ impl Block {
                 self.stalled = true;
                 if let Some(event) = self.backend.completion_event() {
                     if let Err(e) = event.write(1) {
-                        log::error!("virtio-blk: cannot re-signal the completion eventfd: {e}");
+                        kindling_devices::log_limited!(
+                            log::Level::Error,
+                            "virtio-blk: cannot re-signal the completion eventfd: {e}"
+                        );
                     }
                 }
             }
-            Err(e) => log::error!("virtio-blk: {e}"),
+            Err(e) => kindling_devices::log_limited!(log::Level::Error, "virtio-blk: {e}"),
         }
     }
 }
@@ -301,11 +324,17 @@ impl DeviceEvents for Block {
     fn register_events(&mut self, ops: &mut EventRegistry<'_>) {
         if let Some(event) = self.backend.completion_event() {
             if let Err(e) = ops.add(event.as_raw_fd(), COMPLETION_TOKEN, EventSet::IN) {
-                log::error!("virtio-blk: cannot watch the I/O engine's completions: {e}");
+                kindling_devices::log_limited!(
+                    log::Level::Error,
+                    "virtio-blk: cannot watch the I/O engine's completions: {e}"
+                );
             }
         }
         if let Err(e) = ops.add(self.throttle.as_raw_fd(), LIMITER_TOKEN, EventSet::IN) {
-            log::error!("virtio-blk: cannot watch the rate limiter's timer: {e}");
+            kindling_devices::log_limited!(
+                log::Level::Error,
+                "virtio-blk: cannot watch the rate limiter's timer: {e}"
+            );
         }
     }
 
@@ -315,7 +344,10 @@ impl DeviceEvents for Block {
             return;
         }
         if token != COMPLETION_TOKEN {
-            log::warn!("virtio-blk: event for token {token}, which is not registered");
+            kindling_devices::log_limited!(
+                log::Level::Warn,
+                "virtio-blk: event for token {token}, which is not registered"
+            );
             return;
         }
         if let Some(event) = self.backend.completion_event() {
@@ -338,6 +370,20 @@ struct Worker<'a> {
     read_only: bool,
     acked: u64,
     limits: Limits,
+    /// Data bytes started in this pass, against [`PASS_BYTE_BUDGET`].
+    pass_bytes: u64,
+}
+
+/// Data bytes one pass over the queue may start before it yields to the
+/// rest of the event loop (the request count is bounded by the queue's
+/// own pass budget): with the sync engine the pass does the I/O itself,
+/// so this bounds how long one guest's disk holds the loop.
+pub const PASS_BYTE_BUDGET: u64 = 4 << 20;
+
+/// The `seg_max` of a queue of `queue_size`: room for the header and the
+/// status descriptors.
+fn seg_max(queue_size: u16) -> u32 {
+    (u32::from(queue_size).saturating_sub(2)).max(1)
 }
 
 /// Writes the status byte and returns the chain to the driver.
@@ -351,7 +397,8 @@ fn finish(
 ) -> Result<(), virtio_queue::Error> {
     if let Err(e) = memory.write_obj(code, status_addr) {
         // The parser checked the address; only a memory change gets here.
-        log::warn!(
+        kindling_devices::log_limited!(
+            log::Level::Warn,
             "virtio-blk: cannot write the status byte at {:#x}: {e}",
             status_addr.0
         );
@@ -391,7 +438,7 @@ impl Worker<'_> {
     ) -> Result<Drained, virtio_queue::Error> {
         let mut drained = drain_queue(queue, memory, |queue, head, chain| {
             let handled = self.handle(queue, memory, head, chain)?;
-            if handled == Handled::PutBack {
+            if matches!(handled, Handled::PutBack | Handled::Yield) {
                 return Ok(handled);
             }
             Ok(Handled::from(
@@ -399,7 +446,7 @@ impl Worker<'_> {
             ))
         })?;
         if let Err(e) = self.backend.push_submissions() {
-            log::error!("virtio-blk: {e}");
+            kindling_devices::log_limited!(log::Level::Error, "virtio-blk: {e}");
         }
         // Operations that finished while they were handed over.
         if self.reap(queue, memory)? {
@@ -417,6 +464,9 @@ impl Worker<'_> {
         head: u16,
         chain: impl IntoIterator<Item = Descriptor>,
     ) -> Result<Handled, virtio_queue::Error> {
+        if self.pass_bytes >= PASS_BYTE_BUDGET {
+            return Ok(Handled::Yield);
+        }
         self.start(queue, memory, head, chain)
             .map(|returned| match returned {
                 Some(returned) => Handled::from(returned),
@@ -447,7 +497,10 @@ impl Worker<'_> {
                 error,
                 status: None,
             }) => {
-                log::warn!("virtio-blk: request {head} dropped: {error}");
+                kindling_devices::log_limited!(
+                    log::Level::Warn,
+                    "virtio-blk: request {head} dropped: {error}"
+                );
                 queue.add_used(memory, head, 0)?;
                 return Ok(Some(true));
             }
@@ -462,6 +515,7 @@ impl Worker<'_> {
         if !self.throttle.admit(request_bytes(&request)) {
             return Ok(None);
         }
+        self.pass_bytes += request_bytes(&request);
         let op = match &request.kind {
             RequestKind::Read {
                 sector, buffers, ..
@@ -498,7 +552,10 @@ impl Worker<'_> {
             return Ok(Some(false));
         };
         if slot.is_some() {
-            log::warn!("virtio-blk: request {head} submitted again while in flight; dropped");
+            kindling_devices::log_limited!(
+                log::Level::Warn,
+                "virtio-blk: request {head} submitted again while in flight; dropped"
+            );
             return Ok(Some(false));
         }
         *slot = Some(Pending {
@@ -515,7 +572,7 @@ impl Worker<'_> {
                 Ok(None)
             }
             Err(e) => {
-                log::warn!("virtio-blk: request {head}: {e}");
+                kindling_devices::log_limited!(log::Level::Warn, "virtio-blk: request {head}: {e}");
                 *slot = None;
                 finish(queue, memory, head, request.status, status::IOERR, 1)?;
                 Ok(Some(true))
@@ -550,7 +607,8 @@ impl Worker<'_> {
                 .get_mut(usize::from(done.token))
                 .and_then(Option::take)
             else {
-                log::error!(
+                kindling_devices::log_limited!(
+                    log::Level::Error,
                     "virtio-blk: completion for request {} that is not in flight",
                     done.token
                 );
@@ -559,7 +617,11 @@ impl Worker<'_> {
             let (code, len) = match done.result {
                 Ok(()) => (status::OK, p.used_len),
                 Err(e) => {
-                    log::warn!("virtio-blk: request {}: {e}", done.token);
+                    kindling_devices::log_limited!(
+                        log::Level::Warn,
+                        "virtio-blk: request {}: {e}",
+                        done.token
+                    );
                     (status::IOERR, 1)
                 }
             };

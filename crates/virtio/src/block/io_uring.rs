@@ -292,7 +292,10 @@ impl IoUringBackend {
     /// kernel's `result`.
     fn complete(&mut self, slot: usize, result: i32) {
         let Some(op) = self.slots.get_mut(slot).and_then(Option::take) else {
-            log::error!("virtio-blk io_uring: completion for slot {slot}, which is not in use");
+            kindling_devices::log_limited!(
+                log::Level::Error,
+                "virtio-blk io_uring: completion for slot {slot}, which is not in use"
+            );
             return;
         };
         let io_error = |op: &InFlight, source: io::Error, sync: &SyncFileBackend| {
@@ -349,7 +352,10 @@ impl IoUringBackend {
             Ok(()) => {}
             // Queued: it goes with the next submission.
             Err(e @ BackendError::Submit { .. }) => {
-                log::warn!("virtio-blk io_uring: {e}; retried with the next submission")
+                kindling_devices::log_limited!(
+                    log::Level::Warn,
+                    "virtio-blk io_uring: {e}; retried with the next submission"
+                )
             }
             Err(e) => {
                 if let Some(op) = self.slots[slot].take() {
@@ -498,7 +504,7 @@ impl BlockBackend for IoUringBackend {
             if let Err(e) = self.ring.submit_and_wait(1) {
                 if e.raw_os_error() != Some(libc::EINTR) {
                     if !reported {
-                        log::error!(
+                        kindling_devices::log_limited!(log::Level::Error,
                             "virtio-blk io_uring: cannot wait for I/O on {} in flight: {e}; polling",
                             self.sync.path().display()
                         );

@@ -88,6 +88,8 @@ pub mod request_type {
 pub mod features {
     use virtio_bindings::virtio_blk::*;
 
+    /// `size_max` in the configuration space is valid.
+    pub const SIZE_MAX: u64 = 1 << VIRTIO_BLK_F_SIZE_MAX;
     /// `seg_max` in the configuration space is valid.
     pub const SEG_MAX: u64 = 1 << VIRTIO_BLK_F_SEG_MAX;
     /// The device is read-only.

@@ -143,6 +143,8 @@ pub struct Limits {
     pub max_write_zeroes_sectors: u32,
     /// The most segments in a WRITE_ZEROES request.
     pub max_write_zeroes_seg: u32,
+    /// The most data bytes in a read or write request.
+    pub max_data_bytes: u64,
 }
 
 impl Limits {
@@ -156,6 +158,7 @@ impl Limits {
             max_discard_seg: MAX_DISCARD_SEG,
             max_write_zeroes_sectors: MAX_WRITE_ZEROES_SECTORS,
             max_write_zeroes_seg: MAX_WRITE_ZEROES_SEG,
+            max_data_bytes: u64::from(MAX_REQUEST_BYTES),
         }
     }
 }
@@ -237,6 +240,15 @@ pub enum RequestError {
         sectors: u32,
         /// The limit.
         max: u32,
+    },
+    /// A read or write moves more data than the device allows (more than
+    /// `seg_max` segments of `size_max` bytes).
+    #[error("read/write of {len} bytes, the device allows {max} per request")]
+    TooLarge {
+        /// The request's data bytes.
+        len: u64,
+        /// The limit.
+        max: u64,
     },
     /// A segment has flags the request type does not allow.
     #[error("discard/write-zeroes segment flags {0:#x} are not supported")]
@@ -503,6 +515,12 @@ fn parse_body(
     let data_len = |len: u64| -> Result<u32, RequestError> {
         if len % SECTOR_SIZE != 0 {
             return Err(RequestError::UnalignedLength(len));
+        }
+        if len > limits.max_data_bytes {
+            return Err(RequestError::TooLarge {
+                len,
+                max: limits.max_data_bytes,
+            });
         }
         check_sectors(sector, len / SECTOR_SIZE, limits.capacity)?;
         // A chain's total length is below 4 GiB, so this fits.

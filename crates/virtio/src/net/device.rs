@@ -221,6 +221,23 @@ impl Net {
         }
     }
 
+    /// The frame read from the TAP and not yet delivered (virtio header
+    /// included), and whether the rate limiter charged it.
+    pub(super) fn held_frame(&self) -> Option<(&[u8], bool)> {
+        self.rx
+            .held
+            .map(|(len, charged)| (&self.rx.buf[..len], charged))
+    }
+
+    /// Holds `bytes` (a frame with its virtio header, at most
+    /// `VNET_HDR_LEN + MAX_FRAME_LEN` bytes) for delivery before anything
+    /// else the TAP has.
+    pub(super) fn hold_frame(&mut self, bytes: &[u8], charged: bool) {
+        let len = bytes.len().min(self.rx.buf.len());
+        self.rx.buf[..len].copy_from_slice(&bytes[..len]);
+        self.rx.held = Some((len, charged));
+    }
+
     /// The TAP interface's name.
     pub fn tap_name(&self) -> &str {
         self.tap.name()
@@ -256,7 +273,10 @@ impl Net {
     /// Asks the event loop to come back to the device (kick eventfd).
     fn wake(&self) {
         if let Err(e) = self.kick.write(1) {
-            log::error!("virtio-net: cannot signal the device's eventfd: {e}");
+            kindling_devices::log_limited!(
+                log::Level::Error,
+                "virtio-net: cannot signal the device's eventfd: {e}"
+            );
         }
     }
 
@@ -277,7 +297,7 @@ impl Net {
         match self.process_tx() {
             Ok(QueueProgress::MoreWork) => self.wake(),
             Ok(QueueProgress::Done) => {}
-            Err(e) => log::error!("virtio-net: {e}"),
+            Err(e) => kindling_devices::log_limited!(log::Level::Error, "virtio-net: {e}"),
         }
     }
 
@@ -314,9 +334,13 @@ impl Net {
             Err(source) => {
                 active.broken = true;
                 if let Err(e) = active.interrupt.signal_needs_reset() {
-                    log::error!("virtio-net: cannot raise the needs-reset interrupt: {e}");
+                    kindling_devices::log_limited!(
+                        log::Level::Error,
+                        "virtio-net: cannot raise the needs-reset interrupt: {e}"
+                    );
                 }
-                log::error!(
+                kindling_devices::log_limited!(
+                    log::Level::Error,
                     "virtio-net: {}",
                     QueueError::Ring {
                         index: RX_QUEUE,
@@ -329,11 +353,17 @@ impl Net {
         match needs_rx_interrupt(queue, memory, old_used) {
             Ok(true) => {
                 if let Err(e) = active.interrupt.signal_used_queue() {
-                    log::error!("virtio-net: cannot raise the interrupt: {e}");
+                    kindling_devices::log_limited!(
+                        log::Level::Error,
+                        "virtio-net: cannot raise the interrupt: {e}"
+                    );
                 }
             }
             Ok(false) => {}
-            Err(e) => log::warn!("virtio-net: cannot read used_event: {e}"),
+            Err(e) => kindling_devices::log_limited!(
+                log::Level::Warn,
+                "virtio-net: cannot read used_event: {e}"
+            ),
         }
         if more {
             self.wake();
@@ -442,7 +472,8 @@ fn rx_pass(
                 }
                 match tap.read_frame(&mut rx.buf) {
                     Ok(n) if n < VNET_HDR_LEN => {
-                        log::warn!(
+                        kindling_devices::log_limited!(
+                            log::Level::Warn,
                             "virtio-net: {n}-byte read from the TAP, shorter than the header"
                         );
                         counters.rx_dropped += 1;
@@ -454,7 +485,10 @@ fn rx_pass(
                         return Ok(false);
                     }
                     Err(e) => {
-                        log::error!("virtio-net: reading the TAP: {e}");
+                        kindling_devices::log_limited!(
+                            log::Level::Error,
+                            "virtio-net: reading the TAP: {e}"
+                        );
                         rx.tap_readable = false;
                         return Ok(false);
                     }
@@ -521,7 +555,10 @@ impl DeviceEvents for Net {
         ];
         for (fd, token, events) in fds {
             if let Err(e) = ops.add(fd, token, events) {
-                log::error!("virtio-net: cannot watch fd {fd} (token {token}): {e}");
+                kindling_devices::log_limited!(
+                    log::Level::Error,
+                    "virtio-net: cannot watch fd {fd} (token {token}): {e}"
+                );
             }
         }
     }
@@ -530,7 +567,11 @@ impl DeviceEvents for Net {
         match token {
             TAP_TOKEN => {
                 if events.intersects(EventSet::ERROR | EventSet::HANG_UP) {
-                    log::warn!("virtio-net: TAP {} reports {events:?}", self.tap.name());
+                    kindling_devices::log_limited!(
+                        log::Level::Warn,
+                        "virtio-net: TAP {} reports {events:?}",
+                        self.tap.name()
+                    );
                 }
                 self.rx.tap_readable = true;
                 self.process_rx();
@@ -541,7 +582,10 @@ impl DeviceEvents for Net {
                 self.run_tx();
             }
             RX_TIMER_TOKEN | TX_TIMER_TOKEN => self.on_timer(token),
-            _ => log::warn!("virtio-net: event for token {token}, which is not registered"),
+            _ => kindling_devices::log_limited!(
+                log::Level::Warn,
+                "virtio-net: event for token {token}, which is not registered"
+            ),
         }
     }
 }
@@ -585,7 +629,7 @@ impl VirtioDevice for Net {
         if let Err(e) = self.tap.set_offload(tap_offloads(active.acked_features)) {
             // The driver gets frames without offloads, which it accepts
             // too: go on.
-            log::error!("virtio-net: {e}");
+            kindling_devices::log_limited!(log::Level::Error, "virtio-net: {e}");
         }
         self.active = Some(active);
         // Frames may be waiting in the TAP already.
@@ -604,7 +648,7 @@ impl VirtioDevice for Net {
             self.counters.rx_dropped += 1;
         }
         if let Err(e) = self.tap.set_offload(0) {
-            log::error!("virtio-net: {e}");
+            kindling_devices::log_limited!(log::Level::Error, "virtio-net: {e}");
         }
     }
 

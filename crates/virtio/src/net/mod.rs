@@ -17,6 +17,9 @@
 //!   does a bounded amount of work. Optional [`RateLimiter`]s on each
 //!   direction stop a queue and resume it from a timerfd on the loop.
 //!
+//! Snapshots ([`NetState`]) keep the configuration and the held frame; the
+//! TAP is reopened by name or an override at restore (see `persist.rs`).
+//!
 //! Queue 0 receives, queue 1 transmits (no control queue, one pair).
 //!
 //! [`RateLimiter`]: crate::rate_limiter::RateLimiter
@@ -30,7 +33,7 @@ pub mod tx;
 
 pub use device::{Net, NetConfig, NetCounters};
 pub use mac::{MacAddr, MacAddrError};
-pub use persist::{NetRestoreArgs, NetState};
+pub use persist::{HeldFrame, NetRestoreArgs, NetState};
 pub use tap::{Tap, TapError};
 pub use tx::{parse_tx, TxError, TxFrame, VnetHeader};
 
@@ -82,6 +85,13 @@ pub enum NetError {
     /// The queue size is not a power of two between 2 and 32768.
     #[error("network queue size {0} is not a power of two between 2 and 32768")]
     InvalidQueueSize(u16),
+    /// A saved held frame is shorter than the virtio header or longer
+    /// than the largest frame (a damaged state).
+    #[error("the saved network device holds a {len}-byte frame: a frame with its header is 12 to 65548 bytes")]
+    HeldFrameLength {
+        /// Its length in bytes, with the virtio header.
+        len: usize,
+    },
     /// A timerfd or eventfd for the event loop could not be created.
     #[error("cannot create the network device's {what}: {source}")]
     EventFd {

@@ -1,13 +1,23 @@
 //! The persist contract for the network device: it saves its
-//! configuration (TAP name, MAC, queue size, rate limits); the features
-//! the driver accepted and the queues are saved by the transport, whose
+//! configuration (TAP name, MAC, queue size, rate limits) and the frame it
+//! holds, if any (read from the TAP, not yet delivered because the driver
+//! had no receive buffers left): the restored device delivers it first, so
+//! a snapshot loses no frame the device had taken. Frames still queued in
+//! the TAP are the kernel's: they are dropped when the saved VM's process
+//! closes the TAP (Linux purges a TAP's queue when its last fd goes), like
+//! packets lost on a link, which TCP retransmits; while no VMM has the TAP
+//! open, and until the kernel's link watcher has caught up with the
+//! carrier of a reopened one (up to a second), what the host sends to it
+//! is dropped too. The features the
+//! driver accepted and the queues are saved by the transport, whose
 //! restore reactivates the device (which sets the TAP's offloads again).
 //! The TAP is reopened by name at restore, or by another name
-//! (Firecracker's `network_overrides`), or handed in open.
+//! (Firecracker's `network_overrides`), or handed in open. Rate-limiter
+//! buckets start full.
 
 use kindling_memory::Persist;
 
-use super::{Net, NetConfig, NetError, Tap};
+use super::{Net, NetConfig, NetError, Tap, MAX_FRAME_LEN, VNET_HDR_LEN};
 
 /// The network device's state, for snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -16,6 +26,19 @@ pub struct NetState {
     pub config: NetConfig,
     /// The features the device offered.
     pub device_features: u64,
+    /// The frame the device had read from the TAP and not yet delivered.
+    pub held_frame: Option<HeldFrame>,
+}
+
+/// A received frame waiting for receive buffers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeldFrame {
+    /// The bytes read from the TAP: the 12-byte virtio header, then the
+    /// frame.
+    pub bytes: Vec<u8>,
+    /// Whether the receive rate limiter already charged it (it is not
+    /// charged again).
+    pub charged: bool,
 }
 
 /// Where a restored [`Net`] finds its TAP.
@@ -39,12 +62,23 @@ impl Persist<'_> for Net {
         Ok(NetState {
             config: self.config(),
             device_features: self.features,
+            held_frame: self.held_frame().map(|(bytes, charged)| HeldFrame {
+                bytes: bytes.to_vec(),
+                charged,
+            }),
         })
     }
 
-    /// Recreates an (inactive) device; the transport's restore
-    /// reactivates it with its queues. Rate-limiter buckets start full.
+    /// Recreates an (inactive) device holding the saved frame, if any; the
+    /// transport's restore reactivates it with its queues, and the frame
+    /// is the first the driver receives. Rate-limiter buckets start full.
     fn restore(args: NetRestoreArgs, state: &NetState) -> Result<Self, NetError> {
+        if let Some(held) = &state.held_frame {
+            let len = held.bytes.len();
+            if !(VNET_HDR_LEN..=VNET_HDR_LEN + MAX_FRAME_LEN).contains(&len) {
+                return Err(NetError::HeldFrameLength { len });
+            }
+        }
         let mut config = state.config.clone();
         let net = match args {
             NetRestoreArgs::SameTap => Net::new(&config)?,
@@ -57,6 +91,10 @@ impl Persist<'_> for Net {
                 Net::with_tap(tap, &config)?
             }
         };
+        let mut net = net;
+        if let Some(held) = &state.held_frame {
+            net.hold_frame(&held.bytes, held.charged);
+        }
         Ok(net)
     }
 }

@@ -134,7 +134,10 @@ pub fn place_frame(
             None
         };
         let Some(cap) = cap else {
-            log::warn!("virtio-net: malformed receive chain {head}; frame dropped");
+            kindling_devices::log_limited!(
+                log::Level::Warn,
+                "virtio-net: malformed receive chain {head}; frame dropped"
+            );
             let returned: Vec<(u16, u32)> = scratch
                 .chains
                 .iter()

@@ -345,7 +345,8 @@ impl MmioTransport {
             reg::QUEUE_DEVICE_LOW => self.set_queue_address(value, |q| &mut q.used_ring, false),
             reg::QUEUE_DEVICE_HIGH => self.set_queue_address(value, |q| &mut q.used_ring, true),
             reg::SHM_SEL => self.shm_sel = value,
-            _ => log::warn!(
+            _ => kindling_devices::log_limited!(
+                log::Level::Warn,
                 "{}: write of {value:#x} to read-only or unknown register {offset:#x} ignored",
                 self.name()
             ),
@@ -362,7 +363,7 @@ impl MmioTransport {
         let allowed = self.status & status::FEATURES_OK != 0
             && self.status & (status::DRIVER_OK | status::FAILED) == 0;
         if !allowed {
-            log::warn!(
+            kindling_devices::log_limited!(log::Level::Warn,
                 "{}: {register} write ignored: queues are set up after FEATURES_OK and before DRIVER_OK (status {:#x})",
                 self.name(),
                 self.status
@@ -373,7 +374,10 @@ impl MmioTransport {
         let sel = self.queue_sel;
         let queue = self.queues.get_mut(sel as usize);
         if queue.is_none() {
-            log::warn!("{name}: {register} write ignored: there is no queue {sel}");
+            kindling_devices::log_limited!(
+                log::Level::Warn,
+                "{name}: {register} write ignored: there is no queue {sel}"
+            );
         }
         queue
     }
@@ -384,7 +388,10 @@ impl MmioTransport {
         let sel = self.queue_sel;
         let queue = self.queue_for_setup(register)?;
         if queue.ready {
-            log::warn!("{name}: {register} write ignored: queue {sel} is enabled");
+            kindling_devices::log_limited!(
+                log::Level::Warn,
+                "{name}: {register} write ignored: queue {sel} is enabled"
+            );
             return None;
         }
         Some(queue)
@@ -412,14 +419,17 @@ impl MmioTransport {
             match value {
                 0 => q.ready = false,
                 1 => q.ready = true,
-                _ => log::warn!("{name}: QueueReady write of {value:#x} ignored"),
+                _ => kindling_devices::log_limited!(
+                    log::Level::Warn,
+                    "{name}: QueueReady write of {value:#x} ignored"
+                ),
             }
         }
     }
 
     fn write_driver_features(&mut self, value: u32) {
         if self.status != status::ACKNOWLEDGE | status::DRIVER {
-            log::warn!(
+            kindling_devices::log_limited!(log::Level::Warn,
                 "{}: DriverFeatures write ignored: features are negotiated after DRIVER and before FEATURES_OK (status {:#x})",
                 self.name(),
                 self.status
@@ -454,10 +464,15 @@ impl MmioTransport {
         match self.queue_events.get(index as usize) {
             Some(event) => {
                 if let Err(e) = event.write(1) {
-                    log::error!("{}: cannot signal queue {index}: {e}", self.name());
+                    kindling_devices::log_limited!(
+                        log::Level::Error,
+                        "{}: cannot signal queue {index}: {e}",
+                        self.name()
+                    );
                 }
             }
-            None => log::warn!(
+            None => kindling_devices::log_limited!(
+                log::Level::Warn,
                 "{}: notification of queue {index}, which does not exist",
                 self.name()
             ),
@@ -467,7 +482,11 @@ impl MmioTransport {
     fn kick_queues(&self) {
         for (index, event) in self.queue_events.iter().enumerate() {
             if let Err(e) = event.write(1) {
-                log::error!("{}: cannot signal queue {index}: {e}", self.name());
+                kindling_devices::log_limited!(
+                    log::Level::Error,
+                    "{}: cannot signal queue {index}: {e}",
+                    self.name()
+                );
             }
         }
     }
@@ -476,7 +495,8 @@ impl MmioTransport {
         let step = match status::check_write(self.status, value) {
             Ok(step) => step,
             Err(e) => {
-                log::warn!(
+                kindling_devices::log_limited!(
+                    log::Level::Warn,
                     "{}: status write refused: {e}; status stays {:#x}",
                     self.name(),
                     self.status()
@@ -490,7 +510,11 @@ impl MmioTransport {
             StatusStep::Driver => self.status |= status::DRIVER,
             StatusStep::FeaturesOk => match self.check_features() {
                 Ok(()) => self.status |= status::FEATURES_OK,
-                Err(e) => log::warn!("{}: FEATURES_OK refused: {e}", self.name()),
+                Err(e) => kindling_devices::log_limited!(
+                    log::Level::Warn,
+                    "{}: FEATURES_OK refused: {e}",
+                    self.name()
+                ),
             },
             StatusStep::DriverOk => {
                 self.status |= status::DRIVER_OK;
@@ -498,7 +522,11 @@ impl MmioTransport {
             }
             StatusStep::Failed => {
                 self.status |= status::FAILED;
-                log::warn!("{}: the driver set FAILED", self.name());
+                kindling_devices::log_limited!(
+                    log::Level::Warn,
+                    "{}: the driver set FAILED",
+                    self.name()
+                );
             }
             StatusStep::Unchanged => {}
         }
@@ -513,7 +541,8 @@ impl MmioTransport {
             match config.to_queue(&self.memory, event_idx) {
                 Ok(q) => queues.push(q),
                 Err(e) => {
-                    log::warn!(
+                    kindling_devices::log_limited!(
+                        log::Level::Warn,
                         "{}: queue {index}: {e}; device not activated, DEVICE_NEEDS_RESET set",
                         self.name()
                     );
@@ -534,7 +563,8 @@ impl MmioTransport {
                 self.kick_queues();
             }
             Err(e) => {
-                log::warn!(
+                kindling_devices::log_limited!(
+                    log::Level::Warn,
                     "{}: activation failed: {e}; DEVICE_NEEDS_RESET set",
                     self.name()
                 );
@@ -545,7 +575,11 @@ impl MmioTransport {
 
     fn needs_reset(&self) {
         if let Err(e) = self.interrupt.signal_needs_reset() {
-            log::error!("{}: cannot raise the interrupt: {e}", self.name());
+            kindling_devices::log_limited!(
+                log::Level::Error,
+                "{}: cannot raise the interrupt: {e}",
+                self.name()
+            );
         }
     }
 

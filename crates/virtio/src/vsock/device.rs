@@ -177,7 +177,10 @@ impl Vsock {
     /// Wakes the event handler, which applies fd changes.
     fn wake(&self) {
         if let Err(e) = self.kick.write(1) {
-            log::error!("vsock: cannot wake the event handler: {e}");
+            kindling_devices::log_limited!(
+                log::Level::Error,
+                "vsock: cannot wake the event handler: {e}"
+            );
         }
     }
 
@@ -196,7 +199,10 @@ impl Vsock {
         };
         match result {
             Ok(()) => self.timer_armed = want,
-            Err(e) => log::error!("vsock: cannot set the connect timer: {e}"),
+            Err(e) => kindling_devices::log_limited!(
+                log::Level::Error,
+                "vsock: cannot set the connect timer: {e}"
+            ),
         }
     }
 
@@ -216,7 +222,10 @@ impl Vsock {
                     match VsockPacket::from_rx_virtq_chain(memory, &mut chain, MAX_PACKET_DATA) {
                         Ok(p) => p,
                         Err(e) => {
-                            log::warn!("vsock: unusable RX buffer: {e}");
+                            kindling_devices::log_limited!(
+                                log::Level::Warn,
+                                "vsock: unusable RX buffer: {e}"
+                            );
                             muxer.counters.malformed_packets += 1;
                             queue.add_used(memory, head, 0)?;
                             return Ok(Handled::Returned);
@@ -243,7 +252,10 @@ impl Vsock {
                 if !written {
                     // The buffer checked out but could not be written:
                     // the packet is lost; its stream is now corrupt.
-                    log::error!("vsock: cannot write an RX packet into guest memory");
+                    kindling_devices::log_limited!(
+                        log::Level::Error,
+                        "vsock: cannot write an RX packet into guest memory"
+                    );
                 }
                 muxer.counters.rx_packets += 1;
                 queue.add_used(memory, head, (HEADER_SIZE + len) as u32)?;
@@ -344,7 +356,7 @@ impl Vsock {
         let more = match rx {
             Ok(p) => p == QueueProgress::MoreWork,
             Err(e) => {
-                log::error!("vsock: {e}");
+                kindling_devices::log_limited!(log::Level::Error, "vsock: {e}");
                 false
             }
         };
@@ -413,7 +425,10 @@ impl DeviceEvents for Vsock {
             (self.timer.as_raw_fd(), TIMER_TOKEN, "timer"),
         ] {
             if let Err(e) = ops.add(fd, token, EventSet::IN) {
-                log::error!("vsock: cannot watch the {what}: {e}");
+                kindling_devices::log_limited!(
+                    log::Level::Error,
+                    "vsock: cannot watch the {what}: {e}"
+                );
             }
         }
         self.muxer.sync(ops);
@@ -427,7 +442,7 @@ impl DeviceEvents for Vsock {
             }
             TIMER_TOKEN => {
                 if let Err(e) = self.timer.wait() {
-                    log::warn!("vsock: connect timer: {e}");
+                    kindling_devices::log_limited!(log::Level::Warn, "vsock: connect timer: {e}");
                 }
                 self.muxer.expire_connecting(std::time::Instant::now());
             }
@@ -446,7 +461,7 @@ impl DeviceEvents for Vsock {
         match rx {
             Ok(QueueProgress::MoreWork) => self.wake(),
             Ok(QueueProgress::Done) => {}
-            Err(e) => log::error!("vsock: {e}"),
+            Err(e) => kindling_devices::log_limited!(log::Level::Error, "vsock: {e}"),
         }
     }
 }
@@ -491,7 +506,7 @@ impl VirtioDevice for Vsock {
             &[RX_QUEUE, TX_QUEUE],
         )?);
         if let Err(e) = self.deliver_reset_event() {
-            log::error!("vsock: {e}");
+            kindling_devices::log_limited!(log::Level::Error, "vsock: {e}");
         }
         // Host connections may be waiting for the guest.
         self.wake();

@@ -315,7 +315,8 @@ impl Muxer {
                     .queue_to_host(&data[..data.len().min(h.len as usize)])
                     .is_err()
                 {
-                    log::warn!(
+                    kindling_devices::log_limited!(
+                        log::Level::Warn,
                         "vsock: guest port {} overran its credit to host port {}: reset",
                         h.src_port,
                         h.dst_port
@@ -400,7 +401,11 @@ impl Muxer {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::warn!("vsock: accept on {}: {e}", self.uds_path.display());
+                    kindling_devices::log_limited!(
+                        log::Level::Warn,
+                        "vsock: accept on {}: {e}",
+                        self.uds_path.display()
+                    );
                     return;
                 }
             };
@@ -638,7 +643,7 @@ impl Muxer {
             let fd = stream.as_raw_fd();
             if ops.is_registered(fd) {
                 if let Err(e) = ops.remove(fd) {
-                    log::error!("vsock: {e}");
+                    kindling_devices::log_limited!(log::Level::Error, "vsock: {e}");
                 }
             }
         }
@@ -646,7 +651,7 @@ impl Muxer {
             let fd = hs.stream.as_raw_fd();
             if !ops.is_registered(fd) {
                 if let Err(e) = ops.add(fd, token, EventSet::IN) {
-                    log::error!("vsock: {e}");
+                    kindling_devices::log_limited!(log::Level::Error, "vsock: {e}");
                 }
             }
         }
@@ -664,7 +669,7 @@ impl Muxer {
             match result {
                 Ok(()) => conn.interest = want,
                 Err(e) => {
-                    log::error!("vsock: {e}");
+                    kindling_devices::log_limited!(log::Level::Error, "vsock: {e}");
                     failed.push(*key);
                 }
             }

@@ -245,6 +245,13 @@ fn save_slot(slot: &VirtioSlot) -> Result<VirtioSlotState, SnapshotError> {
         VirtioKind::Entropy(device) => {
             VirtioDeviceState::Entropy(lock(device).save().map_err(|e| save_err(Box::new(e)))?)
         }
+        VirtioKind::Net { device, iface_id } => VirtioDeviceState::Net {
+            iface_id: iface_id.clone(),
+            state: lock(device).save().map_err(|e| save_err(Box::new(e)))?,
+        },
+        VirtioKind::Vsock(device) => {
+            VirtioDeviceState::Vsock(lock(device).save().map_err(|e| save_err(Box::new(e)))?)
+        }
         VirtioKind::Other => {
             return Err(SnapshotError::UnsupportedDevice {
                 name: slot.name.clone(),

@@ -131,6 +131,30 @@ pub enum SnapshotError {
         /// The disks the snapshot has.
         disks: String,
     },
+    /// A network override names no interface of the snapshot.
+    #[error(
+        "the network override '{iface}' names no network interface of the snapshot (it has {nets})"
+    )]
+    UnknownNet {
+        /// The override's interface.
+        iface: String,
+        /// The interfaces the snapshot has.
+        nets: String,
+    },
+    /// Two overrides name the same device.
+    #[error("two overrides name the {what} '{device}'")]
+    DuplicateOverride {
+        /// What kind of device.
+        what: &'static str,
+        /// The device.
+        device: String,
+    },
+    /// A vsock override for a snapshot without a vsock device.
+    #[error("a vsock override ({}) was given but the snapshot has no vsock device", path.display())]
+    NoVsock {
+        /// The override's socket path.
+        path: PathBuf,
+    },
     /// A part of the VM could not be restored from its state.
     #[error("cannot restore the {part}: {source}")]
     Restore {

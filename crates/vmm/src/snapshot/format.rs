@@ -19,8 +19,10 @@ use serde::Serialize;
 
 /// The first eight bytes of every state file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"KNDLSNAP";
-/// The format version this build writes and reads.
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// The format version this build writes and reads (2: network and vsock
+/// devices, and a disk's I/O engine and rate limits; version 1 files are
+/// refused).
+pub const SNAPSHOT_VERSION: u32 = 2;
 /// The largest state file accepted (the state of a VM is kilobytes; the
 /// bound keeps a hostile length from allocating gigabytes).
 pub const MAX_STATE_FILE_SIZE: u64 = 64 << 20;

@@ -25,7 +25,8 @@ pub use format::{
     SNAPSHOT_VERSION,
 };
 pub use restore::{
-    apply_diff_snapshot, load_state, DiskOverride, DriveRef, MemBackend, RestoreConfig,
+    apply_diff_snapshot, load_state, DeviceRef, DiskOverride, DriveRef, MemBackend, NetOverride,
+    RestoreConfig,
 };
 pub use state::{
     LegacyState, MemoryFileState, MemoryLayoutState, MicrovmState, SavedRegionBitmap, SnapshotKind,

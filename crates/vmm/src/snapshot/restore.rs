@@ -15,10 +15,12 @@ use kindling_memory::{restore_guest_memory, GuestRam, MemoryConfig, Persist, Res
 use kindling_vcpu::x86_64::cpu_compat::check_compatible;
 use kindling_vcpu::{Kvm, Vcpu, VcpuRestoreArgs, Vm, VmOptions, VmRestoreArgs};
 use kindling_virtio::block::{Block, BlockRestoreArgs};
+use kindling_virtio::net::{Net, NetRestoreArgs};
 use kindling_virtio::rng::Entropy;
+use kindling_virtio::vsock::{Vsock, VsockRestoreArgs};
 use kindling_virtio::{MmioTransport, MmioTransportRestoreArgs, VirtioDevice};
 
-use super::state::{MicrovmState, VirtioDeviceState};
+use super::state::{MicrovmState, VirtioDeviceState, VirtioSlotState};
 use super::{decode_state, SnapshotError, MAX_STATE_FILE_SIZE};
 use crate::device_manager::{irq_line, LegacyDevices};
 use crate::devices::VirtioKind;
@@ -39,21 +41,62 @@ pub enum MemBackend {
     Uffd(PathBuf),
 }
 
-/// Names a disk of the snapshot.
+/// Names a device of the snapshot among those of its kind (a disk, a
+/// network interface).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DriveRef {
-    /// The disk's position among the snapshot's disks (the guest's vda is
-    /// 0).
+pub enum DeviceRef {
+    /// The device's position among the snapshot's devices of its kind (the
+    /// guest's vda, or its first network interface, is 0).
     Index(usize),
-    /// The disk's name in the snapshot (`disk 0`, ...).
+    /// The device's name in the snapshot: a disk's (`disk 0`, ...) or a
+    /// network interface's `iface_id` (`eth0`, ...).
     Id(String),
 }
 
-impl std::fmt::Display for DriveRef {
+/// Names a disk of the snapshot (see [`DeviceRef`]).
+pub type DriveRef = DeviceRef;
+
+impl std::fmt::Display for DeviceRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DriveRef::Index(index) => write!(f, "{index}"),
-            DriveRef::Id(id) => f.write_str(id),
+            DeviceRef::Index(index) => write!(f, "{index}"),
+            DeviceRef::Id(id) => f.write_str(id),
+        }
+    }
+}
+
+impl DeviceRef {
+    /// `N` is an index, anything else an id.
+    fn parse(s: &str) -> Self {
+        match s.parse() {
+            Ok(index) => DeviceRef::Index(index),
+            Err(_) => DeviceRef::Id(s.to_string()),
+        }
+    }
+}
+
+/// Attaches a network interface to another TAP at restore (Firecracker's
+/// `network_overrides`): the snapshot's TAP is not opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetOverride {
+    /// Which interface: its index among the snapshot's network interfaces
+    /// or its `iface_id`.
+    pub iface: DeviceRef,
+    /// The TAP interface to open instead.
+    pub tap: String,
+}
+
+impl std::str::FromStr for NetOverride {
+    type Err = String;
+
+    /// Parses `N=TAP` (an interface index) or `IFACE_ID=TAP`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('=') {
+            Some((iface, tap)) if !iface.is_empty() && !tap.is_empty() => Ok(Self {
+                iface: DeviceRef::parse(iface),
+                tap: tap.to_string(),
+            }),
+            _ => Err(format!("'{s}' is not IFACE=TAP")),
         }
     }
 }
@@ -79,19 +122,16 @@ impl std::str::FromStr for DiskOverride {
         if drive.is_empty() || path.is_empty() {
             return Err(format!("'{s}' is not DRIVE=PATH"));
         }
-        let drive = match drive.parse() {
-            Ok(index) => DriveRef::Index(index),
-            Err(_) => DriveRef::Id(drive.to_string()),
-        };
         Ok(Self {
-            drive,
+            drive: DeviceRef::parse(drive),
             path: path.into(),
         })
     }
 }
 
 /// How to restore a microVM (Firecracker's `PUT /snapshot/load`:
-/// `snapshot_path`, `mem_backend`, `resume_vm`, drive overrides).
+/// `snapshot_path`, `mem_backend`, `resume_vm`, drive, network and vsock
+/// overrides).
 pub struct RestoreConfig {
     /// The state file.
     pub state_path: PathBuf,
@@ -100,6 +140,14 @@ pub struct RestoreConfig {
     pub memory: MemBackend,
     /// Other images for some disks.
     pub disk_overrides: Vec<DiskOverride>,
+    /// Other TAPs for some network interfaces (the others reopen the TAP
+    /// they had, by name).
+    pub net_overrides: Vec<NetOverride>,
+    /// Another Unix socket path for the vsock device to listen on (`None`:
+    /// the path it had, which must be free: the saved VM's device removes
+    /// its socket when it goes; a socket left by a killed process must be
+    /// removed first, as at a normal start).
+    pub vsock_override: Option<PathBuf>,
     /// Where the serial console goes now.
     pub serial: SerialConfig,
     /// Start running when [`Vmm::start`] is called (`true`), or start
@@ -112,6 +160,10 @@ pub struct RestoreConfig {
     /// Stop the VM in order on termination signals (see
     /// [`VmConfig::stop_on_signals`](crate::VmConfig::stop_on_signals)).
     pub stop_on_signals: bool,
+    /// Put the debug-exit port (0xf4) on the restored VM, as
+    /// [`VmConfig::debug_exit`](crate::VmConfig::debug_exit): off by
+    /// default; a snapshot does not record it.
+    pub debug_exit: bool,
 }
 
 impl std::fmt::Debug for RestoreConfig {
@@ -120,9 +172,12 @@ impl std::fmt::Debug for RestoreConfig {
             .field("state_path", &self.state_path)
             .field("memory", &self.memory)
             .field("disk_overrides", &self.disk_overrides)
+            .field("net_overrides", &self.net_overrides)
+            .field("vsock_override", &self.vsock_override)
             .field("serial", &self.serial)
             .field("resume", &self.resume)
             .field("stop_on_signals", &self.stop_on_signals)
+            .field("debug_exit", &self.debug_exit)
             .finish_non_exhaustive()
     }
 }
@@ -135,11 +190,14 @@ impl RestoreConfig {
             state_path: state_path.into(),
             memory,
             disk_overrides: Vec::new(),
+            net_overrides: Vec::new(),
+            vsock_override: None,
             serial: SerialConfig::Stdout,
             resume: true,
             start_time: StartTime::now(),
             boot_timer_log: Arc::new(Mutex::new(std::io::stderr())),
             stop_on_signals: false,
+            debug_exit: false,
         }
     }
 }
@@ -261,7 +319,7 @@ fn check_layout(
         }
         paths.push(match &slot.device {
             VirtioDeviceState::Block { path, .. } => Some(path.clone()),
-            VirtioDeviceState::Entropy(_) => None,
+            _ => None,
         });
     }
     let disks: Vec<usize> = (0..state.virtio.len())
@@ -291,6 +349,63 @@ fn check_layout(
         paths[slot] = Some(o.path.clone());
     }
     Ok(paths)
+}
+
+/// Resolves the network overrides to a TAP name per slot (`None`: the
+/// saved TAP), and checks a vsock override has a device to apply to.
+fn resolve_net_overrides(
+    slots: &[VirtioSlotState],
+    net_overrides: &[NetOverride],
+    vsock_override: Option<&Path>,
+) -> Result<Vec<Option<String>>, SnapshotError> {
+    let nets: Vec<(usize, &str)> = slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, slot)| match &slot.device {
+            VirtioDeviceState::Net { iface_id, .. } => Some((i, iface_id.as_str())),
+            _ => None,
+        })
+        .collect();
+    let mut taps = vec![None; slots.len()];
+    for o in net_overrides {
+        let found = match &o.iface {
+            DeviceRef::Index(index) => nets.get(*index),
+            DeviceRef::Id(id) => nets.iter().find(|(_, iface)| iface == id),
+        };
+        let Some(&(slot, _)) = found else {
+            let names: Vec<String> = nets
+                .iter()
+                .enumerate()
+                .map(|(n, (_, iface))| format!("{n} '{iface}'"))
+                .collect();
+            return Err(SnapshotError::UnknownNet {
+                iface: o.iface.to_string(),
+                nets: if names.is_empty() {
+                    "no network interfaces".into()
+                } else {
+                    names.join(", ")
+                },
+            });
+        };
+        if taps[slot].is_some() {
+            return Err(SnapshotError::DuplicateOverride {
+                what: "network interface",
+                device: slots[slot].name.clone(),
+            });
+        }
+        taps[slot] = Some(o.tap.clone());
+    }
+    if let Some(path) = vsock_override {
+        if !slots
+            .iter()
+            .any(|slot| matches!(slot.device, VirtioDeviceState::Vsock(_)))
+        {
+            return Err(SnapshotError::NoVsock {
+                path: path.to_path_buf(),
+            });
+        }
+    }
+    Ok(taps)
 }
 
 /// Creates guest memory for the snapshot from `backend`.
@@ -331,7 +446,15 @@ impl Vmm {
     /// virtio device at the window and line this VMM would give it), the
     /// host CPU (vendor and every feature the guest was shown), the memory
     /// file's size, each disk's capacity, each queue against guest
-    /// memory. Any failure is an error and nothing is left running.
+    /// memory, each override against the snapshot's devices, each TAP and
+    /// the vsock socket path as the devices open them. Any failure is an
+    /// error and nothing is left running.
+    ///
+    /// Network interfaces reopen their TAP (or an override's); a frame the
+    /// device held is delivered first. The vsock device listens again (on
+    /// its path or the override) with no connection and sends the guest a
+    /// transport reset. Disks reopen on the I/O engine they had, with their
+    /// rate limits (token buckets full).
     ///
     /// Guest memory is mapped, not read: the cost does not depend on the
     /// guest's size.
@@ -352,6 +475,11 @@ impl Vmm {
             .into());
         }
         let disk_paths = check_layout(&state, &config.disk_overrides)?;
+        let taps = resolve_net_overrides(
+            &state.virtio,
+            &config.net_overrides,
+            config.vsock_override.as_deref(),
+        )?;
 
         let kvm = Kvm::new()?;
         if state.vcpus.len() > kvm.max_vcpus() {
@@ -404,13 +532,15 @@ impl Vmm {
             config.start_time,
             config.boot_timer_log,
         )?;
-        legacy.place(&mut pio, &mut mmio, &exit)?;
+        legacy.place(&mut pio, &mut mmio, &exit, config.debug_exit)?;
 
         let mut subscribers: Vec<UserSubscriber> = Vec::new();
         let mut slots = Vec::with_capacity(state.virtio.len());
         let mut disks = Vec::new();
         let mut entropy = None;
-        for (slot, path) in state.virtio.iter().zip(disk_paths) {
+        let mut nets = Vec::new();
+        let mut vsock = None;
+        for ((slot, path), tap) in state.virtio.iter().zip(disk_paths).zip(taps) {
             let (device, kind): (Arc<Mutex<dyn VirtioDevice>>, VirtioKind) =
                 match (&slot.device, path) {
                     (VirtioDeviceState::Block { state: block, .. }, Some(path)) => {
@@ -433,6 +563,39 @@ impl Vmm {
                         ));
                         entropy.get_or_insert_with(|| device.clone());
                         (device.clone(), VirtioKind::Entropy(device))
+                    }
+                    (VirtioDeviceState::Net { iface_id, state }, _) => {
+                        let args = match tap {
+                            Some(tap) => NetRestoreArgs::OverrideTap(tap),
+                            None => NetRestoreArgs::SameTap,
+                        };
+                        let device = Arc::new(Mutex::new(
+                            Net::restore(args, state).map_err(restore_err(slot.name.clone()))?,
+                        ));
+                        nets.push((iface_id.clone(), device.clone()));
+                        (
+                            device.clone(),
+                            VirtioKind::Net {
+                                device,
+                                iface_id: iface_id.clone(),
+                            },
+                        )
+                    }
+                    (VirtioDeviceState::Vsock(saved), _) => {
+                        let args = VsockRestoreArgs {
+                            uds_path: config.vsock_override.clone(),
+                        };
+                        let device = Arc::new(Mutex::new(
+                            Vsock::restore(args, saved).map_err(restore_err(slot.name.clone()))?,
+                        ));
+                        if vsock.is_some() {
+                            return Err(SnapshotError::InvalidState {
+                                reason: format!("the {} is a second vsock device", slot.name),
+                            }
+                            .into());
+                        }
+                        vsock = Some(device.clone());
+                        (device.clone(), VirtioKind::Vsock(device))
                     }
                     (VirtioDeviceState::Block { .. }, None) => {
                         // check_layout gives every disk a path.
@@ -485,10 +648,8 @@ impl Vmm {
                 legacy,
                 disks,
                 entropy,
-                // A VM with a vsock device is refused at snapshot time
-                // (its kind is not one a snapshot saves yet).
-                vsock: None,
-                net: Vec::new(),
+                vsock,
+                net: nets,
                 virtio: slots,
             },
             handler: Arc::new(BusExitHandler {
@@ -591,5 +752,128 @@ mod tests {
         assert!("nopath".parse::<DiskOverride>().is_err());
         assert!("=x".parse::<DiskOverride>().is_err());
         assert!("1=".parse::<DiskOverride>().is_err());
+    }
+
+    #[test]
+    fn net_overrides_parse() {
+        let o: NetOverride = "1=tap7".parse().unwrap();
+        assert_eq!((o.iface, o.tap.as_str()), (DeviceRef::Index(1), "tap7"));
+        let o: NetOverride = "eth0=tap8".parse().unwrap();
+        assert_eq!(o.iface, DeviceRef::Id("eth0".into()));
+        for bad in ["tap", "=tap", "0=", ""] {
+            let e = bad.parse::<NetOverride>().unwrap_err();
+            assert!(e.contains("is not IFACE=TAP"), "{e}");
+        }
+    }
+
+    fn slot(name: &str, device: VirtioDeviceState) -> VirtioSlotState {
+        VirtioSlotState {
+            name: name.into(),
+            base: 0,
+            irq: 0,
+            transport: kindling_virtio::MmioTransportState {
+                device_id: device.device_id().0,
+                status: 0,
+                device_features_sel: 0,
+                driver_features_sel: 0,
+                driver_features: 0,
+                driver_features_high: false,
+                queue_sel: 0,
+                shm_sel: 0,
+                queues: Vec::new(),
+                interrupt: Default::default(),
+                activated: false,
+            },
+            device,
+        }
+    }
+
+    fn net(iface: &str) -> VirtioDeviceState {
+        VirtioDeviceState::Net {
+            iface_id: iface.into(),
+            state: kindling_virtio::net::NetState {
+                config: kindling_virtio::net::NetConfig::new(format!("tap-{iface}")),
+                device_features: 0,
+                held_frame: None,
+            },
+        }
+    }
+
+    #[test]
+    fn net_overrides_resolve_by_index_or_id_and_unknown_ones_are_refused() {
+        let slots = vec![
+            slot(
+                "entropy device",
+                VirtioDeviceState::Entropy(kindling_virtio::rng::EntropyState { queue_size: 8 }),
+            ),
+            slot("network interface eth0", net("eth0")),
+            slot("network interface eth1", net("eth1")),
+        ];
+        let o = |s: &str| s.parse::<NetOverride>().unwrap();
+        let taps = resolve_net_overrides(&slots, &[o("1=tapB"), o("eth0=tapA")], None).unwrap();
+        assert_eq!(taps, vec![None, Some("tapA".into()), Some("tapB".into())]);
+        let e = resolve_net_overrides(&slots, &[o("2=x")], None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the network override '2' names no network interface of the snapshot (it has 0 'eth0', 1 'eth1')"
+        );
+        let e = resolve_net_overrides(&slots, &[o("eth9=x")], None).unwrap_err();
+        assert!(e.to_string().contains("'eth9' names no network"), "{e}");
+        let e = resolve_net_overrides(&slots, &[o("0=x"), o("eth0=y")], None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("two overrides name the network interface"),
+            "{e}"
+        );
+        let e = resolve_net_overrides(&slots[..1], &[o("0=x")], None).unwrap_err();
+        assert!(
+            e.to_string().contains("(it has no network interfaces)"),
+            "{e}"
+        );
+        // A vsock override needs a vsock device.
+        let e = resolve_net_overrides(&slots, &[], Some(Path::new("/run/v.sock"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a vsock override (/run/v.sock) was given but the snapshot has no vsock device"
+        );
+    }
+
+    #[test]
+    fn network_and_vsock_slots_round_trip_through_the_state_format() {
+        let vsock = VirtioDeviceState::Vsock(kindling_virtio::vsock::VsockState {
+            guest_cid: 3,
+            uds_path: "/run/v.sock".into(),
+            queue_sizes: [256; 3],
+        });
+        let mut with_frame = net("eth0");
+        if let VirtioDeviceState::Net { state, .. } = &mut with_frame {
+            // A limiter with one bucket unset (JSON leaves it out, the
+            // state file must not).
+            state.config.rx_rate_limiter = Some(kindling_virtio::rate_limiter::RateLimiterConfig {
+                bandwidth: None,
+                ops: Some(kindling_virtio::rate_limiter::TokenBucketConfig {
+                    size: 5,
+                    one_time_burst: 0,
+                    refill_time: 10,
+                }),
+            });
+            state.held_frame = Some(kindling_virtio::net::HeldFrame {
+                bytes: vec![7; 60],
+                charged: true,
+            });
+        }
+        let slots = vec![
+            slot("network interface eth0", with_frame),
+            slot("vsock device", vsock),
+        ];
+        let bytes = super::super::encode_state(&slots).unwrap();
+        let back: Vec<VirtioSlotState> = decode_state(&bytes).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{slots:?}"));
+        assert_eq!(back[0].device.device_id(), (1, "network"));
+        assert_eq!(back[1].device.device_id(), (19, "vsock"));
+        // Any cut is a clear error.
+        for cut in [bytes.len() / 2, bytes.len() - 1] {
+            assert!(decode_state::<Vec<VirtioSlotState>>(&bytes[..cut]).is_err());
+        }
     }
 }

@@ -8,7 +8,9 @@ use kindling_devices::legacy::{AcpiPmState, CmosRtcState, I8042State, SerialDevi
 use kindling_memory::{DirtyBitmap, RegionDirtyBitmap, DIRTY_PAGE_SIZE};
 use kindling_vcpu::{VcpuState, VmState};
 use kindling_virtio::block::BlockState;
+use kindling_virtio::net::NetState;
 use kindling_virtio::rng::EntropyState;
+use kindling_virtio::vsock::VsockState;
 use kindling_virtio::MmioTransportState;
 use serde::{Deserialize, Serialize};
 
@@ -124,6 +126,29 @@ pub enum VirtioDeviceState {
     },
     /// The virtio-rng device.
     Entropy(EntropyState),
+    /// A virtio-net interface.
+    Net {
+        /// Its `iface_id` (a network override may name it by it).
+        iface_id: String,
+        /// The device (its TAP's name is in `state.config.tap`).
+        state: NetState,
+    },
+    /// The virtio-vsock device (its connections are not saved: a restore
+    /// resets them).
+    Vsock(VsockState),
+}
+
+impl VirtioDeviceState {
+    /// The virtio device id the device's transport must hold, and what
+    /// the device is called in errors.
+    pub fn device_id(&self) -> (u32, &'static str) {
+        match self {
+            VirtioDeviceState::Block { .. } => (2, "block"),
+            VirtioDeviceState::Entropy(_) => (4, "entropy"),
+            VirtioDeviceState::Net { .. } => (1, "network"),
+            VirtioDeviceState::Vsock(_) => (19, "vsock"),
+        }
+    }
 }
 
 impl MemoryFileState {
@@ -226,10 +251,7 @@ impl MicrovmState {
             }
         }
         for slot in &self.virtio {
-            let (expected, what) = match &slot.device {
-                VirtioDeviceState::Block { .. } => (2, "block"),
-                VirtioDeviceState::Entropy(_) => (4, "entropy"),
-            };
+            let (expected, what) = slot.device.device_id();
             if slot.transport.device_id != expected {
                 return Err(invalid(format!(
                     "the {} is a {what} device but its transport holds device id {}",

@@ -1,23 +1,26 @@
 //! The persist contract for the block device: it saves what the guest saw
-//! (capacity, read-only, serial, queue size) and is restored on an image
-//! or an I/O engine, which must still have that capacity.
+//! (capacity, read-only, serial, queue size) and the host configuration a
+//! restore needs to run it the same way (its I/O engine and rate limits),
+//! and is restored on an image or an I/O engine, which must still have
+//! that capacity.
 
 use std::path::PathBuf;
 
 use kindling_memory::Persist;
 
 use super::{Block, BlockConfig, BlockState};
-use crate::block::backend::{BlockBackend, SyncFileBackend};
+use crate::block::backend::BlockBackend;
 use crate::block::{BlockError, SECTOR_SIZE};
 
 /// Where a restored [`Block`] reads and writes its disk.
 #[derive(Debug)]
 pub enum BlockRestoreArgs {
-    /// Open this image with the synchronous engine (read-only if the saved
-    /// device was).
+    /// Open this image with the engine the saved device ran on (read-only
+    /// if the saved device was).
     Path(PathBuf),
-    /// Use this I/O engine, already open on the disk; `path` only names the
-    /// disk in errors.
+    /// Use this I/O engine, already open on the disk (it should be of the
+    /// kind the state names: it is recorded as such); `path` only names
+    /// the disk in errors.
     Backend {
         /// The I/O engine.
         backend: Box<dyn BlockBackend>,
@@ -44,15 +47,32 @@ impl Persist<'_> for Block {
 
     /// Recreates an (inactive) device from its state; the transport's
     /// restore reactivates it with its queues. The disk must still have
-    /// the capacity the guest saw ([`BlockError::CapacityChanged`]).
+    /// the capacity the guest saw ([`BlockError::CapacityChanged`]). The
+    /// rate limits are set again with full token buckets (what the guest
+    /// had used of them is not saved).
     fn restore(args: BlockRestoreArgs, state: &BlockState) -> Result<Self, BlockError> {
-        let (backend, path): (Box<dyn BlockBackend>, PathBuf) = match args {
-            BlockRestoreArgs::Path(path) => (
-                Box::new(SyncFileBackend::open(&path, state.read_only)?),
-                path,
-            ),
-            BlockRestoreArgs::Backend { backend, path } => (backend, path),
+        let mut config = BlockConfig {
+            path: PathBuf::new(),
+            read_only: state.read_only,
+            serial: None,
+            queue_size: state.queue_size,
+            engine: state.engine,
+            rate_limiter: state.rate_limiter,
         };
+        let backend: Box<dyn BlockBackend> = match args {
+            BlockRestoreArgs::Path(path) => {
+                config.path = path;
+                // Check the queue size before an engine sizes its ring by
+                // it.
+                super::check_queue_size(state.queue_size)?;
+                crate::block::engine::open(&config)?
+            }
+            BlockRestoreArgs::Backend { backend, path } => {
+                config.path = path;
+                backend
+            }
+        };
+        let path = config.path.clone();
         let actual = backend.size() / SECTOR_SIZE;
         if actual != state.capacity {
             return Err(BlockError::CapacityChanged {
@@ -61,17 +81,6 @@ impl Persist<'_> for Block {
                 actual,
             });
         }
-        let config = BlockConfig {
-            path,
-            read_only: state.read_only,
-            serial: None,
-            queue_size: state.queue_size,
-            // The engine is host configuration, not guest state: a restore
-            // that wants io_uring passes that backend in.
-            engine: super::super::BlockEngine::Sync,
-            // Host configuration too: set it again after the restore.
-            rate_limiter: None,
-        };
         let mut block = Block::with_backend(backend, &config)?;
         block.serial = state.serial;
         Ok(block)

@@ -40,8 +40,12 @@ struct Fixture {
 }
 
 fn fixture_with(config: impl FnOnce(&mut BlockConfig), acked_mask: u64) -> Fixture {
+    fixture_sized(IMAGE_SECTORS, config, acked_mask)
+}
+
+fn fixture_sized(sectors: u64, config: impl FnOnce(&mut BlockConfig), acked_mask: u64) -> Fixture {
     let image = TempFile::new().unwrap();
-    let bytes: Vec<u8> = (0..(IMAGE_SECTORS * 512) as usize).map(pattern).collect();
+    let bytes: Vec<u8> = (0..(sectors * 512) as usize).map(pattern).collect();
     std::fs::write(image.as_path(), bytes).unwrap();
     let mut cfg = BlockConfig::new(image.as_path());
     config(&mut cfg);
@@ -658,6 +662,61 @@ fn bad_block_states_are_refused() {
     ));
 }
 
+/// The engine and the rate limits are saved and come back with a restore
+/// that opens the image by path (buckets full again).
+#[test]
+fn the_engine_and_the_rate_limits_survive_a_restore() {
+    use crate::rate_limiter::TokenBucketConfig;
+    use kindling_memory::Persist;
+
+    let limits = RateLimiterConfig {
+        bandwidth: Some(TokenBucketConfig {
+            size: 1 << 20,
+            one_time_burst: 0,
+            refill_time: 100,
+        }),
+        ops: Some(TokenBucketConfig {
+            size: 50,
+            one_time_burst: 10,
+            refill_time: 1000,
+        }),
+    };
+    #[cfg(feature = "io-uring")]
+    let engine = BlockEngine::IoUring;
+    #[cfg(not(feature = "io-uring"))]
+    let engine = BlockEngine::Sync;
+    let mut f = fixture_with(
+        |c| {
+            c.engine = engine;
+            c.rate_limiter = Some(limits);
+        },
+        u64::MAX,
+    );
+    let state = through_json(&f.block.save().unwrap());
+    assert_eq!((state.engine, state.rate_limiter), (engine, Some(limits)));
+    drop(f.take_block());
+    let restored =
+        Block::restore(BlockRestoreArgs::Path(f.image.as_path().into()), &state).unwrap();
+    assert_eq!(restored.engine(), engine);
+    assert_eq!(restored.rate_limiter(), Some(limits));
+    // io_uring has a completion eventfd, the synchronous engine none.
+    assert_eq!(
+        restored.backend.completion_event().is_some(),
+        engine == BlockEngine::IoUring
+    );
+    assert_eq!(restored.save().unwrap(), state);
+    // An engine this build lacks is a clear error, not a silent fallback.
+    #[cfg(not(feature = "io-uring"))]
+    {
+        let mut uring = state;
+        uring.engine = BlockEngine::IoUring;
+        assert!(matches!(
+            Block::restore(BlockRestoreArgs::Path(f.image.as_path().into()), &uring),
+            Err(BlockError::EngineUnavailable { .. })
+        ));
+    }
+}
+
 /// Writes a request header at `at`.
 fn header_at(mem: &GuestMemoryMmap, at: u64, request_type: u32, sector: u64) {
     let mut h = [0u8; 16];
@@ -938,4 +997,52 @@ fn the_completion_eventfd_is_on_the_event_loop() {
         assert_eq!(f.status_of(i), status::OK);
     }
     assert!(f.line.count() >= 1);
+}
+
+#[test]
+fn a_read_larger_than_the_advertised_maximum_fails_without_any_io() {
+    let mut f = fixture_sized(16 << 11, |_| {}, u64::MAX);
+    let mut size_max = [0u8; 4];
+    f.block.read_config(8, &mut size_max);
+    let size_max = u32::from_le_bytes(size_max);
+    assert_eq!(size_max, 16 << 10);
+    assert_ne!(f.block.device_features() & blk::SIZE_MAX, 0);
+    // Five 960 KiB buffers over the same guest memory: 4.7 MiB in one
+    // request, past the 4 MiB a driver may send.
+    f.header(t::IN, 0);
+    f.mem.write_slice(&[0x5a; 64], GuestAddress(DATA)).unwrap();
+    let mut chain = vec![(HDR, 16, R)];
+    chain.extend(std::iter::repeat_n((DATA, 0xf_0000, W), 5));
+    chain.push((STATUS, 1, W));
+    assert_eq!(f.run(&chain), (status::IOERR, 1));
+    let mut untouched = [0u8; 64];
+    f.mem
+        .read_slice(&mut untouched, GuestAddress(DATA))
+        .unwrap();
+    assert_eq!(untouched, [0x5a; 64], "nothing was read");
+    // Exactly the maximum is served.
+    let mut chain = vec![(HDR, 16, R)];
+    chain.extend(std::iter::repeat_n((DATA, 0x8_0000, W), 8));
+    chain.push((STATUS, 1, W));
+    assert_eq!(f.run(&chain), (status::OK, (4 << 20) + 1));
+}
+
+#[test]
+fn one_pass_stops_at_its_byte_budget_and_the_rest_follows_in_the_next() {
+    let mut f = fixture_sized(16 << 11, |_| {}, u64::MAX);
+    // Three 2 MiB reads (four 512 KiB buffers each, over the same memory).
+    for i in 0..3u64 {
+        f.header(t::IN, i * 4096);
+        let mut chain = vec![(HDR, 16, R)];
+        chain.extend(std::iter::repeat_n((DATA, 0x8_0000, W), 4));
+        chain.push((STATUS, 1, W));
+        f.push(&chain);
+    }
+    let used_idx = |f: &Fixture| -> u16 { f.mem.read_obj(f.used.unchecked_add(2)).unwrap() };
+    // 4 MiB is the budget: two reads, then the pass yields.
+    assert_eq!(f.block.process_queue(0).unwrap(), QueueProgress::MoreWork);
+    assert_eq!(used_idx(&f), 2);
+    assert_eq!(f.block.process_queue(0).unwrap(), QueueProgress::Done);
+    assert_eq!(used_idx(&f), 3);
+    assert_eq!(f.last_used().1, (2 << 20) + 1);
 }
