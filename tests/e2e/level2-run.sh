@@ -71,7 +71,13 @@ mkdir -p "$OUT_DIR"
 # triple fault, a vCPU error), which tells a guest crash from a clean end.
 log_flags=""
 "$MICROVM" --help 2>/dev/null | grep -q -- '--level' && log_flags="--level Info"
-variants="bzimage vmlinux pvh"
+# The first second-level boot after the first level starts is single-CPU:
+# about one boot in fifty of a 2-vCPU guest hung here while Linux started
+# its second CPU (the console stops at "x86: Booting SMP configuration:";
+# seen only in a first boot, a fault of the emulated first level as far as
+# we can tell). Only the bzimage run has two vCPUs (and checks both come
+# up, through the ACPI MADT); the others have one.
+variants="vmlinux bzimage pvh"
 [ "${L2_SNAPSHOT:-0}" = 1 ] && variants="$variants snapshot"
 CONFIG_FILE=0
 if "$MICROVM" --help 2>/dev/null | grep -q -- '--config-file'; then
@@ -209,7 +215,7 @@ api_driver() {
     API_SOCK=$1
     api GET /
     api PUT /boot-source "{\"kernel_image_path\": \"$2\", \"initrd_path\": \"$L2_DIR/initrd.cpio\", \"boot_args\": \"$3\"}"
-    api PUT /machine-config "{\"vcpu_count\": $L2_CPUS, \"mem_size_mib\": $L2_MEM_MIB}"
+    api PUT /machine-config "{\"vcpu_count\": $cpus, \"mem_size_mib\": $L2_MEM_MIB}"
     api PUT /drives/rootfs "{\"drive_id\": \"rootfs\", \"path_on_host\": \"$L2_DISK_IMG\", \"is_root_device\": false, \"is_read_only\": false}"
     api PUT /entropy "{}"
     if [ "$NET_UP" = 1 ]; then
@@ -254,8 +260,9 @@ for variant in $variants; do
     # through the ACPI reset register; the others power off.
     cmdline=$IMAGE_CMDLINE
     end=poweroff
+    cpus=1
     case $variant in
-        bzimage) kernel=$L2_DIR/vmlinuz ;;
+        bzimage) kernel=$L2_DIR/vmlinuz; cpus=$L2_CPUS ;;
         vmlinux)
             kernel=$L2_DIR/vmlinux
             end=reboot
@@ -274,7 +281,7 @@ for variant in $variants; do
     # fails the run on the panic message).
     cmdline="$(echo "$cmdline" | sed 's/panic=[0-9-]*/panic=-1/') ${L2_CMDLINE_EXTRA:-}"
     cmdline="$cmdline e2e.end=$end"
-    cmdline="$cmdline e2e.variant=$variant e2e.cpus=$L2_CPUS e2e.mem=$L2_MEM_MIB"
+    cmdline="$cmdline e2e.variant=$variant e2e.cpus=$cpus e2e.mem=$L2_MEM_MIB"
     cmdline="$cmdline e2e.token=$L2_TOKEN e2e.snapshot=$snapshot"
     net=0
     uds=$OUT_DIR/vsock-$variant.sock
@@ -284,7 +291,7 @@ for variant in $variants; do
         cmdline="$cmdline e2e.mac=$(net_mac "$variant") e2e.ip=$(net_ip "$variant") e2e.host=$NET_HOST e2e.data=$NET_DATA_SHA"
     fi
     set -- --kernel "$kernel" --initrd "$L2_DIR/initrd.cpio" --cmdline "$cmdline" \
-        --cpus "$L2_CPUS" --memory "$L2_MEM_MIB" --serial stdout
+        --cpus "$cpus" --memory "$L2_MEM_MIB" --serial stdout
     set -- "$@" $log_flags
     [ -n "$entry" ] && set -- "$@" "$entry"
     set -- "$@" --disk "path=$L2_DISK_IMG" --entropy
@@ -298,7 +305,7 @@ for variant in $variants; do
         config=$OUT_DIR/vmlinux-config.json
         drives="{\"drive_id\": \"rootfs\", \"path_on_host\": \"$L2_DISK_IMG\", \"is_root_device\": false, \"is_read_only\": false}"
         printf '{"boot-source": {"kernel_image_path": "%s", "initrd_path": "%s", "boot_args": "%s"}, "machine-config": {"vcpu_count": %s, "mem_size_mib": %s}, "drives": [%s], "entropy": {}}\n' \
-            "$kernel" "$L2_DIR/initrd.cpio" "$cmdline" "$L2_CPUS" "$L2_MEM_MIB" "$drives" > "$config"
+            "$kernel" "$L2_DIR/initrd.cpio" "$cmdline" "$cpus" "$L2_MEM_MIB" "$drives" > "$config"
         set -- --no-api --config-file "$config" $log_flags
         echo "E2E-L2[$variant] vmm| config: $(cat "$config")"
     fi

@@ -508,7 +508,8 @@ run_interactive() {
         return
     fi
     local args=(--kernel "$IMAGE/vmlinux" --initrd "$IMAGE/initrd.cpio" --disk "$IMAGE/rootfs.ext4")
-    local vm_args=(--entropy --cpus "$L2_CPUS" --memory "$L2_MEM_MIB" --cmdline "$CMDLINE")
+    # One vCPU: see the note on SMP bring-up in level2-run.sh.
+    local vm_args=(--entropy --cpus 1 --memory "$L2_MEM_MIB" --cmdline "$CMDLINE")
     if [ "$MODE" = nested ]; then
         cmd=(bash "$REPO/scripts/nested-run.sh" --microvm "$MICROVM" --kernel-package "$KERNEL_PKG"
             --timeout "$L1_TIMEOUT" --log "$dir/level1.log" "${args[@]}" -- "${vm_args[@]}")
