@@ -467,10 +467,12 @@ fn api_mode(args: Args, start_time: StartTime, seccomp: SeccompPolicy) -> ExitCo
         );
         return ExitCode::from(1);
     }
-    if args.vsock.is_some() || args.snapshot_on_line.is_some() {
+    if !args.net.is_empty() || args.vsock.is_some() || args.snapshot_on_line.is_some() {
+        // (--net was silently dropped here before: the Preset has no network.)
         eprintln!(
-            "microvm: --vsock and --snapshot-on-line are not available with \
-             --api-sock/--config-file yet"
+            "microvm: --net, --vsock and --snapshot-on-line are not available with \
+             --api-sock/--config-file yet (PUT /network-interfaces and /vsock, or the config \
+             file's network-interfaces and vsock, configure those devices)"
         );
         return ExitCode::from(1);
     }

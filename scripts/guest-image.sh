@@ -5,8 +5,8 @@
 #   OUT/vmlinuz        Debian's kernel as shipped (a bzImage)
 #   OUT/vmlinux        the ELF vmlinux extracted from it
 #   OUT/initrd.cpio    an initramfs: static busybox and the kernel's own
-#                      virtio-mmio, virtio-blk, virtio-rng, virtio-net and
-#                      ext4 modules (with their dependencies, from a
+#                      virtio-mmio, virtio-blk, virtio-rng, virtio-net,
+#                      virtio-vsock and ext4 modules (with their dependencies, from a
 #                      modules.dep made with depmod); its /init loads them,
 #                      mounts root= (default /dev/vda) and switches to it
 #   OUT/rootfs.ext4    an ext4 root filesystem (mke2fs -d, no loop mount)
@@ -88,10 +88,10 @@ mkdir -p "$WORK"
 INITRD_ROOT=$WORK/initrd
 dk_busybox_root "$INITRD_ROOT"
 # What microvm's devices need (virtio-mmio transport, disks, entropy, the
-# network once microvm has it) and the root filesystem's driver. Modules the
-# kernel builds in are skipped; optional ones ('?') may be missing.
+# network, vsock) and the root filesystem's driver. Modules the kernel builds
+# in are skipped; optional ones ('?') may be missing.
 dk_copy_modules "$INITRD_ROOT/lib/modules" "$INITRD_ROOT/lib/modules/load.list" \
-    virtio_mmio virtio_blk ext4 '?virtio_rng' '?virtio_net'
+    virtio_mmio virtio_blk ext4 '?virtio_rng' '?virtio_net' '?vmw_vsock_virtio_transport'
 MODULES=$(sed 's/\.ko$//' "$INITRD_ROOT/lib/modules/load.list" | tr '\n' ' ' | sed 's/ $//')
 cat > "$INITRD_ROOT/init" << 'EOF'
 #!/bin/sh

@@ -110,6 +110,8 @@ dk_copy_modules "$ROOT/lib/modules" "$ROOT/lib/modules/kvm.list" kvm
 dk_copy_modules "$ROOT/lib/modules" "$ROOT/lib/modules/kvm-amd.list" '?kvm-amd'
 dk_copy_modules "$ROOT/lib/modules" "$ROOT/lib/modules/kvm-intel.list" '?kvm-intel'
 dk_copy_modules "$ROOT/lib/modules" "$ROOT/lib/modules/virtio-pci.list" virtio_pci virtio_blk
+# TAP devices (/dev/net/tun), for microvm's --net inside the first level.
+dk_copy_modules "$ROOT/lib/modules" "$ROOT/lib/modules/tun.list" '?tun'
 # The vendor lists without what kvm.list loads already.
 for vendor in kvm-amd kvm-intel; do
     grep -v -x -F -f "$ROOT/lib/modules/kvm.list" "$ROOT/lib/modules/$vendor.list" > "$WORK/list" || :

@@ -330,6 +330,50 @@ fn bad_network_interfaces() {
 }
 
 #[test]
+fn net_with_the_api_socket_is_refused_not_dropped() {
+    // The API's devices come from its requests (or the config file); a
+    // --net flag beside --api-sock was silently ignored before, and the VMM
+    // went on serving the socket: wait for it with a deadline, not forever.
+    let dir = TempDir::new("cli-api-net");
+    let sock = dir.file("placeholder", b"").with_file_name("api.sock");
+    let mut child = Command::new(microvm_binary())
+        .args([
+            "--api-sock",
+            sock.to_str().unwrap(),
+            "--net",
+            "tap=kdl-absent8",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running microvm");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("microvm --api-sock --net is still running after 20 s: --net was ignored");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "microvm: --net, --vsock and --snapshot-on-line are not available with --api-sock"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!sock.exists(), "no API socket is served");
+}
+
+#[test]
 fn bad_log_options() {
     assert_error(&["--level", "loud"], "unknown log level \"loud\"");
     assert_error(

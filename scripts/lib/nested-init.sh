@@ -44,6 +44,8 @@ if grep -q -w svm /proc/cpuinfo; then
 elif grep -q -w vmx /proc/cpuinfo; then
     insmod_list "$(cat /lib/modules/kvm-intel.list)"
 fi
+# TAP devices for microvm's --net (the list is empty when tun is built in).
+insmod_list "$(cat /lib/modules/tun.list)"
 if [ -c /dev/kvm ]; then
     echo "NESTED kvm: ok /dev/kvm present (modules:$(awk '/^kvm|^irqbypass/ { printf " %s", $1 }' /proc/modules))"
 else

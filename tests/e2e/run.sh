@@ -5,13 +5,18 @@
 # vmlinuz and vmlinux, its initramfs, an ext4 root filesystem whose
 # /etc/rc.local is guest-checks.sh) and boots it under the release `microvm`
 # example five times (the vmlinuz bzImage as shipped, the extracted ELF
-# vmlinux through the 64-bit entry, that vmlinux through PVH, the bzImage
-# snapshotted mid-way and restored in a new process, and the bzImage from a
-# Firecracker config file; the last two when microvm has them), each with
-# 2 vCPUs, 256 MiB, the root filesystem as its virtio disk and an entropy
-# device; the guest checks itself and the harness asserts the transcript,
-# microvm's exit status, the files the guests wrote and the time bound, and
-# reports the boot times.
+# vmlinux through the 64-bit entry from a Firecracker config file, that
+# vmlinux through PVH, the bzImage snapshotted mid-way and restored in a new
+# process, and the bzImage configured, started, paused and resumed through
+# the API socket; the last two when microvm has them), each with 2 vCPUs,
+# 256 MiB, the root filesystem as its virtio disk and an entropy device; the
+# bzimage and api runs also have a virtio-net device on a TAP of the level
+# above (DHCP, ping, TCP both ways) and a vsock device (both directions
+# through Firecracker's Unix-socket protocol), with e2e-sock.c (built here
+# with gcc -static) as the socket tool on both sides. The guest checks
+# itself and the harness asserts the transcript, microvm's exit status, the
+# files the guests wrote, what the level above received and the time bound,
+# and reports the boot times.
 #
 # Where /dev/kvm cannot run a stock Linux guest (nested KVM that emulates
 # guest ring 0, such as kvm_pvm: docs/nested-kvm.md) the runs happen
@@ -156,6 +161,7 @@ build_guest() {
     say "scripts/guest-image.sh (log: $WORK/guest-image.log)"
     bash "$REPO/scripts/guest-image.sh" --out "$IMAGE" --kernel-package "$KERNEL_PKG" \
         --add "$E2E_SRC/guest-checks.sh:/etc/rc.local" --add "$WORK/hello.txt:/hello.txt" \
+        --add "$E2E_SOCK:/bin/e2e-sock" \
         > "$WORK/guest-image.log" 2>&1 \
         || fatal "scripts/guest-image.sh failed" "$WORK/guest-image.log"
     # shellcheck disable=SC1091
@@ -176,8 +182,17 @@ L2_CPUS=$L2_CPUS
 L2_MEM_MIB=$L2_MEM_MIB
 L2_CMDLINE_EXTRA="$L2_CMDLINE_EXTRA"
 L2_SNAPSHOT=$HAS_SNAPSHOT
+L2_NET=$HAS_NET
 IMAGE_CMDLINE="$CMDLINE"
 EOF
+}
+
+# e2e-sock, the socket tool of both levels (TCP, vsock, Unix sockets, one
+# HTTP request), statically linked so that busybox systems can run it.
+build_sock() {
+    E2E_SOCK=$WORK/e2e-sock
+    gcc -static -O2 -Wall -o "$E2E_SOCK" "$E2E_SRC/e2e-sock.c" > "$WORK/e2e-sock.log" 2>&1 \
+        || fatal "gcc -static could not build tests/e2e/e2e-sock.c" "$WORK/e2e-sock.log"
 }
 
 # ---------------------------------------------------------------- running
@@ -205,7 +220,7 @@ run_nested() {
     bash "$REPO/scripts/nested-run.sh" --microvm "$MICROVM" --kernel-package "$KERNEL_PKG" \
         --timeout "$L1_TIMEOUT" --log "$L1_LOG" --script "$E2E_SRC/level2-run.sh" \
         --file "$IMAGE/vmlinuz" --file "$IMAGE/vmlinux" --file "$IMAGE/initrd.cpio" \
-        --file "$WORK/e2e.config" --disk "$IMAGE/rootfs.ext4" \
+        --file "$WORK/e2e.config" --file "$E2E_SOCK" --disk "$IMAGE/rootfs.ext4" \
         < /dev/null 2> "$WORK/l1/nested-run.stderr" | timestamp "$WORK/l1/console.log"
     L1_STATUS=${PIPESTATUS[0]}
     T_L1_END=$(since_start)
@@ -219,8 +234,10 @@ run_direct() {
     (
         # shellcheck disable=SC1091
         . "$WORK/e2e.config"
-        export MICROVM L2_TIMEOUT L2_TOKEN L2_CPUS L2_MEM_MIB L2_CMDLINE_EXTRA IMAGE_CMDLINE L2_SNAPSHOT
+        export MICROVM L2_TIMEOUT L2_TOKEN L2_CPUS L2_MEM_MIB L2_CMDLINE_EXTRA IMAGE_CMDLINE L2_SNAPSHOT L2_NET E2E_SOCK
         export L2_DIR=$IMAGE L2_DISK_IMG=$IMAGE/rootfs.ext4 OUT_DIR=$WORK/direct/out
+        # The host may have no udhcpd: the busybox guest-image.sh unpacked.
+        export L2_BUSYBOX=${KINDLING_CACHE:-$REPO/target/debian}/busybox-static/bin/busybox
         sh "$E2E_SRC/level2-run.sh"
     ) 2>&1 | timestamp "$WORK/direct/transcript.log"
     T_L1_END=$(since_start)
@@ -363,6 +380,9 @@ assert_variant() {
         guest_check "$v" clock
     fi
 
+    [ "$v" = api ] && assert_api
+    case " $NET_VARIANTS " in *" $v "*) assert_net "$v" ;; esac
+
     # How the VM ended: ACPI power-off once microvm has ACPI, else reboot -f
     # through the i8042. A guest whose power-off or reboot did not work falls
     # through to a kernel panic, which panic=-1 turns into a reset: not a pass.
@@ -389,6 +409,90 @@ assert_variant() {
     fi
 }
 
+# The network and vsock checks of a run with a virtio-net and a vsock
+# device: the guest's lines, and for each transfer also what the level
+# above received from the guest (its "l1 <service>: received ..." line),
+# compared with the sha256 of what the guest sent.
+assert_net() {
+    local v=$1 ctx sent pair name service r l1
+    ctx="---- $v: the second-level guest's console and microvm's stderr ----"$'\n'"$(variant_log "$v" | tail -n 80)"
+    if ! lines | has '^E2E-L2-NET ok'; then
+        fail "$v/net" "the level above has no network for the guests: $(lines | grep -m1 '^E2E-L2-NET' || echo 'no E2E-L2-NET line')"
+        return
+    fi
+    guest_check "$v" net-link
+    guest_check "$v" net-ping
+    sent=$(variant_log "$v" | sed -n 's/^serial| E2E-INFO data: sent sha256 //p' | head -n 1)
+    for pair in net-tcp:tcp vsock-listen:vsock-listen vsock-connect:vsock-connect; do
+        name=${pair%%:*}
+        service=${pair#*:}
+        r=$(check_line "$v" "$name")
+        l1=$(variant_log "$v" | sed -n "s/^vmm| l1 $service: received //p" | head -n 1)
+        case $r in
+            ok*)
+                if [ -n "$sent" ] && [ "$l1" = "524288 bytes sha256 $sent status 0" ]; then
+                    pass "$v/$name" "${r#ok }; the level above received the guest's 512 KiB intact"
+                else
+                    fail "$v/$name" "the guest received the data, but the level above received ${l1:-nothing} (the guest sent sha256 ${sent:-unknown})" "$ctx"
+                fi
+                ;;
+            FAIL*) fail "$v/$name" "${r#FAIL }; the level above received ${l1:-nothing}" "$ctx" ;;
+            *) fail "$v/$name" "the guest printed no E2E-CHECK $name line" "$ctx" ;;
+        esac
+    done
+}
+
+# The api run: microvm --api-sock, configured and started by HTTP requests
+# on the socket (level2-run.sh's "api <METHOD> <URI> -> <status> <body>"
+# lines), paused and resumed.
+assert_api() {
+    local ctx puts want_puts=5 bad states want
+    ctx="---- api: the requests, the guest's console and microvm's stderr ----"$'\n'"$(variant_log api | tail -n 80)"
+    api_lines() { variant_log api | sed -n 's/^vmm| api //p'; }
+    # The boot source, the machine, the drive, the entropy device and
+    # InstanceStart; the network interface and vsock when the level above
+    # has a network.
+    lines | has '^E2E-L2-NET ok' && want_puts=7
+    puts=$(api_lines | grep -c '^PUT ')
+    bad=$(api_lines | grep '^PUT ' | grep -v -e '-> 204 *$' | head -n 1)
+    if [ "$puts" = "$want_puts" ] && [ -z "$bad" ]; then
+        pass api/configure "$puts PUT requests on the API socket answered 204 ($(api_lines | sed -n 's/^PUT \([^ ]*\) .*/\1/p' | tr '\n' ' '| sed 's/ $//'))"
+    else
+        fail api/configure "${bad:-$puts PUT requests answered, expected $want_puts}" "$ctx"
+    fi
+    # The configuration as the PUTs made it: the kernel, and the TAP when
+    # the run has a network.
+    local shown='"kernel_image_path": *"[^"]*/vmlinuz"'
+    [ "$HAS_NET" = 1 ] && shown='"host_dev_name": *"kt0"'
+    if api_lines | grep '^GET /vm/config -> 200 ' | has -E "$shown"; then
+        pass api/vm-config "GET /vm/config shows the configuration the PUTs made"
+    else
+        fail api/vm-config "GET /vm/config: $(api_lines | grep -m1 '^GET /vm/config ')" "$ctx"
+    fi
+    # GET / before the start, after InstanceStart, after the pause, after
+    # the resume.
+    states=$(api_lines | sed -n 's/^GET \/ -> 200 .*"state": *"\([^"]*\)".*/\1/p' | tr '\n' ',')
+    want="Not started,Running,Paused,Running,"
+    if [ "$states" = "$want" ] && [ "$(api_lines | grep -c '^PATCH /vm -> 204')" = 2 ]; then
+        pass api/pause-resume "GET / shows ${want%,}: PATCH /vm Paused and Resumed while the guest boots (204 each)"
+    else
+        fail api/pause-resume "GET / showed '${states%,}', expected '${want%,}'; PATCH /vm: $(api_lines | grep '^PATCH /vm' | tr '\n' ' ')" "$ctx"
+    fi
+    # Paused, the VMM's vCPUs do not run: at most 0.2 s of CPU time in the
+    # 2 s (the guest, booting, keeps a running vCPU busy: 1.1-1.5 s per s
+    # here).
+    local cpu paused
+    cpu=$(api_lines | sed -n 's/^cpu: //p' | head -n 1)
+    paused=$(sed -n 's/.*: paused \([0-9]*\) ticks in 2 s.*/\1/p' <<< "$cpu")
+    if [ -z "$paused" ]; then
+        fail api/paused "no CPU time measured for the paused VMM (${cpu:-no 'api cpu' line})" "$ctx"
+    elif [ "$paused" -le 20 ]; then
+        pass api/paused "the paused VMM used $paused clock ticks of CPU in 2 s ($cpu)"
+    else
+        fail api/paused "the paused VMM used $paused clock ticks of CPU in 2 s, more than 20: its vCPUs kept running ($cpu)" "$ctx"
+    fi
+}
+
 # ---------------------------------------------------------------- interactive
 
 # The image as a user gets it: the printed command line (through the nested
@@ -404,7 +508,8 @@ run_interactive() {
         return
     fi
     local args=(--kernel "$IMAGE/vmlinux" --initrd "$IMAGE/initrd.cpio" --disk "$IMAGE/rootfs.ext4")
-    local vm_args=(--entropy --cpus "$L2_CPUS" --memory "$L2_MEM_MIB" --cmdline "$CMDLINE")
+    # One vCPU: see the note on SMP bring-up in level2-run.sh.
+    local vm_args=(--entropy --cpus 1 --memory "$L2_MEM_MIB" --cmdline "$CMDLINE")
     if [ "$MODE" = nested ]; then
         cmd=(bash "$REPO/scripts/nested-run.sh" --microvm "$MICROVM" --kernel-package "$KERNEL_PKG"
             --timeout "$L1_TIMEOUT" --log "$dir/level1.log" "${args[@]}" -- "${vm_args[@]}")
@@ -444,7 +549,7 @@ say "mode: $MODE ($MODE_WHY); work dir: $WORK"
 
 # debugfs reads the image afterwards; guest-image.sh and nested-run.sh
 # install what else they need (cpio, the kernel's decompressor, QEMU).
-ensure_packages e2fsprogs
+ensure_packages e2fsprogs gcc libc6-dev
 
 # The release microvm.
 if [ -n "${KINDLING_E2E_MICROVM:-}" ]; then
@@ -462,10 +567,19 @@ HAS_SNAPSHOT=0
 grep -q -- '--snapshot-on-line' <<< "$help" && HAS_SNAPSHOT=1
 [ "$HAS_SNAPSHOT" = 1 ] && VARIANTS="$VARIANTS snapshot"
 say "microvm: $MICROVM (snapshot variant: $([ $HAS_SNAPSHOT = 1 ] && echo yes || echo no))"
-# Firecracker's control plane: one more run configured by a config file.
+# Firecracker's control plane: one more run configured through the API
+# socket (and the vmlinux run through a config file).
 grep -q -- '--config-file' <<< "$help" && VARIANTS="$VARIANTS api"
+# The network and vsock checks in the bzimage and api runs.
+HAS_NET=0
+NET_VARIANTS=""
+if grep -q -- '--net' <<< "$help" && grep -q -- '--vsock' <<< "$help"; then
+    HAS_NET=1
+    NET_VARIANTS="bzimage api"
+fi
 
 TOKEN=kindling-e2e-$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')
+build_sock
 build_guest
 say "guest (scripts/guest-image.sh): kernel $KVER; vmlinuz $(stat -c %s "$IMAGE/vmlinuz") bytes, vmlinux $(stat -c %s "$IMAGE/vmlinux") bytes ($COMPRESSION payload), initrd.cpio $(stat -c %s "$IMAGE/initrd.cpio") bytes (modules: $MODULES), rootfs.ext4"
 T_BUILT=$(since_start)
