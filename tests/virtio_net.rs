@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::{kvm_available, Capture};
 use kindling::vmm::{
-    ExitReason, KernelSource, NetConfig, RateLimiterConfig, SerialConfig, TokenBucketConfig,
-    VmConfig, Vmm,
+    ExitReason, KernelSource, NetConfig, RateLimiterConfig, SeccompPolicy, SerialConfig,
+    TokenBucketConfig, VmConfig, Vmm,
 };
 use tap::{create_tap, host_frame, tap_available, PacketSocket, Vnet};
 
@@ -31,6 +31,9 @@ fn config(cmdline: &str, serial: &Capture, net: Vec<NetConfig>) -> VmConfig {
         net,
         serial: SerialConfig::Writer(Box::new(serial.clone())),
         debug_exit: true,
+        // With the filters `microvm` uses (the event loop on a thread of
+        // its own: this one goes on talking to the TAP or the sockets).
+        seccomp: SeccompPolicy::Builtin,
         ..VmConfig::default()
     }
 }
@@ -75,7 +78,7 @@ fn guest_frames_reach_the_tap() {
     .unwrap();
     let net = vmm.devices().net[0].1.clone();
     assert_eq!(vmm.devices().net[0].0, "eth0");
-    let reason = vmm.run().unwrap();
+    let reason = vmm.start().unwrap().wait().unwrap();
     let serial = serial.text();
     assert_eq!(reason, ExitReason::Status(0), "{serial}");
     assert_eq!(
@@ -121,7 +124,7 @@ fn the_guest_echoes_frames_written_to_the_tap() {
         sock.send(Vnet::default(), &host_frame(i as u32, len))
             .unwrap();
     }
-    let reason = vmm.run().unwrap();
+    let reason = vmm.start().unwrap().wait().unwrap();
     let serial = serial.text();
     assert_eq!(reason, ExitReason::Status(0), "{serial}");
     let total: usize = sizes.iter().sum();
@@ -159,7 +162,7 @@ fn the_guest_receives_what_the_tap_is_given() {
     for f in &frames {
         sock.send(Vnet::default(), f).unwrap();
     }
-    let reason = vmm.run().unwrap();
+    let reason = vmm.start().unwrap().wait().unwrap();
     let serial = serial.text();
     assert_eq!(reason, ExitReason::Status(0), "{serial}");
     let first: Vec<u8> = frames[..300].concat();
@@ -213,7 +216,7 @@ fn partial_checksums_cross_the_tap_both_ways() {
         sender.send(partial, &udp).unwrap();
         udp
     });
-    let reason = vmm.run().unwrap();
+    let reason = vmm.start().unwrap().wait().unwrap();
     let udp = delayed.join().unwrap();
     let serial = serial.text();
     assert_eq!(reason, ExitReason::Status(0), "{serial}");
@@ -254,7 +257,7 @@ fn a_guest_that_stops_receiving_does_not_hang_the_loop_or_lose_frames() {
         sock.send(Vnet::default(), &host_frame(i, 100)).unwrap();
     }
     let start = Instant::now();
-    let reason = vmm.run().unwrap();
+    let reason = vmm.start().unwrap().wait().unwrap();
     let serial = serial.text();
     assert_eq!(reason, ExitReason::Status(0), "{serial}");
     assert!(start.elapsed() < Duration::from_secs(10));
@@ -295,7 +298,7 @@ fn a_transmit_rate_limit_paces_the_guest() {
     .unwrap();
     let net = vmm.devices().net[0].1.clone();
     let start = Instant::now();
-    let reason = vmm.run().unwrap();
+    let reason = vmm.start().unwrap().wait().unwrap();
     let elapsed = start.elapsed();
     let serial = serial.text();
     assert_eq!(reason, ExitReason::Status(0), "{serial}");

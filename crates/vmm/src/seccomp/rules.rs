@@ -191,7 +191,9 @@ pub(super) fn rules_for(kind: ThreadKind) -> Rules {
 
 /// A vCPU thread: `KVM_RUN` and the state reads of a snapshot, plus what
 /// exit handlers do on it (serial output, eventfd reads and writes, arming
-/// the serial flush timer, a device reset draining an io_uring).
+/// the serial flush timer, device activation and reset: a block device
+/// draining its io_uring, a network device's TAP offloads, a vsock
+/// device's host connections).
 fn vcpu() -> Rules {
     let mut r = base();
     allow(
@@ -207,6 +209,12 @@ fn vcpu() -> Rules {
     );
     #[cfg(target_arch = "x86_64")]
     allow_arg_in(&mut r, libc::SYS_ioctl, 1, kvm::vcpu_requests());
+    // Device activation and reset run on the vCPU thread that writes the
+    // status register: virtio-net sets the TAP's offloads to what the
+    // driver acked (and clears them on reset), a virtio-vsock reset shuts
+    // its host connections down.
+    allow_arg_in(&mut r, libc::SYS_ioctl, 1, [libc::TUNSETOFFLOAD]);
+    allow(&mut r, &[libc::SYS_shutdown]);
     r
 }
 
