@@ -27,7 +27,7 @@ use kindling::vmm::snapshot::{
 };
 use kindling::vmm::{
     BlockEngine, DiskConfig, ExitReason, KernelSource, NetConfig, RateLimiterConfig, RunningVmm,
-    SerialConfig, TokenBucketConfig, VmConfig, Vmm, VmmError, VsockConfig,
+    SeccompPolicy, SerialConfig, TokenBucketConfig, VmConfig, Vmm, VmmError, VsockConfig,
 };
 use tap::{create_tap, host_frame, tap_available, PacketSocket, Vnet};
 use vsock::{closed_by_the_device, echo_listener, host_connect, pattern};
@@ -42,6 +42,7 @@ fn guest_config(cmdline: &str, serial: &Capture) -> VmConfig {
         serial: SerialConfig::Writer(Box::new(serial.clone())),
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
         debug_exit: true,
+        seccomp: SeccompPolicy::Builtin,
         ..VmConfig::default()
     }
 }
@@ -77,6 +78,7 @@ fn restore_config(state: &Path, mem: &Path, serial: &Capture) -> RestoreConfig {
         serial: SerialConfig::Writer(Box::new(serial.clone())),
         boot_timer_log: Arc::new(Mutex::new(std::io::sink())),
         debug_exit: true,
+        seccomp: SeccompPolicy::Builtin,
         ..RestoreConfig::new(state, MemBackend::File(mem.to_path_buf()))
     }
 }
