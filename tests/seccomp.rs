@@ -273,3 +273,23 @@ fn the_signal_watcher_stops_the_vm_under_its_filter() {
     assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
     assert!(!stderr.contains("seccomp"), "{stderr}");
 }
+
+#[test]
+fn microvm_with_a_vsock_device_removes_its_socket_under_the_filters() {
+    if child_case().is_some()
+        || !kvm_available("microvm_with_a_vsock_device_removes_its_socket_under_the_filters")
+    {
+        return;
+    }
+    let dir = common::TempDir::new("seccomp-vsock");
+    let uds = dir.0.join("v.sock");
+    let out = Command::new(common::microvm_binary())
+        .args(["--vsock", &format!("cid=3,uds={}", uds.display())])
+        .args(["--cmdline", "kindling.test=hello"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    assert!(!stderr.contains("seccomp"), "{stderr}");
+    assert!(!uds.exists(), "the vsock socket is left behind");
+}

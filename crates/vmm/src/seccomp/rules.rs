@@ -261,6 +261,8 @@ fn event_loop() -> Rules {
             libc::SYS_statx,
             libc::SYS_nanosleep,
             libc::SYS_clock_nanosleep,
+            // The vsock device removes its socket when the VM ends.
+            libc::SYS_unlink,
         ],
     );
     // Non-blocking mode, duplicated eventfds, close-on-exec.
