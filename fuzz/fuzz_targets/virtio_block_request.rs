@@ -51,8 +51,16 @@ fuzz_target!(|data: &[u8]| {
                 }
             };
             match &req.kind {
-                RequestKind::Read { sector, buffers, len }
-                | RequestKind::Write { sector, buffers, len } => {
+                RequestKind::Read {
+                    sector,
+                    buffers,
+                    len,
+                }
+                | RequestKind::Write {
+                    sector,
+                    buffers,
+                    len,
+                } => {
                     check(buffers, *len);
                     assert_eq!(len % 512, 0);
                     assert!(u64::from(*len) <= limits.max_data_bytes);
