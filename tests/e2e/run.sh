@@ -8,8 +8,9 @@
 # vmlinux through the 64-bit entry from a Firecracker config file, that
 # vmlinux through PVH, the bzImage snapshotted mid-way and restored in a new
 # process, and the bzImage configured, started, paused and resumed through
-# the API socket; the last two when microvm has them), each with 2 vCPUs,
-# 256 MiB, the root filesystem as its virtio disk and an entropy device; the
+# the API socket; the last two when microvm has them; the vmlinux run goes
+# first), each with 256 MiB and one vCPU but the bzimage run, which has two
+# (see level2-run.sh on the SMP bring-up hang), the root filesystem as its virtio disk and an entropy device; the
 # bzimage and api runs also have a virtio-net device on a TAP of the level
 # above (DHCP, ping, TCP both ways) and a vsock device (both directions
 # through Firecracker's Unix-socket protocol), with e2e-sock.c (built here
