@@ -144,3 +144,17 @@ fn a_parked_vcpu_saves_its_state_on_its_own_thread() {
     let (_vcpu, result) = handle.join();
     assert_eq!(result.unwrap(), VcpuStopReason::Stopped);
 }
+
+#[test]
+fn a_vcpus_fault_report_says_where_it_is() {
+    if !kvm_available("a_vcpus_fault_report_says_where_it_is") {
+        return;
+    }
+    // (A real triple fault is not provoked: this host's nested KVM
+    // emulates real mode and spins on one instead of exiting.)
+    let (_kvm, _vm, vcpu, _ram) = real_mode_vm(OUT_LOOP);
+    let report = vcpu.fault_report();
+    assert!(report.contains("rip=0x1000 "), "{report}");
+    assert!(report.contains("cs=0x0 "), "{report}");
+    assert!(report.contains("exception=0/0 pending=0"), "{report}");
+}

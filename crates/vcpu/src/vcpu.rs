@@ -148,7 +148,12 @@ impl Vcpu {
                 Ok(None)
             }
             Ok(VcpuExit::Hlt) => Ok(Some(VcpuStopReason::Halted)),
-            Ok(VcpuExit::Shutdown) => Ok(Some(VcpuStopReason::TripleFault)),
+            Ok(VcpuExit::Shutdown) => {
+                // What the vCPU was doing is the only clue to a guest crash.
+                #[cfg(target_arch = "x86_64")]
+                log::warn!("vCPU {id}: triple fault at {}", self.fault_report());
+                Ok(Some(VcpuStopReason::TripleFault))
+            }
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 KVM_SYSTEM_EVENT_RESET => Ok(Some(VcpuStopReason::Reset)),
                 KVM_SYSTEM_EVENT_SHUTDOWN => Ok(Some(VcpuStopReason::PowerOff)),
@@ -176,6 +181,51 @@ impl Vcpu {
             }
             Err(source) => Err(VcpuError::Run { id, source }),
         }
+    }
+
+    /// The registers that say where a vCPU was when it faulted, on one line
+    /// (best effort: a register set that cannot be read is left out).
+    #[cfg(target_arch = "x86_64")]
+    pub fn fault_report(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        if let Ok(r) = self.fd.get_regs() {
+            let _ = write!(
+                out,
+                "rip={:#x} rsp={:#x} rflags={:#x} rax={:#x} ",
+                r.rip, r.rsp, r.rflags, r.rax
+            );
+        }
+        if let Ok(s) = self.fd.get_sregs() {
+            let _ = write!(
+                out,
+                "cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} \
+                 idt={:#x}/{:#x} gdt={:#x}/{:#x} tr={:#x} ",
+                s.cs.selector,
+                s.cr0,
+                s.cr2,
+                s.cr3,
+                s.cr4,
+                s.efer,
+                s.idt.base,
+                s.idt.limit,
+                s.gdt.base,
+                s.gdt.limit,
+                s.tr.base
+            );
+        }
+        if let Ok(e) = self.fd.get_vcpu_events() {
+            let _ = write!(
+                out,
+                "exception={}/{} pending={} error_code={:#x} nmi_pending={}",
+                e.exception.nr,
+                e.exception.injected,
+                e.exception.pending,
+                e.exception.error_code,
+                e.nmi.pending
+            );
+        }
+        out.trim_end().to_string()
     }
 
     /// Dispatches a port-I/O exit, one access per element of a string
