@@ -307,8 +307,10 @@ for variant in $variants; do
         printf '{"boot-source": {"kernel_image_path": "%s", "initrd_path": "%s", "boot_args": "%s"}, "machine-config": {"vcpu_count": %s, "mem_size_mib": %s}, "drives": [%s], "entropy": {}}\n' \
             "$kernel" "$L2_DIR/initrd.cpio" "$cmdline" "$cpus" "$L2_MEM_MIB" "$drives" > "$config"
         set -- --no-api --config-file "$config" $log_flags
-        echo "E2E-L2[$variant] vmm| config: $(cat "$config")"
     fi
+    attempt=1
+    while :; do
+    [ "$net" = 1 ] && rm -f "$uds" "$uds"_*
     driver=""
     if [ "$variant" = api ]; then
         # Nothing but the socket: the driver configures and starts it.
@@ -319,6 +321,7 @@ for variant in $variants; do
     fi
     [ "$net" = 1 ] && net_start "$variant" "$uds"
     echo "E2E-L2-BEGIN $variant"
+    [ -n "${config:-}" ] && [ "$variant" = vmlinux ] && echo "E2E-L2[$variant] vmm| config: $(cat "$config")"
     echo "E2E-L2[$variant] vmm| \$ microvm $*"
     t0=$(uptime_ms)
     # The guest's console streams through as it comes (so a level that hangs
@@ -337,7 +340,7 @@ for variant in $variants; do
             rm -f "$snap_state" "$snap_mem"
         fi
         echo $status > "$status_file"
-    } | prefix "E2E-L2[$variant] serial| "
+    } | tee "$OUT_DIR/$variant.console" | prefix "E2E-L2[$variant] serial| "
     t1=$(uptime_ms)
     status=$(cat "$status_file" 2>/dev/null || echo unknown)
     [ -f "$stderr" ] && prefix "E2E-L2[$variant] vmm| " < "$stderr"
@@ -352,6 +355,23 @@ for variant in $variants; do
         prefix "E2E-L2[$variant] vmm| " < "$OUT_DIR/$variant.net"
     fi
     echo "E2E-L2-END $variant status=$status wall_ms=$((t1 - t0)) timeout_s=$L2_TIMEOUT"
+    # One more attempt, once, when the guest crashed with a triple fault or
+    # hung past the timeout: both are seen about once in a hundred boots
+    # here and not yet explained (the first level is an emulated machine;
+    # see tests/e2e/README.md). The harness reports the retry and the
+    # vCPU's registers at the fault, and judges the last attempt only.
+    why=""
+    if grep -q 'triple fault' "$stderr" 2>/dev/null; then
+        why="triple fault: $(grep -m1 'triple fault at' "$stderr" | sed 's/.*triple fault at //')"
+    elif [ "$status" = 124 ] || [ "$status" = 137 ]; then
+        why="timed out after ${L2_TIMEOUT}s (the console's last line: $(tail -n 1 "$OUT_DIR/$variant.console" 2>/dev/null | tr -d '\r'))"
+    fi
+    if [ -z "$why" ] || [ "$attempt" -ge 2 ]; then
+        break
+    fi
+    echo "E2E-L2-RETRY $variant: $why"
+    attempt=$((attempt + 1))
+    done
 done
 if [ "$NET_UP" = 1 ]; then
     kill "$UDHCPD_PID" 2>/dev/null

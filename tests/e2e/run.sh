@@ -83,7 +83,11 @@ SKIPPED=0
 RESULTS=()
 # Context to show for each failure, printed after the summary.
 FAIL_CONTEXT=()
+RETRIED=0
 pass() { PASSED=$((PASSED + 1)); RESULTS+=("  ok    $1: $2"); }
+# retried NAME WHY: a run that needed its second attempt (not a failure,
+# but always shown: the reason is what there is to investigate).
+retried() { RETRIED=$((RETRIED + 1)); RESULTS+=("  RETRY $1: $2"); }
 skip() { SKIPPED=$((SKIPPED + 1)); RESULTS+=("  skip  $1: $2"); }
 fail() {
     FAILED=$((FAILED + 1))
@@ -253,9 +257,15 @@ run_direct() {
 has() { grep "$@" > /dev/null; }
 # The transcript without the timestamps.
 lines() { cut -d' ' -f2- "$TRANSCRIPT"; }
+# attempt_lines VARIANT: the transcript from the last E2E-L2-BEGIN of that
+# run on (level2-run.sh runs it a second time after a triple fault or a
+# time-out, and only the last attempt is judged).
+attempt_lines() {
+    lines | awk -v b="E2E-L2-BEGIN $1" '$0 == b { n = 0 } { buf[n++] = $0 } END { for (i = 0; i < n; i++) print buf[i] }'
+}
 # variant_log VARIANT: that run's serial console and microvm's stderr.
 variant_log() {
-    lines | grep -F "E2E-L2[$1] " | sed "s/^E2E-L2\[$1\] //"
+    attempt_lines "$1" | grep -F "E2E-L2[$1] " | sed "s/^E2E-L2\[$1\] //"
 }
 # check_line VARIANT NAME: the guest's "E2E-CHECK NAME: ..." result.
 check_line() {
@@ -312,7 +322,10 @@ assert_level1() {
 assert_variant() {
     local v=$1 end status wall ctx timeout_s bt r
     ctx="---- $v: the second-level guest's console and microvm's stderr ----"$'\n'"$(variant_log "$v" | tail -n 80)"
-    end=$(lines | grep "^E2E-L2-END $v " | head -n 1)
+    while IFS= read -r r; do
+        [ -n "$r" ] && retried "$v/run" "the first attempt ended in a $r; the checks below are the second attempt's"
+    done <<< "$(lines | sed -n "s/^E2E-L2-RETRY $v: //p")"
+    end=$(attempt_lines "$v" | grep "^E2E-L2-END $v " | head -n 1)
     if [ -z "$end" ]; then
         # The first level's failure, when there is one, shows its console.
         if lines | has "^E2E-L2-BEGIN $v\$"; then
@@ -636,5 +649,5 @@ if [ ${#FAIL_CONTEXT[@]} -gt 0 ]; then
     done
 fi
 say ""
-echo "e2e: $PASSED passed, $FAILED failed, $SKIPPED skipped"
+echo "e2e: $PASSED passed, $FAILED failed, $SKIPPED skipped, $RETRIED retried"
 [ "$FAILED" = 0 ]
