@@ -158,3 +158,38 @@ fn a_vcpus_fault_report_says_where_it_is() {
     assert!(report.contains("cs=0x0 "), "{report}");
     assert!(report.contains("exception=0/0 pending=0"), "{report}");
 }
+
+/// Ends the VM at the first port write, as a debug-exit or power-off
+/// device does.
+#[derive(Default)]
+struct EndsAtFirstWrite(AtomicU64);
+
+impl VcpuExitHandler for EndsAtFirstWrite {
+    fn pio_read(&self, _: u16, _: &mut [u8]) {}
+    fn pio_write(&self, _: u16, _: &[u8]) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+    fn mmio_read(&self, _: u64, _: &mut [u8]) {}
+    fn mmio_write(&self, _: u64, _: &[u8]) {}
+    fn vm_ending(&self) -> bool {
+        self.0.load(Ordering::SeqCst) > 0
+    }
+}
+
+#[test]
+fn a_vcpu_runs_no_guest_code_after_the_exit_that_ended_the_vm() {
+    if !kvm_available("a_vcpu_runs_no_guest_code_after_the_exit_that_ended_the_vm") {
+        return;
+    }
+    // The guest writes the port in a loop: without the check it would
+    // exit again and again until stopped from outside.
+    let (_kvm, _vm, vcpu, _ram) = real_mode_vm(OUT_LOOP);
+    let handler = Arc::new(EndsAtFirstWrite::default());
+    let handle = VcpuHandle::spawn(vcpu, handler.clone(), Box::new(|_, _| {})).unwrap();
+    wait_until("the vCPU thread ends by itself", || {
+        handle.state() == VcpuRunState::Finished
+    });
+    let (_vcpu, result) = handle.join();
+    assert_eq!(result.unwrap(), VcpuStopReason::Stopped);
+    assert_eq!(handler.0.load(Ordering::SeqCst), 1, "guest code ran on");
+}

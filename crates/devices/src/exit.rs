@@ -1,6 +1,7 @@
 //! How devices ask the VMM to end the VM.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -36,6 +37,8 @@ impl ExitReason {
 #[derive(Debug)]
 struct Inner {
     reason: Mutex<Option<ExitReason>>,
+    /// Set with the first request: what vCPUs check after every exit.
+    requested: AtomicBool,
     event: EventFd,
 }
 
@@ -51,6 +54,7 @@ impl VmExitHandle {
     pub fn new() -> io::Result<Self> {
         Ok(Self(Arc::new(Inner {
             reason: Mutex::new(None),
+            requested: AtomicBool::new(false),
             event: EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
         })))
     }
@@ -67,10 +71,17 @@ impl VmExitHandle {
             return false;
         }
         *slot = Some(reason);
+        self.0.requested.store(true, Ordering::Release);
         // A failed write can only mean the counter is saturated, in which
         // case the event is already pending.
         let _ = self.0.event.write(1);
         true
+    }
+
+    /// Whether the end of the VM was requested: one atomic load, cheap
+    /// enough for a vCPU to check after every exit.
+    pub fn is_requested(&self) -> bool {
+        self.0.requested.load(Ordering::Acquire)
     }
 
     /// The reason requested so far, if any.
@@ -96,7 +107,9 @@ mod tests {
     fn first_request_wins() {
         let h = VmExitHandle::new().unwrap();
         assert_eq!(h.reason(), None);
+        assert!(!h.is_requested());
         assert!(h.clone().request(ExitReason::Status(3)));
+        assert!(h.is_requested());
         assert!(!h.request(ExitReason::Reset));
         assert_eq!(h.reason(), Some(ExitReason::Status(3)));
         assert_eq!(h.event().read().unwrap(), 1);

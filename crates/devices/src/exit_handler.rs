@@ -2,7 +2,7 @@
 
 use kindling_vcpu::VcpuExitHandler;
 
-use crate::{Bus, ExitCounters};
+use crate::{Bus, ExitCounters, VmExitHandle};
 
 /// Dispatches port-I/O and MMIO exits to the devices on two buses.
 ///
@@ -43,6 +43,10 @@ pub struct BusExitHandler {
     pub mmio: Bus,
     /// How many exits of each kind were dispatched.
     pub counters: ExitCounters,
+    /// The VM's exit handle, when its vCPUs should stop right after the
+    /// exit that ended the VM ([`VcpuExitHandler::vm_ending`]) rather
+    /// than run guest code until the VMM stops them.
+    pub exit: Option<VmExitHandle>,
 }
 
 impl VcpuExitHandler for BusExitHandler {
@@ -78,6 +82,10 @@ impl VcpuExitHandler for BusExitHandler {
     fn coalesced_mmio_write(&self, addr: u64, data: &[u8]) {
         self.counters.count_coalesced();
         let _ = self.mmio.write(addr, data);
+    }
+
+    fn vm_ending(&self) -> bool {
+        self.exit.as_ref().is_some_and(VmExitHandle::is_requested)
     }
 }
 
@@ -136,5 +144,16 @@ mod tests {
         assert_eq!(b, [9]);
         h.mmio_read(0x1000, &mut b);
         assert_eq!(b, [7]);
+    }
+
+    #[test]
+    fn the_vm_ends_for_the_vcpus_once_its_exit_is_requested() {
+        let mut handler = BusExitHandler::default();
+        assert!(!handler.vm_ending(), "no exit handle: never ending");
+        let exit = VmExitHandle::new().unwrap();
+        handler.exit = Some(exit.clone());
+        assert!(!handler.vm_ending());
+        exit.request(crate::ExitReason::PowerOff);
+        assert!(handler.vm_ending());
     }
 }

@@ -27,6 +27,15 @@ pub trait VcpuExitHandler: Send + Sync {
     fn coalesced_mmio_write(&self, addr: u64, data: &[u8]) {
         self.mmio_write(addr, data);
     }
+
+    /// Whether the VM is ending (a device asked for power-off, reset or an
+    /// exit status, or the host asked it to stop). Checked after every
+    /// exit: a vCPU run by a [`VcpuHandle`](crate::VcpuHandle) then stops
+    /// with [`VcpuStopReason::Stopped`] instead of running more guest code.
+    /// The default never ends the VM from here.
+    fn vm_ending(&self) -> bool {
+        false
+    }
 }
 
 /// Why a vCPU stopped running.

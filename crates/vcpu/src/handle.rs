@@ -322,6 +322,11 @@ fn run_loop(
         if let Some(reason) = vcpu.run_once(handler)? {
             return Ok(reason);
         }
+        // The exit just handled may have ended the VM (a power-off, a
+        // reset, an exit status): the guest runs no further.
+        if handler.vm_ending() {
+            return Ok(VcpuStopReason::Stopped);
+        }
     }
 }
 

@@ -451,6 +451,7 @@ impl VmmBuilder {
                 pio,
                 mmio,
                 counters: Default::default(),
+                exit: Some(exit.clone()),
             }),
             serial_flusher,
             coalesced: coalesced.map(Arc::new),

@@ -661,6 +661,7 @@ impl Vmm {
                 pio,
                 mmio,
                 counters: Default::default(),
+                exit: Some(exit.clone()),
             }),
             serial_flusher,
             coalesced: coalesced.map(Arc::new),
