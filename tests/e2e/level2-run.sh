@@ -361,6 +361,8 @@ jail_watch() {
         echo "jail status $key: $(awk -v k="$key:" '$1 == k { $1 = ""; sub(/^ /, ""); print }' "/proc/$pid/status")"
     done
     echo "jail root: $(stat -L -c '%d:%i' "/proc/$pid/root" 2>&1) jail $(stat -c '%d:%i' "$JAIL_DIR/root" 2>&1)"
+    # Its mount table: mount point (file system type) each.
+    echo "jail mounts: $(awk '{ for (i = 7; i <= NF; i++) if ($i == "-") { printf "%s(%s) ", $5, $(i + 1); break } }' "/proc/$pid/mountinfo" 2>&1)"
     echo "jail root-entries: $(ls -A "/proc/$pid/root/" 2>&1 | sort | tr '\n' ' ')"
     for ns in mnt pid net; do
         echo "jail ns $ns: $(readlink "/proc/$pid/ns/$ns") init $(readlink "/proc/1/ns/$ns")"

@@ -4,11 +4,13 @@
 # Makes the guest with scripts/guest-image.sh (Debian's cloud kernel as
 # vmlinuz and vmlinux, its initramfs, an ext4 root filesystem whose
 # /etc/rc.local is guest-checks.sh) and boots it under the release `microvm`
-# example five times (the vmlinuz bzImage as shipped, the extracted ELF
+# example six times (the vmlinuz bzImage as shipped, the extracted ELF
 # vmlinux through the 64-bit entry from a Firecracker config file, that
 # vmlinux through PVH, the bzImage snapshotted mid-way and restored in a new
 # process, and the bzImage configured, started, paused and resumed through
-# the API socket; the last two when microvm has them; the vmlinux run goes
+# the API socket, the last two when microvm has them; and the PVH machine
+# once more under kindling-jailer, whose limits, user, root and namespaces
+# the level above checks from outside while it runs; the vmlinux run goes
 # first), each with 256 MiB and one vCPU but the bzimage run, which has two
 # (see level2-run.sh on the SMP bring-up hang), the root filesystem as its virtio disk and an entropy device; the
 # bzimage and api runs also have a virtio-net device on a TAP of the level
@@ -30,6 +32,8 @@
 #   KINDLING_E2E_WORK=DIR                  the image and logs; default target/e2e
 #                                          (packages are cached in target/debian, KINDLING_CACHE)
 #   KINDLING_E2E_MICROVM=PATH              a prebuilt microvm; default: cargo build --release
+#   KINDLING_E2E_JAILER=PATH               a prebuilt kindling-jailer; default: next to
+#                                          microvm's build (release/kindling-jailer), built when missing
 #   KINDLING_E2E_KERNEL_PKG=NAME           default linux-image-cloud-amd64
 #   KINDLING_E2E_L1_TIMEOUT=S              the whole first level; default 480
 #   KINDLING_E2E_L2_TIMEOUT=S              each microvm run; default 150
@@ -601,10 +605,17 @@ assert_jailer() {
     want=$(printf '%s\n' dev "$disk" initrd.cpio microvm vmlinux | sort | tr '\n' ' ')
     r=$(jail_line root)
     got=$(jail_line root-entries)
-    if [ -n "${r%% *}" ] && [ "$r" = "${r%% *} jail ${r%% *}" ] && [ "$got" = "$want" ]; then
-        pass jailer/chroot "/proc/$pid/root is the jail's root (device:inode ${r%% *}), holding: ${got% }"
+    # Its mount namespace has nothing mounted but its root: no /proc,
+    # /sys, /dev or /tmp of the level above.
+    local mounts other=""
+    mounts=$(jail_line mounts)
+    for entry in $mounts; do
+        case $entry in "/("*) ;; *) other="$other $entry" ;; esac
+    done
+    if [ -n "${r%% *}" ] && [ "$r" = "${r%% *} jail ${r%% *}" ] && [ "$got" = "$want" ] && [ -n "$mounts" ] && [ -z "$other" ]; then
+        pass jailer/chroot "/proc/$pid/root is the jail's root (device:inode ${r%% *}), holding: ${got% }; its mounts: ${mounts% }"
     else
-        fail jailer/chroot "/proc/$pid/root: $r; it holds: ${got% } (expected: ${want% })" "$ctx"
+        fail jailer/chroot "/proc/$pid/root: $r; it holds: ${got% } (expected: ${want% }); its mounts: ${mounts:-none} (other than /:${other:- none})" "$ctx"
     fi
     # Namespaces: mount, PID and network differ from the level above's
     # init; the VMM is PID 1 in its PID namespace and sees only lo.
