@@ -283,15 +283,16 @@ fn close_each(first: libc::c_uint, last: libc::c_uint) {
     }
 }
 
-/// The mount points in a mountinfo text that are neither `/` nor the
-/// jail's root or below it, in the order to detach them: the last mounted
-/// first (children before their parents).
+/// The mount points in a mountinfo text that are neither the jail's root
+/// or below it, nor above it (`/`, or the file system the jail is on: a
+/// lazy unmount of one would take the jail's root with it), in the order
+/// to detach them: the last mounted first (children before their parents).
 fn mounts_to_detach(mountinfo: &str, root: &Path) -> Vec<std::path::PathBuf> {
     let mut points: Vec<std::path::PathBuf> = mountinfo
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
         .map(|field| std::path::PathBuf::from(crate::cgroup::unescape(field)))
-        .filter(|point| point != Path::new("/") && !point.starts_with(root))
+        .filter(|point| !point.starts_with(root) && !root.starts_with(point))
         .collect();
     points.reverse();
     points.dedup();
@@ -338,14 +339,25 @@ mod tests {
                     22 1 0:21 / /sys rw - sysfs sysfs rw\n\
                     23 22 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n\
                     24 1 0:23 / /my\\040tmp rw - tmpfs tmpfs rw\n\
-                    30 1 0:2 /srv/vm/root /srv/vm/root rw - rootfs rootfs rw\n\
+                    25 1 0:25 / /srv rw - tmpfs tmpfs rw\n\
+                    26 25 0:26 / /srv/other rw - tmpfs tmpfs rw\n\
+                    30 25 0:25 /vm/root /srv/vm/root rw - tmpfs tmpfs rw\n\
                     31 30 0:24 / /srv/vm/root/dev/shm rw - tmpfs tmpfs rw\n";
         let root = Path::new("/srv/vm/root");
         let got = mounts_to_detach(info, root);
-        let want: Vec<std::path::PathBuf> = ["/my tmp", "/sys/fs/cgroup", "/sys", "/proc", "/dev"]
-            .iter()
-            .map(Into::into)
-            .collect();
+        // (Not /srv, which holds the jail: detaching it would detach the
+        // jail's root too.)
+        let want: Vec<std::path::PathBuf> = [
+            "/srv/other",
+            "/my tmp",
+            "/sys/fs/cgroup",
+            "/sys",
+            "/proc",
+            "/dev",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
         assert_eq!(got, want);
         // A path that merely starts with the same letters is outside.
         let other = "40 1 0:30 / /srv/vm/rootfs rw - tmpfs tmpfs rw\n";

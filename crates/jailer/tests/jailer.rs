@@ -843,7 +843,8 @@ fn cgroup_limits_are_applied_and_removed() {
 /// root's parent mount is shared, which the jailer's own
 /// `MS_REC | MS_PRIVATE` on `/` does not reach: here the jailer runs
 /// chrooted into a bind mount whose parent is shared (in a mount
-/// namespace of its own), with a /proc mounted in it.
+/// namespace of its own), with a /proc mounted in it and the chroot base
+/// on a tmpfs of its own (a mount above the jail, which must stay).
 #[test]
 fn jails_where_pivot_root_cannot_leave_the_root() {
     let test = "jails_where_pivot_root_cannot_leave_the_root";
@@ -868,6 +869,7 @@ fn jails_where_pivot_root_cannot_leave_the_root() {
 
     let root = cpath(&top.0);
     let proc_dir = cpath(&top.0.join("proc"));
+    let srv_dir = cpath(&top.0.join("srv"));
     let id = top.id("no-pivot");
     let mut cmd = Command::new("/kindling-jailer");
     cmd.args(["--id", &id, "--exec-file", "/jail_probe"])
@@ -891,6 +893,7 @@ fn jails_where_pivot_root_cannot_leave_the_root() {
                 || mount(none, c"/", none, libc::MS_REC | libc::MS_SHARED)
                 || mount(root.as_ptr(), &root, none, libc::MS_BIND)
                 || mount(c"proc".as_ptr(), &proc_dir, c"proc".as_ptr(), 0)
+                || mount(c"tmpfs".as_ptr(), &srv_dir, c"tmpfs".as_ptr(), 0)
             {
                 return fail();
             }
@@ -915,9 +918,6 @@ fn jails_where_pivot_root_cannot_leave_the_root() {
     assert_eq!(field(&stdout, "interfaces"), "lo");
     assert_eq!(field(&stdout, "fds"), "");
     assert_eq!(field(&stdout, "host /proc/self/status"), "entity not found");
-    // The jail was made inside the chroot and is left as after any run.
-    assert!(top
-        .0
-        .join(format!("srv/jail_probe/{id}/root/jail_probe"))
-        .exists());
+    // The jail was made on the chroot's tmpfs, gone with its namespace.
+    assert!(!top.0.join("srv/jail_probe").exists());
 }
