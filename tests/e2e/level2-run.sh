@@ -21,6 +21,15 @@
 # connection to host port 6000; each prints what it received from the
 # guest (its size and sha256) for the harness to compare.
 #
+# With L2_JAILER=1 (the harness shipped kindling-jailer) one more run,
+# `jailer`, boots the PVH vmlinux under the jailer: uid/gid 4242 (not root),
+# the jail's root (pivot_root, or its fallback on this level's initramfs),
+# new mount, PID and network namespaces, a cgroup v2 with cpu.max,
+# memory.max and pids.max (this level's cgroup2 is mounted first if it is
+# not), and rlimits (no-file, fsize). While it runs, jail_watch reads the
+# VMM's cgroup files and /proc/PID (status, root, ns, limits, net/dev) from
+# this level and prints them as `jail ...` lines after the run.
+#
 # Each run is under a timeout, and prints the transcript for the harness to
 # assert:
 #
@@ -53,6 +62,11 @@
 #   L2_BUSYBOX    a busybox for its udhcpd, when this level has no udhcpd
 #                 command (a host in direct mode)
 #   E2E_SOCK      the e2e-sock tool (default: L2_DIR/e2e-sock)
+#   L2_JAILER     1: also the jailer run (above)
+#   JAILER        kindling-jailer (default: L2_DIR/kindling-jailer)
+#   L2_JAIL_UID, L2_JAIL_GID, L2_JAIL_CPU_MAX, L2_JAIL_MEM_MAX,
+#   L2_JAIL_PIDS_MAX, L2_JAIL_NOFILE
+#                 the jailer run's user, cgroup and rlimit values
 #   L2_CPUS, L2_MEM_MIB, L2_CMDLINE_EXTRA
 set -u
 if [ -n "${NESTED_DIR:-}" ]; then
@@ -61,6 +75,7 @@ if [ -n "${NESTED_DIR:-}" ]; then
     L2_DISK_IMG=$NESTED_DIR/disk0.img
 fi
 E2E_SOCK=${E2E_SOCK:-$L2_DIR/e2e-sock}
+JAILER=${JAILER:-$L2_DIR/kindling-jailer}
 
 uptime_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
 # prefix TEXT: each input line with TEXT before it and no CR, as it comes.
@@ -84,6 +99,7 @@ if "$MICROVM" --help 2>/dev/null | grep -q -- '--config-file'; then
     CONFIG_FILE=1
     variants="$variants api"
 fi
+[ "${L2_JAILER:-0}" = 1 ] && variants="$variants jailer"
 
 # ---------------------------------------------------------------- network
 
@@ -251,6 +267,127 @@ api_driver() {
     fi
 }
 
+# ---------------------------------------------------------------- jailer
+
+# The jailer run's jail: next to the disk image, so that --file hard-links
+# it (the guest's writes reach the image) instead of copying it.
+JAIL_UID=${L2_JAIL_UID:-4242}
+JAIL_GID=${L2_JAIL_GID:-4242}
+JAIL_ID=e2e-jailer
+JAIL_BASE=$(dirname "$L2_DISK_IMG")/jail
+JAIL_DIR=$JAIL_BASE/${MICROVM##*/}/$JAIL_ID
+JAIL_CPU_MAX=${L2_JAIL_CPU_MAX:-100000 100000}
+JAIL_MEM_MAX=${L2_JAIL_MEM_MAX:-402653184}
+JAIL_PIDS_MAX=${L2_JAIL_PIDS_MAX:-32}
+JAIL_NOFILE=${L2_JAIL_NOFILE:-256}
+# jail_setup: this level's cgroup2 (mounted at /sys/fs/cgroup when it is
+# not mounted yet: the first level's /init mounts none) and its
+# controllers, as `jail controllers: ...` for the harness.
+jail_setup() {
+    CG_MOUNT=$(awk '{ for (i = 1; i <= NF; i++) if ($i == "-") { if ($(i + 1) == "cgroup2") print $5; break } }' /proc/self/mountinfo | head -n 1)
+    if [ -z "$CG_MOUNT" ]; then
+        mkdir -p /sys/fs/cgroup
+        if mount -t cgroup2 cgroup2 /sys/fs/cgroup 2> "$OUT_DIR/cgroup2.err"; then
+            CG_MOUNT=/sys/fs/cgroup
+            echo "jail cgroup2: mounted at $CG_MOUNT"
+        else
+            echo "jail cgroup2: not mounted and mount -t cgroup2 failed: $(cat "$OUT_DIR/cgroup2.err")"
+        fi
+    else
+        echo "jail cgroup2: at $CG_MOUNT"
+    fi
+    CG_CONTROLLERS=""
+    [ -n "$CG_MOUNT" ] && CG_CONTROLLERS=$(cat "$CG_MOUNT/cgroup.controllers" 2>/dev/null)
+    echo "jail controllers: $CG_CONTROLLERS"
+    echo "jail requested: cpu.max=$JAIL_CPU_MAX memory.max=$JAIL_MEM_MAX pids.max=$JAIL_PIDS_MAX no-file=$JAIL_NOFILE fsize=$(wc -c < "$L2_DISK_IMG") uid=$JAIL_UID gid=$JAIL_GID"
+    rm -rf "$JAIL_DIR"
+}
+cg_has() { case " $CG_CONTROLLERS " in *" $1 "*) return 0 ;; esac; return 1; }
+# The jailer (its command line) and the VMM (the jailer's child).
+jailer_pid() {
+    for d in /proc/[0-9]*; do
+        case $(tr '\0' ' ' 2>/dev/null < "$d/cmdline") in
+            "$JAILER --id $JAIL_ID "*) echo "${d#/proc/}"; return ;;
+        esac
+    done
+}
+child_of() {
+    for d in /proc/[0-9]*; do
+        [ "$(awk '{ print $4 }' "$d/stat" 2>/dev/null)" = "$1" ] && { echo "${d#/proc/}"; return; }
+    done
+}
+# jail_watch: waits for the jailed VMM, prints what this level sees of it
+# (the `jail ...` lines), then follows its cgroup's usage until it exits.
+jail_watch() {
+    cg=$CG_MOUNT/kindling/$JAIL_ID
+    i=0
+    pid=""
+    while [ "$i" -lt 600 ]; do
+        jp=$(jailer_pid)
+        [ -n "$jp" ] && pid=$(child_of "$jp")
+        # Executed: the child is microvm now, no longer the forked jailer.
+        if [ -n "$pid" ] && [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" != "$(readlink "/proc/$jp/exe")" ]; then
+            break
+        fi
+        [ -e "$OUT_DIR/jailer.done" ] && break
+        pid=""
+        sleep 0.1
+        i=$((i + 1))
+    done
+    if [ -z "$pid" ]; then
+        echo "jail vmm: not found (no child of the jailer running a VMM within 60 s)"
+        return
+    fi
+    # A moment for the guest to boot, so the usage means something (the
+    # checks below do not depend on it).
+    sleep 2
+    echo "jail vmm: pid $pid (child of the jailer, pid $jp), exe $(readlink "/proc/$pid/exe")"
+    echo "jail cgroup: $cg"
+    for f in cpu.max memory.max pids.max; do
+        echo "jail $f: $(cat "$cg/$f" 2>&1)"
+    done
+    # Each process with its name, and `kernel` for a kernel thread (no
+    # executable): KVM moves its per-VM worker threads into the cgroup of
+    # the process that made the VM.
+    procs=""
+    for p in $(cat "$cg/cgroup.procs" 2>&1); do
+        kind=""
+        readlink "/proc/$p/exe" > /dev/null 2>&1 || kind=":kernel"
+        procs="$procs $p:$(cat "/proc/$p/comm" 2>/dev/null)$kind"
+    done
+    echo "jail cgroup.procs:$procs"
+    echo "jail proc-cgroup: $(cat "/proc/$pid/cgroup" 2>&1)"
+    for key in Uid Gid Groups NoNewPrivs CapEff NSpid; do
+        echo "jail status $key: $(awk -v k="$key:" '$1 == k { $1 = ""; sub(/^ /, ""); print }' "/proc/$pid/status")"
+    done
+    echo "jail root: $(stat -L -c '%d:%i' "/proc/$pid/root" 2>&1) jail $(stat -c '%d:%i' "$JAIL_DIR/root" 2>&1)"
+    # Its mount table: mount point (file system type) each.
+    echo "jail mounts: $(awk '{ for (i = 7; i <= NF; i++) if ($i == "-") { printf "%s(%s) ", $5, $(i + 1); break } }' "/proc/$pid/mountinfo" 2>&1)"
+    echo "jail root-entries: $(ls -A "/proc/$pid/root/" 2>&1 | sort | tr '\n' ' ')"
+    for ns in mnt pid net; do
+        echo "jail ns $ns: $(readlink "/proc/$pid/ns/$ns") init $(readlink "/proc/1/ns/$ns")"
+    done
+    echo "jail net: $(awk -F: 'NR > 2 { gsub(/ /, "", $1); printf "%s ", $1 }' "/proc/$pid/net/dev" 2>&1)"
+    echo "jail limit nofile: $(awk '/^Max open files/ { print $4, $5 }' "/proc/$pid/limits")"
+    echo "jail limit fsize: $(awk '/^Max file size/ { print $4, $5 }' "/proc/$pid/limits")"
+    # Usage until the VMM exits (the jailer then removes the cgroup).
+    mem_peak=0
+    pids_peak=0
+    stat=""
+    while [ -d "/proc/$pid" ] && [ -d "$cg" ]; do
+        m=$(cat "$cg/memory.peak" 2>/dev/null || cat "$cg/memory.current" 2>/dev/null)
+        p=$(cat "$cg/pids.current" 2>/dev/null)
+        [ -n "$m" ] && [ "$m" -gt "$mem_peak" ] && mem_peak=$m
+        [ -n "$p" ] && [ "$p" -gt "$pids_peak" ] && pids_peak=$p
+        s=$(awk '{ printf "%s=%s ", $1, $2 }' "$cg/cpu.stat" 2>/dev/null)
+        [ -n "$s" ] && stat=$s
+        ev=$(awk '{ printf "%s=%s ", $1, $2 }' "$cg/memory.events" 2>/dev/null)
+        [ -n "$ev" ] && events=$ev
+        sleep 0.5
+    done
+    echo "jail usage: memory peak $mem_peak bytes, pids peak $pids_peak; cpu.stat: $stat; memory.events: ${events:-}"
+}
+
 # ---------------------------------------------------------------- the runs
 
 for variant in $variants; do
@@ -271,6 +408,7 @@ for variant in $variants; do
         pvh) kernel=$L2_DIR/vmlinux; entry=--pvh ;;
         snapshot) kernel=$L2_DIR/vmlinuz; snapshot=1 ;;
         api) kernel=$L2_DIR/vmlinuz ;;
+        jailer) kernel=$L2_DIR/vmlinux; entry=--pvh ;;
     esac
     snap_state=$OUT_DIR/snapshot.state
     snap_mem=$OUT_DIR/snapshot.mem
@@ -308,10 +446,38 @@ for variant in $variants; do
             "$kernel" "$L2_DIR/initrd.cpio" "$cmdline" "$cpus" "$L2_MEM_MIB" "$drives" > "$config"
         set -- --no-api --config-file "$config" $log_flags
     fi
+    vmm=$MICROVM
+    if [ "$variant" = jailer ]; then
+        # The same PVH machine, through the jailer: it links the files into
+        # the jail, rewrites the arguments naming them, and runs microvm
+        # as the user in its namespaces and cgroup.
+        jail_setup > "$OUT_DIR/jailer.watch" 2>&1
+        vmm=$JAILER
+        set -- -- "$@"
+        cg_has pids && set -- --cgroup "pids.max=$JAIL_PIDS_MAX" "$@"
+        cg_has memory && set -- --cgroup "memory.max=$JAIL_MEM_MAX" "$@"
+        cg_has cpu && set -- --cgroup "cpu.max=$JAIL_CPU_MAX" "$@"
+        set -- --id "$JAIL_ID" --exec-file "$MICROVM" --uid "$JAIL_UID" --gid "$JAIL_GID" \
+            --chroot-base-dir "$JAIL_BASE" --file "$kernel" --file "$L2_DIR/initrd.cpio" \
+            --file "$L2_DISK_IMG" --resource-limit "no-file=$JAIL_NOFILE" \
+            --resource-limit "fsize=$(wc -c < "$L2_DISK_IMG")" "$@"
+    fi
+    # (The body of this loop is one attempt of the run; see its end.)
     attempt=1
     while :; do
     [ "$net" = 1 ] && rm -f "$uds" "$uds"_*
     driver=""
+    if [ "$variant" = jailer ]; then
+        [ "$attempt" -gt 1 ] && jail_setup > "$OUT_DIR/jailer.watch" 2>&1
+        # (Hard links: the files' owner becomes the jail's user; put back.)
+        jail_owners=""
+        for f in "$kernel" "$L2_DIR/initrd.cpio" "$L2_DISK_IMG"; do
+            jail_owners="$jail_owners $(stat -c %u:%g "$f"):$f"
+        done
+        rm -f "$OUT_DIR/jailer.done"
+        jail_watch >> "$OUT_DIR/jailer.watch" 2>&1 &
+        driver=$!
+    fi
     if [ "$variant" = api ]; then
         # Nothing but the socket: the driver configures and starts it.
         rm -f "$OUT_DIR/api.sock"
@@ -322,12 +488,12 @@ for variant in $variants; do
     [ "$net" = 1 ] && net_start "$variant" "$uds"
     echo "E2E-L2-BEGIN $variant"
     [ -n "${config:-}" ] && [ "$variant" = vmlinux ] && echo "E2E-L2[$variant] vmm| config: $(cat "$config")"
-    echo "E2E-L2[$variant] vmm| \$ microvm $*"
+    echo "E2E-L2[$variant] vmm| \$ ${vmm##*/} $*"
     t0=$(uptime_ms)
     # The guest's console streams through as it comes (so a level that hangs
     # still shows how far it got); microvm's stderr follows the run.
     {
-        timeout -k 5 "$L2_TIMEOUT" "$MICROVM" "$@" < /dev/null 2> "$stderr"
+        timeout -k 5 "$L2_TIMEOUT" "$vmm" "$@" < /dev/null 2> "$stderr"
         status=$?
         if [ "$snapshot" = 1 ]; then
             # The snapshot run ends at the marker; a new process restores
@@ -344,6 +510,20 @@ for variant in $variants; do
     t1=$(uptime_ms)
     status=$(cat "$status_file" 2>/dev/null || echo unknown)
     [ -f "$stderr" ] && prefix "E2E-L2[$variant] vmm| " < "$stderr"
+    if [ "$variant" = jailer ]; then
+        # The watcher ends with the VMM (or now, if it never found it).
+        touch "$OUT_DIR/jailer.done"
+        wait "$driver"
+        driver=""
+        if [ -n "$CG_MOUNT" ] && [ -d "$CG_MOUNT/kindling/$JAIL_ID" ]; then
+            echo "jail cleanup: the cgroup $CG_MOUNT/kindling/$JAIL_ID is still there" >> "$OUT_DIR/jailer.watch"
+        else
+            echo "jail cleanup: the jailer removed the cgroup; the jail dir $([ -d "$JAIL_DIR/root" ] && echo was left, as documented || echo is gone)" >> "$OUT_DIR/jailer.watch"
+        fi
+        prefix "E2E-L2[$variant] vmm| " < "$OUT_DIR/jailer.watch"
+        for o in $jail_owners; do chown "${o%%:/*}" "/${o#*:/}"; done
+        rm -rf "$JAIL_DIR"
+    fi
     if [ -n "$driver" ]; then
         kill "$driver" 2>/dev/null
         wait "$driver"

@@ -4,11 +4,13 @@
 # Makes the guest with scripts/guest-image.sh (Debian's cloud kernel as
 # vmlinuz and vmlinux, its initramfs, an ext4 root filesystem whose
 # /etc/rc.local is guest-checks.sh) and boots it under the release `microvm`
-# example five times (the vmlinuz bzImage as shipped, the extracted ELF
+# example six times (the vmlinuz bzImage as shipped, the extracted ELF
 # vmlinux through the 64-bit entry from a Firecracker config file, that
 # vmlinux through PVH, the bzImage snapshotted mid-way and restored in a new
 # process, and the bzImage configured, started, paused and resumed through
-# the API socket; the last two when microvm has them; the vmlinux run goes
+# the API socket, the last two when microvm has them; and the PVH machine
+# once more under kindling-jailer, whose limits, user, root and namespaces
+# the level above checks from outside while it runs; the vmlinux run goes
 # first), each with 256 MiB and one vCPU but the bzimage run, which has two
 # (see level2-run.sh on the SMP bring-up hang), the root filesystem as its virtio disk and an entropy device; the
 # bzimage and api runs also have a virtio-net device on a TAP of the level
@@ -30,6 +32,8 @@
 #   KINDLING_E2E_WORK=DIR                  the image and logs; default target/e2e
 #                                          (packages are cached in target/debian, KINDLING_CACHE)
 #   KINDLING_E2E_MICROVM=PATH              a prebuilt microvm; default: cargo build --release
+#   KINDLING_E2E_JAILER=PATH               a prebuilt kindling-jailer; default: next to
+#                                          microvm's build (release/kindling-jailer), built when missing
 #   KINDLING_E2E_KERNEL_PKG=NAME           default linux-image-cloud-amd64
 #   KINDLING_E2E_L1_TIMEOUT=S              the whole first level; default 480
 #   KINDLING_E2E_L2_TIMEOUT=S              each microvm run; default 150
@@ -200,6 +204,43 @@ build_sock() {
         || fatal "gcc -static could not build tests/e2e/e2e-sock.c" "$WORK/e2e-sock.log"
 }
 
+# ---------------------------------------------------------------- jailer
+
+# The jailer run: kindling-jailer (next to the microvm build, or built
+# here; KINDLING_E2E_JAILER names another) starts microvm for one more
+# PVH boot as this user, with these cgroup v2 limits and rlimits (memory:
+# the guest's RAM and 128 MiB for the VMM and KVM; one CPU; the file-size
+# limit is the disk image's size, set by level2-run.sh).
+JAIL_UID=4242
+JAIL_GID=4242
+JAIL_CPU_MAX="100000 100000"
+JAIL_MEM_MAX=$(((L2_MEM_MIB + 128) * 1024 * 1024))
+JAIL_PIDS_MAX=32
+JAIL_NOFILE=256
+find_jailer() {
+    JAILER=${KINDLING_E2E_JAILER:-$(dirname "$(dirname "$MICROVM")")/kindling-jailer}
+    if [ -z "${KINDLING_E2E_JAILER:-}" ] && [ ! -x "$JAILER" ]; then
+        say "cargo build --release -p kindling-jailer"
+        cargo build --release -p kindling-jailer --locked > "$WORK/cargo-jailer.log" 2>&1 \
+            || fatal "cargo build --release -p kindling-jailer failed" "$WORK/cargo-jailer.log"
+    fi
+    [ -x "$JAILER" ] || fatal "no kindling-jailer binary at $JAILER"
+    JAILER=$(realpath "$JAILER")
+    VARIANTS="$VARIANTS jailer"
+}
+# For level2-run.sh (appended to e2e.config).
+jailer_config() {
+    cat << EOF
+L2_JAILER=1
+L2_JAIL_UID=$JAIL_UID
+L2_JAIL_GID=$JAIL_GID
+L2_JAIL_CPU_MAX="$JAIL_CPU_MAX"
+L2_JAIL_MEM_MAX=$JAIL_MEM_MAX
+L2_JAIL_PIDS_MAX=$JAIL_PIDS_MAX
+L2_JAIL_NOFILE=$JAIL_NOFILE
+EOF
+}
+
 # ---------------------------------------------------------------- running
 
 # timestamp LOG: copies stdin to LOG, each line prefixed with the
@@ -225,7 +266,7 @@ run_nested() {
     bash "$REPO/scripts/nested-run.sh" --microvm "$MICROVM" --kernel-package "$KERNEL_PKG" \
         --timeout "$L1_TIMEOUT" --log "$L1_LOG" --script "$E2E_SRC/level2-run.sh" \
         --file "$IMAGE/vmlinuz" --file "$IMAGE/vmlinux" --file "$IMAGE/initrd.cpio" \
-        --file "$WORK/e2e.config" --file "$E2E_SOCK" --disk "$IMAGE/rootfs.ext4" \
+        --file "$WORK/e2e.config" --file "$E2E_SOCK" --file "$JAILER" --disk "$IMAGE/rootfs.ext4" \
         < /dev/null 2> "$WORK/l1/nested-run.stderr" | timestamp "$WORK/l1/console.log"
     L1_STATUS=${PIPESTATUS[0]}
     T_L1_END=$(since_start)
@@ -240,6 +281,7 @@ run_direct() {
         # shellcheck disable=SC1091
         . "$WORK/e2e.config"
         export MICROVM L2_TIMEOUT L2_TOKEN L2_CPUS L2_MEM_MIB L2_CMDLINE_EXTRA IMAGE_CMDLINE L2_SNAPSHOT L2_NET E2E_SOCK
+        export JAILER L2_JAILER L2_JAIL_UID L2_JAIL_GID L2_JAIL_CPU_MAX L2_JAIL_MEM_MAX L2_JAIL_PIDS_MAX L2_JAIL_NOFILE
         export L2_DIR=$IMAGE L2_DISK_IMG=$IMAGE/rootfs.ext4 OUT_DIR=$WORK/direct/out
         # The host may have no udhcpd: the busybox guest-image.sh unpacked.
         export L2_BUSYBOX=${KINDLING_CACHE:-$REPO/target/debian}/busybox-static/bin/busybox
@@ -395,6 +437,7 @@ assert_variant() {
     fi
 
     [ "$v" = api ] && assert_api
+    [ "$v" = jailer ] && assert_jailer
     case " $NET_VARIANTS " in *" $v "*) assert_net "$v" ;; esac
 
     # How the VM ended: ACPI power-off once microvm has ACPI, else reboot -f
@@ -507,6 +550,114 @@ assert_api() {
     fi
 }
 
+# The jailer run: what the level above saw of the jailed VMM while it ran
+# (level2-run.sh's jail_watch, its "jail ..." lines): the cgroup's limits
+# and process, the user, the root, the namespaces, the rlimits, and the
+# cgroup's removal afterwards. (The guest's own checks, the disk write and
+# the power-off are assert_variant's.)
+assert_jailer() {
+    local ctx r want got pid ns line lacking="" c
+    ctx="---- jailer: the level above's view of the jailed VMM, the guest's console and the jailer's stderr ----"$'\n'"$(variant_log jailer | tail -n 100)"
+    jail_line() { variant_log jailer | sed -n "s/^vmm| jail $1: //p" | head -n 1; }
+    # Every controller the limits use, offered by the level above's cgroup2.
+    r=$(jail_line controllers)
+    for c in cpu memory pids; do
+        case " $r " in *" $c "*) ;; *) lacking="$lacking $c" ;; esac
+    done
+    if [ -z "$lacking" ]; then
+        pass jailer/cgroup-controllers "cgroup v2 in the level above ($(jail_line cgroup2)) offers cpu, memory and pids (all: $r)"
+    else
+        fail jailer/cgroup-controllers "cgroup v2 in the level above ($(jail_line cgroup2)) lacks${lacking}: those limits could not be applied (it offers: ${r:-nothing})" "$ctx"
+    fi
+    pid=$(jail_line vmm | sed -n 's/^pid \([0-9]*\) .*/\1/p')
+    if [ -z "$pid" ]; then
+        fail jailer/vmm "the level above never saw the jailed VMM run: $(jail_line vmm)" "$ctx"
+        return
+    fi
+    pass jailer/vmm "$(jail_line vmm)"
+    # The limits, read back from the VMM's cgroup while it ran.
+    got="cpu.max=$(jail_line cpu.max) memory.max=$(jail_line memory.max) pids.max=$(jail_line pids.max)"
+    want="cpu.max=$JAIL_CPU_MAX memory.max=$JAIL_MEM_MAX pids.max=$JAIL_PIDS_MAX"
+    if [ "$got" = "$want" ]; then
+        pass jailer/cgroup-limits "$(jail_line cgroup): $got while the VMM ran; $(jail_line usage)"
+    else
+        fail jailer/cgroup-limits "$(jail_line cgroup): $got, expected $want" "$ctx"
+    fi
+    # The VMM (the jailer's child) is in the cgroup, the jailer is not,
+    # and anything else there is one of KVM's kernel threads for the VM
+    # (KVM moves them into the VM owner's cgroups).
+    local entry others="" vmm_in=0 jailer_pid
+    jailer_pid=$(jail_line vmm | sed -n 's/.*(child of the jailer, pid \([0-9]*\)).*/\1/p')
+    r=$(jail_line cgroup.procs)
+    for entry in $r; do
+        case $entry in
+            "$pid":*) vmm_in=1 ;;
+            "$jailer_pid":*) others="$others $entry(the jailer)" ;;
+            *:kvm*:kernel) ;;
+            *) others="$others $entry" ;;
+        esac
+    done
+    if [ "$vmm_in" = 1 ] && [ -z "$others" ] && [ "$(jail_line proc-cgroup)" = "0::/kindling/e2e-jailer" ]; then
+        pass jailer/cgroup-procs "cgroup.procs holds the VMM's pid $pid, not the jailer's (pid:name: $r); /proc/$pid/cgroup: $(jail_line proc-cgroup)"
+    else
+        fail jailer/cgroup-procs "cgroup.procs: '$r': the VMM's pid $pid $([ "$vmm_in" = 1 ] && echo is in || echo is NOT in), unexpected:${others:- none}; /proc/$pid/cgroup: $(jail_line proc-cgroup)" "$ctx"
+    fi
+    # The user: dropped uid and gid (real, effective, saved, file system),
+    # no groups, no capabilities, no new privileges.
+    got="Uid=$(jail_line 'status Uid' | tr -s ' \t' ' ') Gid=$(jail_line 'status Gid' | tr -s ' \t' ' ') Groups=$(jail_line 'status Groups') CapEff=$(jail_line 'status CapEff') NoNewPrivs=$(jail_line 'status NoNewPrivs')"
+    want="Uid=$JAIL_UID $JAIL_UID $JAIL_UID $JAIL_UID Gid=$JAIL_GID $JAIL_GID $JAIL_GID $JAIL_GID Groups= CapEff=0000000000000000 NoNewPrivs=1"
+    if [ "$got" = "$want" ]; then
+        pass jailer/user "/proc/$pid/status: $got"
+    else
+        fail jailer/user "/proc/$pid/status: $got, expected $want" "$ctx"
+    fi
+    # The root: the jail's root directory (the same device and inode),
+    # holding only the VMM, its device nodes and the files it was given.
+    local disk=disk0.img
+    [ "$MODE" = direct ] && disk=rootfs.ext4
+    want=$(printf '%s\n' dev "$disk" initrd.cpio microvm vmlinux | sort | tr '\n' ' ')
+    r=$(jail_line root)
+    got=$(jail_line root-entries)
+    # Its mount namespace has nothing mounted but its root: no /proc,
+    # /sys, /dev or /tmp of the level above.
+    local mounts other=""
+    mounts=$(jail_line mounts)
+    for entry in $mounts; do
+        case $entry in "/("*) ;; *) other="$other $entry" ;; esac
+    done
+    if [ -n "${r%% *}" ] && [ "$r" = "${r%% *} jail ${r%% *}" ] && [ "$got" = "$want" ] && [ -n "$mounts" ] && [ -z "$other" ]; then
+        pass jailer/chroot "/proc/$pid/root is the jail's root (device:inode ${r%% *}), holding: ${got% }; its mounts: ${mounts% }"
+    else
+        fail jailer/chroot "/proc/$pid/root: $r; it holds: ${got% } (expected: ${want% }); its mounts: ${mounts:-none} (other than /:${other:- none})" "$ctx"
+    fi
+    # Namespaces: mount, PID and network differ from the level above's
+    # init; the VMM is PID 1 in its PID namespace and sees only lo.
+    lacking=""
+    for ns in mnt pid net; do
+        line=$(jail_line "ns $ns")
+        [ -n "${line%% *}" ] && [ "${line%% *}" != "${line##* }" ] || lacking="$lacking $ns ($line)"
+    done
+    got=$(jail_line 'status NSpid' | tr -s ' \t' ' ')
+    if [ -z "$lacking" ] && [ "${got##* }" = 1 ] && [ "$(jail_line net)" = "lo " ]; then
+        pass jailer/namespaces "mnt $(jail_line 'ns mnt'), pid $(jail_line 'ns pid'), net $(jail_line 'ns net'); NSpid $got (PID 1 inside); interfaces: lo"
+    else
+        fail jailer/namespaces "not new:${lacking:- none}; NSpid '$got'; interfaces: $(jail_line net)" "$ctx"
+    fi
+    # Resource limits (soft and hard).
+    got="no-file=$(jail_line 'limit nofile') fsize=$(jail_line 'limit fsize')"
+    want="no-file=$JAIL_NOFILE $JAIL_NOFILE fsize=$(jail_line requested | sed -n 's/.* fsize=\([0-9]*\) .*/\1 \1/p')"
+    if [ "$got" = "$want" ]; then
+        pass jailer/rlimits "/proc/$pid/limits: $got (soft and hard; fsize is the disk image's size)"
+    else
+        fail jailer/rlimits "/proc/$pid/limits: $got, expected $want" "$ctx"
+    fi
+    r=$(jail_line cleanup)
+    case $r in
+        "the jailer removed the cgroup"*) pass jailer/cleanup "$r" ;;
+        *) fail jailer/cleanup "${r:-no cleanup line}" "$ctx" ;;
+    esac
+}
+
 # ---------------------------------------------------------------- interactive
 
 # The image as a user gets it: the printed command line (through the nested
@@ -592,9 +743,11 @@ if grep -q -- '--net' <<< "$help" && grep -q -- '--vsock' <<< "$help"; then
     NET_VARIANTS="bzimage api"
 fi
 
+find_jailer
 TOKEN=kindling-e2e-$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')
 build_sock
 build_guest
+jailer_config >> "$WORK/e2e.config"
 say "guest (scripts/guest-image.sh): kernel $KVER; vmlinuz $(stat -c %s "$IMAGE/vmlinuz") bytes, vmlinux $(stat -c %s "$IMAGE/vmlinux") bytes ($COMPRESSION payload), initrd.cpio $(stat -c %s "$IMAGE/initrd.cpio") bytes (modules: $MODULES), rootfs.ext4"
 T_BUILT=$(since_start)
 

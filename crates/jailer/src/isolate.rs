@@ -101,6 +101,17 @@ impl Child<'_> {
         // SAFETY: pivot_root takes two NUL-terminated paths alive for the
         // call; glibc has no wrapper, so it is a raw system call.
         let ret = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), old.as_ptr()) };
+        if ret == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+            // The current root cannot be pivoted away from: the initramfs's
+            // rootfs (a mount without a parent: a system that never left
+            // its initramfs, such as a nested runner's first level) or a
+            // chroot that is not a mount point.
+            // SAFETY: `old` is a NUL-terminated path alive for the call.
+            check(unsafe { libc::rmdir(old.as_ptr()) }, || {
+                format!("rmdir({shown}/{OLD_ROOT})")
+            })?;
+            return self.move_root();
+        }
         check(ret as libc::c_int, || format!("pivot_root({shown})"))?;
         // SAFETY: a literal NUL-terminated path.
         check(unsafe { libc::chdir(c"/".as_ptr()) }, || "chdir(/)".into())?;
@@ -112,6 +123,41 @@ impl Child<'_> {
         check(unsafe { libc::rmdir(old_abs.as_ptr()) }, || {
             "rmdir(/old_root)".into()
         })
+    }
+
+    /// `pivot_root`'s fallback, as runc's `no_pivot` (the working
+    /// directory is the jail's root): detaches every mount outside the
+    /// jail's root, moves the jail's root onto `/` and makes it the
+    /// process's root with `chroot`. What stays of the old root is under
+    /// the moved mount, out of reach: the VMM cannot `chroot` again (it
+    /// loses every capability with its uid, and gains none through exec).
+    fn move_root(&self) -> Result<(), Error> {
+        let shown = self.root.display();
+        // Without a /proc (a chroot) there is nothing to read: the mounts
+        // below the old root are out of reach after the chroot all the same.
+        // The working directory is the jail's root: its absolute path as
+        // mountinfo shows it (`root` may be relative).
+        let here = std::env::current_dir().map_err(|e| sys(e, "getcwd".into()))?;
+        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+            for point in mounts_to_detach(&info, &here) {
+                let path = cstring(point.as_os_str().as_bytes(), "a mount point")?;
+                // SAFETY: `path` is a NUL-terminated path alive for the call.
+                let ret = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+                let e = std::io::Error::last_os_error();
+                // Gone already with a mount above it that was detached.
+                if ret == -1 && !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) {
+                    return Err(sys(e, format!("umount2({}, MNT_DETACH)", point.display())));
+                }
+            }
+        }
+        mount(Some(&CString::from(c".")), c"/", libc::MS_MOVE)
+            .map_err(|e| sys(e, format!("mount({shown}, /, MS_MOVE)")))?;
+        // SAFETY: a literal NUL-terminated path.
+        check(unsafe { libc::chroot(c".".as_ptr()) }, || {
+            format!("chroot({shown})")
+        })?;
+        // SAFETY: a literal NUL-terminated path.
+        check(unsafe { libc::chdir(c"/".as_ptr()) }, || "chdir(/)".into())
     }
 
     fn set_limits(&self) -> Result<(), Error> {
@@ -237,6 +283,22 @@ fn close_each(first: libc::c_uint, last: libc::c_uint) {
     }
 }
 
+/// The mount points in a mountinfo text that are neither the jail's root
+/// or below it, nor above it (`/`, or the file system the jail is on: a
+/// lazy unmount of one would take the jail's root with it), in the order
+/// to detach them: the last mounted first (children before their parents).
+fn mounts_to_detach(mountinfo: &str, root: &Path) -> Vec<std::path::PathBuf> {
+    let mut points: Vec<std::path::PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| std::path::PathBuf::from(crate::cgroup::unescape(field)))
+        .filter(|point| !point.starts_with(root) && !root.starts_with(point))
+        .collect();
+    points.reverse();
+    points.dedup();
+    points
+}
+
 fn sys(source: std::io::Error, call: String) -> Error {
     Error::Sys { call, source }
 }
@@ -262,5 +324,43 @@ fn mount(
         Err(std::io::Error::last_os_error())
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detaches_everything_outside_the_jail_children_first() {
+        let info = "1 1 0:2 / / rw - rootfs rootfs rw\n\
+                    20 1 0:5 / /dev rw - devtmpfs devtmpfs rw\n\
+                    21 1 0:20 / /proc rw - proc proc rw\n\
+                    22 1 0:21 / /sys rw - sysfs sysfs rw\n\
+                    23 22 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n\
+                    24 1 0:23 / /my\\040tmp rw - tmpfs tmpfs rw\n\
+                    25 1 0:25 / /srv rw - tmpfs tmpfs rw\n\
+                    26 25 0:26 / /srv/other rw - tmpfs tmpfs rw\n\
+                    30 25 0:25 /vm/root /srv/vm/root rw - tmpfs tmpfs rw\n\
+                    31 30 0:24 / /srv/vm/root/dev/shm rw - tmpfs tmpfs rw\n";
+        let root = Path::new("/srv/vm/root");
+        let got = mounts_to_detach(info, root);
+        // (Not /srv, which holds the jail: detaching it would detach the
+        // jail's root too.)
+        let want: Vec<std::path::PathBuf> = [
+            "/srv/other",
+            "/my tmp",
+            "/sys/fs/cgroup",
+            "/sys",
+            "/proc",
+            "/dev",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        assert_eq!(got, want);
+        // A path that merely starts with the same letters is outside.
+        let other = "40 1 0:30 / /srv/vm/rootfs rw - tmpfs tmpfs rw\n";
+        assert_eq!(mounts_to_detach(other, root), [Path::new("/srv/vm/rootfs")]);
     }
 }

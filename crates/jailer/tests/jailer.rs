@@ -834,3 +834,90 @@ fn cgroup_limits_are_applied_and_removed() {
         assert!(!base.0.join("jail_probe").join(&id).exists());
     }
 }
+
+/// Where `pivot_root` cannot leave the current root (EINVAL: an
+/// initramfs's rootfs, a mount without a parent, as in the nested
+/// runner's first level) the jailer moves the jail's root onto `/` and
+/// chroots into it, detaching the other mounts first. A test cannot make
+/// its root the rootfs; pivot_root refuses as well when the current
+/// root's parent mount is shared, which the jailer's own
+/// `MS_REC | MS_PRIVATE` on `/` does not reach: here the jailer runs
+/// chrooted into a bind mount whose parent is shared (in a mount
+/// namespace of its own), with a /proc mounted in it and the chroot base
+/// on a tmpfs of its own (a mount above the jail, which must stay).
+#[test]
+fn jails_where_pivot_root_cannot_leave_the_root() {
+    let test = "jails_where_pivot_root_cannot_leave_the_root";
+    if !can_jail(test) {
+        return;
+    }
+    let Ok(kvm) = std::fs::metadata("/dev/kvm") else {
+        eprintln!("SKIPPED {test}: no /dev/kvm node to copy into the chroot");
+        return;
+    };
+    let top = Base::new("no-pivot");
+    for dir in ["dev", "proc", "srv"] {
+        std::fs::create_dir(top.0.join(dir)).unwrap();
+    }
+    std::fs::copy(jailer(), top.0.join("kindling-jailer")).unwrap();
+    std::fs::copy(probe(), top.0.join("jail_probe")).unwrap();
+    let cpath = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let node = cpath(&top.0.join("dev/kvm"));
+    // SAFETY: a NUL-terminated path alive for the call.
+    let ret = unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o600, kvm.rdev()) };
+    assert_eq!(ret, 0, "mknod: {}", std::io::Error::last_os_error());
+
+    let root = cpath(&top.0);
+    let proc_dir = cpath(&top.0.join("proc"));
+    let srv_dir = cpath(&top.0.join("srv"));
+    let id = top.id("no-pivot");
+    let mut cmd = Command::new("/kindling-jailer");
+    cmd.args(["--id", &id, "--exec-file", "/jail_probe"])
+        .args(["--uid", &UID.to_string(), "--gid", &GID.to_string()])
+        .args(["--chroot-base-dir", "/srv", "--", "exit=5"]);
+    // SAFETY: the closure makes system calls only (async-signal-safe),
+    // with strings built before the fork.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            let fail = || Err(std::io::Error::last_os_error());
+            let (none, no_data) = (std::ptr::null(), std::ptr::null());
+            let mount = |src: *const libc::c_char, target: &std::ffi::CStr, fs, flags| {
+                libc::mount(src, target.as_ptr(), fs, flags, no_data) == -1
+            };
+            if libc::unshare(libc::CLONE_NEWNS) == -1 {
+                return fail();
+            }
+            // Private first (nothing reaches the host's namespace), then
+            // shared within this namespace only.
+            if mount(none, c"/", none, libc::MS_REC | libc::MS_PRIVATE)
+                || mount(none, c"/", none, libc::MS_REC | libc::MS_SHARED)
+                || mount(root.as_ptr(), &root, none, libc::MS_BIND)
+                || mount(c"proc".as_ptr(), &proc_dir, c"proc".as_ptr(), 0)
+                || mount(c"tmpfs".as_ptr(), &srv_dir, c"tmpfs".as_ptr(), 0)
+            {
+                return fail();
+            }
+            if libc::chroot(root.as_ptr()) == -1 || libc::chdir(c"/".as_ptr()) == -1 {
+                return fail();
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert_eq!(field(&stdout, "args"), "exit=5");
+    assert_eq!(field(&stdout, "root"), "dev jail_probe");
+    assert_eq!(field(&stdout, "pid"), "1");
+    assert_eq!(field(&stdout, "uid"), format!("{UID} {UID}"));
+    assert_eq!(field(&stdout, "setuid0"), "failed");
+    assert_eq!(field(&stdout, "interfaces"), "lo");
+    assert_eq!(field(&stdout, "fds"), "");
+    assert_eq!(field(&stdout, "host /proc/self/status"), "entity not found");
+    // The jail was made on the chroot's tmpfs, gone with its namespace.
+    assert!(!top.0.join("srv/jail_probe").exists());
+}
