@@ -396,7 +396,7 @@ fn a_vsock_connection_is_reset_by_a_restore_and_new_ones_work() {
     third.shutdown(Shutdown::Write).unwrap();
     let mut echo = Vec::new();
     third.read_to_end(&mut echo).unwrap();
-    assert_eq!(echo, pattern(100));
+    assert_eq!(echo, pattern(100), "the guest printed:\n{}", serial.text());
     let reason = running.wait().unwrap();
     let text = serial.text();
     assert_eq!(reason, ExitReason::Status(0), "{text}");
