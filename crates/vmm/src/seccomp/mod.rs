@@ -10,7 +10,8 @@
 //! program or reach the network.
 //!
 //! The filters are compiled with the rust-vmm [`seccompiler`] crate
-//! (re-exported). [`SeccompPolicy`] in
+//! (re-exported); on x86_64 the built-in ones are compiled ahead of time
+//! ([`builtin_filter`]). [`SeccompPolicy`] in
 //! [`VmConfig::seccomp`](crate::VmConfig::seccomp) chooses them: off (the
 //! library default: a VMM with devices of its own knows its syscalls
 //! better), the built-in lists, or filters of your own
@@ -58,6 +59,8 @@
 //! ```
 
 mod bpf;
+mod checks;
+mod precompiled;
 mod report;
 mod rules;
 
@@ -137,11 +140,13 @@ pub enum SeccompError {
 /// action is `SECCOMP_RET_TRAP` (SIGSYS).
 ///
 /// The system call number is found by a binary search, not by
-/// seccompiler's row of comparisons (see the `bpf` module): the kernel
-/// evaluates a new filter for every system call number when it is
-/// installed, so this keeps installing it, on the path to the guest's
-/// first instruction for a vCPU thread, about four times faster. The
-/// argument checks are seccompiler's.
+/// seccompiler's row of comparisons, and one-word argument checks on the
+/// same argument share one load and one return (see the `bpf` and
+/// `checks` modules): the kernel checks, converts and JIT-compiles a new
+/// filter, and runs it for every system call number, when it is
+/// installed, so a short filter with short paths installs faster, on the
+/// path to the guest's first instruction for a vCPU thread. The
+/// argument checks are seccompiler's code for each rule.
 pub fn compile(rules: Rules) -> Result<BpfProgram, SeccompError> {
     bpf::build(rules, libc::SECCOMP_RET_TRAP, libc::SECCOMP_RET_ALLOW)
         .map_err(SeccompError::TooLong)
@@ -153,15 +158,21 @@ pub fn rules_for(kind: ThreadKind) -> Rules {
     rules::rules_for(kind)
 }
 
-/// The built-in filter for `kind`, compiled at its first use in the
-/// process and shared afterwards.
+/// The built-in filter for `kind`, made at its first use in the process
+/// and shared afterwards: what [`compile`] makes of [`rules_for`], taken
+/// from a table compiled ahead of time where there is one (x86_64), with
+/// this process's kick signal and process id written in.
 pub fn builtin_filter(kind: ThreadKind) -> Result<Arc<BpfProgram>, SeccompError> {
     static BUILT: [OnceLock<Arc<BpfProgram>>; 5] = [const { OnceLock::new() }; 5];
     let cell = &BUILT[kind.index()];
     if let Some(program) = cell.get() {
         return Ok(program.clone());
     }
-    let program = Arc::new(compile(rules_for(kind))?);
+    let program = match precompiled::program(kind, rules::ProcessValues::current()) {
+        Some(program) => program,
+        None => compile(rules_for(kind))?,
+    };
+    let program = Arc::new(program);
     // A thread that raced us compiled the same program.
     Ok(cell.get_or_init(|| program).clone())
 }
@@ -268,7 +279,7 @@ impl SeccompPolicy {
 
     /// Does now, on the calling thread, the one-time work of installing
     /// filters of these kinds later: the SIGSYS handler, the C library's
-    /// time zone, and compiling the built-in filters. The VMM calls it
+    /// time zone, and making the built-in filters ([`builtin_filter`]). The VMM calls it
     /// before it starts the vCPU threads, whose filter is then only the
     /// `seccomp(2)` call: a new thread's first allocations are slow (a
     /// fresh malloc arena), and this keeps them off the path to the

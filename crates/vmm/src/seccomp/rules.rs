@@ -173,18 +173,38 @@ fn base() -> Rules {
     r
 }
 
-/// The vCPU kick signal (pause, stop).
-fn kick() -> u64 {
-    kindling_vcpu::kick_signal() as u64
+/// The values of this process that some rules compare arguments with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ProcessValues {
+    /// The vCPU kick signal (pause, stop).
+    pub(super) kick: u64,
+    /// This process's id.
+    pub(super) pid: u64,
 }
 
-/// The rules for `kind`'s threads.
+impl ProcessValues {
+    /// This process's.
+    pub(super) fn current() -> Self {
+        Self {
+            kick: kindling_vcpu::kick_signal() as u64,
+            // SAFETY: getpid cannot fail.
+            pid: u64::from(unsafe { libc::getpid() } as u32),
+        }
+    }
+}
+
+/// The rules for `kind`'s threads in this process.
 pub(super) fn rules_for(kind: ThreadKind) -> Rules {
+    rules_with(kind, ProcessValues::current())
+}
+
+/// The rules for `kind`'s threads, comparing with `values`.
+pub(super) fn rules_with(kind: ThreadKind, values: ProcessValues) -> Rules {
     match kind {
         ThreadKind::Vcpu => vcpu(),
-        ThreadKind::EventLoop => event_loop(),
-        ThreadKind::Api => api(),
-        ThreadKind::SignalWatcher => signal_watcher(),
+        ThreadKind::EventLoop => event_loop(values),
+        ThreadKind::Api => api(values),
+        ThreadKind::SignalWatcher => signal_watcher(values),
         ThreadKind::Metrics => metrics(),
     }
 }
@@ -222,7 +242,7 @@ fn vcpu() -> Rules {
 /// the moment the VM runs to the process exit): epoll, block I/O (sync
 /// and io_uring engines), TAP reads and writes, vsock's Unix sockets,
 /// timers, the console, stopping and joining the vCPU threads.
-fn event_loop() -> Rules {
+fn event_loop(values: ProcessValues) -> Rules {
     let mut r = base();
     allow(
         &mut r,
@@ -275,7 +295,7 @@ fn event_loop() -> Rules {
         1,
         TERMINAL_IOCTLS.into_iter().chain([libc::FIONBIO]),
     );
-    allow_arg_in(&mut r, libc::SYS_tgkill, 2, [kick()]);
+    allow_arg_in(&mut r, libc::SYS_tgkill, 2, [values.kick]);
     r
 }
 
@@ -285,8 +305,8 @@ fn event_loop() -> Rules {
 /// the KVM VM, map guest memory, start threads, install the filters of
 /// those threads); the threads they start inherit this filter and narrow
 /// it with their own.
-fn api() -> Rules {
-    let mut r = event_loop();
+fn api(values: ProcessValues) -> Rules {
+    let mut r = event_loop(values);
     allow(
         &mut r,
         &[
@@ -340,15 +360,13 @@ fn api() -> Rules {
     );
     // API mode hands a termination signal that came as the VM started
     // back to the VM's watcher: kill(2) on this process only.
-    // SAFETY: getpid cannot fail.
-    let pid = u64::from(unsafe { libc::getpid() } as u32);
     r.insert(
         libc::SYS_kill,
         crate::signals::TERMINATION_SIGNALS
             .iter()
             .map(|&signo| {
                 rule(vec![
-                    cond(0, SeccompCmpOp::Eq, pid),
+                    cond(0, SeccompCmpOp::Eq, values.pid),
                     cond(1, SeccompCmpOp::Eq, signo as u64),
                 ])
             })
@@ -373,10 +391,10 @@ fn api() -> Rules {
 }
 
 /// The termination-signal watcher: waits for a signal, then stops the VM.
-fn signal_watcher() -> Rules {
+fn signal_watcher(values: ProcessValues) -> Rules {
     let mut r = base();
     allow(&mut r, &[libc::SYS_rt_sigtimedwait]);
-    allow_arg_in(&mut r, libc::SYS_tgkill, 2, [kick()]);
+    allow_arg_in(&mut r, libc::SYS_tgkill, 2, [values.kick]);
     r
 }
 
