@@ -9,7 +9,12 @@
  *       then copies standard input to the socket and the socket to standard
  *       output until both directions end: at the end of standard input it
  *       shuts down its sending side, and it exits when the peer has done
- *       the same. Exit status 0 when all of that worked.
+ *       the same. Exit status 0 when all of that worked. On standard
+ *       error it then says how long each direction took, from the moment
+ *       the connection was open:
+ *         e2e-sock: sent N bytes in T ms       (the last byte written)
+ *         e2e-sock: received N bytes in T ms   (the peer's end of data)
+ *       the receiving side's time is the transfer's rate at that end.
  *   e2e-sock [-t S] [-r S] http unix:PATH METHOD URI [BODY]
  *       One HTTP/1.1 request over a Unix socket; prints the status code and
  *       the body on one line ("204 " for no body). Exit status 0 for a 2xx
@@ -261,8 +266,9 @@ static int open_socket(const struct address *a, double retry_s, long connect_por
     }
 }
 
-/* copy FROM TO: until the end of FROM; -1 on an error. */
-static int copy(int from, int to)
+/* copy FROM TO: until the end of FROM (counting the bytes in *total);
+ * -1 on an error. */
+static int copy(int from, int to, long long *total)
 {
     char buf[65536];
     for (;;) {
@@ -275,6 +281,7 @@ static int copy(int from, int to)
             return 0;
         if (write_all(to, buf, n) < 0)
             return -1;
+        *total += n;
     }
 }
 
@@ -285,21 +292,26 @@ static int copy(int from, int to)
  * (and the socket buffers, 256 KiB for vsock, fill up). */
 static int pump(int s)
 {
+    double start = now();
+    long long sent = 0, received = 0;
     pid_t child = fork();
     if (child < 0)
         die("fork");
     if (child == 0) {
         alarm(timeout_s);
-        if (copy(0, s) < 0)
+        if (copy(0, s, &sent) < 0)
             die("standard input to the socket");
         if (shutdown(s, SHUT_WR) < 0)
             die("shutdown");
+        fprintf(stderr, "%s: sent %lld bytes in %.0f ms\n", prog, sent, (now() - start) * 1000);
         _exit(0);
     }
     child_pid = child;
-    int failed = copy(s, 1) < 0;
+    int failed = copy(s, 1, &received) < 0;
     if (failed)
         fprintf(stderr, "%s: the socket to standard output: %s\n", prog, strerror(errno));
+    else
+        fprintf(stderr, "%s: received %lld bytes in %.0f ms\n", prog, received, (now() - start) * 1000);
     int status;
     if (waitpid(child, &status, 0) < 0)
         die("waitpid");
