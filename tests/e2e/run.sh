@@ -569,10 +569,10 @@ assert_api() {
     else
         fail api/configure "${bad:-$puts PUT requests answered, expected $want_puts}" "$ctx"
     fi
-    # The configuration as the PUTs made it: the kernel, and the TAP when
-    # the run has a network.
+    # The configuration as the PUTs made it: the kernel, and the TAP and
+    # the interface's rate limiters when the run has a network.
     local shown='"kernel_image_path": *"[^"]*/vmlinuz"'
-    [ "$HAS_NET" = 1 ] && shown='"host_dev_name": *"kt0"'
+    [ "$HAS_NET" = 1 ] && shown='"host_dev_name": *"kt0".*"tx_rate_limiter": *\{"bandwidth"'
     if api_lines | grep '^GET /vm/config -> 200 ' | has -E "$shown"; then
         pass api/vm-config "GET /vm/config shows the configuration the PUTs made"
     else
