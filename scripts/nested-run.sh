@@ -157,7 +157,8 @@ dk_say "first level: qemu-system-x86_64 (TCG, -cpu EPYC,+svm) with $KVER; log: $
 set +e
 # ttyS0 (QEMU's stdio, signal=off: Ctrl-C goes to the guest) is microvm's
 # console; ttyS1 (the log) is the first level's. -nic none: no network card
-# (QEMU adds one by default), so microvm's TAP devices are the first level's
+# (-nodefaults already leaves out the e1000 on a user-mode network QEMU adds
+# otherwise; this says so), so microvm's TAP devices are the first level's
 # only network, reaching nothing beyond it.
 "${timeout[@]}" qemu-system-x86_64 \
     -accel tcg,thread=multi -cpu EPYC,+svm -smp "$L1_CPUS" -m "$L1_MEM" \
