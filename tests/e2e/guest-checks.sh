@@ -14,8 +14,8 @@
 # kernel command line: e2e.variant, e2e.cpus, e2e.mem (MiB), e2e.token (the
 # text the harness put in /hello.txt), e2e.end (poweroff or reboot); in the
 # runs with a network also e2e.mac, e2e.ip, e2e.host, e2e.tcp and e2e.vsock
-# (BYTES:SHA256 of what the level above sends) and e2e.dd (bytes of the
-# disk to read with O_DIRECT, timed).
+# (BYTES:SHA256 of what the level above sends), and in the bzimage and api
+# runs e2e.dd (bytes of the disk to read with O_DIRECT, timed).
 #
 # Rates are measured here and judged by the harness, from lines
 #   E2E-INFO rate <what>: <bytes> bytes in <ms> ms
