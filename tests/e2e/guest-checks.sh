@@ -14,8 +14,10 @@
 # kernel command line: e2e.variant, e2e.cpus, e2e.mem (MiB), e2e.token (the
 # text the harness put in /hello.txt), e2e.end (poweroff or reboot); in the
 # runs with a network also e2e.mac, e2e.ip, e2e.host, e2e.tcp and e2e.vsock
-# (BYTES:SHA256 of what the level above sends), and in the bzimage and api
-# runs e2e.dd (bytes of the disk to read with O_DIRECT, timed).
+# (BYTES:SHA256 of what the level above sends) and, in the rate-limited
+# run, e2e.tcpseq=1 (the TCP transfer one direction after the other), and
+# in the bzimage and api runs e2e.dd (bytes of the disk to read with
+# O_DIRECT, timed).
 #
 # Rates are measured here and judged by the harness, from lines
 #   E2E-INFO rate <what>: <bytes> bytes in <ms> ms
@@ -242,10 +244,14 @@ if [ -n "$MAC" ]; then
 
     # TCP both ways at once on one connection to the first level's listener;
     # the rate of what came in, as e2e-sock timed it (the first level times
-    # what went out).
+    # what went out). Rate-limited (e2e.tcpseq=1), one direction after the
+    # other (e2e-sock -R: receive, then send), so that the ACKs of each
+    # direction do not queue behind the other's throttled data.
     outgoing tcp "${TCP%%:*}"
+    seq=""
+    [ "$(param tcpseq)" = 1 ] && seq=-R
     t0=$(ms)
-    e2e-sock -t 90 "tcp:$HOST:5001" < /tmp/e2e-out.bin > /tmp/e2e-in.bin 2> /tmp/e2e-sock.err
+    e2e-sock -t 90 $seq "tcp:$HOST:5001" < /tmp/e2e-out.bin > /tmp/e2e-in.bin 2> /tmp/e2e-sock.err
     received net-tcp /tmp/e2e-in.bin "$t0" "${TCP#*:}"
     echo "E2E-INFO rate tcp-rx: $(sed -n 's/^e2e-sock: received \([0-9]*\) bytes in \([0-9]*\) ms$/\1 bytes in \2 ms/p' /tmp/e2e-sock.err)"
 

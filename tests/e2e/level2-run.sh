@@ -27,7 +27,8 @@
 # rate_limiter and its interface L2_RATE_RX and L2_RATE_TX as its
 # rx_rate_limiter and tx_rate_limiter (Firecracker's bandwidth bucket:
 # size, one_time_burst, refill_time); its TCP transfer is L2_RATE_BYTES
-# each way, which the guest and this level time at their receiving ends.
+# each way, one direction after the other (into the guest first), which
+# the guest and this level time at their receiving ends.
 # The guests of both runs read L2_DD_BYTES of their disk with O_DIRECT,
 # timed (the bzimage run's unthrottled, for comparison).
 #
@@ -339,6 +340,8 @@ for variant in $variants; do
         tcp=$(net_tcp_bytes "$variant")
         cmdline="$cmdline e2e.mac=$(net_mac "$variant") e2e.ip=$(net_ip "$variant") e2e.host=$NET_HOST"
         cmdline="$cmdline e2e.tcp=$tcp:$(net_sha "$tcp") e2e.vsock=$L2_VSOCK_BYTES:$(net_sha "$L2_VSOCK_BYTES")"
+        # Rate-limited: the TCP transfer one direction after the other.
+        [ "$variant" = api ] && cmdline="$cmdline e2e.tcpseq=1"
     fi
     set -- --kernel "$kernel" --initrd "$L2_DIR/initrd.cpio" --cmdline "$cmdline" \
         --cpus "$cpus" --memory "$L2_MEM_MIB" --serial stdout
