@@ -13,8 +13,10 @@
 # is this command's standard input and output: interactive when run from a
 # terminal (Ctrl-A x quits microvm, Ctrl-C goes to the guest). Disks are
 # copied into the first level's memory and back to their files when microvm
-# ends. Exits with microvm's exit status (125 when the first level failed;
-# the reason is on stderr and in the log).
+# ends. The first level has no network card (-nic none): a --net TAP made in
+# it (by a --script) links microvm's guest and the first level only. Exits
+# with microvm's exit status (125 when the first level failed; the reason
+# is on stderr and in the log).
 #
 # Options:
 #   --kernel PATH          the kernel microvm boots (required unless --script)
@@ -154,10 +156,13 @@ dk_say "first level: qemu-system-x86_64 (TCG, -cpu EPYC,+svm) with $KVER; log: $
 : > "$LOG"
 set +e
 # ttyS0 (QEMU's stdio, signal=off: Ctrl-C goes to the guest) is microvm's
-# console; ttyS1 (the log) is the first level's.
+# console; ttyS1 (the log) is the first level's. -nic none: no network card
+# (-nodefaults already leaves out the e1000 on a user-mode network QEMU adds
+# otherwise; this says so), so microvm's TAP devices are the first level's
+# only network, reaching nothing beyond it.
 "${timeout[@]}" qemu-system-x86_64 \
     -accel tcg,thread=multi -cpu EPYC,+svm -smp "$L1_CPUS" -m "$L1_MEM" \
-    -nodefaults -display none -no-user-config -monitor none -no-reboot \
+    -nodefaults -nic none -display none -no-user-config -monitor none -no-reboot \
     -chardev stdio,id=console,signal=off -serial chardev:console -serial "file:$LOG" \
     -kernel "$VMLINUZ" -initrd "$WORK/initramfs.cpio" \
     -append "console=ttyS1 panic=-1 rdinit=/init loglevel=4" \

@@ -4,12 +4,18 @@
  * busybox, which has no vsock or Unix-socket client). run.sh builds it with
  * `gcc -static`.
  *
- *   e2e-sock [-t S] [-r S] [-c PORT] ADDRESS
+ *   e2e-sock [-t S] [-r S] [-c PORT] [-R] ADDRESS
  *       Connects to ADDRESS (or listens there and accepts one connection),
  *       then copies standard input to the socket and the socket to standard
  *       output until both directions end: at the end of standard input it
  *       shuts down its sending side, and it exits when the peer has done
- *       the same. Exit status 0 when all of that worked.
+ *       the same. Exit status 0 when all of that worked. On standard
+ *       error it then says how long each direction took:
+ *         e2e-sock: sent N bytes in T ms       (connection open to the
+ *                                               last byte written)
+ *         e2e-sock: received N bytes in T ms   (the first byte received
+ *                                               to the peer's end of data)
+ *       the receiving side's time is the transfer's rate at that end.
  *   e2e-sock [-t S] [-r S] http unix:PATH METHOD URI [BODY]
  *       One HTTP/1.1 request over a Unix socket; prints the status code and
  *       the body on one line ("204 " for no body). Exit status 0 for a 2xx
@@ -20,6 +26,9 @@
  *
  *   -t S     give up (exit 2) after S seconds in all (default 60)
  *   -r S     retry connecting for up to S seconds (default: one attempt)
+ *   -R       one direction after the other: receive to the peer's end of
+ *            data first, then send standard input (the peer, without -R,
+ *            sends at once)
  *   -c PORT  Firecracker's vsock handshake on a unix: connection: write
  *            "CONNECT PORT\n" and expect "OK <host port>\n" (retried with
  *            -r: the device closes the connection while the guest has no
@@ -50,7 +59,7 @@ static void die(const char *what)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: %s [-t S] [-r S] [-c PORT] ADDRESS\n"
+    fprintf(stderr, "usage: %s [-t S] [-r S] [-c PORT] [-R] ADDRESS\n"
                     "       %s [-t S] [-r S] http unix:PATH METHOD URI [BODY]\n",
             prog, prog);
     exit(1);
@@ -261,8 +270,9 @@ static int open_socket(const struct address *a, double retry_s, long connect_por
     }
 }
 
-/* copy FROM TO: until the end of FROM; -1 on an error. */
-static int copy(int from, int to)
+/* copy FROM TO: until the end of FROM (counting the bytes in *total, the
+ * time of the first in *first); -1 on an error. */
+static int copy(int from, int to, long long *total, double *first)
 {
     char buf[65536];
     for (;;) {
@@ -273,9 +283,38 @@ static int copy(int from, int to)
             return -1;
         if (n == 0)
             return 0;
+        if (!*total)
+            *first = now();
         if (write_all(to, buf, n) < 0)
             return -1;
+        *total += n;
     }
+}
+
+/* The socket to standard output; says how long it took. */
+static int receive(int s)
+{
+    long long received = 0;
+    double first = now();
+    if (copy(s, 1, &received, &first) < 0) {
+        fprintf(stderr, "%s: the socket to standard output: %s\n", prog, strerror(errno));
+        return 1;
+    }
+    fprintf(stderr, "%s: received %lld bytes in %.0f ms\n", prog, received, (now() - first) * 1000);
+    return 0;
+}
+
+/* Standard input to the socket, then the end of data; says how long it
+ * took from START. */
+static void send_all(int s, double start)
+{
+    long long sent = 0;
+    double first;
+    if (copy(0, s, &sent, &first) < 0)
+        die("standard input to the socket");
+    if (shutdown(s, SHUT_WR) < 0)
+        die("shutdown");
+    fprintf(stderr, "%s: sent %lld bytes in %.0f ms\n", prog, sent, (now() - start) * 1000);
 }
 
 /* Standard input to the socket (a child process), the socket to standard
@@ -283,23 +322,25 @@ static int copy(int from, int to)
  * the other: with one process and blocking writes, both ends of a
  * connection can block writing while the peer, blocked too, reads nothing
  * (and the socket buffers, 256 KiB for vsock, fill up). */
-static int pump(int s)
+static int pump(int s, int receive_first)
 {
+    double start = now();
+    if (receive_first) {
+        /* Half-duplex: the peer's data, then ours. */
+        int failed = receive(s);
+        send_all(s, now());
+        return failed;
+    }
     pid_t child = fork();
     if (child < 0)
         die("fork");
     if (child == 0) {
         alarm(timeout_s);
-        if (copy(0, s) < 0)
-            die("standard input to the socket");
-        if (shutdown(s, SHUT_WR) < 0)
-            die("shutdown");
+        send_all(s, start);
         _exit(0);
     }
     child_pid = child;
-    int failed = copy(s, 1) < 0;
-    if (failed)
-        fprintf(stderr, "%s: the socket to standard output: %s\n", prog, strerror(errno));
+    int failed = receive(s);
     int status;
     if (waitpid(child, &status, 0) < 0)
         die("waitpid");
@@ -375,12 +416,13 @@ int main(int argc, char **argv)
 {
     double retry_s = 0;
     long connect_port = -1;
-    int opt;
-    while ((opt = getopt(argc, argv, "+t:r:c:")) != -1) {
+    int opt, receive_first = 0;
+    while ((opt = getopt(argc, argv, "+t:r:c:R")) != -1) {
         switch (opt) {
         case 't': timeout_s = number(optarg); break;
         case 'r': retry_s = number(optarg); break;
         case 'c': connect_port = number(optarg); break;
+        case 'R': receive_first = 1; break;
         default: usage();
         }
     }
@@ -402,5 +444,5 @@ int main(int argc, char **argv)
     parse_address(argv[optind], &a);
     if (connect_port >= 0 && (a.family != AF_UNIX || a.listen))
         usage();
-    return pump(open_socket(&a, retry_s, connect_port));
+    return pump(open_socket(&a, retry_s, connect_port), receive_first);
 }

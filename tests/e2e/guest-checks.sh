@@ -12,7 +12,16 @@
 #   E2E-CHECK <name>: ok|FAIL|SKIP <detail>
 # that the harness (tests/e2e/run.sh) asserts. What to expect comes from the
 # kernel command line: e2e.variant, e2e.cpus, e2e.mem (MiB), e2e.token (the
-# text the harness put in /hello.txt), e2e.end (poweroff or reboot).
+# text the harness put in /hello.txt), e2e.end (poweroff or reboot); in the
+# runs with a network also e2e.mac, e2e.ip, e2e.host, e2e.tcp and e2e.vsock
+# (BYTES:SHA256 of what the level above sends) and, in the rate-limited
+# run, e2e.tcpseq=1 (the TCP transfer one direction after the other), and
+# in the bzimage and api runs e2e.dd (bytes of the disk to read with
+# O_DIRECT, timed).
+#
+# Rates are measured here and judged by the harness, from lines
+#   E2E-INFO rate <what>: <bytes> bytes in <ms> ms
+# (disk: dd from /dev/vda; tcp-rx: what e2e-sock received over TCP).
 PATH=/bin:/sbin
 export PATH
 # Booted with the image's own command line (the interactive run): nothing
@@ -145,6 +154,19 @@ else
     report disk-read "FAIL / is '$rootdev', expected '/dev/vda ext4 rw'"
 fi
 
+# The disk's read rate (e2e.dd bytes with O_DIRECT, so from the device and
+# not the page cache, in 64 KiB requests), timed with the guest's clock.
+DD_BYTES=$(param dd)
+if [ -n "$DD_BYTES" ]; then
+    read -r up0 _ < /proc/uptime
+    if dd if=/dev/vda of=/dev/null bs=65536 count=$((DD_BYTES / 65536)) iflag=direct 2> /tmp/dd.err; then
+        read -r up1 _ < /proc/uptime
+        echo "E2E-INFO rate disk: $DD_BYTES bytes in $(awk -v a="$up0" -v b="$up1" 'BEGIN { printf "%d", (b - a) * 1000 }') ms (dd from /dev/vda, O_DIRECT, 64 KiB blocks)"
+    else
+        echo "E2E-INFO rate disk: dd failed: $(tr '\n' ' ' < /tmp/dd.err)"
+    fi
+fi
+
 # Entropy device: /dev/hwrng backed by virtio-rng gives bytes.
 if wait_until has_virtio_rng; then
     current=$(cat /sys/class/misc/hw_random/rng_current)
@@ -159,33 +181,40 @@ else
 fi
 
 # Network and vsock (e2e.mac= given: the run has a virtio-net device on the
-# first level's TAP and a vsock device). The first level serves e2e.data's
-# 512 KiB over TCP and vsock and keeps what the guest sends back: the guest
-# checks what it received against e2e.data's sha256 and prints the sha256 of
-# what it sent (E2E-INFO data), which the harness compares with what the
+# first level's TAP and a vsock device). The first level serves e2e.tcp's
+# and e2e.vsock's data (BYTES:SHA256) over TCP and vsock and keeps what the
+# guest sends back (as much random data of its own): the guest checks what
+# it received against the sha256 and prints the size and sha256 of what it
+# sent (E2E-INFO data <service>), which the harness compares with what the
 # first level received.
 MAC=$(param mac)
 if [ -n "$MAC" ]; then
     IP=$(param ip)
     HOST=$(param host)
-    WANT=$(param data)
+    TCP=$(param tcp)
+    VSOCK=$(param vsock)
     # ms since boot, for the throughput.
     ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
-    # received NAME FILE T0: the check line for FILE, received since T0.
+    # received NAME FILE T0 SHA256: the check line for FILE, received since
+    # T0, which should have SHA256.
     received() {
         t=$(($(ms) - $3))
         [ "$t" -gt 0 ] || t=1
         size=$(wc -c < "$2")
         got=$(sha256sum < "$2" | cut -d' ' -f1)
-        rate="$size bytes received and $(wc -c < /tmp/e2e-out.bin) sent in $t ms ($((size * 2 * 1000 / 1024 / t)) KiB/s both ways)${NOTE:-}"
-        if [ "$got" = "$WANT" ]; then
+        rate="$size bytes received and $SENT sent in $t ms ($((size * 2 * 1000 / 1024 / t)) KiB/s both ways)${NOTE:-}"
+        if [ "$got" = "$4" ]; then
             report "$1" "ok $rate; what it received matches the first level's data (sha256 ${got%"${got#????????????????}"}...)"
         else
-            report "$1" "FAIL $rate; received sha256 $got, expected $WANT; $(tr '\n' ' ' 2>/dev/null < /tmp/e2e-sock.err)"
+            report "$1" "FAIL $rate; received sha256 $got, expected $4; $(tr '\n' ' ' 2>/dev/null < /tmp/e2e-sock.err)"
         fi
     }
-    head -c 524288 /dev/urandom > /tmp/e2e-out.bin
-    echo "E2E-INFO data: sent sha256 $(sha256sum < /tmp/e2e-out.bin | cut -d' ' -f1)"
+    # outgoing SERVICE BYTES: random data to send in /tmp/e2e-out.bin.
+    outgoing() {
+        head -c "$2" /dev/urandom > /tmp/e2e-out.bin
+        SENT=$2
+        echo "E2E-INFO data $1: sent $2 bytes sha256 $(sha256sum < /tmp/e2e-out.bin | cut -d' ' -f1)"
+    }
 
     # The link: eth0 with the MAC the VMM was given, the address from the
     # first level's DHCP server (its static lease for that MAC; the image's
@@ -213,15 +242,24 @@ if [ -n "$MAC" ]; then
         report net-ping "FAIL ping $HOST: $(echo "$out" | tail -n 3 | tr '\n' ' ')"
     fi
 
-    # TCP both ways at once on one connection to the first level's listener.
+    # TCP both ways at once on one connection to the first level's listener;
+    # the rate of what came in, as e2e-sock timed it (the first level times
+    # what went out). Rate-limited (e2e.tcpseq=1), one direction after the
+    # other (e2e-sock -R: receive, then send), so that the ACKs of each
+    # direction do not queue behind the other's throttled data.
+    outgoing tcp "${TCP%%:*}"
+    seq=""
+    [ "$(param tcpseq)" = 1 ] && seq=-R
     t0=$(ms)
-    e2e-sock -t 90 "tcp:$HOST:5001" < /tmp/e2e-out.bin > /tmp/e2e-in.bin 2> /tmp/e2e-sock.err
-    received net-tcp /tmp/e2e-in.bin "$t0"
+    e2e-sock -t 90 $seq "tcp:$HOST:5001" < /tmp/e2e-out.bin > /tmp/e2e-in.bin 2> /tmp/e2e-sock.err
+    received net-tcp /tmp/e2e-in.bin "$t0" "${TCP#*:}"
+    echo "E2E-INFO rate tcp-rx: $(sed -n 's/^e2e-sock: received \([0-9]*\) bytes in \([0-9]*\) ms$/\1 bytes in \2 ms/p' /tmp/e2e-sock.err)"
 
     # vsock: the first level connects to our port 5000 through the device's
     # Unix socket (CONNECT 5000), then we connect to its port 6000 (its
     # listener at <uds>_6000).
     if grep -q '^vmw_vsock_virtio_transport ' /proc/modules; then
+        outgoing vsock "${VSOCK%%:*}"
         t0=$(ms)
         # A connection reset as soon as accepted (nothing received) is
         # Firecracker's protocol at work, not a failure: the device gives up
@@ -236,11 +274,11 @@ if [ -n "$MAC" ]; then
         done
         NOTE=""
         [ "$attempt" -gt 1 ] && NOTE=" (accepted connection $attempt: the ones before were reset at once)"
-        received vsock-listen /tmp/e2e-in.bin "$t0"
+        received vsock-listen /tmp/e2e-in.bin "$t0" "${VSOCK#*:}"
         NOTE=""
         t0=$(ms)
         e2e-sock -t 90 vsock:2:6000 < /tmp/e2e-out.bin > /tmp/e2e-in.bin 2> /tmp/e2e-sock.err
-        received vsock-connect /tmp/e2e-in.bin "$t0"
+        received vsock-connect /tmp/e2e-in.bin "$t0" "${VSOCK#*:}"
     else
         for name in vsock-listen vsock-connect; do
             report "$name" "FAIL vmw_vsock_virtio_transport is not loaded (modules: $(awk '{ printf " %s", $1 }' /proc/modules))"

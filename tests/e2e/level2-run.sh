@@ -10,16 +10,31 @@
 # HTTP requests by e2e-sock), paused and resumed while it runs.
 #
 # With L2_NET=1 this level has a network for the guests: a TAP device
-# (kt0, 172.30.0.1/24) with busybox udhcpd on it (the guest image's udhcpc
-# gets its address from it, a static lease per MAC), and the bzimage and api
-# runs get a virtio-net device on it (--net tap=kt0,mac=..., or PUT
-# /network-interfaces) and a vsock device (--vsock, or PUT /vsock). For
-# those runs this level serves 512 KiB of random data (its sha256 in the
-# guest's e2e.data) three ways: a TCP listener on 172.30.0.1:5001, the
-# Firecracker handshake to the guest's vsock listener on port 5000 through
-# the device's Unix socket, and a listener at <uds>_6000 for the guest's
-# connection to host port 6000; each prints what it received from the
-# guest (its size and sha256) for the harness to compare.
+# (kt0, link-local 169.254.42.1/24) with busybox udhcpd on it (the guest
+# image's udhcpc gets its address from it, a static lease per MAC), and the
+# bzimage and api runs get a virtio-net device on it (--net tap=kt0,mac=...,
+# or PUT /network-interfaces) and a vsock device (--vsock, or PUT /vsock).
+# For those runs this level serves random data three ways: L2_TCP_BYTES
+# (4 MiB) from a TCP listener on 169.254.42.1:5001, and L2_VSOCK_BYTES
+# (1 MiB) through the Firecracker handshake to the guest's vsock listener
+# on port 5000 on the device's Unix socket and from a listener at
+# <uds>_6000 for the guest's connection to host port 6000 (sizes and
+# sha256s in the guest's e2e.tcp and e2e.vsock); each prints what it
+# received from the guest (its size and sha256, and e2e-sock's timing) for
+# the harness to compare.
+#
+# The api run is the rate-limited one: its drive has L2_RATE_DISK as its
+# rate_limiter and its interface L2_RATE_RX and L2_RATE_TX as its
+# rx_rate_limiter and tx_rate_limiter (Firecracker's bandwidth bucket:
+# size, one_time_burst, refill_time); its TCP transfer is L2_RATE_BYTES
+# each way, one direction after the other (into the guest first), which
+# the guest and this level time at their receiving ends.
+# The guests of both runs read L2_DD_BYTES of their disk with O_DIRECT,
+# timed (the bzimage run's unthrottled, for comparison).
+#
+# Before the runs this level lists its network interfaces (E2E-L2-IFACES):
+# in the first level, started without a network card (-nic none), only lo
+# and the TAP.
 #
 # With L2_JAILER=1 (the harness shipped kindling-jailer) one more run,
 # `jailer`, boots the PVH vmlinux under the jailer: uid/gid 4242 (not root),
@@ -59,6 +74,10 @@
 #                 E2E-SNAPSHOT-NOW line, then restored by a second microvm
 #                 process, which runs the rest of the checks)
 #   L2_NET        1: the network and vsock checks (above)
+#   L2_TCP_BYTES, L2_VSOCK_BYTES, L2_RATE_BYTES, L2_DD_BYTES,
+#   L2_RATE_RX, L2_RATE_TX, L2_RATE_DISK
+#                 the transfers' sizes and the api run's limits (above;
+#                 a limit is "SIZE ONE_TIME_BURST REFILL_TIME_MS")
 #   L2_BUSYBOX    a busybox for its udhcpd, when this level has no udhcpd
 #                 command (a host in direct mode)
 #   E2E_SOCK      the e2e-sock tool (default: L2_DIR/e2e-sock)
@@ -104,13 +123,40 @@ fi
 # ---------------------------------------------------------------- network
 
 # The guests' network: the first level's end of it.
+# Link-local addresses (169.254.0.0/16, outside its first and last /24,
+# which RFC 3927 reserves), in a /24: in direct mode a /16 on the TAP would
+# take the host's route to link-local services such as a cloud's
+# 169.254.169.254.
 NET_TAP=kt0
-NET_HOST=172.30.0.1
-NET_DATA=$OUT_DIR/l1-data.bin
+NET_HOST=169.254.42.1
 NET_UP=0
+L2_TCP_BYTES=${L2_TCP_BYTES:-4194304}
+L2_VSOCK_BYTES=${L2_VSOCK_BYTES:-1048576}
+L2_RATE_BYTES=${L2_RATE_BYTES:-1048576}
+L2_DD_BYTES=${L2_DD_BYTES:-3145728}
+L2_RATE_RX=${L2_RATE_RX:-65536 65536 125}
+L2_RATE_TX=${L2_RATE_TX:-32768 65536 125}
+L2_RATE_DISK=${L2_RATE_DISK:-131072 262144 125}
 # The MAC and the address (a static DHCP lease) of each run with a network.
 net_mac() { case $1 in bzimage) echo 02:4b:44:00:00:01 ;; api) echo 02:4b:44:00:00:02 ;; esac; }
-net_ip() { case $1 in bzimage) echo 172.30.0.2 ;; api) echo 172.30.0.3 ;; esac; }
+net_ip() { case $1 in bzimage) echo 169.254.42.2 ;; api) echo 169.254.42.3 ;; esac; }
+# What this level sends: net_data BYTES is a file of that many random
+# bytes, made once, and net_sha BYTES its sha256.
+net_data() {
+    [ -f "$OUT_DIR/l1-data-$1.bin" ] || head -c "$1" /dev/urandom > "$OUT_DIR/l1-data-$1.bin"
+    echo "$OUT_DIR/l1-data-$1.bin"
+}
+net_sha() {
+    [ -f "$OUT_DIR/l1-data-$1.sha" ] || sha256sum < "$(net_data "$1")" | cut -d' ' -f1 > "$OUT_DIR/l1-data-$1.sha"
+    cat "$OUT_DIR/l1-data-$1.sha"
+}
+# The TCP transfer's size: the rate-limited api run's is L2_RATE_BYTES.
+net_tcp_bytes() { case $1 in api) echo "$L2_RATE_BYTES" ;; *) echo "$L2_TCP_BYTES" ;; esac; }
+# rate_json "SIZE BURST REFILL_MS": a Firecracker rate_limiter body.
+rate_json() {
+    set -- $1
+    echo "{\"bandwidth\": {\"size\": $1, \"one_time_burst\": $2, \"refill_time\": $3}}"
+}
 net_setup() {
     # A persistent TAP device (busybox tunctl; iproute2 on a host).
     [ -e /dev/net/tun ] || modprobe tun 2>/dev/null
@@ -127,8 +173,8 @@ net_setup() {
     # busybox udhcpd answers the guest image's udhcpc.
     {
         echo "interface $NET_TAP"
-        echo "start 172.30.0.100"
-        echo "end 172.30.0.120"
+        echo "start 169.254.42.100"
+        echo "end 169.254.42.120"
         echo "lease_file $OUT_DIR/udhcpd.leases"
         echo "option subnet 255.255.255.0"
         echo "static_lease $(net_mac bzimage) $(net_ip bzimage)"
@@ -137,10 +183,7 @@ net_setup() {
     : > "$OUT_DIR/udhcpd.leases"
     $UDHCPD -f "$OUT_DIR/udhcpd.conf" > "$OUT_DIR/udhcpd.log" 2>&1 &
     UDHCPD_PID=$!
-    # What this level sends to the guests.
-    head -c 524288 /dev/urandom > "$NET_DATA"
-    NET_DATA_SHA=$(sha256sum < "$NET_DATA" | cut -d' ' -f1)
-    echo "E2E-L2-NET ok TAP $NET_TAP $NET_HOST/24, udhcpd pid $UDHCPD_PID, data sha256 $NET_DATA_SHA"
+    echo "E2E-L2-NET ok TAP $NET_TAP $NET_HOST/24, udhcpd pid $UDHCPD_PID"
 }
 UDHCPD=udhcpd
 command -v udhcpd > /dev/null || UDHCPD="${L2_BUSYBOX:-busybox} udhcpd"
@@ -153,19 +196,22 @@ if [ "${L2_NET:-0}" = 1 ]; then
         NET_UP=1
     fi
 fi
+# This level's network interfaces: in the first level, lo and the TAP only
+# (no network card: QEMU runs with -nic none).
+echo "E2E-L2-IFACES $(ls /sys/class/net | sort | tr '\n' ' ' | sed 's/ $//')"
 # net_start VARIANT UDS: this level's three services for the run, in the
 # background (their pids in NET_PIDS, in the order net_report reads them).
 net_start() {
     NET_PIDS=""
-    "$E2E_SOCK" -t "$L2_TIMEOUT" tcp-listen:5001 < "$NET_DATA" \
+    "$E2E_SOCK" -t "$L2_TIMEOUT" tcp-listen:5001 < "$(net_data "$(net_tcp_bytes "$1")")" \
         > "$OUT_DIR/$1.tcp.in" 2> "$OUT_DIR/$1.tcp.err" &
     NET_PIDS="$NET_PIDS $!"
-    "$E2E_SOCK" -t "$L2_TIMEOUT" unix-listen:"$2"_6000 < "$NET_DATA" \
+    "$E2E_SOCK" -t "$L2_TIMEOUT" unix-listen:"$2"_6000 < "$(net_data "$L2_VSOCK_BYTES")" \
         > "$OUT_DIR/$1.vsock-connect.in" 2> "$OUT_DIR/$1.vsock-connect.err" &
     NET_PIDS="$NET_PIDS $!"
     # Retried until the guest listens (the device closes the connection
     # while nothing listens on the port).
-    "$E2E_SOCK" -t "$L2_TIMEOUT" -r "$L2_TIMEOUT" -c 5000 unix:"$2" < "$NET_DATA" \
+    "$E2E_SOCK" -t "$L2_TIMEOUT" -r "$L2_TIMEOUT" -c 5000 unix:"$2" < "$(net_data "$L2_VSOCK_BYTES")" \
         > "$OUT_DIR/$1.vsock-listen.in" 2> "$OUT_DIR/$1.vsock-listen.err" &
     NET_PIDS="$NET_PIDS $!"
 }
@@ -232,10 +278,11 @@ api_driver() {
     api GET /
     api PUT /boot-source "{\"kernel_image_path\": \"$2\", \"initrd_path\": \"$L2_DIR/initrd.cpio\", \"boot_args\": \"$3\"}"
     api PUT /machine-config "{\"vcpu_count\": $cpus, \"mem_size_mib\": $L2_MEM_MIB}"
-    api PUT /drives/rootfs "{\"drive_id\": \"rootfs\", \"path_on_host\": \"$L2_DISK_IMG\", \"is_root_device\": false, \"is_read_only\": false}"
+    # The rate-limited run: the drive's and the interface's limits.
+    api PUT /drives/rootfs "{\"drive_id\": \"rootfs\", \"path_on_host\": \"$L2_DISK_IMG\", \"is_root_device\": false, \"is_read_only\": false, \"rate_limiter\": $(rate_json "$L2_RATE_DISK")}"
     api PUT /entropy "{}"
     if [ "$NET_UP" = 1 ]; then
-        api PUT /network-interfaces/eth0 "{\"iface_id\": \"eth0\", \"host_dev_name\": \"$NET_TAP\", \"guest_mac\": \"$(net_mac api)\"}"
+        api PUT /network-interfaces/eth0 "{\"iface_id\": \"eth0\", \"host_dev_name\": \"$NET_TAP\", \"guest_mac\": \"$(net_mac api)\", \"rx_rate_limiter\": $(rate_json "$L2_RATE_RX"), \"tx_rate_limiter\": $(rate_json "$L2_RATE_TX")}"
         api PUT /vsock "{\"guest_cid\": 3, \"uds_path\": \"$4\"}"
     fi
     api GET /vm/config
@@ -421,12 +468,18 @@ for variant in $variants; do
     cmdline="$cmdline e2e.end=$end"
     cmdline="$cmdline e2e.variant=$variant e2e.cpus=$cpus e2e.mem=$L2_MEM_MIB"
     cmdline="$cmdline e2e.token=$L2_TOKEN e2e.snapshot=$snapshot"
+    # The disk's read rate: the api run's is limited, the bzimage run's not.
+    case $variant in bzimage | api) cmdline="$cmdline e2e.dd=$L2_DD_BYTES" ;; esac
     net=0
     uds=$OUT_DIR/vsock-$variant.sock
     if [ "$NET_UP" = 1 ] && [ -n "$(net_mac "$variant")" ]; then
         net=1
         rm -f "$uds" "$uds"_*
-        cmdline="$cmdline e2e.mac=$(net_mac "$variant") e2e.ip=$(net_ip "$variant") e2e.host=$NET_HOST e2e.data=$NET_DATA_SHA"
+        tcp=$(net_tcp_bytes "$variant")
+        cmdline="$cmdline e2e.mac=$(net_mac "$variant") e2e.ip=$(net_ip "$variant") e2e.host=$NET_HOST"
+        cmdline="$cmdline e2e.tcp=$tcp:$(net_sha "$tcp") e2e.vsock=$L2_VSOCK_BYTES:$(net_sha "$L2_VSOCK_BYTES")"
+        # Rate-limited: the TCP transfer one direction after the other.
+        [ "$variant" = api ] && cmdline="$cmdline e2e.tcpseq=1"
     fi
     set -- --kernel "$kernel" --initrd "$L2_DIR/initrd.cpio" --cmdline "$cmdline" \
         --cpus "$cpus" --memory "$L2_MEM_MIB" --serial stdout

@@ -14,12 +14,16 @@
 # first), each with 256 MiB and one vCPU but the bzimage run, which has two
 # (see level2-run.sh on the SMP bring-up hang), the root filesystem as its virtio disk and an entropy device; the
 # bzimage and api runs also have a virtio-net device on a TAP of the level
-# above (DHCP, ping, TCP both ways) and a vsock device (both directions
-# through Firecracker's Unix-socket protocol), with e2e-sock.c (built here
-# with gcc -static) as the socket tool on both sides. The guest checks
-# itself and the harness asserts the transcript, microvm's exit status, the
-# files the guests wrote, what the level above received and the time bound,
-# and reports the boot times.
+# above (link-local addresses by DHCP, ping, 4 MiB over TCP both ways) and a
+# vsock device (1 MiB both directions through Firecracker's Unix-socket
+# protocol), with e2e-sock.c (built here with gcc -static) as the socket
+# tool on both sides; the api run's disk and interface are rate-limited
+# and its guest measures both (the bzimage guest measures the same
+# unthrottled). The guest checks itself and the harness asserts the
+# transcript, microvm's exit status, the files the guests wrote, what the
+# level above received, the measured rates against the limits, that the
+# first level has no network card, and the time bound, and reports the
+# boot times.
 #
 # Where /dev/kvm cannot run a stock Linux guest (nested KVM that emulates
 # guest ring 0, such as kvm_pvm: docs/nested-kvm.md) the runs happen
@@ -58,6 +62,24 @@ L2_MEM_MIB=256
 L2_CMDLINE_EXTRA="quiet"
 [ "${KINDLING_E2E_VERBOSE:-0}" = 1 ] && L2_CMDLINE_EXTRA=""
 L2_CMDLINE_EXTRA="$L2_CMDLINE_EXTRA ${KINDLING_E2E_L2_APPEND:-}"
+# The network and vsock transfers (each way), and the rate-limited api run:
+# its TCP transfer, the disk read (also in the bzimage run, unthrottled),
+# and its limits, Firecracker bandwidth buckets "SIZE ONE_TIME_BURST
+# REFILL_TIME_MS": 512 KiB/s into the guest (rx), 256 KiB/s out of it (tx),
+# 1 MiB/s on the disk: well below what the bzimage guest measures
+# unthrottled under the emulated first level (see tests/e2e/README.md).
+L2_TCP_BYTES=$((4 * 1024 * 1024))
+L2_VSOCK_BYTES=$((1024 * 1024))
+L2_RATE_BYTES=$((1024 * 1024))
+L2_DD_BYTES=$((3 * 1024 * 1024))
+L2_RATE_RX="65536 65536 125"
+L2_RATE_TX="32768 65536 125"
+L2_RATE_DISK="131072 262144 125"
+# A measured rate passes between RATE_MIN_PCT % of the limit and the limit
+# plus what the buckets allow at once (bucket, burst and one operation over
+# the bytes measured) plus RATE_TOL_PCT %.
+RATE_MIN_PCT=60
+RATE_TOL_PCT=10
 VARIANTS="bzimage vmlinux pvh"
 
 # ---------------------------------------------------------------- reporting
@@ -192,6 +214,13 @@ L2_MEM_MIB=$L2_MEM_MIB
 L2_CMDLINE_EXTRA="$L2_CMDLINE_EXTRA"
 L2_SNAPSHOT=$HAS_SNAPSHOT
 L2_NET=$HAS_NET
+L2_TCP_BYTES=$L2_TCP_BYTES
+L2_VSOCK_BYTES=$L2_VSOCK_BYTES
+L2_RATE_BYTES=$L2_RATE_BYTES
+L2_DD_BYTES=$L2_DD_BYTES
+L2_RATE_RX="$L2_RATE_RX"
+L2_RATE_TX="$L2_RATE_TX"
+L2_RATE_DISK="$L2_RATE_DISK"
 IMAGE_CMDLINE="$CMDLINE"
 EOF
 }
@@ -282,6 +311,7 @@ run_direct() {
         . "$WORK/e2e.config"
         export MICROVM L2_TIMEOUT L2_TOKEN L2_CPUS L2_MEM_MIB L2_CMDLINE_EXTRA IMAGE_CMDLINE L2_SNAPSHOT L2_NET E2E_SOCK
         export JAILER L2_JAILER L2_JAIL_UID L2_JAIL_GID L2_JAIL_CPU_MAX L2_JAIL_MEM_MAX L2_JAIL_PIDS_MAX L2_JAIL_NOFILE
+        export L2_TCP_BYTES L2_VSOCK_BYTES L2_RATE_BYTES L2_DD_BYTES L2_RATE_RX L2_RATE_TX L2_RATE_DISK
         export L2_DIR=$IMAGE L2_DISK_IMG=$IMAGE/rootfs.ext4 OUT_DIR=$WORK/direct/out
         # The host may have no udhcpd: the busybox guest-image.sh unpacked.
         export L2_BUSYBOX=${KINDLING_CACHE:-$REPO/target/debian}/busybox-static/bin/busybox
@@ -348,6 +378,18 @@ assert_level1() {
             *) fail "level1/$step" "${r:-no NESTED $step line}" "$ctx" ;;
         esac
     done
+    # Started with -nic none: no network card, only lo and the TAP the
+    # level made for the guests.
+    r=$(lines | sed -n 's/^E2E-L2-IFACES //p' | head -n 1)
+    local others
+    others=$(tr ' ' '\n' <<< "$r" | grep -v -x -e lo -e kt0 | tr '\n' ' ')
+    if [ -z "$r" ]; then
+        fail level1/no-nic "the first level did not list its network interfaces (no E2E-L2-IFACES line)" "$ctx"
+    elif [ -n "$others" ]; then
+        fail level1/no-nic "the first level has network interfaces besides lo and the TAP: $others(all: $r)" "$ctx"
+    else
+        pass level1/no-nic "the first level's network interfaces are $r: no network card (-nic none), the guests' traffic stays between the levels"
+    fi
     if has '^NESTED-DONE' "$L1_LOG"; then
         if [ "$L1_STATUS" = 0 ]; then
             pass level1/poweroff "the first level powered off and nested-run.sh exited 0"
@@ -439,6 +481,7 @@ assert_variant() {
     [ "$v" = api ] && assert_api
     [ "$v" = jailer ] && assert_jailer
     case " $NET_VARIANTS " in *" $v "*) assert_net "$v" ;; esac
+    [ "$v" = api ] && assert_rates
 
     # How the VM ended: ACPI power-off once microvm has ACPI, else reboot -f
     # through the i8042. A guest whose power-off or reboot did not work falls
@@ -471,30 +514,99 @@ assert_variant() {
 # above received from the guest (its "l1 <service>: received ..." line),
 # compared with the sha256 of what the guest sent.
 assert_net() {
-    local v=$1 ctx sent pair name service r l1
+    local v=$1 ctx sent pair name service data r l1
     ctx="---- $v: the second-level guest's console and microvm's stderr ----"$'\n'"$(variant_log "$v" | tail -n 80)"
     if ! lines | has '^E2E-L2-NET ok'; then
         fail "$v/net" "the level above has no network for the guests: $(lines | grep -m1 '^E2E-L2-NET' || echo 'no E2E-L2-NET line')"
         return
     fi
-    guest_check "$v" net-link
+    # The address: link-local (169.254.0.0/16).
+    r=$(check_line "$v" net-link)
+    case $r in
+        "ok "*" and 169.254."*) guest_check "$v" net-link ;;
+        ok*) fail "$v/net-link" "${r#ok }: not a link-local address (169.254.0.0/16)" "$ctx" ;;
+        *) guest_check "$v" net-link ;;
+    esac
     guest_check "$v" net-ping
-    sent=$(variant_log "$v" | sed -n 's/^serial| E2E-INFO data: sent sha256 //p' | head -n 1)
-    for pair in net-tcp:tcp vsock-listen:vsock-listen vsock-connect:vsock-connect; do
+    for pair in net-tcp:tcp:tcp vsock-listen:vsock-listen:vsock vsock-connect:vsock-connect:vsock; do
         name=${pair%%:*}
         service=${pair#*:}
+        data=${service#*:}
+        service=${service%:*}
+        # "<bytes> bytes sha256 <hash>"
+        sent=$(variant_log "$v" | sed -n "s/^serial| E2E-INFO data $data: sent //p" | head -n 1)
         r=$(check_line "$v" "$name")
-        l1=$(variant_log "$v" | sed -n "s/^vmm| l1 $service: received //p" | head -n 1)
+        l1=$(variant_log "$v" | sed -n "s/^vmm| l1 $service: received \([0-9]* bytes sha256 .*\)/\1/p" | head -n 1)
         case $r in
             ok*)
-                if [ -n "$sent" ] && [ "$l1" = "524288 bytes sha256 $sent status 0" ]; then
-                    pass "$v/$name" "${r#ok }; the level above received the guest's 512 KiB intact"
+                if [ -n "$sent" ] && [ "$l1" = "$sent status 0" ]; then
+                    pass "$v/$name" "${r#ok }; the level above received the guest's ${sent%% *} bytes intact"
                 else
-                    fail "$v/$name" "the guest received the data, but the level above received ${l1:-nothing} (the guest sent sha256 ${sent:-unknown})" "$ctx"
+                    fail "$v/$name" "the guest received the data, but the level above received ${l1:-nothing} (the guest sent ${sent:-unknown})" "$ctx"
                 fi
                 ;;
             FAIL*) fail "$v/$name" "${r#FAIL }; the level above received ${l1:-nothing}" "$ctx" ;;
             *) fail "$v/$name" "the guest printed no E2E-CHECK $name line" "$ctx" ;;
+        esac
+    done
+}
+
+# rate_of VARIANT WHAT: "<bytes> <ms>" of a rate measured in that run:
+# disk (the guest's dd), tcp-rx (what the guest received over TCP, timed by
+# the guest), tcp-tx (what the level above received, timed there).
+rate_of() {
+    case $2 in
+        tcp-tx) variant_log "$1" | sed -n 's/^vmm| l1 tcp: e2e-sock: received \([0-9]*\) bytes in \([0-9]*\) ms$/\1 \2/p' | head -n 1 ;;
+        *) variant_log "$1" | sed -n "s/^serial| E2E-INFO rate $2: \([0-9]*\) bytes in \([0-9]*\) ms.*/\1 \2/p" | head -n 1 ;;
+    esac
+}
+# The api run's limits, measured inside the guest: the disk read, and the
+# TCP transfer each way (rx: into the guest, tx: out of it). Each rate must
+# stay between RATE_MIN_PCT % of the limit and the limit with what the
+# bucket, its one-time burst and one operation (64 KiB: a dd block, a TSO
+# frame) let through at once over the bytes measured, plus RATE_TOL_PCT %.
+# The bzimage run's unthrottled rate is shown for comparison.
+assert_rates() {
+    local ctx pair name rest what spec m base size burst refill verdict
+    ctx="---- api: the guest's console and microvm's stderr ----"$'\n'"$(variant_log api | tail -n 80)"
+    local pairs="disk:disk:L2_RATE_DISK"
+    # The interface's, when the level above has a network for the guests
+    # (assert_net says why not).
+    lines | has '^E2E-L2-NET ok' && pairs="$pairs net-rx:tcp-rx:L2_RATE_RX net-tx:tcp-tx:L2_RATE_TX"
+    for pair in $pairs; do
+        name=rate-${pair%%:*}
+        rest=${pair#*:}
+        what=${rest%%:*}
+        spec=${rest#*:}
+        read -r size burst refill <<< "${!spec}"
+        m=$(rate_of api "$what")
+        base=$(rate_of bzimage "$what")
+        if [ -z "$m" ]; then
+            fail "api/$name" "the api run measured no $what rate" "$ctx"
+            continue
+        fi
+        # "ok|FAIL <detail>"
+        verdict=$(awk -v m="$m" -v base="$base" -v size="$size" -v burst="$burst" -v refill="$refill" \
+            -v minpct="$RATE_MIN_PCT" -v tol="$RATE_TOL_PCT" 'BEGIN {
+                split(m, a, " "); bytes = a[1]; ms = a[2] > 0 ? a[2] : 1
+                rate = bytes / ms * 1000 / 1024
+                limit = size / refill * 1000 / 1024
+                allow = size + burst + 65536
+                hi = bytes > allow ? limit * bytes / (bytes - allow) * (1 + tol / 100) : 1e30
+                lo = limit * minpct / 100
+                ok = rate >= lo && rate <= hi ? "ok" : "FAIL"
+                d = sprintf("%d bytes in %d ms: %.0f KiB/s, limit %.0f KiB/s (bucket %d, one_time_burst %d, refill_time %d ms), allowed %.0f-%.0f KiB/s", bytes, ms, rate, limit, size, burst, refill, lo, hi)
+                if (base != "") {
+                    split(base, b, " ")
+                    u = b[1] / (b[2] > 0 ? b[2] : 1) * 1000 / 1024
+                    d = d sprintf("; unthrottled (bzimage run): %.0f KiB/s", u)
+                    if (u < hi) d = d " (not clearly above the limit: the check says little)"
+                }
+                print ok " " d
+            }')
+        case $verdict in
+            ok*) pass "api/$name" "${verdict#ok }" ;;
+            *) fail "api/$name" "${verdict#FAIL }" "$ctx" ;;
         esac
     done
 }
@@ -517,10 +629,10 @@ assert_api() {
     else
         fail api/configure "${bad:-$puts PUT requests answered, expected $want_puts}" "$ctx"
     fi
-    # The configuration as the PUTs made it: the kernel, and the TAP when
-    # the run has a network.
+    # The configuration as the PUTs made it: the kernel, and the TAP and
+    # the interface's rate limiters when the run has a network.
     local shown='"kernel_image_path": *"[^"]*/vmlinuz"'
-    [ "$HAS_NET" = 1 ] && shown='"host_dev_name": *"kt0"'
+    [ "$HAS_NET" = 1 ] && shown='"host_dev_name": *"kt0".*"tx_rate_limiter": *\{"bandwidth"'
     if api_lines | grep '^GET /vm/config -> 200 ' | has -E "$shown"; then
         pass api/vm-config "GET /vm/config shows the configuration the PUTs made"
     else
