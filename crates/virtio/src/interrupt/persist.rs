@@ -26,8 +26,8 @@ impl Persist<'_> for VirtioInterrupt {
     }
 
     /// Recreates the handle on `line`. Pending status bits are not raised
-    /// again: an interrupt the guest had not taken yet is pending in the
-    /// restored interrupt controller.
+    /// here: the transport's restore raises the line once when any is set
+    /// (the interrupt may not have reached the saved interrupt controller).
     fn restore(
         line: Arc<dyn InterruptLine>,
         state: &InterruptState,

@@ -80,6 +80,14 @@ pub enum TransportError {
         /// This device's queue maximum sizes.
         device_queues: Vec<u16>,
     },
+    /// A restored transport with an interrupt pending could not raise its
+    /// interrupt line again.
+    #[error("cannot raise the interrupt pending at the snapshot again: {source}")]
+    RaisePending {
+        /// The error from the kernel.
+        #[source]
+        source: io::Error,
+    },
     /// A queue in a snapshot is not valid for this guest memory.
     #[error("snapshot queue {index}: {source}")]
     InvalidQueue {

@@ -216,6 +216,17 @@ impl Persist<'_> for MmioTransport {
             t.activated = true;
             t.kick_queues();
         }
+        // An interrupt the device raised just before the snapshot may not
+        // have reached the saved interrupt controller (KVM injects an
+        // irqfd's interrupt from a worker, after the write): raised once
+        // more, so the guest's handler reads InterruptStatus and finds the
+        // work. A guest that had taken it already sees one spurious
+        // interrupt, which virtio drivers handle.
+        if t.interrupt.status() != 0 {
+            t.line
+                .trigger()
+                .map_err(|source| TransportError::RaisePending { source })?;
+        }
         Ok(t)
     }
 }
