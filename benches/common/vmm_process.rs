@@ -48,7 +48,7 @@ pub fn kindling_binary() -> Option<PathBuf> {
 }
 
 /// Kindling's `microvm` and the VMM named by `KINDLING_COMPARE_VMM`, or
-/// `None` with the reason when either is missing.
+/// an error saying which is missing.
 pub fn compared_vmms() -> Result<[Vmm; 2], String> {
     let other = std::env::var("KINDLING_COMPARE_VMM")
         .map_err(|_| "KINDLING_COMPARE_VMM is not set (the path of a Firecracker binary)")?;
