@@ -25,9 +25,9 @@
 //! fresh process's start to the answer of `PUT /snapshot/load` with
 //! `resume_vm: true` (the guest runs again then; the load request alone
 //! and the guest's next console line are reported too); the diff is
-//! taken after the guest ran 5 ms (a host write is not in the dirty log
-//! of either VMM, so the 1 MiB change of the in-process run cannot be
-//! made from outside); per clone memory is four processes loading one
+//! taken after the guest (`count-touch:1024`) rewrote 1 MiB of its
+//! memory (a host write is in neither VMM's dirty log, so the guest
+//! makes the change); per clone memory is four processes loading one
 //! 128 MiB snapshot. `KINDLING_COMPARE_RUNS` (default 10) sets the runs.
 
 #[path = "common/vmm_process.rs"]
@@ -321,10 +321,18 @@ struct ApiVm {
 }
 
 impl ApiVm {
-    /// Boots `vmm` with `mib` of memory through its API and waits for the
-    /// guest to count, then writes `touched_mib` of data into its memory
-    /// (from 16 MiB up) and pauses it.
-    fn boot(vmm: &process::Vmm, work: &Path, mib: u64, touched_mib: u64, dirty: bool) -> ApiVm {
+    /// Boots `vmm` with `mib` of memory through its API, the guest
+    /// running `action` (`count` or `count-touch:KIB`), and waits for it
+    /// to count, then writes `touched_mib` of data into its memory (from
+    /// 16 MiB up) and pauses it.
+    fn boot(
+        vmm: &process::Vmm,
+        work: &Path,
+        mib: u64,
+        touched_mib: u64,
+        dirty: bool,
+        action: &str,
+    ) -> ApiVm {
         let socket = work.join(format!("{}-{mib}.sock", vmm.name));
         let vm = process::Process::with_api(vmm, &socket, work);
         let mut api = process::connect(&socket);
@@ -334,7 +342,7 @@ impl ApiVm {
             "PUT",
             "/boot-source",
             &format!(
-                r#"{{"kernel_image_path": "{}", "boot_args": "kindling.test=count"}}"#,
+                r#"{{"kernel_image_path": "{}", "boot_args": "kindling.test={action}"}}"#,
                 kernel.display()
             ),
         );
@@ -491,7 +499,7 @@ fn compare_restore(vmms: &[process::Vmm; 2], work: &Path, mib: u64, runs: usize)
     let files: Vec<(PathBuf, PathBuf)> = vmms
         .iter()
         .map(|vmm| {
-            let mut vm = ApiVm::boot(vmm, work, mib, 0, false);
+            let mut vm = ApiVm::boot(vmm, work, mib, 0, false, "count");
             let (state, mem) = (
                 work.join(format!("{}-{mib}.state", vmm.name)),
                 work.join(format!("{}-{mib}.mem", vmm.name)),
@@ -527,7 +535,7 @@ fn compare_restore(vmms: &[process::Vmm; 2], work: &Path, mib: u64, runs: usize)
 fn compare_full(vmms: &[process::Vmm; 2], work: &Path, mib: u64, touched_mib: u64, runs: usize) {
     let mut vms: Vec<ApiVm> = vmms
         .iter()
-        .map(|vmm| ApiVm::boot(vmm, work, mib, touched_mib, false))
+        .map(|vmm| ApiVm::boot(vmm, work, mib, touched_mib, false, "count"))
         .collect();
     let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     let mut written = [0u64; 2];
@@ -551,12 +559,13 @@ fn compare_full(vmms: &[process::Vmm; 2], work: &Path, mib: u64, touched_mib: u6
     }
 }
 
-/// Diff snapshots of a 128 MiB guest after it ran 5 ms, both VMMs.
+/// Diff snapshots of a 128 MiB guest after it rewrote 1 MiB of its
+/// memory (`count-touch:1024`, one more line), both VMMs.
 fn compare_diff(vmms: &[process::Vmm; 2], work: &Path, runs: usize) {
     let mut vms: Vec<ApiVm> = vmms
         .iter()
         .map(|vmm| {
-            let mut vm = ApiVm::boot(vmm, work, 128, 10, true);
+            let mut vm = ApiVm::boot(vmm, work, 128, 10, true, "count-touch:1024");
             vm.snapshot(
                 &work.join(format!("{}-base.state", vmm.name)),
                 &work.join(format!("{}-base.mem", vmm.name)),
@@ -569,8 +578,13 @@ fn compare_diff(vmms: &[process::Vmm; 2], work: &Path, runs: usize) {
     let mut written = [0u64; 2];
     for _ in 0..runs {
         for (i, vmm) in vmms.iter().enumerate() {
+            // The guest rewrites its 1 MiB before each line: one more
+            // line after the resume, and that 1 MiB is dirty.
+            let lines = vms[i].vm.count("count:");
             vms[i].resume();
-            std::thread::sleep(Duration::from_millis(5));
+            vms[i]
+                .vm
+                .wait_lines("count:", lines + 1, Duration::from_secs(10));
             vms[i].pause();
             let mem = work.join(format!("{}-diff.mem", vmm.name));
             let _ = std::fs::remove_file(&mem);
@@ -582,7 +596,7 @@ fn compare_diff(vmms: &[process::Vmm; 2], work: &Path, runs: usize) {
     }
     for (i, vmm) in vmms.iter().enumerate() {
         println!(
-            "snapshot: {:<11} diff snapshot of a 128 MiB guest after it ran 5 ms: {} ({:.2} MiB on disk)",
+            "snapshot: {:<11} diff snapshot of a 128 MiB guest after it rewrote 1 MiB: {} ({:.2} MiB on disk)",
             vmm.name,
             ms_of(&mut times[i]),
             written[i] as f64 / MIB as f64
@@ -599,7 +613,7 @@ fn compare_clones(vmms: &[process::Vmm; 2], work: &Path) {
             work.join(format!("{}-clones.state", vmm.name)),
             work.join(format!("{}-clones.mem", vmm.name)),
         );
-        ApiVm::boot(vmm, work, 128, 10, false).snapshot(&state, &mem, "Full");
+        ApiVm::boot(vmm, work, 128, 10, false, "count").snapshot(&state, &mem, "Full");
         let clones: Vec<process::Process> = (0..CLONES)
             .map(|_| api_restore(vmm, work, &state, &mem).1)
             .collect();
