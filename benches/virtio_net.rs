@@ -19,7 +19,19 @@
 //! `KINDLING_NET_BENCH_FRAMES` sets the frames per workload (default
 //! 200000). Under `cargo test` it runs each workload with a few frames,
 //! as a smoke test.
+//!
+//! With `KINDLING_COMPARE_VMM=/path/to/firecracker` it then runs the same
+//! guest workloads under two processes, Kindling's release `microvm` and
+//! that VMM, both configured by the same Firecracker config file (same
+//! guest, same TAP, same command line ending in `kindling.exit=reset`),
+//! interleaved, `KINDLING_COMPARE_RUNS` times each (default 5). There the
+//! host reads the guest's lines from the VMM's stdout, CPU is the VMM
+//! process's (all its threads, its CPU-time clock), and
+//! the receive sender keeps its window from the TAP's own transmit
+//! counter (frames the VMM has read), as it cannot see the device.
 
+#[path = "common/vmm_process.rs"]
+mod process;
 #[path = "../tests/common/tap.rs"]
 mod tap;
 
@@ -157,6 +169,141 @@ fn run(tap: &str, ifindex: i32, dir: Direction, len: usize, frames: u64) -> (Dur
     )
 }
 
+/// Frames the VMM has read from the TAP `name` so far: the TAP's transmit
+/// counter, from the calling thread's network namespace.
+fn tap_frames_read(name: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.trim_start().strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|fields| fields.split_whitespace().nth(9)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Writes `frames` frames of `len` bytes into the TAP for a VMM in another
+/// process, at most `WINDOW` ahead of what it has read.
+fn send_frames(tap: &str, ifindex: i32, len: usize, frames: u64) {
+    let sock = PacketSocket::new(ifindex, 100).expect("packet socket");
+    let mut frame = vec![0u8; len];
+    frame[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    frame[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+    frame[12..14].copy_from_slice(&[0x88, 0xb5]);
+    let base = tap_frames_read(tap);
+    let mut delivered = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for sent in 0..frames {
+        while sent - delivered >= WINDOW {
+            assert!(Instant::now() < deadline, "the VMM stopped reading the TAP");
+            delivered = tap_frames_read(tap) - base;
+            if sent - delivered >= WINDOW {
+                std::thread::yield_now();
+            }
+        }
+        frame[14..22].copy_from_slice(&sent.to_le_bytes());
+        sock.send(Vnet::default(), &frame).expect("sending a frame");
+    }
+}
+
+/// One workload under `vmm` as a separate process: (elapsed, VMM CPU
+/// time) between the guest's `start` and `done` lines.
+fn run_process(
+    vmm: &process::Vmm,
+    work: &std::path::Path,
+    tap: &str,
+    ifindex: i32,
+    dir: Direction,
+    len: usize,
+    frames: u64,
+) -> (Duration, Duration) {
+    let (action, prefix) = match dir {
+        Direction::Transmit => (format!("net-send:{frames}:{len}"), "net-send"),
+        Direction::Receive => (format!("net-recv:{frames}:0"), "net-recv"),
+    };
+    let kernel = work.join("guest.elf");
+    let config = work.join("net.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "kindling.test=virtio,{action} kindling.exit=reset"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 64}}, "drives": [], "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "{tap}", "guest_mac": "06:00:ac:10:00:02"}}]}}"#,
+            kernel.display()
+        ),
+    )
+    .expect("writing the config file");
+    let vm = process::Process::with_config(vmm, &config, work);
+    let timeout = Duration::from_secs(120);
+    vm.wait_lines(&format!("{prefix}: start"), 1, timeout);
+    if matches!(dir, Direction::Receive) {
+        send_frames(tap, ifindex, len, frames);
+    }
+    vm.wait_lines(&format!("{prefix}: done"), 1, timeout);
+    let start = vm.find(&format!("{prefix}: start")).unwrap();
+    let done = vm.find(&format!("{prefix}: done")).unwrap();
+    assert!(
+        done.text
+            .contains(&format!("{prefix}: done frames={frames} ")),
+        "{}: {}",
+        vmm.name,
+        done.text
+    );
+    let (status, console) = vm.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "{} ended with {status}:\n{console}",
+        vmm.name
+    );
+    (done.at - start.at, done.cpu.saturating_sub(start.cpu))
+}
+
+/// Kindling's `microvm` and the VMM of `KINDLING_COMPARE_VMM` on the same
+/// workloads, interleaved.
+fn compare(tap: &str, ifindex: i32, frames: u64, runs: usize) {
+    let vmms = match process::compared_vmms() {
+        Ok(v) => v,
+        Err(why) => {
+            println!("virtio_net: comparison skipped: {why}");
+            return;
+        }
+    };
+    let work = std::env::temp_dir().join(format!("kindling-net-compare-{}", std::process::id()));
+    std::fs::create_dir_all(&work).expect("creating the work directory");
+    process::guest_kernel(&work);
+    println!(
+        "virtio_net: {} vs {}, {frames} frames, {runs} interleaved runs each, load average {}",
+        vmms[0].binary.display(),
+        vmms[1].binary.display(),
+        process::load_average()
+    );
+    for (dir, name) in [(Direction::Transmit, "TX"), (Direction::Receive, "RX")] {
+        for len in [64usize, 1500] {
+            let mut results: [Vec<(Duration, Duration)>; 2] = [Vec::new(), Vec::new()];
+            for _ in 0..runs {
+                for (vmm, out) in vmms.iter().zip(results.iter_mut()) {
+                    out.push(run_process(vmm, &work, tap, ifindex, dir, len, frames));
+                }
+            }
+            for (vmm, out) in vmms.iter().zip(results) {
+                let mut fps: Vec<u64> = out
+                    .iter()
+                    .map(|(t, _)| (frames as f64 / t.as_secs_f64()) as u64)
+                    .collect();
+                let mut cpu: Vec<Duration> = out.iter().map(|(_, c)| *c).collect();
+                let fps_all = format!("{fps:?}");
+                let fps = process::median(&mut fps);
+                println!(
+                    "virtio_net: {:<11} {name} {len:>4} B median {fps:>9} frames/s {:>8.1} MiB/s {:>6.2} µs host CPU/frame (runs: {fps_all} frames/s)",
+                    vmm.name,
+                    fps as f64 * len as f64 / (1 << 20) as f64,
+                    process::median(&mut cpu).as_secs_f64() * 1e6 / frames as f64,
+                );
+            }
+        }
+    }
+    println!(
+        "virtio_net: load average after the comparison {}",
+        process::load_average()
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
+
 fn main() {
     let smoke = !std::env::args().any(|a| a == "--bench");
     // SAFETY: geteuid has no preconditions.
@@ -186,4 +333,13 @@ fn main() {
             );
         }
     }
+    let runs = if smoke {
+        1
+    } else {
+        std::env::var("KINDLING_COMPARE_RUNS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5)
+    };
+    compare("kdlbench0", ifindex, frames, runs);
 }

@@ -19,6 +19,17 @@
 //! `KINDLING_VSOCK_BENCH_MIB` (default 256) and
 //! `KINDLING_VSOCK_BENCH_ROUND_TRIPS` (default 20000) size the runs. Under
 //! `cargo test` it runs both with a little data, as a smoke test.
+//!
+//! With `KINDLING_COMPARE_VMM=/path/to/firecracker` it then runs both
+//! workloads under two processes, Kindling's release `microvm` and that
+//! VMM, configured by the same Firecracker config file (same guest, same
+//! command line ending in `kindling.exit=reset`), interleaved,
+//! `KINDLING_COMPARE_RUNS` times each (default 3). There CPU is the VMM
+//! process's alone (all its threads, its CPU-time clock),
+//! without the host program's echo.
+
+#[path = "common/vmm_process.rs"]
+mod process;
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -155,6 +166,184 @@ fn latency(dir: &Path, round_trips: usize) -> Option<Vec<Duration>> {
     Some(times)
 }
 
+/// Starts `vmm` on the test guest with `action` and a vsock device on
+/// `uds`.
+fn start_process(vmm: &process::Vmm, work: &Path, action: &str, uds: &Path) -> process::Process {
+    let _ = std::fs::remove_file(uds);
+    let config = work.join("vsock.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "kindling.test=virtio,{action} kindling.exit=reset"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 64}}, "drives": [], "vsock": {{"guest_cid": 3, "uds_path": "{}"}}}}"#,
+            work.join("guest.elf").display(),
+            uds.display()
+        ),
+    )
+    .expect("writing the config file");
+    process::Process::with_config(vmm, &config, work)
+}
+
+/// Waits for `vm` to end well.
+fn finish(vmm: &process::Vmm, vm: process::Process) -> String {
+    let (status, console) = vm.wait_exit(Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "{} ended with {status}:\n{console}",
+        vmm.name
+    );
+    console
+}
+
+/// The stream echo under `vmm` as a process: (elapsed, VMM CPU time).
+fn throughput_process(vmm: &process::Vmm, work: &Path, bytes: u64) -> (Duration, Duration) {
+    let uds = work.join("t.sock");
+    let listen_path = work.join("t.sock_5000");
+    let _ = std::fs::remove_file(&listen_path);
+    let listener = UnixListener::bind(&listen_path).expect("binding the host listener");
+    let vm = start_process(vmm, work, &format!("vsock-connect:5000:{bytes}"), &uds);
+    let (mut stream, _) = listener.accept().expect("accepting the guest's connection");
+    let (start, cpu) = (Instant::now(), process::process_cpu(vm.pid()));
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = stream.read(&mut buf).expect("reading the guest's stream");
+        if n == 0 {
+            break;
+        }
+        stream.write_all(&buf[..n]).expect("echoing to the guest");
+        total += n as u64;
+    }
+    let (elapsed, cpu) = (
+        start.elapsed(),
+        process::process_cpu(vm.pid()).saturating_sub(cpu),
+    );
+    drop(stream);
+    let console = finish(vmm, vm);
+    assert_eq!(total, bytes, "{}: {console}", vmm.name);
+    assert!(
+        console.contains(&format!("sent={bytes} received={bytes}"))
+            && console.contains("mismatches=0"),
+        "{}: {console}",
+        vmm.name
+    );
+    let _ = std::fs::remove_file(&listen_path);
+    (elapsed, cpu)
+}
+
+/// Connects through `uds` to guest port `port` (`CONNECT`), retrying
+/// while the device is not ready.
+fn connect_guest(uds: &Path, port: u32) -> UnixStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the guest's port {port} never answered"
+        );
+        let Ok(mut stream) = UnixStream::connect(uds) else {
+            thread::sleep(Duration::from_millis(1));
+            continue;
+        };
+        if stream
+            .write_all(format!("CONNECT {port}\n").as_bytes())
+            .is_err()
+        {
+            continue;
+        }
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while byte[0] != b'\n' && stream.read_exact(&mut byte).is_ok() {
+            line.push(byte[0]);
+        }
+        if line.starts_with(b"OK ") {
+            return stream;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The 64-byte round trips under `vmm` as a process.
+fn latency_process(vmm: &process::Vmm, work: &Path, round_trips: usize) -> Vec<Duration> {
+    let uds = work.join("l.sock");
+    let vm = start_process(vmm, work, "vsock-listen:6000", &uds);
+    let mut stream = connect_guest(&uds, 6000);
+    let message = [0x42u8; 64];
+    let mut echo = [0u8; 64];
+    let mut times = Vec::with_capacity(round_trips);
+    for _ in 0..round_trips {
+        let start = Instant::now();
+        stream.write_all(&message).expect("sending to the guest");
+        stream
+            .read_exact(&mut echo)
+            .expect("reading the guest's echo");
+        times.push(start.elapsed());
+    }
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutting down");
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    let console = finish(vmm, vm);
+    assert!(console.contains("overruns=0"), "{}: {console}", vmm.name);
+    times
+}
+
+/// Kindling's `microvm` and the VMM of `KINDLING_COMPARE_VMM` on both
+/// workloads, interleaved.
+fn compare(mib: u64, round_trips: usize, runs: usize) {
+    let vmms = match process::compared_vmms() {
+        Ok(v) => v,
+        Err(why) => {
+            println!("virtio_vsock: comparison skipped: {why}");
+            return;
+        }
+    };
+    let work = std::env::temp_dir().join(format!("kindling-vsock-compare-{}", std::process::id()));
+    std::fs::create_dir_all(&work).expect("creating the work directory");
+    process::guest_kernel(&work);
+    println!(
+        "virtio_vsock: {} vs {}, {runs} interleaved runs each, load average {}",
+        vmms[0].binary.display(),
+        vmms[1].binary.display(),
+        process::load_average()
+    );
+    let mut streams: [Vec<(Duration, Duration)>; 2] = [Vec::new(), Vec::new()];
+    let mut trips: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..runs {
+        for (i, vmm) in vmms.iter().enumerate() {
+            streams[i].push(throughput_process(vmm, &work, mib << 20));
+            trips[i].extend(latency_process(vmm, &work, round_trips));
+        }
+    }
+    for (i, vmm) in vmms.iter().enumerate() {
+        let mut rates: Vec<u64> = streams[i]
+            .iter()
+            .map(|(t, _)| (mib as f64 / t.as_secs_f64() * 10.0) as u64)
+            .collect();
+        let mut cpu: Vec<Duration> = streams[i].iter().map(|(_, c)| *c).collect();
+        let all = format!(
+            "{:?}",
+            rates.iter().map(|r| *r as f64 / 10.0).collect::<Vec<_>>()
+        );
+        let times = &mut trips[i];
+        times.sort_unstable();
+        let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+        println!(
+            "virtio_vsock: {:<11} stream echo {mib} MiB: median {:.1} MiB/s each way (runs {all}), {:.2} s VMM CPU per GiB moved; 64-byte round trip median {:.1} µs, p99 {:.1} µs, min {:.1} µs",
+            vmm.name,
+            process::median(&mut rates) as f64 / 10.0,
+            process::median(&mut cpu).as_secs_f64() / (2.0 * mib as f64 / 1024.0),
+            at(0.5),
+            at(0.99),
+            at(0.0)
+        );
+    }
+    println!(
+        "virtio_vsock: load average after the comparison {}",
+        process::load_average()
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
+
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
@@ -194,4 +383,10 @@ fn main() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+    let runs = if smoke {
+        1
+    } else {
+        env_or("KINDLING_COMPARE_RUNS", 3usize)
+    };
+    compare(mib, round_trips, runs);
 }

@@ -834,3 +834,46 @@ fn the_microvm_binary_snapshots_at_a_marker_line_and_restores_it() {
     let joined = format!("{before}{}", restored.kill());
     assert!(check_sequence(&joined) >= saved + 10);
 }
+
+#[test]
+fn count_touch_dirties_its_pages_for_the_next_diff() {
+    if !kvm_available("count_touch_dirties_its_pages_for_the_next_diff") {
+        return;
+    }
+    let dir = TempDir::new("snap-count-touch");
+    let guest = start_guest("kindling.test=count-touch:256", None, true);
+    wait_for_count(&guest, 2);
+    snapshot(&guest, SnapshotKind::Full, &dir.0, "base");
+    let seen = *counts(&guest.serial.text()).last().unwrap();
+    guest.running.resume().unwrap();
+    wait_for_count(&guest, seen + 2);
+    guest.running.pause().unwrap();
+    let info = guest
+        .running
+        .snapshot(&SnapshotRequest {
+            kind: SnapshotKind::Diff,
+            state_path: dir.0.join("diff.state"),
+            mem_path: dir.0.join("diff.mem"),
+        })
+        .unwrap();
+    // The 256 KiB from 16 MiB up, plus the guest's counter and stack.
+    assert!(
+        (64..64 + 16).contains(&info.pages_written),
+        "{} pages written",
+        info.pages_written
+    );
+    let byte: u8 = guest
+        .running
+        .memory()
+        .read_obj(GuestAddress((16 << 20) + (256 << 10) - 1))
+        .unwrap();
+    assert_eq!(byte & 1, 1, "the guest's last touched byte is {byte:#x}");
+    let untouched: u8 = guest
+        .running
+        .memory()
+        .read_obj(GuestAddress((16 << 20) + (256 << 10)))
+        .unwrap();
+    assert_eq!(untouched, 0, "the guest wrote past its 256 KiB");
+    guest.running.stop();
+    guest.running.wait().unwrap();
+}

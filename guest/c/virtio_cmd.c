@@ -811,6 +811,38 @@ static __attribute__((noreturn)) void act_count(const struct args *a)
 	}
 }
 
+#define COUNT_TOUCH_BASE	(16ULL << 20)	/* count-touch writes from here */
+#define COUNT_TOUCH_MAX_KIB	(1ULL << 20)	/* at most 1 GiB */
+
+/*
+ * count-touch:KIB: as count, and before each line writes KIB KiB of guest
+ * memory from 16 MiB up (the same pages every time), every byte N | 1, so
+ * that a snapshot taken after at least one more line finds those pages
+ * dirty. The guest must have 16 MiB + KIB KiB of memory.
+ */
+static __attribute__((noreturn)) void act_count_touch(const struct args *a)
+{
+	static volatile uint64_t counter;
+	uint64_t kib;
+
+	if (a->n != 1)
+		bad_arguments(a);
+	kib = arg_num(a, 0, 1, COUNT_TOUCH_MAX_KIB);
+	for (;;) {
+		uint64_t n = counter;
+		uint64_t start;
+
+		memset((void *)COUNT_TOUCH_BASE, (int)((n & 0xff) | 1), kib << 10);
+		out_str("count: ");
+		out_dec(n);
+		out_line();
+		counter = n + 1;
+		start = rdtsc();
+		while (rdtsc() - start < COUNT_PERIOD_TSC)
+			cpu_relax();
+	}
+}
+
 static const struct {
 	const char *name;
 	void (*run)(const struct args *a);
@@ -827,6 +859,7 @@ static const struct {
 	{ "blk-bench", act_blk_bench },
 	{ "blk-hog", act_blk_hog },
 	{ "count", act_count },
+	{ "count-touch", act_count_touch },
 	{ "vsock-connect", act_vsock_connect },
 	{ "vsock-listen", act_vsock_listen },
 	{ "net-info", act_net_info },
