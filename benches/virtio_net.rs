@@ -15,6 +15,15 @@
 //! the VMM's (vCPU thread, event loop, and the kernel work they do in the
 //! TAP).
 //!
+//! TSO: the guest's `net-tso:N:65214` hands over TCP/IPv4 frames of 45
+//! segments of 1448 bytes (64 KiB less 322 bytes) whole, asking for
+//! segmentation; the VMM writes each into the TAP in one `writev` and the
+//! kernel drops it unsegmented (not addressed to this host). The other
+//! way, the host thread sends the same frames as GSO frames
+//! (`PACKET_VNET_HDR`) once the guest took `GUEST_TSO4`, and the TAP hands
+//! them over whole, each into 32 of the guest's mergeable 2 KiB buffers.
+//! A quarter as many frames; MiB/s counts TCP payload.
+//!
 //! `cargo bench -p kindling-benches --bench virtio_net` (as root);
 //! `KINDLING_NET_BENCH_FRAMES` sets the frames per workload (default
 //! 200000). Under `cargo test` it runs each workload with a few frames,
@@ -41,7 +50,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kindling::vmm::{ExitReason, KernelSource, NetConfig, SerialConfig, VmConfig, Vmm};
-use tap::{create_tap, PacketSocket, Vnet};
+use tap::{create_tap, tcp_frame, PacketSocket, Vnet, TSO_VNET};
 
 fn rusage_time(who: libc::c_int) -> Duration {
     // SAFETY: an all-zero rusage is valid; getrusage only writes into it.
@@ -90,7 +99,15 @@ impl Write for Stamper {
 enum Direction {
     Transmit,
     Receive,
+    /// `net-tso`: TCP/IPv4 frames the guest hands over whole for TSO.
+    TransmitTso,
+    /// GSO TCP/IPv4 frames from the host, taken whole (`GUEST_TSO4`).
+    ReceiveTso,
 }
+
+/// The TSO workloads' frame: 45 segments of 1448 bytes and 54 bytes of
+/// headers, the largest such frame under 64 KiB.
+const TSO_FRAME: usize = 54 + 45 * 1448;
 
 /// Frames the host keeps in flight ahead of the device.
 const WINDOW: u64 = 256;
@@ -101,7 +118,8 @@ fn run(tap: &str, ifindex: i32, dir: Direction, len: usize, frames: u64) -> (Dur
     let stamper = Stamper::default();
     let (action, prefix) = match dir {
         Direction::Transmit => (format!("net-send:{frames}:{len}"), "net-send"),
-        Direction::Receive => (format!("net-recv:{frames}:0"), "net-recv"),
+        Direction::Receive | Direction::ReceiveTso => (format!("net-recv:{frames}:0"), "net-recv"),
+        Direction::TransmitTso => (format!("net-tso:{frames}:{len}"), "net-tso"),
     };
     let vmm = Vmm::build(VmConfig {
         kernel: KernelSource::Bytes(kindling_test_guest::TEST_GUEST_ELF.into()),
@@ -115,14 +133,38 @@ fn run(tap: &str, ifindex: i32, dir: Direction, len: usize, frames: u64) -> (Dur
     .expect("building the benchmark VM");
     let net = vmm.devices().net[0].1.clone();
     let stop = Arc::new(AtomicBool::new(false));
-    let sender = matches!(dir, Direction::Receive).then(|| {
+    let tso = matches!(dir, Direction::ReceiveTso);
+    let sender = matches!(dir, Direction::Receive | Direction::ReceiveTso).then(|| {
         let sock = PacketSocket::new(ifindex, 100).expect("packet socket");
-        let (net, stop) = (net.clone(), stop.clone());
+        if tso {
+            // Room for the whole window of 64 KiB frames in the TAP.
+            sock.set_send_buffer(64 << 20).expect("a send buffer");
+        }
+        let (net, stop, lines) = (net.clone(), stop.clone(), stamper.lines.clone());
         std::thread::spawn(move || {
+            // GSO frames only once the guest took GUEST_TSO4 (the TAP
+            // would segment them before): after its `start` line.
+            while tso && !stop.load(Ordering::Relaxed) {
+                if lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(l, _, _)| l.starts_with("net-recv: start"))
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let mut frame = vec![0u8; len];
             frame[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
             frame[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
             frame[12..14].copy_from_slice(&[0x88, 0xb5]);
+            let mut header = Vnet::default();
+            if tso {
+                let ips = [169, 254, 1, 1, 169, 254, 1, 2];
+                frame = tcp_frame([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 9], ips, 0, 0, len - 54);
+                header = TSO_VNET;
+            }
             let mut sent = 0u64;
             let mut delivered = 0u64;
             while sent < frames && !stop.load(Ordering::Relaxed) {
@@ -133,8 +175,10 @@ fn run(tap: &str, ifindex: i32, dir: Direction, len: usize, frames: u64) -> (Dur
                     }
                     continue;
                 }
-                frame[14..22].copy_from_slice(&sent.to_le_bytes());
-                sock.send(Vnet::default(), &frame).expect("sending a frame");
+                if !tso {
+                    frame[14..22].copy_from_slice(&sent.to_le_bytes());
+                }
+                sock.send(header, &frame).expect("sending a frame");
                 sent += 1;
             }
             thread_cpu_time()
@@ -160,8 +204,10 @@ fn run(tap: &str, ifindex: i32, dir: Direction, len: usize, frames: u64) -> (Dur
     );
     let c = net.lock().unwrap().counters();
     match dir {
-        Direction::Transmit => assert_eq!(c.tx_frames, frames),
-        Direction::Receive => assert_eq!((c.rx_frames, c.rx_dropped), (frames, 0)),
+        Direction::Transmit | Direction::TransmitTso => assert_eq!(c.tx_frames, frames),
+        Direction::Receive | Direction::ReceiveTso => {
+            assert_eq!((c.rx_frames, c.rx_dropped), (frames, 0))
+        }
     }
     (
         done.1 - start.1,
@@ -332,6 +378,25 @@ fn main() {
                 cpu.as_secs_f64() * 1e6 / frames as f64
             );
         }
+    }
+    // TSO: 64 KiB TCP/IPv4 frames, a quarter as many; MiB/s counts TCP
+    // payload, segments are the 1448-byte ones the frames stand for.
+    let tso_frames = (frames / 4).max(1);
+    for (dir, name) in [
+        (Direction::TransmitTso, "TX"),
+        (Direction::ReceiveTso, "RX"),
+    ] {
+        let (elapsed, cpu) = run("kdlbench0", ifindex, dir, TSO_FRAME, tso_frames);
+        let (secs, n) = (elapsed.as_secs_f64(), tso_frames as f64);
+        let mib = n * (TSO_FRAME - 54) as f64 / (1 << 20) as f64;
+        println!(
+            "virtio_net: {name} TSO 64 KiB {:>7.0} frames/s {:>8.0} segments/s {:>8.1} MiB/s {:>6.2} µs host CPU/frame {:>6.1} µs host CPU/MiB",
+            n / secs,
+            n * 45.0 / secs,
+            mib / secs,
+            cpu.as_secs_f64() * 1e6 / n,
+            cpu.as_secs_f64() * 1e6 / mib
+        );
     }
     let runs = if smoke {
         1

@@ -15,7 +15,7 @@ use kindling::vmm::{
     ExitReason, KernelSource, NetConfig, RateLimiterConfig, SeccompPolicy, SerialConfig,
     TokenBucketConfig, VmConfig, Vmm,
 };
-use tap::{create_tap, host_frame, tap_available, PacketSocket, Vnet};
+use tap::{create_tap, host_frame, tap_available, tcp_frame, PacketSocket, Vnet, TSO_VNET};
 
 const MAC: &str = "06:00:ac:10:00:02";
 
@@ -234,6 +234,110 @@ fn partial_checksums_cross_the_tap_both_ways() {
     let (h, frame) = sock.recv().expect("the echo");
     assert_eq!((h.flags, h.csum_start, h.csum_offset), (1, 34, 6));
     assert_eq!(frame, udp);
+}
+
+#[test]
+fn tso_frames_cross_the_tap_whole_both_ways() {
+    if !available("tso_frames_cross_the_tap_whole_both_ways") {
+        return;
+    }
+    let ifindex = create_tap("kdl7").unwrap();
+    let sock = PacketSocket::new(ifindex, 2000).unwrap();
+    let serial = Capture::default();
+    // 45 segments' worth, then one frame small enough not to need GSO.
+    let (big, small) = (65214usize, 600usize);
+    let vmm = Vmm::build(config(
+        &format!("kindling.test=virtio,net-tso:3:{big},net-tso:1:{small},net-recv:2"),
+        &serial,
+        vec![interface("kdl7")],
+    ))
+    .unwrap();
+    let net = vmm.devices().net[0].1.clone();
+    let running = vmm.start().unwrap();
+    // The guest's frames reach the host whole, with their GSO request:
+    // the VMM wrote each into the TAP in one piece (the kernel would
+    // segment them on their way out of this host, were they routed).
+    let guest_mac = [6, 0, 0xac, 0x10, 0, 2];
+    let out_ips = [169, 254, 1, 2, 169, 254, 1, 1];
+    let payload = big - 54;
+    for i in 0..3u16 {
+        let (h, frame) = sock
+            .recv()
+            .unwrap_or_else(|| panic!("TSO frame {i} missing"));
+        assert_eq!(
+            (h.flags, h.gso_type, h.gso_size, h.csum_start, h.csum_offset),
+            (1, 1, 1448, 34, 16),
+            "frame {i}"
+        );
+        let want = tcp_frame(
+            [0xff; 6],
+            guest_mac,
+            out_ips,
+            i,
+            u32::from(i) * payload as u32,
+            payload,
+        );
+        assert!(
+            frame == want,
+            "TSO frame {i}: {} bytes, not the {} expected or different",
+            frame.len(),
+            want.len()
+        );
+    }
+    let (h, frame) = sock.recv().expect("the small frame");
+    assert_eq!(
+        (h.flags, h.gso_type, h.csum_start, h.csum_offset),
+        (1, 0, 34, 16)
+    );
+    assert_eq!(
+        frame,
+        tcp_frame([0xff; 6], guest_mac, out_ips, 0, 0, small - 54)
+    );
+    // The other way: the guest accepted GUEST_TSO4, so the TAP hands
+    // over 64 KiB frames unsegmented, into mergeable buffers.
+    let in_ips = [169, 254, 1, 1, 169, 254, 1, 2];
+    let host_frames: Vec<Vec<u8>> = (0..2u16)
+        .map(|i| {
+            tcp_frame(
+                guest_mac,
+                [2, 0, 0, 0, 0, 9],
+                in_ips,
+                i,
+                u32::from(i) * payload as u32,
+                payload,
+            )
+        })
+        .collect();
+    for f in &host_frames {
+        sock.send(TSO_VNET, f).unwrap();
+    }
+    let reason = running.wait().unwrap();
+    let serial = serial.text();
+    assert_eq!(reason, ExitReason::Status(0), "{serial}");
+    assert_eq!(
+        line(&serial, "net-tso: done frames=3"),
+        format!("net-tso: done frames=3 bytes={}", 3 * payload)
+    );
+    assert_eq!(
+        line(&serial, "net-tso: done frames=1"),
+        format!("net-tso: done frames=1 bytes={}", small - 54)
+    );
+    let all = host_frames.concat();
+    assert_eq!(
+        line(&serial, "net-recv: done"),
+        format!(
+            "net-recv: done frames=2 bytes={} crc32={:#010x}",
+            all.len(),
+            common::crc32(&all)
+        )
+    );
+    let c = net.lock().unwrap().counters();
+    assert_eq!((c.tx_frames, c.tx_bytes), (4, (3 * big + small) as u64));
+    assert_eq!(
+        (c.rx_frames, c.rx_bytes, c.rx_dropped),
+        (2, all.len() as u64, 0)
+    );
+    assert_eq!(c.tx_malformed + c.tx_errors, 0);
 }
 
 #[test]

@@ -16,7 +16,8 @@
  *   0x0048_0000  the 64 KiB I/O buffer of the single-request actions
  *   0x0050_0000  the benchmark buffers, 64 x 64 KiB; the network driver
  *                uses the first 1 MiB of them (receive, then transmit
- *                buffers, 256 x 2 KiB each)
+ *                buffers, 256 x 2 KiB each), then net-tso's transmit
+ *                buffers (NET_TSO_SLOTS x 68 KiB)
  *   0x0090_0000  the vsock driver's queues 1 and 2 and its buffers, 1 MiB
  *   0x00a0_0000  end
  *
@@ -43,6 +44,9 @@
 #define NET_BUF_SIZE		2048UL
 #define NET_RX_BUFS		BENCH_BUF_START
 #define NET_TX_BUFS		(BENCH_BUF_START + VQ_MAX_SIZE * NET_BUF_SIZE)
+#define NET_TSO_BUFS		(NET_TX_BUFS + VQ_MAX_SIZE * NET_BUF_SIZE)
+#define NET_TSO_BUF_SIZE	0x11000UL	/* the header and a 64 KiB frame */
+#define NET_TSO_SLOTS		32
 
 /* Inside a device's area. */
 #define VQ_DESC_OFFSET		0x0000	/* 16 * 256 bytes */
@@ -67,6 +71,7 @@
 #define VIRTIO_NET_F_CSUM		0
 #define VIRTIO_NET_F_GUEST_CSUM		1
 #define VIRTIO_NET_F_MAC		5
+#define VIRTIO_NET_F_GUEST_TSO4		7
 #define VIRTIO_NET_F_HOST_TSO4		11
 #define VIRTIO_NET_F_MRG_RXBUF		15
 #define FEATURE(bit)			(1ULL << (bit))
@@ -280,6 +285,7 @@ void vsock_listen(struct virtio_dev *d, uint32_t port);
 #define VIRTIO_NET_HDR_GSO_TCPV4	1
 #define NET_HDR_LEN			12
 #define NET_MAX_FRAME			(NET_BUF_SIZE - NET_HDR_LEN)
+#define NET_TSO_MAX_FRAME		65536	/* the device's largest */
 
 struct virtio_net_hdr {
 	uint8_t flags;
@@ -308,6 +314,14 @@ uint8_t *net_tx_buffer(void);
  * publishes it to the device now if `kick` (otherwise at the next kick,
  * net_tx_drain, or when the queue is full). */
 void net_tx_submit(uint32_t len, bool kick);
+/* The next free TSO transmit buffer (NET_TSO_BUF_SIZE bytes, header
+ * first), after waiting until fewer than NET_TSO_SLOTS buffers are in
+ * flight; NULL on timeout. Buffer i serves descriptor i mod
+ * NET_TSO_SLOTS: the device returns transmit buffers in order, so the
+ * one handed out is not in flight. */
+uint8_t *net_tx_tso_buffer(void);
+/* net_tx_submit for the buffer net_tx_tso_buffer returned. */
+void net_tx_tso_submit(uint32_t len, bool kick);
 /* Waits (bounded) for a received frame and copies it, header first, to
  * `dst` (at most `cap` bytes): its length, 0 if it did not fit (dropped),
  * BLK_TIMEOUT or BLK_BAD_DEVICE. */

@@ -5,7 +5,8 @@
  * Every buffer is one descriptor of NET_BUF_SIZE bytes, the 12-byte header
  * first: receive buffer i is descriptor i of queue 0 (all posted at
  * attach, re-posted as soon as a frame is copied out), transmit buffer i
- * descriptor i of queue 1 (used in turn). With VIRTIO_NET_F_MRG_RXBUF a
+ * descriptor i of queue 1 (used in turn; net-tso's larger buffers are
+ * separate, see net_tx_tso_buffer). With VIRTIO_NET_F_MRG_RXBUF a
  * frame may span several receive buffers (num_buffers); without it, one
  * buffer holds a frame of at most NET_MAX_FRAME bytes.
  */
@@ -21,7 +22,8 @@ uint64_t virtio_net_features(void)
 {
 	return FEATURE(VIRTIO_NET_F_MAC) | FEATURE(VIRTIO_NET_F_MRG_RXBUF) |
 	       FEATURE(VIRTIO_NET_F_CSUM) | FEATURE(VIRTIO_NET_F_GUEST_CSUM) |
-	       FEATURE(VIRTIO_NET_F_HOST_TSO4) | FEATURE(VIRTIO_RING_F_EVENT_IDX);
+	       FEATURE(VIRTIO_NET_F_HOST_TSO4) | FEATURE(VIRTIO_NET_F_GUEST_TSO4) |
+	       FEATURE(VIRTIO_RING_F_EVENT_IDX);
 }
 
 void virtio_net_count_device(struct virtio_dev *d)
@@ -86,31 +88,70 @@ static int tx_reclaim(void)
 	return 0;
 }
 
-uint8_t *net_tx_buffer(void)
+_Static_assert(NET_TSO_BUFS + NET_TSO_SLOTS * NET_TSO_BUF_SIZE <= VSOCK_RAM_START,
+	       "net-tso's buffers overlap the vsock driver's");
+_Static_assert(NET_HDR_LEN + NET_TSO_MAX_FRAME <= NET_TSO_BUF_SIZE,
+	       "a TSO buffer holds the header and the largest frame");
+
+static uint64_t tso_buf(uint16_t i)
+{
+	return NET_TSO_BUFS + (i % NET_TSO_SLOTS) * NET_TSO_BUF_SIZE;
+}
+
+/* Takes back sent buffers until fewer than `limit` are in flight; false
+ * on timeout or a bad used element. */
+static bool tx_wait_below(uint16_t limit)
 {
 	struct virtq *tx = &first_net->vq1;
 
 	if (tx_reclaim() < 0)
-		return NULL;
-	if (tx_in_flight == tx->size)
+		return false;
+	if (tx_in_flight >= limit)
 		virtq_kick(tx);	/* the device must see what waits */
-	while (tx_in_flight == tx->size) {
+	while (tx_in_flight >= limit) {
 		if (!virtq_wait_used(tx) || tx_reclaim() < 0)
-			return NULL;
+			return false;
 	}
+	return true;
+}
+
+uint8_t *net_tx_buffer(void)
+{
+	if (!tx_wait_below(first_net->vq1.size))
+		return NULL;
 	return (uint8_t *)(uintptr_t)tx_buf(tx_next);
 }
 
-void net_tx_submit(uint32_t len, bool kick)
+uint8_t *net_tx_tso_buffer(void)
+{
+	uint16_t size = first_net->vq1.size;
+
+	if (!tx_wait_below(size < NET_TSO_SLOTS ? size : NET_TSO_SLOTS))
+		return NULL;
+	return (uint8_t *)(uintptr_t)tso_buf(tx_next);
+}
+
+/* Queues `len` bytes at `addr` as transmit descriptor tx_next. */
+static void tx_submit_at(uint64_t addr, uint32_t len, bool kick)
 {
 	struct virtq *tx = &first_net->vq1;
 
-	virtq_set_desc(tx, tx_next, tx_buf(tx_next), len, 0, 0);
+	virtq_set_desc(tx, tx_next, addr, len, 0, 0);
 	virtq_push(tx, tx_next);
 	tx_in_flight++;
 	tx_next = (uint16_t)((tx_next + 1) % tx->size);
 	if (kick)
 		virtq_kick(tx);
+}
+
+void net_tx_submit(uint32_t len, bool kick)
+{
+	tx_submit_at(tx_buf(tx_next), len, kick);
+}
+
+void net_tx_tso_submit(uint32_t len, bool kick)
+{
+	tx_submit_at(tso_buf(tx_next), len, kick);
 }
 
 bool net_tx_drain(void)

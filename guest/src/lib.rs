@@ -100,6 +100,7 @@
 //! | `net-echo:N` | `net-echo: start`, then `net-echo: done frames=<n> bytes=<B> csum=<C> dropped=<D>` | receives `N` frames and sends each back unchanged |
 //! | `net-recv:N[:CRC]` | `net-recv: start`, then `net-recv: done frames=<n> bytes=<B>` + ` crc32=0x<8 hex>` unless `CRC` is 0 | receives `N` frames (`CRC` 0 or 1, default 1: whether to checksum them) |
 //! | `net-csum` | `net-csum: sent` | one UDP/IPv4 frame whose checksum is left to the device |
+//! | `net-tso:N:LEN` | `net-tso: start`, then `net-tso: done frames=<N> bytes=<N*(LEN-54)>` (TCP payload); `net-tso: no TSO` (status 3) without `_HOST_TSO4` and `_CSUM` | sends `N` (at least 1) TCP/IPv4 frames of `LEN` (55..=65536) bytes for the device to segment |
 //! | anything else | `unknown action: <name>` | then exits at once with status 2 ([`EXIT_BAD_ARGUMENTS`]) through [`DEBUG_EXIT_PORT`] |
 //!
 //! `smp`: `M` is the number of enabled processor entries in the MP table;
@@ -234,7 +235,7 @@
 //!
 //! The network actions use the first network device (device id 1) in
 //! command-line order. The driver accepts `VIRTIO_NET_F_MAC`,
-//! `_MRG_RXBUF`, `_CSUM`, `_GUEST_CSUM`, `_HOST_TSO4` and
+//! `_MRG_RXBUF`, `_CSUM`, `_GUEST_CSUM`, `_HOST_TSO4`, `_GUEST_TSO4` and
 //! `VIRTIO_RING_F_EVENT_IDX` when offered, sets up queue 0 (receive) and
 //! queue 1 (transmit), and right after DRIVER_OK posts every receive
 //! buffer: one device-writable descriptor of 2048 bytes each (the 12-byte
@@ -243,9 +244,10 @@
 //! action's buffer (2048 bytes for `net-echo`, 64 KiB for `net-recv`) is
 //! counted in `dropped` and not echoed. Buffers are posted again as soon as
 //! their frame is copied out. Each transmitted frame is one
-//! device-readable descriptor of 2048 bytes at most, header first; the
+//! device-readable descriptor of 2048 bytes at most, header first
+//! (`net-tso`: 12 + 65536 bytes at most, 32 in flight at most); the
 //! driver keeps up to a queue's worth in flight and waits for all of them
-//! before its `done` line. `net-send` publishes its frames 32 at a time
+//! before its `done` line. `net-tso` publishes its frames 8 at a time. `net-send` publishes its frames 32 at a time
 //! (one kick, if the device asks for it, per 32 frames, and one when the
 //! queue is full); `net-echo` and `net-csum` publish each frame at once. `<mac>` is the device's (`mac-feature=1`) or
 //! `02:00:00:00:00:01`.
@@ -263,6 +265,15 @@
 //!   169.254.1.2 → 169.254.1.1, UDP 1234 → 5678 with 32 payload bytes
 //!   0, 1, ..., 31 (74 bytes), header flags `NEEDS_CSUM`, `csum_start` 34,
 //!   `csum_offset` 6, the UDP checksum field holding the pseudo-header sum.
+//! - `net-tso` frame `i`: destination broadcast, source `<mac>`, IPv4
+//!   169.254.1.2 → 169.254.1.1 (don't fragment, id `i mod 65536`, TTL 64,
+//!   header checksum done), TCP 1234 → 5678, sequence number
+//!   `i * (LEN - 54) mod 2^32`, flags ACK, window 65535, the checksum field
+//!   holding the pseudo-header sum (with the TCP length); then `LEN - 54`
+//!   payload bytes, byte `j` equal to `j mod 251`. Header: flags
+//!   `NEEDS_CSUM`, `csum_start` 34, `csum_offset` 16, and when the payload
+//!   is over 1448 bytes `gso_type` `VIRTIO_NET_HDR_GSO_TCPV4`, `hdr_len`
+//!   54, `gso_size` 1448 (otherwise no GSO).
 //!
 //! Errors: `net: no device` and `net: not ready` (status 3), `net: timeout`
 //! when a frame or a transmit completion does not come within the bounded

@@ -90,6 +90,68 @@ pub fn host_frame(i: u32, len: usize) -> Vec<u8> {
     f
 }
 
+/// One's-complement sum of `data` as big-endian 16-bit words, not folded.
+fn sum16(data: &[u8], mut sum: u32) -> u32 {
+    for pair in data.chunks(2) {
+        sum += u32::from(pair[0]) << 8 | u32::from(*pair.get(1).unwrap_or(&0));
+    }
+    sum
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// A TCP/IPv4 frame as the test guest's `net-tso` builds it (and as a
+/// sender leaves it for TSO): `dst`, `src` MACs, IPv4 `ips[..4]` to
+/// `ips[4..]` (don't fragment, id `id`, header checksum done), TCP 1234
+/// to 5678, sequence number `seq`, flags ACK, window 65535, the checksum
+/// field holding the pseudo-header sum, then `payload` bytes, byte `j`
+/// being `j mod 251`.
+pub fn tcp_frame(
+    dst: [u8; 6],
+    src: [u8; 6],
+    ips: [u8; 8],
+    id: u16,
+    seq: u32,
+    payload: usize,
+) -> Vec<u8> {
+    let len = 54 + payload;
+    let mut f = Vec::with_capacity(len);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[8, 0, 0x45, 0]);
+    f.extend_from_slice(&((len - 14) as u16).to_be_bytes());
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(&[0x40, 0, 64, 6, 0, 0]);
+    f.extend_from_slice(&ips);
+    let ip_sum = !fold(sum16(&f[14..34], 0));
+    f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+    f.extend_from_slice(&1234u16.to_be_bytes());
+    f.extend_from_slice(&5678u16.to_be_bytes());
+    f.extend_from_slice(&seq.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 0, 0x50, 0x10, 0xff, 0xff]);
+    let pseudo = fold(sum16(&ips, 6 + (len - 34) as u32));
+    f.extend_from_slice(&pseudo.to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend((0..payload).map(|j| (j % 251) as u8));
+    f
+}
+
+/// The virtio header for a [`tcp_frame`] handed over whole for TCP
+/// segmentation into 1448-byte segments (`NEEDS_CSUM`, `GSO_TCPV4`).
+pub const TSO_VNET: Vnet = Vnet {
+    flags: 1,
+    gso_type: 1,
+    hdr_len: 54,
+    gso_size: 1448,
+    csum_start: 34,
+    csum_offset: 16,
+};
+
 /// The 12-byte virtio header as `PACKET_VNET_HDR` gives it (10 bytes,
 /// without `num_buffers`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -223,6 +285,24 @@ impl PacketSocket {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// Lets `bytes` of sent frames wait in the TAP before `send` blocks
+    /// (`SO_SNDBUFFORCE`; the default, about 200 KiB, is three 64 KiB
+    /// frames).
+    pub fn set_send_buffer(&self, bytes: i32) -> io::Result<()> {
+        let value = bytes.to_ne_bytes();
+        // SAFETY: `value` is valid for reads of its length.
+        let r = unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUFFORCE,
+                value.as_ptr().cast(),
+                value.len() as u32,
+            )
+        };
+        check(r, "SO_SNDBUFFORCE")
     }
 
     /// Sends straight to the TAP's driver, past the queueing discipline
