@@ -1,7 +1,7 @@
 //! The network device: the transmit queue goes to the TAP, the TAP goes
 //! to the receive queue, each direction optionally rate-limited.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::os::fd::AsRawFd;
 
 use event_manager::EventSet;
@@ -125,6 +125,8 @@ pub struct Net {
     rx: RxState,
     tx_frame: TxFrame,
     tx_scratch: Vec<Descriptor>,
+    /// The iovecs of the frame being sent (reused: no allocation per frame).
+    tx_iovecs: IovecBuf,
     rx_throttle: Throttle,
     tx_throttle: Throttle,
     kick: EventFd,
@@ -194,6 +196,7 @@ impl Net {
             },
             tx_frame: TxFrame::default(),
             tx_scratch: Vec::new(),
+            tx_iovecs: IovecBuf::default(),
             rx_throttle: throttle(
                 config.rx_rate_limiter.as_ref(),
                 "receive rate-limiter timerfd",
@@ -382,6 +385,7 @@ impl Net {
         let tap = &self.tap;
         let frame = &mut self.tx_frame;
         let scratch = &mut self.tx_scratch;
+        let iovecs = &mut self.tx_iovecs;
         let throttle = &mut self.tx_throttle;
         let counters = &mut self.counters;
         active.run_queue(TX_QUEUE, |queue, memory| {
@@ -395,7 +399,7 @@ impl Net {
                 if !throttle.admit(frame.frame_len as u64) {
                     return Ok(Handled::PutBack);
                 }
-                match write_frame(tap, memory, frame) {
+                match write_frame(tap, memory, frame, iovecs) {
                     Ok(()) => {
                         counters.tx_frames += 1;
                         counters.tx_bytes += frame.frame_len as u64;
@@ -412,26 +416,50 @@ impl Net {
     }
 }
 
-/// Writes one parsed frame to the TAP, straight from guest memory.
-fn write_frame(tap: &Tap, memory: &GuestMemoryMmap, frame: &TxFrame) -> io::Result<()> {
-    let mut slices = Vec::with_capacity(frame.buffers.len());
+/// The transmit path's reused `iovec` array. Its pointers are only
+/// meaningful during one [`write_frame`]; between frames they are stale
+/// and never read.
+#[derive(Debug, Default)]
+struct IovecBuf(Vec<libc::iovec>);
+
+// SAFETY: the raw pointers are only dereferenced (by the kernel, in
+// `writev`) during `write_frame`, on the thread that filled them, while the
+// guest memory they point into is borrowed; moving the stale array to
+// another thread between frames dereferences nothing.
+unsafe impl Send for IovecBuf {}
+
+/// Writes one parsed frame to the TAP, straight from guest memory, through
+/// `iovecs` (cleared and refilled: kept by the device so that a frame
+/// costs no allocation).
+fn write_frame(
+    tap: &Tap,
+    memory: &GuestMemoryMmap,
+    frame: &TxFrame,
+    iovecs: &mut IovecBuf,
+) -> io::Result<()> {
+    let iovec_of = |slice: &vm_memory::VolatileSlice<'_, _>| libc::iovec {
+        iov_base: slice.ptr_guard().as_ptr().cast_mut().cast(),
+        iov_len: slice.len(),
+    };
+    let iovecs = &mut iovecs.0;
+    iovecs.clear();
     for &(addr, len) in &frame.buffers {
-        for slice in memory.get_slices(addr, len) {
-            slices.push(slice.map_err(io::Error::other)?);
+        // One lookup for a buffer inside one region (the usual case); a
+        // buffer across regions is split.
+        match memory.get_slice(addr, len) {
+            Ok(slice) => iovecs.push(iovec_of(&slice)),
+            Err(_) => {
+                for slice in memory.get_slices(addr, len) {
+                    iovecs.push(iovec_of(&slice.map_err(io::Error::other)?));
+                }
+            }
         }
     }
-    let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
-    let iovs: Vec<IoSlice<'_>> = guards
-        .iter()
-        .zip(&slices)
-        .map(|(g, s)| {
-            // SAFETY: the guard keeps the mapping of `s.len()` bytes of
-            // guest memory alive until the write returns; the guest may
-            // change the bytes meanwhile, which only changes what it sends.
-            IoSlice::new(unsafe { std::slice::from_raw_parts(g.as_ptr(), s.len()) })
-        })
-        .collect();
-    let n = tap.write_frame(&iovs)?;
+    // SAFETY: each iovec points into a region of `memory`, mmap'ed for as
+    // long as `memory` lives (its pointer guards hold nothing to release),
+    // and `memory` outlives the call; the guest may change the bytes
+    // meanwhile, which only changes what it sends.
+    let n = unsafe { tap.write_iovecs(iovecs.as_ptr(), iovecs.len()) }?;
     if n != VNET_HDR_LEN + frame.frame_len {
         return Err(io::Error::other(format!(
             "short write of {n} bytes for a {}-byte frame",

@@ -50,6 +50,8 @@ pub struct RxScratch {
     all: Vec<Descriptor>,
     /// (head, first descriptor in `all`, end, capacity)
     chains: Vec<(u16, usize, usize, usize)>,
+    /// (head, bytes written) of each chain used for the frame.
+    used: Vec<(u16, u32)>,
 }
 
 fn chain_capacity(memory: &GuestMemoryMmap, descs: &[Descriptor]) -> Option<usize> {
@@ -163,7 +165,8 @@ pub fn place_frame(
         frame[10..12].copy_from_slice(&buffers.to_le_bytes());
     }
     let mut at = 0usize;
-    let mut used = Vec::with_capacity(scratch.chains.len());
+    let used = &mut scratch.used;
+    used.clear();
     for &(head, start, end, _) in &scratch.chains {
         let before = at;
         for d in &scratch.all[start..end] {
@@ -178,7 +181,7 @@ pub fn place_frame(
         }
         used.push((head, (at - before) as u32));
     }
-    publish(queue, memory, used.into_iter())?;
+    publish(queue, memory, used.iter().copied())?;
     Ok(Placement::Placed { buffers })
 }
 

@@ -215,11 +215,27 @@ impl Tap {
 
     /// Writes one frame (virtio header first) gathered from `iovs`.
     pub fn write_frame(&self, iovs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let count = iovs.len().min(libc::c_int::MAX as usize) as libc::c_int;
+        // SAFETY: `IoSlice` is ABI-compatible with `struct iovec`, and every
+        // slice is valid for reads of its length for this call.
+        unsafe { self.write_iovecs(iovs.as_ptr().cast(), iovs.len()) }
+    }
+
+    /// [`Tap::write_frame`] from raw `iovec`s (the device's transmit path
+    /// reuses one array of them for every frame, with no allocation).
+    ///
+    /// # Safety
+    ///
+    /// `iovs` must point to `count` `iovec`s, each describing memory valid
+    /// for reads of its length until the call returns.
+    pub(crate) unsafe fn write_iovecs(
+        &self,
+        iovs: *const libc::iovec,
+        count: usize,
+    ) -> io::Result<usize> {
+        let count = count.min(libc::c_int::MAX as usize) as libc::c_int;
         loop {
-            // SAFETY: `IoSlice` is ABI-compatible with `struct iovec`, and
-            // every slice is valid for reads of its length.
-            let n = unsafe { libc::writev(self.file.as_raw_fd(), iovs.as_ptr().cast(), count) };
+            // SAFETY: the caller guarantees `count` valid iovecs at `iovs`.
+            let n = unsafe { libc::writev(self.file.as_raw_fd(), iovs, count) };
             if n >= 0 {
                 return Ok(n as usize);
             }
