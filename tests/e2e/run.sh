@@ -36,6 +36,8 @@
 #   KINDLING_E2E_WORK=DIR                  the image and logs; default target/e2e
 #                                          (packages are cached in target/debian, KINDLING_CACHE)
 #   KINDLING_E2E_MICROVM=PATH              a prebuilt microvm; default: cargo build --release
+#   KINDLING_E2E_JAILER_RUN=1              also the jailer run (off by default: the first
+#                                          level's kernel once locked up in it; tests/e2e/README.md)
 #   KINDLING_E2E_JAILER=PATH               a prebuilt kindling-jailer; default: next to
 #                                          microvm's build (release/kindling-jailer), built when missing
 #   KINDLING_E2E_KERNEL_PKG=NAME           default linux-image-cloud-amd64
@@ -295,7 +297,7 @@ run_nested() {
     bash "$REPO/scripts/nested-run.sh" --microvm "$MICROVM" --kernel-package "$KERNEL_PKG" \
         --timeout "$L1_TIMEOUT" --log "$L1_LOG" --script "$E2E_SRC/level2-run.sh" \
         --file "$IMAGE/vmlinuz" --file "$IMAGE/vmlinux" --file "$IMAGE/initrd.cpio" \
-        --file "$WORK/e2e.config" --file "$E2E_SOCK" --file "$JAILER" --disk "$IMAGE/rootfs.ext4" \
+        --file "$WORK/e2e.config" --file "$E2E_SOCK" ${JAILER:+--file "$JAILER"} --disk "$IMAGE/rootfs.ext4" \
         < /dev/null 2> "$WORK/l1/nested-run.stderr" | timestamp "$WORK/l1/console.log"
     L1_STATUS=${PIPESTATUS[0]}
     T_L1_END=$(since_start)
@@ -855,11 +857,12 @@ if grep -q -- '--net' <<< "$help" && grep -q -- '--vsock' <<< "$help"; then
     NET_VARIANTS="bzimage api"
 fi
 
-find_jailer
+JAILER=""
+[ "${KINDLING_E2E_JAILER_RUN:-0}" = 1 ] && find_jailer
 TOKEN=kindling-e2e-$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')
 build_sock
 build_guest
-jailer_config >> "$WORK/e2e.config"
+[ -n "$JAILER" ] && jailer_config >> "$WORK/e2e.config"
 say "guest (scripts/guest-image.sh): kernel $KVER; vmlinuz $(stat -c %s "$IMAGE/vmlinuz") bytes, vmlinux $(stat -c %s "$IMAGE/vmlinux") bytes ($COMPRESSION payload), initrd.cpio $(stat -c %s "$IMAGE/initrd.cpio") bytes (modules: $MODULES), rootfs.ext4"
 T_BUILT=$(since_start)
 
