@@ -326,9 +326,16 @@ static int pump(int s, int receive_first)
 {
     double start = now();
     if (receive_first) {
-        /* Half-duplex: the peer's data, then ours. */
+        /* Half-duplex: the peer's data, then ours; then wait for the peer
+         * to close, which it does once it has read all of ours: data still
+         * queued here (a rate-limited interface drains it slowly) would be
+         * lost if this end's machine powered off right after. */
         int failed = receive(s);
         send_all(s, now());
+        char byte;
+        alarm(timeout_s);
+        while (read(s, &byte, 1) > 0)
+            ;
         return failed;
     }
     pid_t child = fork();
