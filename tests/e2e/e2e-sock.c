@@ -28,7 +28,7 @@
  *   -r S     retry connecting for up to S seconds (default: one attempt)
  *   -R       one direction after the other: receive to the peer's end of
  *            data first, then send standard input (the peer, without -R,
- *            sends at once)
+ *            sends at once); exits once the peer has acknowledged all of it
  *   -c PORT  Firecracker's vsock handshake on a unix: connection: write
  *            "CONNECT PORT\n" and expect "OK <host port>\n" (retried with
  *            -r: the device closes the connection while the guest has no
@@ -326,16 +326,20 @@ static int pump(int s, int receive_first)
 {
     double start = now();
     if (receive_first) {
-        /* Half-duplex: the peer's data, then ours; then wait for the peer
-         * to close, which it does once it has read all of ours: data still
-         * queued here (a rate-limited interface drains it slowly) would be
-         * lost if this end's machine powered off right after. */
+        /* Half-duplex: the peer's data, then ours. The peer's end of data
+         * has been read already, so nothing more arrives to wait for: the
+         * close lingers instead until the peer's kernel has acknowledged
+         * all of ours (and our end of data). Data still queued here (a
+         * rate-limited interface drains it slowly) would be lost if this
+         * end's machine powered off right after. */
         int failed = receive(s);
         send_all(s, now());
-        char byte;
+        struct linger linger = { .l_onoff = 1, .l_linger = timeout_s };
+        if (setsockopt(s, SOL_SOCKET, SO_LINGER, &linger, sizeof linger) < 0)
+            die("setsockopt SO_LINGER");
         alarm(timeout_s);
-        while (read(s, &byte, 1) > 0)
-            ;
+        if (close(s) < 0)
+            die("close");
         return failed;
     }
     pid_t child = fork();
