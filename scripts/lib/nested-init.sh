@@ -88,9 +88,10 @@ if [ "$NESTED_MODE" = microvm ]; then
 else
     set -- sh "/nested/$NESTED_SCRIPT" "$@"
 fi
-# Quiet the first level's kernel while the second level runs; its messages
-# come after.
-echo 1 > /proc/sys/kernel/printk
+# While the second level runs, the first level's kernel logs warnings and
+# worse as they come (with the stacks of a lockup, which a level that hangs
+# could not print after); the rest of its messages come after.
+echo 5 > /proc/sys/kernel/printk
 dmesg -c > /dev/null 2>&1
 echo "NESTED-RUN $*"
 # setsid: microvm gets a session of its own, so ttyS0 never sends a signal
