@@ -157,6 +157,30 @@ fn a_vcpus_fault_report_says_where_it_is() {
     assert!(report.contains("rip=0x1000 "), "{report}");
     assert!(report.contains("cs=0x0 "), "{report}");
     assert!(report.contains("exception=0/0 pending=0"), "{report}");
+    assert!(!report.contains("reset state"), "{report}");
+}
+
+#[test]
+fn a_fault_report_in_the_reset_state_says_the_faulting_state_is_lost() {
+    if !kvm_available("a_fault_report_in_the_reset_state_says_the_faulting_state_is_lost") {
+        return;
+    }
+    // A vCPU as KVM creates it is in the reset state, as an AMD host's KVM
+    // leaves one after a triple fault.
+    let (_kvm, _vm, vcpu, _ram) = real_mode_vm(OUT_LOOP);
+    let mut sregs = vcpu.fd().get_sregs().unwrap();
+    sregs.cs.selector = 0xf000;
+    sregs.cs.base = 0xffff_0000;
+    vcpu.fd().set_sregs(&sregs).unwrap();
+    let mut regs = vcpu.fd().get_regs().unwrap();
+    regs.rip = 0xfff0;
+    vcpu.fd().set_regs(&regs).unwrap();
+    let report = vcpu.fault_report();
+    assert!(report.starts_with("rip=0xfff0 "), "{report}");
+    assert!(
+        report.ends_with("so where the guest faulted is lost)"),
+        "{report}"
+    );
 }
 
 /// Ends the VM at the first port write, as a debug-exit or power-off

@@ -30,16 +30,20 @@ PROMPT = b"kindling:/# "
 
 
 class Console:
-    def __init__(self, master, transcript):
+    def __init__(self, master, transcript, proc):
         self.master = master
+        self.proc = proc
         self.transcript = transcript
         self.seen = b""
         self.pos = 0
 
     def read_some(self, timeout):
+        """Reads what is there; False once nothing more can come (this
+        process holds the pty's other end too, so the command's exit
+        shows as nothing ready while it is gone, not as an end of file)."""
         ready, _, _ = select.select([self.master], [], [], timeout)
         if not ready:
-            return True
+            return self.proc.poll() is None
         try:
             data = os.read(self.master, 4096)
         except OSError:
@@ -90,7 +94,7 @@ def main():
             start_new_session=True,
             preexec_fn=controlling_terminal,
         )
-        console = Console(master, transcript)
+        console = Console(master, transcript, proc)
         try:
             run(console, proc, prompt_timeout)
         finally:
@@ -113,7 +117,10 @@ def main():
 def run(console, proc, prompt_timeout):
     took = console.expect(PROMPT, prompt_timeout)
     if took is None:
-        report("shell", False, f"no shell prompt within {prompt_timeout:.0f} s")
+        if proc.poll() is not None:
+            report("shell", False, f"the command exited (status {proc.returncode}) before the shell prompt")
+        else:
+            report("shell", False, f"no shell prompt within {prompt_timeout:.0f} s")
         return
     report("shell", True, f"the image's shell prompt {took:.1f} s after start")
 

@@ -806,13 +806,18 @@ run_interactive() {
     T_INT_START=$(since_start)
     E2E_INTERACTIVE_TIMEOUT=$L1_TIMEOUT python3 "$E2E_SRC/interactive.py" "$dir/console.log" "${cmd[@]}" \
         > "$dir/result" 2>&1
-    local stopped
-    stopped=$(l1_stopped "$dir/level1.log")
-    if [ "$MODE" = nested ] && [ -n "$stopped" ]; then
-        mkdir -p "$dir/stopped"
-        mv "$dir/console.log" "$dir/result" "$dir/level1.log" "$dir/stopped/"
-        say "interactive: the first level hung and was stopped ($stopped); once more"
-        retried interactive/run "the first attempt's first level hung and was stopped: $stopped (its log: $dir/stopped/level1.log); the checks below are the second attempt's"
+    # Once more (as a second-level run of level2-run.sh would be) when the
+    # first level hung and was stopped, or the guest triple-faulted.
+    local why
+    why=$(l1_stopped "$dir/level1.log")
+    [ -n "$why" ] && why="the first level hung and was stopped: $why"
+    [ -z "$why" ] && why=$(tr -d '\r' < "$dir/console.log" | grep -a -m 1 'triple fault at' | sed 's/.*triple fault at /a guest triple fault at /')
+    if [ -n "$why" ]; then
+        rm -rf "$dir/first"
+        mkdir -p "$dir/first"
+        mv "$dir/console.log" "$dir/result" "$dir/level1.log" "$dir/first/" 2> /dev/null
+        say "interactive: $why; once more"
+        retried interactive/run "the first attempt ended in $why (its console and log: $dir/first/); the checks below are the second attempt's"
         T_INT_START=$(since_start)
         E2E_INTERACTIVE_TIMEOUT=$L1_TIMEOUT python3 "$E2E_SRC/interactive.py" "$dir/console.log" "${cmd[@]}" \
             > "$dir/result" 2>&1

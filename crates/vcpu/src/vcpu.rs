@@ -185,18 +185,30 @@ impl Vcpu {
 
     /// The registers that say where a vCPU was when it faulted, on one line
     /// (best effort: a register set that cannot be read is left out).
+    ///
+    /// After a triple fault on an AMD host, KVM has already reset the vCPU
+    /// (the VMCB is undefined after a shutdown intercept, so KVM's SVM code
+    /// reinitialises it): the registers are then the reset state, and the
+    /// report says so instead of pretending to know where the guest was.
+    /// On Intel hosts the state at the fault is kept.
     #[cfg(target_arch = "x86_64")]
     pub fn fault_report(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        if let Ok(r) = self.fd.get_regs() {
+        let regs = self.fd.get_regs().ok();
+        let sregs = self.fd.get_sregs().ok();
+        let reset = match (&regs, &sregs) {
+            (Some(r), Some(s)) => is_reset_state(r.rip, s.cs.selector),
+            _ => false,
+        };
+        if let Some(r) = regs {
             let _ = write!(
                 out,
                 "rip={:#x} rsp={:#x} rflags={:#x} rax={:#x} ",
                 r.rip, r.rsp, r.rflags, r.rax
             );
         }
-        if let Ok(s) = self.fd.get_sregs() {
+        if let Some(s) = sregs {
             let _ = write!(
                 out,
                 "cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} \
@@ -223,6 +235,12 @@ impl Vcpu {
                 e.exception.pending,
                 e.exception.error_code,
                 e.nmi.pending
+            );
+        }
+        if reset {
+            out.push_str(
+                " (the reset state: this host's KVM reset the vCPU at the shutdown, \
+                 as on AMD, so where the guest faulted is lost)",
             );
         }
         out.trim_end().to_string()
@@ -257,4 +275,11 @@ impl Vcpu {
             }
         }
     }
+}
+
+/// Whether `rip` and the `cs` selector are those of an x86 vCPU just out of
+/// reset (or INIT): the first instruction at `0xf000:0xfff0`.
+#[cfg(target_arch = "x86_64")]
+fn is_reset_state(rip: u64, cs_selector: u16) -> bool {
+    rip == 0xfff0 && cs_selector == 0xf000
 }
