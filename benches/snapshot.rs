@@ -633,35 +633,18 @@ fn compare_clones(vmms: &[process::Vmm; 2], work: &Path) {
 
 /// The process-level comparison with the VMM of `KINDLING_COMPARE_VMM`.
 fn compare(runs: usize) {
-    let vmms = match process::compared_vmms() {
-        Ok(v) => v,
-        Err(why) => {
-            println!("snapshot: comparison skipped: {why}");
-            return;
-        }
+    let what = format!("through the API, {runs} interleaved runs each");
+    let Some(comparison) = process::Comparison::start("snapshot", &what) else {
+        return;
     };
-    let work =
-        std::env::temp_dir().join(format!("kindling-snapshot-compare-{}", std::process::id()));
-    std::fs::create_dir_all(&work).expect("creating the work directory");
-    process::guest_kernel(&work);
-    println!(
-        "snapshot: {} vs {} through the API, {runs} interleaved runs each, load average {}",
-        vmms[0].binary.display(),
-        vmms[1].binary.display(),
-        process::load_average()
-    );
+    let (vmms, work) = (&comparison.vmms, &comparison.work);
     for mib in [128, 1024, 4096] {
-        compare_restore(&vmms, &work, mib, runs);
+        compare_restore(vmms, work, mib, runs);
     }
-    compare_full(&vmms, &work, 128, 10, runs);
-    compare_full(&vmms, &work, 2048, 10, runs.min(5));
-    compare_diff(&vmms, &work, runs);
-    compare_clones(&vmms, &work);
-    println!(
-        "snapshot: load average after the comparison {}",
-        process::load_average()
-    );
-    let _ = std::fs::remove_dir_all(&work);
+    compare_full(vmms, work, 128, 10, runs);
+    compare_full(vmms, work, 2048, 10, runs.min(5));
+    compare_diff(vmms, work, runs);
+    compare_clones(vmms, work);
 }
 
 fn main() {

@@ -14,47 +14,16 @@
 //! requests per workload (default 20000). Under `cargo test` it runs each
 //! workload with a few requests, as a smoke test.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+#[path = "common/cpu_stamps.rs"]
+mod cpu_stamps;
 
+use std::io::Write;
+use std::time::Duration;
+
+use cpu_stamps::Stamper;
 use kindling::vmm::{
     BlockEngine, DiskConfig, ExitReason, KernelSource, SerialConfig, VmConfig, Vmm,
 };
-
-/// Process CPU time (user + system, all threads).
-fn cpu_time() -> Duration {
-    // SAFETY: an all-zero rusage is valid; getrusage only writes into it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is a valid, writable rusage.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-/// Records when each serial line arrived, with the CPU time then.
-#[derive(Clone, Default)]
-struct Stamper {
-    pending: Arc<Mutex<Vec<u8>>>,
-    lines: Arc<Mutex<Vec<(String, Instant, Duration)>>>,
-}
-
-impl Write for Stamper {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let (now, cpu) = (Instant::now(), cpu_time());
-        let mut pending = self.pending.lock().unwrap();
-        pending.extend_from_slice(buf);
-        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            let text = String::from_utf8_lossy(&line).trim_end().to_string();
-            self.lines.lock().unwrap().push((text, now, cpu));
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 struct Workload {
     name: &'static str,

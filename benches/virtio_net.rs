@@ -39,61 +39,20 @@
 //! the receive sender keeps its window from the TAP's own transmit
 //! counter (frames the VMM has read), as it cannot see the device.
 
+#[path = "common/cpu_stamps.rs"]
+mod cpu_stamps;
 #[path = "common/vmm_process.rs"]
 mod process;
 #[path = "../tests/common/tap.rs"]
 mod tap;
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cpu_stamps::{thread_cpu_time, Stamper};
 use kindling::vmm::{ExitReason, KernelSource, NetConfig, SerialConfig, VmConfig, Vmm};
 use tap::{create_tap, tcp_frame, PacketSocket, Vnet, TSO_VNET};
-
-fn rusage_time(who: libc::c_int) -> Duration {
-    // SAFETY: an all-zero rusage is valid; getrusage only writes into it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is a valid, writable rusage.
-    unsafe { libc::getrusage(who, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-/// Process CPU time (user + system, all threads).
-fn cpu_time() -> Duration {
-    rusage_time(libc::RUSAGE_SELF)
-}
-
-/// The calling thread's CPU time.
-fn thread_cpu_time() -> Duration {
-    rusage_time(libc::RUSAGE_THREAD)
-}
-
-/// Records when each serial line arrived, with the CPU time then.
-#[derive(Clone, Default)]
-struct Stamper {
-    pending: Arc<Mutex<Vec<u8>>>,
-    lines: Arc<Mutex<Vec<(String, Instant, Duration)>>>,
-}
-
-impl Write for Stamper {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let (now, cpu) = (Instant::now(), cpu_time());
-        let mut pending = self.pending.lock().unwrap();
-        pending.extend_from_slice(buf);
-        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            let text = String::from_utf8_lossy(&line).trim_end().to_string();
-            self.lines.lock().unwrap().push((text, now, cpu));
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
@@ -315,22 +274,11 @@ fn run_process(
 /// Kindling's `microvm` and the VMM of `KINDLING_COMPARE_VMM` on the same
 /// workloads, interleaved.
 fn compare(tap: &str, ifindex: i32, frames: u64, runs: usize) {
-    let vmms = match process::compared_vmms() {
-        Ok(v) => v,
-        Err(why) => {
-            println!("virtio_net: comparison skipped: {why}");
-            return;
-        }
+    let what = format!("{frames} frames, {runs} interleaved runs each");
+    let Some(comparison) = process::Comparison::start("virtio_net", &what) else {
+        return;
     };
-    let work = std::env::temp_dir().join(format!("kindling-net-compare-{}", std::process::id()));
-    std::fs::create_dir_all(&work).expect("creating the work directory");
-    process::guest_kernel(&work);
-    println!(
-        "virtio_net: {} vs {}, {frames} frames, {runs} interleaved runs each, load average {}",
-        vmms[0].binary.display(),
-        vmms[1].binary.display(),
-        process::load_average()
-    );
+    let (vmms, work) = (&comparison.vmms, &comparison.work);
     // (direction, label, frame length, frames, payload bytes per frame):
     // the TSO frames are 64 KiB TCP/IPv4 ones, a quarter as many, and
     // MiB/s counts their TCP payload.
@@ -359,7 +307,7 @@ fn compare(tap: &str, ifindex: i32, frames: u64, runs: usize) {
         let mut results: [Vec<(Duration, Duration)>; 2] = [Vec::new(), Vec::new()];
         for _ in 0..runs {
             for (vmm, out) in vmms.iter().zip(results.iter_mut()) {
-                out.push(run_process(vmm, &work, tap, ifindex, dir, len, frames));
+                out.push(run_process(vmm, work, tap, ifindex, dir, len, frames));
             }
         }
         for (vmm, out) in vmms.iter().zip(results) {
@@ -378,11 +326,6 @@ fn compare(tap: &str, ifindex: i32, frames: u64, runs: usize) {
             );
         }
     }
-    println!(
-        "virtio_net: load average after the comparison {}",
-        process::load_average()
-    );
-    let _ = std::fs::remove_dir_all(&work);
 }
 
 fn main() {

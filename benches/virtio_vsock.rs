@@ -28,6 +28,8 @@
 //! process's alone (all its threads, its CPU-time clock),
 //! without the host program's echo.
 
+#[path = "common/cpu_stamps.rs"]
+mod cpu_stamps;
 #[path = "common/vmm_process.rs"]
 mod process;
 
@@ -38,17 +40,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use cpu_stamps::cpu_time;
 use kindling::vmm::{ExitReason, KernelSource, SerialConfig, VmConfig, Vmm, VsockConfig};
-
-/// Process CPU time (user + system, all threads).
-fn cpu_time() -> Duration {
-    // SAFETY: an all-zero rusage is valid; getrusage only writes into it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is a valid, writable rusage.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
 
 /// Serial output, kept for error messages.
 #[derive(Clone, Default)]
@@ -290,28 +283,17 @@ fn latency_process(vmm: &process::Vmm, work: &Path, round_trips: usize) -> Vec<D
 /// Kindling's `microvm` and the VMM of `KINDLING_COMPARE_VMM` on both
 /// workloads, interleaved.
 fn compare(mib: u64, round_trips: usize, runs: usize) {
-    let vmms = match process::compared_vmms() {
-        Ok(v) => v,
-        Err(why) => {
-            println!("virtio_vsock: comparison skipped: {why}");
-            return;
-        }
+    let what = format!("{runs} interleaved runs each");
+    let Some(comparison) = process::Comparison::start("virtio_vsock", &what) else {
+        return;
     };
-    let work = std::env::temp_dir().join(format!("kindling-vsock-compare-{}", std::process::id()));
-    std::fs::create_dir_all(&work).expect("creating the work directory");
-    process::guest_kernel(&work);
-    println!(
-        "virtio_vsock: {} vs {}, {runs} interleaved runs each, load average {}",
-        vmms[0].binary.display(),
-        vmms[1].binary.display(),
-        process::load_average()
-    );
+    let (vmms, work) = (&comparison.vmms, &comparison.work);
     let mut streams: [Vec<(Duration, Duration)>; 2] = [Vec::new(), Vec::new()];
     let mut trips: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     for _ in 0..runs {
         for (i, vmm) in vmms.iter().enumerate() {
-            streams[i].push(throughput_process(vmm, &work, mib << 20));
-            trips[i].extend(latency_process(vmm, &work, round_trips));
+            streams[i].push(throughput_process(vmm, work, mib << 20));
+            trips[i].extend(latency_process(vmm, work, round_trips));
         }
     }
     for (i, vmm) in vmms.iter().enumerate() {
@@ -337,11 +319,6 @@ fn compare(mib: u64, round_trips: usize, runs: usize) {
             at(0.0)
         );
     }
-    println!(
-        "virtio_vsock: load average after the comparison {}",
-        process::load_average()
-    );
-    let _ = std::fs::remove_dir_all(&work);
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {

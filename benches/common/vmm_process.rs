@@ -47,6 +47,54 @@ pub fn kindling_binary() -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
+/// A process-level comparison under way: the two VMMs and a work
+/// directory holding the guest kernel. Made by [`Comparison::start`]; when
+/// dropped it prints the load average and removes the directory.
+pub struct Comparison {
+    /// Kindling's `microvm` and the other VMM, in that order.
+    pub vmms: [Vmm; 2],
+    /// The work directory, with the guest kernel in it.
+    pub work: PathBuf,
+    bench: &'static str,
+}
+
+impl Comparison {
+    /// Sets up a comparison for the benchmark `bench` and prints its first
+    /// line (`<bench>: <microvm> vs <other>, <what>, load average ...`);
+    /// `None`, after saying why, when there is no VMM to compare with.
+    pub fn start(bench: &'static str, what: &str) -> Option<Self> {
+        let vmms = match compared_vmms() {
+            Ok(vmms) => vmms,
+            Err(why) => {
+                println!("{bench}: comparison skipped: {why}");
+                return None;
+            }
+        };
+        let work =
+            std::env::temp_dir().join(format!("kindling-{bench}-compare-{}", std::process::id()));
+        std::fs::create_dir_all(&work).expect("creating the work directory");
+        guest_kernel(&work);
+        println!(
+            "{bench}: {} vs {}, {what}, load average {}",
+            vmms[0].binary.display(),
+            vmms[1].binary.display(),
+            load_average()
+        );
+        Some(Self { vmms, work, bench })
+    }
+}
+
+impl Drop for Comparison {
+    fn drop(&mut self) {
+        println!(
+            "{}: load average after the comparison {}",
+            self.bench,
+            load_average()
+        );
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
 /// Kindling's `microvm` and the VMM named by `KINDLING_COMPARE_VMM`, or
 /// an error saying which is missing.
 pub fn compared_vmms() -> Result<[Vmm; 2], String> {
