@@ -166,8 +166,37 @@ dk_say "first level: qemu-system-x86_64 (TCG, -cpu EPYC,+svm) with $KVER; log: $
 # stacks), or, with --stall, once nothing was printed for that long (an
 # emulated machine whose CPUs make no progress prints nothing at all). Both
 # are seen now and then under TCG (docs/nested-kvm.md). The reason goes to
-# the log as `NESTED-STOPPED <reason>` and to stderr.
+# the log as `NESTED-STOPPED <reason>` and to stderr, followed by where
+# each emulated CPU was (`NESTED-CPU` lines, from QEMU's monitor).
 : > "$WORK/console.log"
+# cpu_report: one line per emulated CPU with its RIP and flags, read through
+# QEMU's monitor socket (python3 speaks to it; without python3, nothing).
+# The first level runs with nokaslr, so /proc/kallsyms of any first level
+# of the same kernel names the address (docs/nested-kvm.md says how); a
+# CPU running the second level (nested guest mode) shows that level's RIP.
+cpu_report() {
+    command -v python3 > /dev/null && [ -S "$WORK/monitor.sock" ] || return 0
+    python3 - "$WORK/monitor.sock" > "$WORK/registers" 2>&1 << 'PY'
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.settimeout(1)
+s.sendall(b"info registers -a\n")
+out, end = b"", time.time() + 5
+while time.time() < end:
+    try:
+        data = s.recv(65536)
+    except socket.timeout:
+        break
+    if not data:
+        break
+    out += data
+sys.stdout.write(out.decode(errors="replace"))
+PY
+    tr -d '\r' < "$WORK/registers" | awk '
+        /^CPU#/ { cpu = $1; sub(/:$/, "", cpu) }
+        /^RIP=/ { rip = $1; fl = $2; print "NESTED-CPU " cpu " " rip " " fl }'
+}
 hang_watch() {
     local quiet=0 size last=""
     while sleep 2; do
@@ -190,11 +219,15 @@ hang_watch() {
         fi
     done
     printf '\nNESTED-STOPPED %s\n' "$(cat "$WORK/stopped")" >> "$LOG"
+    cpu_report >> "$LOG"
     kill "$(cat "$WORK/qemu.pid" 2> /dev/null)" 2> /dev/null
     return 0
 }
 hang_watch &
 watcher=$!
+# QEMU's monitor, for cpu_report (a Unix socket path has at most 107 bytes).
+monitor=(-monitor none)
+[ ${#WORK} -le 90 ] && monitor=(-monitor "unix:$WORK/monitor.sock,server=on,wait=off")
 set +e
 # ttyS0 (QEMU's stdio, signal=off: Ctrl-C goes to the guest) is microvm's
 # console; ttyS1 (the log) is the first level's. -nic none: no network card
@@ -203,12 +236,13 @@ set +e
 # only network, reaching nothing beyond it.
 "${timeout[@]}" qemu-system-x86_64 \
     -accel tcg,thread=multi -cpu EPYC,+svm -smp "$L1_CPUS" -m "$L1_MEM" \
-    -nodefaults -nic none -display none -no-user-config -monitor none -no-reboot \
+    -nodefaults -nic none -display none -no-user-config -no-reboot \
+    "${monitor[@]}" \
     -pidfile "$WORK/qemu.pid" \
     -chardev "stdio,id=console,signal=off,logfile=$WORK/console.log" \
     -serial chardev:console -serial "file:$LOG" \
     -kernel "$VMLINUZ" -initrd "$WORK/initramfs.cpio" \
-    -append "console=ttyS1 panic=-1 rdinit=/init loglevel=5" \
+    -append "console=ttyS1 panic=-1 rdinit=/init loglevel=5 nokaslr" \
     "${drives[@]}" 2> "$WORK/qemu.stderr"
 qemu_status=$?
 kill "$watcher" 2> /dev/null
