@@ -15,8 +15,8 @@
 # copied into the first level's memory and back to their files when microvm
 # ends. The first level has no network card (-nic none): a --net TAP made in
 # it (by a --script) links microvm's guest and the first level only. Exits
-# with microvm's exit status (125 when the first level failed, or hung and
-# was stopped; the reason is on stderr and in the log).
+# with microvm's exit status (125 when the first level failed, hung and was
+# stopped, or its kernel panicked; the reason is on stderr and in the log).
 #
 # Options:
 #   --kernel PATH          the kernel microvm boots (required unless --script)
@@ -261,7 +261,14 @@ if [ -z "$status" ]; then
         124 | 137) why="killed after ${TIMEOUT}s (--timeout)" ;;
         *) why="qemu exit status $qemu_status" ;;
     esac
-    [ -s "$WORK/stopped" ] && why="stopped: $(cat "$WORK/stopped")"
+    if [ -s "$WORK/stopped" ]; then
+        why="stopped: $(cat "$WORK/stopped")"
+    elif panic=$(grep -a -m 1 'Kernel panic - ' "$LOG" | tr -d '\r') && [ -n "$panic" ]; then
+        # Its kernel panicked (and QEMU, -no-reboot, ended): a hang of
+        # another kind, logged the same way.
+        why="its kernel panicked: $panic"
+        printf '\nNESTED-STOPPED %s\n' "$why" >> "$LOG"
+    fi
     printf '%s: error: the first level ended before microvm did (%s); its log: %s\n' "$DK_NAME" "$why" "$LOG" >&2
     tail -n 15 "$LOG" "$LOG.qemu-stderr" >&2 2> /dev/null || :
     exit 125
