@@ -19,6 +19,22 @@ mount -t sysfs sysfs /sys
 mount -t tmpfs -o size=90% tmpfs /tmp
 uptime_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
 echo "NESTED-INIT uptime_ms=$(uptime_ms) kernel=$(uname -r)"
+# The kernel's live text patching (a static key flipped at run time) can
+# hang this emulated machine: QEMU's multi-threaded TCG once kept both CPUs
+# on the temporary int3 of a patched site (both stuck in __alloc_pages'
+# memory-cgroup branch, just after kindling-jailer made the first memory
+# cgroup). The keys a jailed run would flip are flipped now, while nothing
+# else runs, and held: the memory cgroup key (on for good once a memory
+# cgroup exists) and CFS bandwidth's (on while a cgroup has a CPU quota:
+# nested-warm keeps one).
+mkdir -p /sys/fs/cgroup
+if mount -t cgroup2 cgroup2 /sys/fs/cgroup 2> /dev/null; then
+    for c in cpu memory pids; do
+        echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control 2> /dev/null
+    done
+    mkdir -p /sys/fs/cgroup/nested-warm
+    echo "100000 100000" > /sys/fs/cgroup/nested-warm/cpu.max 2> /dev/null
+fi
 # NESTED_MODE (microvm|script), NESTED_SCRIPT, NESTED_DISKS, NESTED_INITRD
 . /nested/config
 

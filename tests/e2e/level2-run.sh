@@ -328,7 +328,7 @@ JAIL_MEM_MAX=${L2_JAIL_MEM_MAX:-402653184}
 JAIL_PIDS_MAX=${L2_JAIL_PIDS_MAX:-32}
 JAIL_NOFILE=${L2_JAIL_NOFILE:-256}
 # jail_setup: this level's cgroup2 (mounted at /sys/fs/cgroup when it is
-# not mounted yet: the first level's /init mounts none) and its
+# not mounted yet: scripts/nested-run.sh's first level mounts it there) and its
 # controllers, as `jail controllers: ...` for the harness.
 jail_setup() {
     CG_MOUNT=$(awk '{ for (i = 1; i <= NF; i++) if ($i == "-") { if ($(i + 1) == "cgroup2") print $5; break } }' /proc/self/mountinfo | head -n 1)
@@ -603,7 +603,9 @@ for variant in $variants; do
         why=""
         if grep -q 'triple fault' "$stderr" 2>/dev/null; then
             why="triple fault: $(grep -m1 'triple fault at' "$stderr" | sed 's/.*triple fault at //')"
-        elif [ "$status" = 124 ] || [ "$status" = 137 ]; then
+        elif [ "$status" = 124 ] || [ "$status" = 137 ] || [ $((t1 - t0)) -ge $((L2_TIMEOUT * 1000)) ]; then
+            # (Timed out: busybox's timeout passes on microvm's own exit
+            # status, 143 after its orderly stop on SIGTERM; GNU's says 124.)
             why="timed out after ${L2_TIMEOUT}s (the console's last line: $(tail -n 1 "$OUT_DIR/$variant.console" 2>/dev/null | tr -d '\r'))"
         fi
         if [ -z "$why" ] || [ "$attempt" -ge 2 ]; then
