@@ -114,16 +114,7 @@ fn run(tap: &str, ifindex: i32, dir: Direction, len: usize, frames: u64) -> (Dur
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
-            let mut frame = vec![0u8; len];
-            frame[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
-            frame[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
-            frame[12..14].copy_from_slice(&[0x88, 0xb5]);
-            let mut header = Vnet::default();
-            if tso {
-                let ips = [169, 254, 1, 1, 169, 254, 1, 2];
-                frame = tcp_frame([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 9], ips, 0, 0, len - 54);
-                header = TSO_VNET;
-            }
+            let (mut frame, header) = receive_frame(len, tso);
             let mut sent = 0u64;
             let mut delivered = 0u64;
             while sent < frames && !stop.load(Ordering::Relaxed) {
@@ -184,21 +175,30 @@ fn tap_frames_read(name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A receive workload's frame of `len` bytes to the guest's MAC, and its
+/// vnet header: a test-EtherType frame (its sequence number goes at byte
+/// 14), or with `tso` a TCP/IPv4 frame for the guest to take whole.
+fn receive_frame(len: usize, tso: bool) -> (Vec<u8>, Vnet) {
+    let (guest, host) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 9]);
+    if tso {
+        let ips = [169, 254, 1, 1, 169, 254, 1, 2];
+        return (tcp_frame(guest, host, ips, 0, 0, len - 54), TSO_VNET);
+    }
+    let mut frame = vec![0u8; len];
+    frame[..6].copy_from_slice(&guest);
+    frame[6..12].copy_from_slice(&host);
+    frame[12..14].copy_from_slice(&[0x88, 0xb5]);
+    (frame, Vnet::default())
+}
+
 /// Writes `frames` frames of `len` bytes into the TAP for a VMM in another
 /// process, at most `WINDOW` ahead of what it has read.
 fn send_frames(tap: &str, ifindex: i32, len: usize, frames: u64, tso: bool) {
     let sock = PacketSocket::new(ifindex, 100).expect("packet socket");
-    let mut frame = vec![0u8; len];
-    frame[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
-    frame[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
-    frame[12..14].copy_from_slice(&[0x88, 0xb5]);
-    let mut header = Vnet::default();
+    let (mut frame, header) = receive_frame(len, tso);
     if tso {
         // Room for the whole window of 64 KiB frames in the TAP.
         sock.set_send_buffer(64 << 20).expect("a send buffer");
-        let ips = [169, 254, 1, 1, 169, 254, 1, 2];
-        frame = tcp_frame([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 9], ips, 0, 0, len - 54);
-        header = TSO_VNET;
     }
     let base = tap_frames_read(tap);
     let mut delivered = 0u64;

@@ -538,6 +538,20 @@ static void act_net_info(const struct args *a)
 	out_line();
 }
 
+/* Waits until the device has taken every queued frame, then prints
+ * "<action>: done frames=N bytes=B". */
+static void net_sent(const char *action, uint64_t n, uint64_t bytes)
+{
+	if (!net_tx_drain())
+		net_failed(BLK_TIMEOUT);
+	out_str(action);
+	out_str(": done frames=");
+	out_dec(n);
+	out_str(" bytes=");
+	out_dec(bytes);
+	out_line();
+}
+
 /* net-send:N:LEN: N broadcast frames of LEN bytes from our MAC, EtherType
  * 0x88b5; payload: the frame number (le32), then byte k = (number + k). */
 static void act_net_send(const struct args *a)
@@ -570,13 +584,7 @@ static void act_net_send(const struct args *a)
 		net_tx_submit((uint32_t)(NET_HDR_LEN + len), i % NET_TX_BATCH == NET_TX_BATCH - 1);
 		bytes += len;
 	}
-	if (!net_tx_drain())
-		net_failed(BLK_TIMEOUT);
-	out_str("net-send: done frames=");
-	out_dec(n);
-	out_str(" bytes=");
-	out_dec(bytes);
-	out_line();
+	net_sent("net-send", n, bytes);
 }
 
 /* net-echo:N: receives N frames and sends each back unchanged (with its
@@ -834,13 +842,7 @@ static void act_net_tso(const struct args *a)
 		net_tx_tso_submit((uint32_t)(NET_HDR_LEN + len), i % NET_TSO_BATCH == NET_TSO_BATCH - 1);
 		bytes += payload;
 	}
-	if (!net_tx_drain())
-		net_failed(BLK_TIMEOUT);
-	out_str("net-tso: done frames=");
-	out_dec(n);
-	out_str(" bytes=");
-	out_dec(bytes);
-	out_line();
+	net_sent("net-tso", n, bytes);
 }
 
 /* ---- dispatch --------------------------------------------------------- */

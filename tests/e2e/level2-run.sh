@@ -52,6 +52,8 @@
 #   E2E-L2[<variant>] serial| <guest console line>
 #   E2E-L2[<variant>] vmm| <microvm stderr line>
 #   E2E-L2-END <variant> status=<exit status> wall_ms=<VMM process lifetime>
+#   E2E-L2-RETRY <variant>: <why>     (a triple fault or a hang: the run
+#                                      once more, from E2E-L2-BEGIN)
 #
 # The kernels, the initramfs and the root filesystem are what
 # scripts/guest-image.sh made; the command line is the one it prints

@@ -23,7 +23,9 @@
 # transcript, microvm's exit status, the files the guests wrote, what the
 # level above received, the measured rates against the limits, that the
 # first level has no network card, and the time bound, and reports the
-# boot times.
+# boot times. A second-level run that triple-faults or hangs, and a first
+# level that locks up, stalls or panics, is run once more and reported as
+# RETRY (tests/e2e/README.md says why).
 #
 # Where /dev/kvm cannot run a stock Linux guest (nested KVM that emulates
 # guest ring 0, such as kvm_pvm: docs/nested-kvm.md) the runs happen
@@ -359,10 +361,10 @@ guest_check() {
     esac
 }
 
-# l1_stopped LOG: why nested-run.sh stopped a first level that hung (its
-# kernel locked up, or it printed nothing for L1_STALL seconds; seen now
-# and then under TCG: tests/e2e/README.md), from its log; nothing when it
-# did not. The tier then runs that first level once more.
+# l1_stopped LOG: why nested-run.sh stopped a first level that failed (its
+# kernel locked up or panicked, or it printed nothing for L1_STALL seconds;
+# seen now and then under TCG: tests/e2e/README.md), from its log; nothing
+# when it did not. The tier then runs that first level once more.
 l1_stopped() { sed -n 's/^NESTED-STOPPED //p' "$1" 2> /dev/null | tr -d '\r' | head -n 1; }
 # The first level's log (scripts/nested-run.sh --log): its NESTED lines.
 l1_line() { sed -n "s/^NESTED $1: //p" "$L1_LOG" 2> /dev/null | head -n 1; }
@@ -803,14 +805,17 @@ run_interactive() {
         cmd=("$MICROVM" "${args[@]}" "${vm_args[@]}")
     fi
     say "interactive: ${cmd[*]##*/} on a pseudo-terminal (console: $dir/console.log)"
-    T_INT_START=$(since_start)
-    E2E_INTERACTIVE_TIMEOUT=$L1_TIMEOUT python3 "$E2E_SRC/interactive.py" "$dir/console.log" "${cmd[@]}" \
-        > "$dir/result" 2>&1
+    interactive_once() {
+        T_INT_START=$(since_start)
+        E2E_INTERACTIVE_TIMEOUT=$L1_TIMEOUT python3 "$E2E_SRC/interactive.py" "$dir/console.log" "${cmd[@]}" \
+            > "$dir/result" 2>&1
+    }
+    interactive_once
     # Once more (as a second-level run of level2-run.sh would be) when the
-    # first level hung and was stopped, or the guest triple-faulted.
+    # first level was stopped, or the guest triple-faulted.
     local why
     why=$(l1_stopped "$dir/level1.log")
-    [ -n "$why" ] && why="the first level hung and was stopped: $why"
+    [ -n "$why" ] && why="the first level was stopped: $why"
     [ -z "$why" ] && why=$(tr -d '\r' < "$dir/console.log" | grep -a -m 1 'triple fault at' | sed 's/.*triple fault at /a guest triple fault at /')
     if [ -n "$why" ]; then
         rm -rf "$dir/first"
@@ -818,9 +823,7 @@ run_interactive() {
         mv "$dir/console.log" "$dir/result" "$dir/level1.log" "$dir/first/" 2> /dev/null
         say "interactive: $why; once more"
         retried interactive/run "the first attempt ended in $why (its console and log: $dir/first/); the checks below are the second attempt's"
-        T_INT_START=$(since_start)
-        E2E_INTERACTIVE_TIMEOUT=$L1_TIMEOUT python3 "$E2E_SRC/interactive.py" "$dir/console.log" "${cmd[@]}" \
-            > "$dir/result" 2>&1
+        interactive_once
     fi
     T_INT_END=$(since_start)
     local ctx
@@ -902,8 +905,8 @@ if [ "$MODE" = nested ]; then
     if [ -n "$stopped" ] && [ "$L1_STATUS" = 125 ]; then
         rm -rf "$WORK/l1-stopped"
         mv "$WORK/l1" "$WORK/l1-stopped"
-        say "level 1: hung and stopped ($stopped); once more"
-        retried level1/run "the first attempt's first level hung and was stopped: $stopped (its log: $WORK/l1-stopped/level1.log); the checks below are the second attempt's"
+        say "level 1: stopped ($stopped); once more"
+        retried level1/run "the first attempt's first level was stopped: $stopped (its log: $WORK/l1-stopped/level1.log); the checks below are the second attempt's"
         run_nested
     fi
     assert_level1
